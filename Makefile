@@ -1,0 +1,37 @@
+# Lockstep: `make demo` runs the main job, `make test` runs every check CI runs.
+PYTHON ?= python3
+FAKE_NVML_DIR := build/fake-nvml
+
+.PHONY: help install demo test lint typecheck pytest fake-nvml bench clean
+
+help:
+	@echo "make demo        local cluster, real training job, injected fault, detected and acted on"
+	@echo "make test        lint, type check and the whole test suite (what CI runs)"
+	@echo "make install     install Lockstep with its test dependencies (pip)"
+	@echo "make fake-nvml   build the fake libnvidia-ml.so.1 used by tests and the demo"
+	@echo "make bench       run the benchmarks in benchmarks/"
+
+install:
+	$(PYTHON) -m pip install -e '.[test]'
+
+demo:
+	$(PYTHON) -m controller.cli demo
+
+lint:
+	$(PYTHON) -m ruff check .
+	lint-imports
+
+typecheck:
+	$(PYTHON) -m mypy
+
+# pytest exit code 5 means no test ran: that is a failure, not a pass.
+pytest:
+	$(PYTHON) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test: lint typecheck pytest
+
+bench:
+	for b in benchmarks/*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,37 @@
+"""The one interface every agent collector implements; the server runs them on each scrape and evidence pull."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from typing import ClassVar
+
+from prometheus_client.metrics_core import Metric
+
+from agent.evidence import EvidencePart
+
+
+class Collector(abc.ABC):
+    """Reads one source (NVML, sysfs, the probe socket) and reports it.
+
+    `collect()` builds fresh metric families on every call (no long-lived Gauges). It may raise: the
+    framework catches it, sets `lockstep_collector_success{collector=name}` to 0 and the scrape goes on.
+    Collectors that need a background thread (XID events, probe socket, 10 Hz sampling) start it in `start()`
+    and stop it in `close()`.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def collect(self) -> Iterable[Metric]:
+        """Return this collector's metric families, built now."""
+
+    def evidence(self) -> EvidencePart | None:
+        """Return this collector's part of `/api/v1/evidence`, or None if it has none."""
+        return None
+
+    def start(self) -> None:
+        """Start background work (threads, sockets). Default: none."""
+
+    def close(self) -> None:
+        """Stop background work and release resources. Default: none."""

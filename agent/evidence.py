@@ -1,0 +1,158 @@
+"""The evidence document an agent serves at `/api/v1/evidence`: the contract between agent and controller.
+
+Agent collectors fill their part of it; the controller pulls it from every node and runs its detectors on it.
+This module is the agent's only public API for the controller (import-linter enforces that). All times are
+Unix seconds on the agent's clock; durations are seconds; rates are per second. Changing a field's meaning
+needs a new `schema_version`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+HardSignalKind = Literal[
+    "xid",  # an XID event; `xid` holds the code, detection decides from its table whether it is critical
+    "ecc_uncorrectable",  # volatile uncorrectable ECC errors went up
+    "row_remap_failure",  # NVML says a row remap failed: the GPU needs replacing
+    "row_remap_pending",  # a row remap waits for a GPU reset
+    "retired_pages_pending",  # pages waiting to be retired (pre-Ampere)
+    "gpu_lost",  # NVML lost the GPU (NVML_ERROR_GPU_IS_LOST) or it vanished from the device list
+    "nvlink_down",  # an NVLink that the GPU has is inactive
+    "pcie_degraded",  # PCIe link generation or width below the maximum while the GPU is busy
+    "thermal_throttle",  # hardware/software thermal slowdown active; first_seen = since when, continuously
+    "power_throttle",  # hardware power brake / power cap slowdown active; first_seen = since when
+    "nic_link_down",  # a NIC or RDMA port that carried traffic is down
+    "nic_link_flap",  # carrier changes / link_downed went up within the window
+    "nic_speed_degraded",  # link speed below the node's usual speed for that port
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class HardSignal(_Model):
+    """A fact about the node's hardware that needs no statistics to mean trouble (or, for throttling, a duration)."""
+
+    kind: HardSignalKind
+    device: str = Field(description="GPU uuid, or NIC / RDMA port name (mlx5_0/1)")
+    detail: str = Field(default="", description="plain words, e.g. 'XID 79: GPU has fallen off the bus'")
+    xid: int | None = Field(default=None, description="XID code, for kind 'xid'")
+    count: float = Field(default=1.0, description="how many events in the window (XIDs, ECC errors, flaps)")
+    first_seen: float = Field(description="Unix s when first seen (continuously since, for conditions)")
+    last_seen: float = Field(description="Unix s when last seen")
+
+
+class GpuEvidence(_Model):
+    """A GPU's current state, for context in explanations and for the controller's GPU counts."""
+
+    index: int
+    uuid: str
+    model: str = ""
+    pci_bus_id: str = ""
+    utilization_ratio: float | None = None
+    temperature_celsius: float | None = None
+    power_watts: float | None = None
+    sm_clock_hertz: float | None = None
+    healthy: bool = True
+
+
+class NicEvidence(_Model):
+    """One network interface or RDMA port, with rates over the agent's window (s)."""
+
+    name: str = Field(description="interface name (eth0) or RDMA port (mlx5_0/1)")
+    kind: Literal["ethernet", "roce", "infiniband", "other"] = "ethernet"
+    up: bool = True
+    link_speed_bits_per_second: float | None = None
+    tx_bytes_per_second: float = 0.0
+    rx_bytes_per_second: float = 0.0
+    errors_per_second: float = 0.0
+    drops_per_second: float = 0.0
+    retransmits_per_second: float = 0.0
+    xmit_wait_ratio: float | None = Field(
+        default=None, description="share of time the port had data to send but no credits (port_xmit_wait)"
+    )
+    carrier_changes_in_window: int = 0
+    window_seconds: float = 0.0
+
+
+class TrafficPeriodicity(_Model):
+    """Zero-touch view of collective traffic on an interface, from NIC byte counters sampled at >= 10 Hz."""
+
+    interface: str
+    period_seconds: float | None = Field(description="dominant period of the traffic bursts; None if aperiodic")
+    burst_bytes_per_second: float = Field(description="throughput inside bursts (high quantile of samples)")
+    mean_bytes_per_second: float = 0.0
+    regularity: float = Field(description="0..1, autocorrelation peak at the period; 1 = perfectly periodic")
+    window_seconds: float
+
+
+class CollectiveSample(_Model):
+    """One collective of one rank: the unit the controller lines up across ranks by (process group, seq)."""
+
+    seq: int
+    op: str
+    bytes: int = 0
+    arrival: float = Field(description="Unix s when the rank issued the collective")
+    wait_seconds: float | None = Field(
+        default=None, description="issue to completion, s, where the backend allows measuring it"
+    )
+
+
+class RankEvidence(_Model):
+    """Window summary of one rank of one job in one process group, as seen by the agent on its node."""
+
+    job: str
+    rank: int
+    world_size: int
+    process_group: str = "default"
+    local_rank: int | None = None
+    pod: str = ""
+    namespace: str = ""
+    pid: int = 0
+    window_seconds: float
+    collectives_in_window: int = 0
+    collectives_per_second: float = 0.0
+    step_period_seconds: float | None = Field(default=None, description="period of the rank's collective pattern")
+    last_seq: int = -1
+    last_progress_at: float = Field(description="Unix s of the last collective issued or completed")
+    pending_seq: int | None = Field(default=None, description="the collective issued and not yet completed")
+    pending_op: str | None = None
+    pending_since: float | None = None
+    wait_seconds_p50: float | None = None
+    wait_seconds_p90: float | None = None
+    compute_gap_seconds_p50: float | None = Field(
+        default=None, description="time between completing one collective and issuing the next, s"
+    )
+    bytes_per_second: float = 0.0
+    dropped_records: int = Field(default=0, description="probe records lost (probe buffer full, agent away)")
+    samples: list[CollectiveSample] = Field(default_factory=list, description="the most recent collectives")
+
+
+class Evidence(_Model):
+    """Everything one agent knows about its node right now."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    node: str
+    collected_at: float = Field(description="Unix s, agent clock")
+    agent_version: str = ""
+    collectors: dict[str, bool] = Field(default_factory=dict, description="collector name -> last run succeeded")
+    hard_signals: list[HardSignal] = Field(default_factory=list)
+    gpus: list[GpuEvidence] = Field(default_factory=list)
+    nics: list[NicEvidence] = Field(default_factory=list)
+    periodicity: list[TrafficPeriodicity] = Field(default_factory=list)
+    ranks: list[RankEvidence] = Field(default_factory=list)
+
+
+class EvidencePart(_Model):
+    """What one collector contributes to the document; the agent merges the parts of all collectors."""
+
+    hard_signals: list[HardSignal] = Field(default_factory=list)
+    gpus: list[GpuEvidence] = Field(default_factory=list)
+    nics: list[NicEvidence] = Field(default_factory=list)
+    periodicity: list[TrafficPeriodicity] = Field(default_factory=list)
+    ranks: list[RankEvidence] = Field(default_factory=list)
