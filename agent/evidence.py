@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 HardSignalKind = Literal[
     "xid",  # an XID event; `xid` holds the code, detection decides from its table whether it is critical

@@ -30,8 +30,8 @@ class Collector(abc.ABC):
         """Return this collector's part of `/api/v1/evidence`, or None if it has none."""
         return None
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - optional hook, most collectors have no background work
         """Start background work (threads, sockets). Default: none."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Stop background work and release resources. Default: none."""

@@ -1,0 +1,1 @@
+"""Policy: findings + cluster state + safety budget -> actions. Pure (no Kubernetes, no HTTP)."""
