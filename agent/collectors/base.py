@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from prometheus_client.metrics_core import Metric
 
 from agent.evidence import EvidencePart
+
+if TYPE_CHECKING:
+    from agent.settings import AgentSettings
 
 
 class Collector(abc.ABC):
@@ -21,6 +24,11 @@ class Collector(abc.ABC):
     """
 
     name: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_settings(cls, settings: AgentSettings) -> Collector:
+        """Build the collector from the agent's settings (its own section is `settings.<name>`)."""
 
     @abc.abstractmethod
     def collect(self) -> Iterable[Metric]:
