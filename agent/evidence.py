@@ -84,9 +84,7 @@ class TrafficPeriodicity(_Model):
     """Zero-touch view of collective traffic on an interface, from NIC byte counters sampled at >= 10 Hz."""
 
     interface: str
-    period_seconds: float | None = Field(
-        description="dominant period of the traffic bursts; None if aperiodic"
-    )
+    period_seconds: float | None = Field(description="dominant period of the traffic bursts; None if aperiodic")
     burst_bytes_per_second: float = Field(description="throughput inside bursts (high quantile of samples)")
     mean_bytes_per_second: float = 0.0
     regularity: float = Field(description="0..1, autocorrelation peak at the period; 1 = perfectly periodic")
@@ -119,9 +117,7 @@ class RankEvidence(_Model):
     window_seconds: float
     collectives_in_window: int = 0
     collectives_per_second: float = 0.0
-    step_period_seconds: float | None = Field(
-        default=None, description="period of the rank's collective pattern"
-    )
+    step_period_seconds: float | None = Field(default=None, description="period of the rank's collective pattern")
     last_seq: int = -1
     last_progress_at: float = Field(description="Unix s of the last collective issued or completed")
     pending_seq: int | None = Field(default=None, description="the collective issued and not yet completed")
@@ -144,9 +140,7 @@ class Evidence(_Model):
     node: str
     collected_at: float = Field(description="Unix s, agent clock")
     agent_version: str = ""
-    collectors: dict[str, bool] = Field(
-        default_factory=dict, description="collector name -> last run succeeded"
-    )
+    collectors: dict[str, bool] = Field(default_factory=dict, description="collector name -> last run succeeded")
     hard_signals: list[HardSignal] = Field(default_factory=list)
     gpus: list[GpuEvidence] = Field(default_factory=list)
     nics: list[NicEvidence] = Field(default_factory=list)

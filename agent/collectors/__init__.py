@@ -19,16 +19,8 @@ class CollectorSpec:
 
 COLLECTORS: tuple[CollectorSpec, ...] = (
     CollectorSpec("nvml", "agent.collectors.nvml", "NvmlCollector", "GPUs through NVML (pynvml)"),
-    CollectorSpec(
-        "network", "agent.collectors.network", "NetworkCollector", "/sys/class/net, /sys/class/infiniband"
-    ),
-    CollectorSpec(
-        "host", "agent.collectors.host", "HostCollector", "/proc: the few host facts node_exporter lacks"
-    ),
-    CollectorSpec(
-        "collective", "agent.collectors.collective", "CollectiveCollector", "probe records on the Unix socket"
-    ),
-    CollectorSpec(
-        "periodicity", "agent.collectors.periodicity", "PeriodicityCollector", "NIC byte counters at >= 10 Hz"
-    ),
+    CollectorSpec("network", "agent.collectors.network", "NetworkCollector", "/sys/class/net, /sys/class/infiniband"),
+    CollectorSpec("host", "agent.collectors.host", "HostCollector", "/proc: the few host facts node_exporter lacks"),
+    CollectorSpec("collective", "agent.collectors.collective", "CollectiveCollector", "probe records on the Unix socket"),
+    CollectorSpec("periodicity", "agent.collectors.periodicity", "PeriodicityCollector", "NIC byte counters at >= 10 Hz"),
 )
