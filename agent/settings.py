@@ -67,9 +67,7 @@ class CollectiveSettings(BaseModel):
 class PeriodicitySettings(BaseModel):
     """Periodicity collector: zero-touch collective traffic pattern from NIC byte counters sampled at >=10 Hz."""
 
-    enabled: bool = Field(
-        default=True, description="Sample NIC counters to find periodic collective traffic."
-    )
+    enabled: bool = Field(default=True, description="Sample NIC counters to find periodic collective traffic.")
 
 
 class AgentSettings(BaseSettings):
@@ -78,9 +76,7 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOCKSTEP_", env_nested_delimiter="__", extra="forbid")
 
     listen: str = Field(default="0.0.0.0:9445", description="HOST:PORT the HTTP server binds.")
-    node_name: str = Field(
-        default="", description="Kubernetes node name; default env NODE_NAME, then hostname."
-    )
+    node_name: str = Field(default="", description="Kubernetes node name; default env NODE_NAME, then hostname.")
     nvml: NvmlSettings = Field(default_factory=NvmlSettings)
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     host: HostSettings = Field(default_factory=HostSettings)
