@@ -152,6 +152,12 @@ class GpuBackend(Protocol):
         """The next XID event, or None after about timeout_seconds; raises NvmlUnavailable."""
         ...
 
+    def _log_absent_once(self, gpu: str, what: str, why: str) -> None:
+        """Debug-log a field this GPU lacks, once per GPU and call (callers hold _accounting_lock)."""
+        if (gpu, what) not in self._absent_logged:
+            self._absent_logged.add((gpu, what))
+            log.debug("%s on GPU %s: %s; leaving the field out", what, gpu, why)
+
     def call_errors(self) -> dict[tuple[str, str], int]:
         """Unexpected NVML errors so far, by (function, error)."""
         ...
@@ -292,15 +298,19 @@ class NvmlBackend:
                 raise _GpuLost(f"{name}: GPU is lost") from error
             with self._accounting_lock:
                 if error.value in _ABSENT:
-                    if (gpu, name) not in self._absent_logged:
-                        self._absent_logged.add((gpu, name))
-                        log.debug("%s on GPU %s: %s; leaving the field out", name, gpu, error)
+                    self._log_absent_once(gpu, name, str(error))
                     return None
                 self._errors[(name, _error_name(error))] += 1
                 if (gpu, name, _error_name(error)) not in self._errors_logged:
                     self._errors_logged.add((gpu, name, _error_name(error)))
                     log.warning("%s on GPU %s failed: %s; leaving the field out (counted)", name, gpu, error)
             return None
+
+    def _log_absent_once(self, gpu: str, what: str, why: str) -> None:
+        """Debug-log a field this GPU lacks, once per GPU and call (callers hold _accounting_lock)."""
+        if (gpu, what) not in self._absent_logged:
+            self._absent_logged.add((gpu, what))
+            log.debug("%s on GPU %s: %s; leaving the field out", what, gpu, why)
 
     def call_errors(self) -> dict[tuple[str, str], int]:
         with self._accounting_lock:
@@ -413,11 +423,7 @@ class NvmlBackend:
         if value.nvmlReturn == pynvml.NVML_ERROR_GPU_IS_LOST:
             raise _GpuLost("nvmlDeviceGetFieldValues(NVML_FI_DEV_MEMORY_TEMP): GPU is lost")
         with self._accounting_lock:
-            if (gpu, "NVML_FI_DEV_MEMORY_TEMP") not in self._absent_logged:
-                self._absent_logged.add((gpu, "NVML_FI_DEV_MEMORY_TEMP"))
-                log.debug(
-                    "NVML_FI_DEV_MEMORY_TEMP on GPU %s: return code %d; leaving it out", gpu, value.nvmlReturn
-                )
+            self._log_absent_once(gpu, "NVML_FI_DEV_MEMORY_TEMP", f"return code {value.nvmlReturn}")
         return None
 
     def _read_nvlinks(self, gpu: str, handle: Any) -> tuple[NvLinkSnapshot, ...]:
@@ -447,6 +453,9 @@ class NvmlBackend:
             links.append(link)
         if links:
             self._nvlinks[gpu] = tuple(links)
+        else:
+            with self._accounting_lock:
+                self._log_absent_once(gpu, "nvmlDeviceGetNvLinkState", "no link answers")
         return tuple(links)
 
     def read_pcie_throughput(self) -> dict[str, PcieThroughput]:
