@@ -152,12 +152,6 @@ class GpuBackend(Protocol):
         """The next XID event, or None after about timeout_seconds; raises NvmlUnavailable."""
         ...
 
-    def _log_absent_once(self, gpu: str, what: str, why: str) -> None:
-        """Debug-log a field this GPU lacks, once per GPU and call (callers hold _accounting_lock)."""
-        if (gpu, what) not in self._absent_logged:
-            self._absent_logged.add((gpu, what))
-            log.debug("%s on GPU %s: %s; leaving the field out", what, gpu, why)
-
     def call_errors(self) -> dict[tuple[str, str], int]:
         """Unexpected NVML errors so far, by (function, error)."""
         ...
