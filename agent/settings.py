@@ -33,11 +33,6 @@ class NetworkSettings(BaseModel):
         default="",
         description="Regular expression of interface names to leave out (e.g. '^(veth|cali)'); empty keeps all.",
     )
-    window_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        description="Rates in the evidence are over at least this many seconds (the controller pulls every few s).",
-    )
     xmit_wait_bytes_per_tick: float = Field(
         default=8.0,
         gt=0,
@@ -77,6 +72,11 @@ class AgentSettings(BaseSettings):
     listen: str = Field(default="0.0.0.0:9445", description="HOST:PORT the HTTP server binds.")
     node_name: str = Field(default="", description="Kubernetes node name; default env NODE_NAME, then hostname.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Logging level.")
+    evidence_window_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Rates in /api/v1/evidence are over at least this many s (the controller pulls every few s).",
+    )
     collector_timeout_seconds: float = Field(
         default=3.0,
         gt=0,

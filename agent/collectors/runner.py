@@ -143,11 +143,14 @@ class CollectorRunner:
             "How long the collector's run took (the timeout if it did not finish), s.",
             labels=["collector"],
         )
+        families: dict[str, Metric] = {}
         for name, outcome in outcomes.items():
             success.add_metric([name], 1.0 if outcome.succeeded else 0.0)
             duration.add_metric([name], outcome.duration_seconds)
             if outcome.succeeded and isinstance(outcome.result, list):
-                yield from outcome.result
+                for family in outcome.result:
+                    _merge_into(families, family)
+        yield from families.values()
         for name in self.broken:
             success.add_metric([name], 0.0)
         info = GaugeMetricFamily(
@@ -193,6 +196,20 @@ class CollectorRunner:
     def _drop(self, name: str) -> None:
         self.collectors.pop(name)
         self.broken = sorted({*self.broken, name})
+
+
+def _merge_into(families: dict[str, Metric], family: Metric) -> None:
+    """Add `family` to `families`; one of the same name (e.g. read errors of two collectors) gets its samples.
+
+    The merged family is a copy: a collector's result may be shared by two concurrent scrapes.
+    """
+    existing = families.get(family.name)
+    if existing is None:
+        families[family.name] = family
+        return
+    merged = Metric(existing.name, existing.documentation, existing.type, existing.unit)
+    merged.samples = [*existing.samples, *family.samples]
+    families[family.name] = merged
 
 
 def _build(spec: CollectorSpec, settings: AgentSettings) -> Collector | None:
