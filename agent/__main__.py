@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from agent import __version__
 from agent.collectors import COLLECTORS
@@ -101,11 +102,14 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     try:
         return load_settings(file_values, cli)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']} (got {e['input']!r})"
-            for e in error.errors()
-        )
-        raise SettingsError(f"invalid settings: {problems}") from None
+        raise SettingsError("invalid settings: " + "; ".join(_describe(e) for e in error.errors())) from None
+
+
+def _describe(error: ErrorDetails) -> str:
+    """'network.window_seconds: Input should be greater than 0 (got -1)'."""
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message} (got {error['input']!r})" if where else message
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Each collector owns one section below; add fields to your section with a docstri
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +42,15 @@ class NetworkSettings(BaseModel):
             "xmit_wait_ratio in the evidence is ticks x this / link bytes in the window."
         ),
     )
+
+    @field_validator("exclude_interfaces")
+    @classmethod
+    def _check_regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from None
+        return value
 
 
 class HostSettings(BaseModel):
@@ -87,6 +97,19 @@ class AgentSettings(BaseSettings):
     host: HostSettings = Field(default_factory=HostSettings)
     collective: CollectiveSettings = Field(default_factory=CollectiveSettings)
     periodicity: PeriodicitySettings = Field(default_factory=PeriodicitySettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_keys_in_sections(cls, data: Any) -> Any:
+        """A typo in a section (file or env) is an error, not a silently ignored key."""
+        if isinstance(data, Mapping):
+            for name, field in cls.model_fields.items():
+                section, model = data.get(name), field.annotation
+                if isinstance(section, Mapping) and isinstance(model, type) and issubclass(model, BaseModel):
+                    unknown = sorted(set(section) - set(model.model_fields))
+                    if unknown:
+                        raise ValueError(f"unknown setting {name}.{unknown[0]}")
+        return data
 
     @field_validator("listen")
     @classmethod
