@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
@@ -113,6 +112,8 @@ def _describe(error: ErrorDetails) -> str:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
+    import yaml  # only with --config: keeps the agent's memory down when configured by env and flags
+
     try:
         values = yaml.safe_load(path.read_text())
     except OSError as error:

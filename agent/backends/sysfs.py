@@ -79,9 +79,11 @@ class SysfsNet:
     """Reads interfaces and RDMA ports below `root` (normally /sys)."""
 
     def __init__(self, root: Path) -> None:
+        # plain strings: pathlib costs more than the reads themselves on a scrape of hundreds of files
         self.root = root
-        self._net = root / "class" / "net"
-        self._ib = root / "class" / "infiniband"
+        self._root = str(root)
+        self._net = f"{root}/class/net"
+        self._ib = f"{root}/class/infiniband"
 
     def interfaces(self) -> list[str]:
         return _list(self._net)
@@ -89,64 +91,64 @@ class SysfsNet:
     def rdma_ports(self) -> list[tuple[str, int]]:
         ports = []
         for device in _list(self._ib):
-            for port in _list(self._ib / device / "ports"):
+            for port in _list(f"{self._ib}/{device}/ports"):
                 if port.isdigit():
                     ports.append((device, int(port)))
         return ports
 
     def read_interface(self, name: str, problems: list[ReadProblem]) -> InterfaceReading | None:
         """Read one interface; None if it vanished. Appends unreadable files to `problems`."""
-        base = self._net / name
+        base = f"{self._net}/{name}"
         found: list[ReadProblem] = []
-        reader = _Reader(self.root, found)
-        speed_mbps = reader.integer(base / "speed", missing_ok=True, einval_ok=True)
+        reader = _Reader(self._root, found)
+        speed_mbps = reader.integer(f"{base}/speed", missing_ok=True, einval_ok=True)
         reading = InterfaceReading(
             name=name,
-            physical=(base / "device").exists(),
-            arp_type=reader.integer(base / "type"),
-            operstate=reader.text(base / "operstate") or "unknown",
-            mtu_bytes=reader.integer(base / "mtu"),
+            physical=os.path.exists(f"{base}/device"),
+            arp_type=reader.integer(f"{base}/type"),
+            operstate=reader.text(f"{base}/operstate") or "unknown",
+            mtu_bytes=reader.integer(f"{base}/mtu"),
             speed_bits_per_second=speed_mbps * 1e6 if speed_mbps is not None and speed_mbps > 0 else None,
-            carrier_changes=reader.integer(base / "carrier_changes", missing_ok=True, einval_ok=True),
+            carrier_changes=reader.integer(f"{base}/carrier_changes", missing_ok=True, einval_ok=True),
         )
         for stat in NET_STATISTICS:
-            value = reader.integer(base / "statistics" / stat)
+            value = reader.integer(f"{base}/statistics/{stat}")
             if value is not None:
                 reading.statistics[stat] = value
-        if not base.exists():
+        if not os.path.exists(base):
             return None
         problems.extend(found)
         return reading
 
     def read_rdma_port(self, device: str, port: int, problems: list[ReadProblem]) -> RdmaPortReading | None:
         """Read one RDMA port; None if it vanished. Appends unreadable files to `problems`."""
-        base = self._ib / device / "ports" / str(port)
+        base = f"{self._ib}/{device}/ports/{port}"
         found: list[ReadProblem] = []
-        reader = _Reader(self.root, found)
-        state, state_name = reader.numbered(base / "state")
-        phys_state, phys_state_name = reader.numbered(base / "phys_state")
+        reader = _Reader(self._root, found)
+        state, state_name = reader.numbered(f"{base}/state")
+        phys_state, phys_state_name = reader.numbered(f"{base}/phys_state")
         reading = RdmaPortReading(
             device=device,
             port=port,
-            link_layer=reader.text(base / "link_layer", missing_ok=True) or "InfiniBand",
+            link_layer=reader.text(f"{base}/link_layer", missing_ok=True) or "InfiniBand",
             state=state,
             state_name=state_name,
             phys_state=phys_state,
             phys_state_name=phys_state_name,
-            rate_bits_per_second=reader.rate(base / "rate"),
-            netdevs=tuple(_list(self._ib / device / "device" / "net")),
+            rate_bits_per_second=reader.rate(f"{base}/rate"),
+            netdevs=tuple(_list(f"{self._ib}/{device}/device/net")),
         )
-        for name in _list(base / "counters"):
-            value = reader.integer(base / "counters" / name)
+        for name in _list(f"{base}/counters"):
+            value = reader.integer(f"{base}/counters/{name}")
             if value is not None:
                 reading.counters[name] = value
-        for name in _list(base / "hw_counters"):
+        for name in _list(f"{base}/hw_counters"):
             if name in HW_COUNTER_SETTINGS:
                 continue
-            value = reader.integer(base / "hw_counters" / name)
+            value = reader.integer(f"{base}/hw_counters/{name}")
             if value is not None:
                 reading.hw_counters[name] = value
-        if not base.exists():
+        if not os.path.exists(base):
             return None
         problems.extend(found)
         return reading
@@ -155,14 +157,17 @@ class SysfsNet:
 class _Reader:
     """Reads small sysfs files, turning every failure into a ReadProblem (or None where absence is normal)."""
 
-    def __init__(self, root: Path, problems: list[ReadProblem]) -> None:
+    def __init__(self, root: str, problems: list[ReadProblem]) -> None:
         self._root = root
         self._problems = problems
 
-    def text(self, path: Path, *, missing_ok: bool = False, einval_ok: bool = False) -> str | None:
+    def text(self, path: str, *, missing_ok: bool = False, einval_ok: bool = False) -> str | None:
         try:
-            with open(path, "rb") as f:
-                return f.read(4096).decode("ascii", errors="replace").strip()
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                return os.read(fd, 4096).decode("ascii", errors="replace").strip()
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             if not missing_ok:
                 self._problem(path, "missing")
@@ -172,7 +177,7 @@ class _Reader:
                 self._problem(path, os.strerror(error.errno) if error.errno else str(error))
         return None
 
-    def integer(self, path: Path, *, missing_ok: bool = False, einval_ok: bool = False) -> int | None:
+    def integer(self, path: str, *, missing_ok: bool = False, einval_ok: bool = False) -> int | None:
         text = self.text(path, missing_ok=missing_ok, einval_ok=einval_ok)
         if text is None:
             return None
@@ -182,7 +187,7 @@ class _Reader:
             self._problem(path, f"not an integer: {text[:40]!r}")
             return None
 
-    def numbered(self, path: Path) -> tuple[int | None, str]:
+    def numbered(self, path: str) -> tuple[int | None, str]:
         """'4: ACTIVE' as (4, 'ACTIVE')."""
         text = self.text(path)
         if text is None:
@@ -193,7 +198,7 @@ class _Reader:
             return None, ""
         return int(match.group(1)), match.group(2)
 
-    def rate(self, path: Path) -> float | None:
+    def rate(self, path: str) -> float | None:
         """'200 Gb/sec (4X HDR)' as 200e9 bits/s."""
         text = self.text(path, einval_ok=True)
         if text is None:
@@ -204,12 +209,12 @@ class _Reader:
             return None
         return float(match.group(1)) * 1e9
 
-    def _problem(self, path: Path, reason: str) -> None:
-        self._problems.append(ReadProblem(source=str(path.relative_to(self._root)), reason=reason))
+    def _problem(self, path: str, reason: str) -> None:
+        self._problems.append(ReadProblem(source=os.path.relpath(path, self._root), reason=reason))
 
 
-def _list(directory: Path) -> list[str]:
+def _list(directory: str) -> list[str]:
     try:
         return sorted(os.listdir(directory))
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # absent (no RDMA devices) or unreadable: nothing to list
         return []
