@@ -21,6 +21,36 @@ class NvmlSettings(BaseModel):
     """NVML collector (GPU telemetry and hard faults through pynvml)."""
 
     enabled: bool = Field(default=True, description="Read GPUs through NVML; off on nodes without GPUs.")
+    library_path: str = Field(
+        default="",
+        description="Load this libnvidia-ml.so.1 instead of the one the dynamic loader finds by soname; "
+        "empty = the driver's. Tests and the demo use build/fake-nvml/libnvidia-ml.so.1.",
+    )
+    xid_window_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long an XID stays in the evidence, with its count and first/last seen; 5 min spans many "
+        "controller pulls and the tail of an XID burst.",
+    )
+    init_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="After nvmlInit fails (no driver, driver not loaded) try again this often, so a driver loaded "
+        "later is picked up without restarting the agent.",
+    )
+    pcie_throughput_interval_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description="Sample nvmlDeviceGetPcieThroughput this often in the background: each call measures for "
+        "20 ms, far too slow for a scrape of 8 GPUs. 0 turns the PCIe throughput metrics off.",
+    )
+    pcie_busy_utilization_ratio: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="A PCIe generation below the maximum counts as degraded only while GPU utilisation is at least "
+        "this: idle GPUs lower their link speed to save power. A narrower link width counts at any load.",
+    )
 
 
 class NetworkSettings(BaseModel):
