@@ -78,10 +78,9 @@ class CollectiveState:
         data = datagram.data
         size = wire.RECORD_BYTES
         with self.lock:
-            if datagram.truncated or not data or len(data) % size:
-                self.invalid["truncated"] += max(1, len(data) // size)
-                return
-            for offset in range(0, len(data), size):
+            if datagram.truncated or len(data) % size or not data:
+                self.invalid["truncated"] += 1  # the torn tail; whole records before it still count
+            for offset in range(0, len(data) - size + 1, size):
                 try:
                     record = wire.decode(data, offset)
                 except wire.DecodeError as exc:

@@ -146,3 +146,14 @@ def decode(buf: bytes | memoryview, offset: int = 0) -> Record:
         pod=texts[2],
         namespace=texts[3],
     )
+
+
+def encode(record: Record) -> bytes:
+    """Pack one record (the probe's sender packs its hot-path tuples directly; this serves tools and tests)."""
+    return RECORD.pack(
+        MAGIC, VERSION, record.kind, record.op, record.rank, record.world_size,
+        -1 if record.local_rank is None else record.local_rank, record.seq, record.bytes, record.issued_at,
+        record.completed_at or 0.0, record.dropped_total, 0, encode_text(record.job, JOB_BYTES),
+        encode_text(record.group, GROUP_BYTES), encode_text(record.pod, POD_BYTES),
+        encode_text(record.namespace, NAMESPACE_BYTES),
+    )  # fmt: skip

@@ -21,7 +21,8 @@ PTH = REPO / "agent" / "probe" / "lockstep-probe.pth"
 
 
 def start_collector(socket_dir: Path, **overrides: object) -> CollectiveCollector:
-    settings = CollectiveSettings(socket_dir=str(socket_dir), trust="process", **overrides)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"socket_dir": str(socket_dir), "trust": "process", **overrides}
+    settings = CollectiveSettings.model_validate(fields)
     collector = CollectiveCollector(settings)
     collector.start()
     return collector
