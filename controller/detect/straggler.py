@@ -29,6 +29,7 @@ MEDIAN_STANDARD_ERROR = 1.2533  # standard error of a median is ~1.25 sigma / sq
 class _Culprit:
     node: str
     strength_seconds: float  # how late it arrives (or how much less it waits, clock-free)
+    ranks: tuple[int, ...]
     detail: dict[str, object]
 
 
@@ -105,7 +106,11 @@ def _late_beyond_noise(
 
 
 def find_stragglers(group: RankGroup, step_period: float | None, config: DetectionConfig) -> StragglerReport:
-    """Culprit nodes of one process group, from arrivals and waits of the collectives its ranks share."""
+    """Culprit nodes of one process group, from arrivals and waits of the collectives its ranks share.
+
+    Judged per rank (one slow GPU) and per node, pooling the node's ranks (a slow host makes all of its ranks
+    late together, and pooling eight ranks cuts the jitter of the median by ~3x).
+    """
     report = StragglerReport()
     if step_period is None or step_period <= 0 or len(group.entries) < 2:
         return report
@@ -117,43 +122,36 @@ def find_stragglers(group: RankGroup, step_period: float | None, config: Detecti
         return _from_summaries(group, threshold, config)
     arrival, wait, rows, lo, hi = aligned
     lateness = arrival - leave_one_out_median(arrival)
-    late_median, late, consistency = _late_beyond_noise(lateness, threshold, config)
     waits_known = not np.isnan(wait).any()
+    deficit = leave_one_out_median(wait) - wait if waits_known else None  # how much less each rank waited
+    gaps_ok = _computes_longer(group, rows, config)
+    verdict = _judge(lateness, deficit, gaps_ok, threshold, config)
     wait_median = np.median(wait, axis=1) if waits_known else np.full(len(rows), np.nan)
-    method = np.where(late, "arrival", "")
-    deficit_median = np.full(len(rows), np.nan)
-    if waits_known:
-        deficit = leave_one_out_median(wait) - wait  # how much less than its peers each rank waited
-        deficit_median, waits_less, _ = _late_beyond_noise(deficit, threshold, config)
-        late &= deficit_median >= config.straggler_wait_share * late_median
-        # Clock-free: waits alone, for ranks whose arrival clock cannot be trusted.
-        clock_free = waits_less & ~late & _computes_longer(group, rows, deficit_median, config)
-        method = np.where(late, "arrival", np.where(clock_free, "clock-free", ""))
-        late |= clock_free
     for i, row in enumerate(rows):
         rank = group.entries[row].rank.rank
-        report.lateness_seconds[rank] = float(late_median[i])
+        report.lateness_seconds[rank] = float(verdict.lateness[i])
         if waits_known:
             report.wait_seconds[rank] = float(wait_median[i])
     culprits = [
         _Culprit(
             group.entries[row].node,
-            float(late_median[i]) if method[i] == "arrival" else float(deficit_median[i]),
-            {
-                "rank": group.entries[row].rank.rank,
-                "method": str(method[i]),
-                "lateness_seconds": round(float(late_median[i]), 6),
-                "wait_deficit_seconds": None
-                if np.isnan(deficit_median[i])
-                else round(float(deficit_median[i]), 6),
-                "wait_seconds": None if np.isnan(wait_median[i]) else round(float(wait_median[i]), 6),
-                "consistency": round(float(consistency[i]), 3),
-            },
+            verdict.strength(i),
+            (group.entries[row].rank.rank,),
+            {"rank": group.entries[row].rank.rank, **verdict.detail(i)},
         )
         for i, row in enumerate(rows)
-        if late[i]
+        if verdict.late[i]
     ]
-    peer_wait = float(np.median(wait_median)) if waits_known else None
+    node_of_row = np.array([group.entries[row].node for row in rows])
+    pooled = _pool_by_node(node_of_row, lateness, deficit)
+    if pooled is not None:
+        nodes, pooled_lateness, pooled_deficit = pooled
+        node_verdict = _judge(pooled_lateness, pooled_deficit, None, threshold, config)
+        for i, node in enumerate(nodes):
+            if node_verdict.late[i]:
+                ranks = tuple(group.entries[row].rank.rank for row in rows[node_of_row == node])
+                detail = {"ranks": list(ranks), "pooled": True, **node_verdict.detail(i)}
+                culprits.append(_Culprit(str(node), node_verdict.strength(i), ranks, detail))
     report.findings = _node_findings(
         group,
         culprits,
@@ -163,23 +161,77 @@ def find_stragglers(group: RankGroup, step_period: float | None, config: Detecti
         {
             "collectives": [lo, hi],
             "compared_collectives": int(arrival.shape[1]),
-            "peer_wait_seconds": peer_wait,
+            "peer_wait_seconds": float(np.median(wait_median)) if waits_known else None,
         },
     )
     return report
 
 
-def _computes_longer(
-    group: RankGroup, rows: np.ndarray, deficit: np.ndarray, config: DetectionConfig
-) -> np.ndarray:
-    """Where every rank reports its compute gap: does this rank compute longer than its peers, by part of
-    what it waits less? (Unknown gaps do not veto.)"""
+@dataclass(frozen=True)
+class _Judgement:
+    lateness: np.ndarray  # per row, median lateness (s)
+    deficit: np.ndarray  # per row, median wait deficit vs peers (s); nan without waits
+    late: np.ndarray
+    method: np.ndarray
+    consistency: np.ndarray
+
+    def strength(self, i: int) -> float:
+        return float(self.lateness[i] if self.method[i] == "arrival" else self.deficit[i])
+
+    def detail(self, i: int) -> dict[str, object]:
+        return {
+            "method": str(self.method[i]),
+            "lateness_seconds": round(float(self.lateness[i]), 6),
+            "wait_deficit_seconds": None if np.isnan(self.deficit[i]) else round(float(self.deficit[i]), 6),
+            "consistency": round(float(self.consistency[i]), 3),
+        }
+
+
+def _judge(
+    lateness: np.ndarray,
+    deficit: np.ndarray | None,
+    gaps_ok: np.ndarray | None,
+    threshold: float,
+    config: DetectionConfig,
+) -> _Judgement:
+    """Rows late by arrival (and, where waits are known, waiting less by a good part of it), or clock-free:
+    waiting much less than their peers (and computing longer, where compute gaps are known)."""
+    late_median, late, consistency = _late_beyond_noise(lateness, threshold, config)
+    method = np.where(late, "arrival", "")
+    deficit_median = np.full(len(late), np.nan)
+    if deficit is not None:
+        deficit_median, waits_less, _ = _late_beyond_noise(deficit, threshold, config)
+        late &= deficit_median >= config.straggler_wait_share * late_median
+        clock_free = waits_less & ~late
+        if gaps_ok is not None:
+            clock_free &= gaps_ok
+        method = np.where(late, "arrival", np.where(clock_free, "clock-free", ""))
+        late |= clock_free
+    return _Judgement(late_median, deficit_median, late, method, consistency)
+
+
+def _pool_by_node(
+    node_of_row: np.ndarray, lateness: np.ndarray, deficit: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """Each node's rows side by side as one row, where every node has the same number (>1) of ranks."""
+    nodes, counts = np.unique(node_of_row, return_counts=True)
+    if len(nodes) < 2 or counts[0] < 2 or (counts != counts[0]).any():
+        return None
+    order = np.argsort(node_of_row, kind="stable")
+    width = int(counts[0]) * lateness.shape[1]
+    pooled_deficit = deficit[order].reshape(len(nodes), width) if deficit is not None else None
+    return nodes, lateness[order].reshape(len(nodes), width), pooled_deficit
+
+
+def _computes_longer(group: RankGroup, rows: np.ndarray, config: DetectionConfig) -> np.ndarray | None:
+    """Where every rank reports its compute gap: does each compute longer than its peers, beyond the lateness
+    floor? None where gaps are unknown (they do not veto then)."""
     gaps = [group.entries[row].rank.compute_gap_seconds_p50 for row in rows]
     if any(gap is None for gap in gaps):
-        return np.ones(len(rows), dtype=bool)
+        return None
     values = np.array(gaps, dtype=np.float64)
     excess = values - leave_one_out_median(values[:, None])[:, 0]
-    return excess >= config.straggler_wait_share * deficit
+    return excess >= config.straggler_lateness_floor_seconds
 
 
 def _from_summaries(group: RankGroup, threshold: float, config: DetectionConfig) -> StragglerReport:
@@ -193,13 +245,15 @@ def _from_summaries(group: RankGroup, threshold: float, config: DetectionConfig)
     values = np.array(waits, dtype=np.float64)
     deficit = leave_one_out_median(values[:, None])[:, 0] - values
     rows = np.arange(len(values))
-    late = (deficit >= threshold) & _computes_longer(group, rows, deficit, config)
+    gaps_ok = _computes_longer(group, rows, config)
+    late = (deficit >= threshold) & (gaps_ok if gaps_ok is not None else True)
     for row, entry in enumerate(group.entries):
         report.wait_seconds[entry.rank.rank] = float(values[row])
     culprits = [
         _Culprit(
             group.entries[row].node,
             float(deficit[row]),
+            (group.entries[row].rank.rank,),
             {
                 "rank": group.entries[row].rank.rank,
                 "method": "clock-free-summary",
@@ -234,6 +288,8 @@ def _node_findings(
     findings = []
     for node in culprit_nodes:
         ranks = [c.detail for c in culprits if c.node == node]
+        rank_ids = sorted({r for c in culprits if c.node == node for r in c.ranks})
+        pooled = any(c.detail.get("pooled") for c in culprits if c.node == node)
         strength = max(c.strength_seconds for c in culprits if c.node == node)
         confidence = min(
             0.99,
@@ -248,7 +304,7 @@ def _node_findings(
                 node=node,
                 severity=Severity.STATISTICAL,
                 summary=(
-                    f"rank {', '.join(str(c['rank']) for c in ranks)} of job {job} arrives "
+                    f"rank {', '.join(map(str, rank_ids))} of job {job} arrives "
                     f"{strength * 1000:.0f} ms late"
                     + (f" ({share:.0%} of a {step_period:.2f} s step)" if share is not None else "")
                     + " and waits less than its peers"
@@ -260,7 +316,11 @@ def _node_findings(
                     "signal": "collective lateness and wait",
                     "namespace": namespace,
                     "process_group": group.process_group,
-                    "ranks": ranks,
+                    "ranks": rank_ids,
+                    # What must stay late window after window for the verdict: the node's pooled ranks, or
+                    # the same rank(s) (noise makes a different rank the latest in each window).
+                    "subject": "node" if pooled else "ranks " + ",".join(map(str, rank_ids)),
+                    "culprits": ranks,
                     "peers": [n for n in nodes if n != node],
                     "threshold_seconds": round(threshold, 6),
                     "step_period_seconds": round(step_period, 6) if step_period else None,

@@ -4,7 +4,9 @@ Hard findings act at once (a warning sign — confidence below `FAULTY_CONFIDENC
 held for `hard_hold_seconds` after their signal leaves the agent's window. Statistical findings must persist:
 counted only on fresh evidence windows (the same document seen twice is one window), 'suspect' after
 `suspect_windows`, 'faulty' after `faulty_windows` spanning `faulty_min_seconds`, with `miss_tolerance`
-windows allowed inside a streak. A hang is its own persistence (peers waited long already): it acts at once.
+windows allowed inside a streak; a streak follows one subject (reason, job, and the finding's
+`evidence["subject"]`, e.g. the same late rank), so noise that picks a different rank each window never adds
+up. A hang is its own persistence (peers waited long already): it acts at once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class _Streak:
 
 @dataclass
 class _NodeMemory:
-    streaks: dict[tuple[str, str | None], _Streak] = field(default_factory=dict)
+    streaks: dict[tuple[str, str | None, str], _Streak] = field(default_factory=dict)
     held_hard: dict[tuple[str, str], tuple[float, Finding]] = field(
         default_factory=dict
     )  # key -> (seen, finding)
@@ -67,7 +69,11 @@ class VerdictKeeper:
             if now - seen > config.hard_hold_seconds:
                 del memory.held_hard[hard_key]
         if fresh_window:
-            present = {(f.reason, f.job): f for f in findings if f.severity is Severity.STATISTICAL}
+            present = {
+                (f.reason, f.job, str(f.evidence.get("subject", ""))): f
+                for f in findings
+                if f.severity is Severity.STATISTICAL
+            }
             for key, f in present.items():
                 streak = memory.streaks.get(key)
                 if streak is None:
