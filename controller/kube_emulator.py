@@ -575,9 +575,14 @@ class Emulator:
     def objects(self, resource: str, group: str = "", namespace: str = "") -> list[Obj]:
         return self.store.list(KINDS[(group, resource)], namespace)[0]
 
+    def change(
+        self, resource: str, name: str, change: Callable[[Obj], Obj], namespace: str = "", group: str = ""
+    ) -> Obj:
+        """Another writer: change a stored object as another client would (bumps resourceVersion)."""
+        return self.store.update(KINDS[(group, resource)], namespace, name, change)
+
     def patch_node(self, name: str, change: Callable[[Obj], Obj]) -> Obj:
-        """A concurrent writer: change the stored node as another client would (bumps resourceVersion)."""
-        return self.store.update(KINDS[("", "nodes")], "", name, change)
+        return self.change("nodes", name, change)
 
     def inject(self, fault: Fault) -> Fault:
         with self.store._lock:
