@@ -139,6 +139,8 @@ class ControllerLoop:
 
         if acting:
             await asyncio.to_thread(self._act, decision, cluster, now)
+            if decision.actions and self.kube is not None:  # show what the cluster holds now, not before acting
+                cluster = await asyncio.to_thread(self.kube.cluster)
         elif decision.actions and (self.settings.dry_run or self.kube is None):
             for action in decision.actions:
                 if not isinstance(action, policy.Notify):

@@ -3,7 +3,6 @@ scripted stand-in for the detection engine (until controller/detect/engine.py la
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -98,12 +97,8 @@ class FakeAgents:
     def __init__(self) -> None:
         self.runners: dict[str, web.AppRunner] = {}
         self.urls: dict[str, str] = {}
-        self.down: set[str] = set()
-
     async def start(self, node: str) -> str:
         async def evidence(request: web.Request) -> web.Response:
-            if node in self.down:
-                await asyncio.sleep(3)
             return web.Response(text=evidence_for(node).model_dump_json(), content_type="application/json")
 
         app = web.Application()
@@ -116,6 +111,10 @@ class FakeAgents:
         self.runners[node] = runner
         self.urls[node] = f"http://127.0.0.1:{port}"
         return self.urls[node]
+
+    async def kill(self, node: str) -> None:
+        """The node's agent dies: its port refuses connections from now on."""
+        await self.runners.pop(node).cleanup()
 
     async def stop(self) -> None:
         for runner in self.runners.values():

@@ -120,7 +120,7 @@ async def test_dry_run_writes_nothing(cluster: Cluster) -> None:
 
 async def test_unreachable_agent_makes_its_node_unknown_and_never_cordons(cluster: Cluster) -> None:
     await cluster.add_nodes(3)
-    cluster.agents.down.add("node-1")
+    await cluster.agents.kill("node-1")
     loop = cluster.loop()
     for _ in range(2):
         await loop.cycle()
