@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pydantic
 from aiohttp import web
@@ -22,6 +23,9 @@ from controller.leader import LeaderElector
 from controller.loop import ControllerLoop
 from controller.server import build_app
 from controller.settings import ControllerSettings
+
+if TYPE_CHECKING:
+    from controller.detect.engine import DetectionEngine
 
 log = logging.getLogger("controller")
 
@@ -47,16 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(settings: ControllerSettings) -> None:
-    from controller.detect.engine import DetectionEngine
-
+async def serve(settings: ControllerSettings, engine: DetectionEngine) -> None:
     kube = leader = None
     if not settings.agent_urls:
         kube = Kube(load_api_client(settings.kube.kubeconfig), settings.kube)
         if settings.leader.enabled and not settings.dry_run:
             leader = LeaderElector(kube, settings.leader)
     fetcher = EvidenceFetcher(settings.fetch)
-    loop = ControllerLoop(settings, DetectionEngine(), fetcher, kube, leader)
+    loop = ControllerLoop(settings, engine, fetcher, kube, leader)
 
     runner = web.AppRunner(build_app(loop), access_log=None)
     await runner.setup()
@@ -89,12 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_module.load(args.config, **flags)
         if args.kubeconfig:
             settings.kube.kubeconfig = args.kubeconfig
-    except (ValueError, pydantic.ValidationError) as error:
+        from controller.detect.config import DetectionConfig
+        from controller.detect.engine import DetectionEngine
+
+        engine = DetectionEngine(DetectionConfig.from_mapping(settings.detection))
+    except (ValueError, TypeError, pydantic.ValidationError) as error:
         print(f"lockstep-controller: invalid settings: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, engine))
     except (OSError, KubeError) as error:
         log.error("cannot start: %s (use --kubeconfig, or --agent-url to run without Kubernetes)", error)
         return 1

@@ -115,11 +115,10 @@ def run_status(args: argparse.Namespace) -> int:
     job_rows = []
     for job in jobs.get("jobs") or []:
         period = next((v for k, v in job.items() if "period" in k and isinstance(v, (int, float))), None)
-        ranks = job.get("ranks") or {}
         job_rows.append([
             str(job.get("name", "?")),
             str(job.get("state", "-")),
-            str(len(ranks)),
+            str(job.get("world_size") or len(job.get("rank_nodes") or job.get("ranks") or [])),
             "-" if period is None else f"{period:.3f}s",
             ", ".join(str(s) for s in job.get("suspects") or []) or "-",
         ])

@@ -110,6 +110,11 @@ class ControllerSettings(BaseSettings):
     kube: KubeSettings = Field(default_factory=KubeSettings)
     leader: LeaderSettings = Field(default_factory=LeaderSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    detection: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Detection thresholds: fields of DetectionConfig (controller/detect/config.py), each documented "
+        "there; unset ones keep their defaults.",
+    )
 
     @field_validator("listen")
     @classmethod
