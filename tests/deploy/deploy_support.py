@@ -23,13 +23,28 @@ NAMESPACE = "gpu-health"
 
 # Every optional feature of the chart switched on at once.
 ALL_FEATURES: dict[str, Any] = {
-    "agent": {"hostNetwork": True, "runtimeClassName": "nvidia", "config": {"nvml": {"enabled": True}},
-              "extraEnv": [{"name": "EXTRA", "value": "1"}], "podAnnotations": {"a": "b"}, "podLabels": {"team": "ml"}},
-    "controller": {"dryRun": False, "priorityClassName": "system-cluster-critical", "config": {"extra": 1},
-                   "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
-                   "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
-                                                  "whenUnsatisfiable": "ScheduleAnyway",
-                                                  "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "controller"}}}]},
+    "agent": {
+        "hostNetwork": True,
+        "runtimeClassName": "nvidia",
+        "config": {"nvml": {"enabled": True}},
+        "extraEnv": [{"name": "EXTRA", "value": "1"}],
+        "podAnnotations": {"a": "b"},
+        "podLabels": {"team": "ml"},
+    },
+    "controller": {
+        "dryRun": False,
+        "priorityClassName": "system-cluster-critical",
+        "config": {"extra": 1},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "controller"}},
+            }
+        ],
+    },
     "image": {"digest": "sha256:" + "a" * 64},
     "imagePullSecrets": [{"name": "registry"}],
     "commonLabels": {"owner": "platform"},
@@ -63,7 +78,12 @@ def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"] if "alert" in rule]
+    return [
+        rule
+        for group in yaml.safe_load(ALERTS.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
@@ -90,7 +110,9 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
 
 def grafana_to_promql(expr: str, rate_interval: str = "5m") -> str:
     """Substitute Grafana's variables as Grafana would with "All" selected."""
-    return expr.replace("$__rate_interval", rate_interval).replace('"$node"', '".*"').replace('"$job"', '".*"')
+    return (
+        expr.replace("$__rate_interval", rate_interval).replace('"$node"', '".*"').replace('"$job"', '".*"')
+    )
 
 
 _METRIC = re.compile(r"\b(lockstep_[a-z0-9_]+|up)\b")

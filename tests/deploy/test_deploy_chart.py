@@ -35,14 +35,18 @@ def test_chart_lints_clean_in_strict_mode(values: dict[str, Any] | None) -> None
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("values", CASES.values(), ids=CASES.keys())
-def test_every_core_object_is_valid_kubernetes_in_strict_mode(values: dict[str, Any] | None, version: str) -> None:
+def test_every_core_object_is_valid_kubernetes_in_strict_mode(
+    values: dict[str, Any] | None, version: str
+) -> None:
     core = [o for o in objects(values) if o["kind"] not in OPERATOR_KINDS]
     assert core
     for obj in core:
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version}: {error.message} at {list(error.path)}")
+            pytest.fail(
+                f"{obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version}: {error.message} at {list(error.path)}"
+            )
 
 
 # The prometheus-operator CRD schemas are not shipped here: the custom resources are checked for the
@@ -55,13 +59,20 @@ def test_prometheus_operator_resources_have_the_structure_the_operator_requires(
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         spec = monitor["spec"]
         endpoints = spec["endpoints"] if monitor["kind"] == "ServiceMonitor" else spec["podMetricsEndpoints"]
-        assert set(spec) == {"jobLabel", "selector", "namespaceSelector", ("endpoints" if monitor["kind"] == "ServiceMonitor" else "podMetricsEndpoints")}
+        assert set(spec) == {
+            "jobLabel",
+            "selector",
+            "namespaceSelector",
+            ("endpoints" if monitor["kind"] == "ServiceMonitor" else "podMetricsEndpoints"),
+        }
         assert spec["jobLabel"] == "lockstep.dev/scrape-job"
         assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
         for endpoint in endpoints:
             assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
             assert isinstance(endpoint["honorLabels"], bool)
-            assert all(isinstance(r["sourceLabels"], list) and r["targetLabel"] for r in endpoint["relabelings"])
+            assert all(
+                isinstance(r["sourceLabels"], list) and r["targetLabel"] for r in endpoint["relabelings"]
+            )
 
     (rule,) = by_kind(objs, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
@@ -71,7 +82,9 @@ def test_prometheus_operator_resources_have_the_structure_the_operator_requires(
         for r in group["rules"]:
             assert set(r) <= {"alert", "record", "expr", "for", "labels", "annotations", "keep_firing_for"}
             assert isinstance(r["expr"], str)
-            assert all(isinstance(v, str) for v in {**r.get("labels", {}), **r.get("annotations", {})}.values())
+            assert all(
+                isinstance(v, str) for v in {**r.get("labels", {}), **r.get("annotations", {})}.values()
+            )
 
 
 def test_monitors_name_the_scrape_jobs_the_rules_and_dashboards_expect() -> None:
@@ -79,16 +92,25 @@ def test_monitors_name_the_scrape_jobs_the_rules_and_dashboards_expect() -> None
     for kind in ("Service", "DaemonSet", "Deployment"):
         for obj in by_kind(objs, kind):
             component = obj["metadata"]["labels"]["app.kubernetes.io/component"]
-            labels = obj["metadata"]["labels"] if kind == "Service" else obj["spec"]["template"]["metadata"]["labels"]
+            labels = (
+                obj["metadata"]["labels"]
+                if kind == "Service"
+                else obj["spec"]["template"]["metadata"]["labels"]
+            )
             assert labels["lockstep.dev/scrape-job"] == f"lockstep-{component}"
     assert 'job="lockstep-agent"' in ALERTS.read_text() and 'job="lockstep-controller"' in ALERTS.read_text()
 
 
 def test_prometheus_rule_carries_exactly_the_alerts_file_with_the_chosen_runbook_url() -> None:
     base = "https://runbooks.example.com/lockstep.md"
-    (rule,) = by_kind(objects({"prometheusRule": {"enabled": True, "runbookBaseUrl": base}}), "PrometheusRule")
-    expected = yaml.safe_load(ALERTS.read_text().replace(
-        "https://github.com/lockstep-dev/lockstep/blob/main/docs/runbooks.md", base))
+    (rule,) = by_kind(
+        objects({"prometheusRule": {"enabled": True, "runbookBaseUrl": base}}), "PrometheusRule"
+    )
+    expected = yaml.safe_load(
+        ALERTS.read_text().replace(
+            "https://github.com/lockstep-dev/lockstep/blob/main/docs/runbooks.md", base
+        )
+    )
     assert rule["spec"] == expected
     urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
     assert urls and all(u.startswith(base + "#") for u in urls)
@@ -102,7 +124,11 @@ def test_dashboards_ship_as_configmaps_labelled_for_the_grafana_sidecar() -> Non
     for m in maps:
         assert m["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert m["metadata"]["annotations"]["grafana_folder"] == "Lockstep"
-    assert not [o for o in by_kind(objects({"dashboards": {"enabled": False}}), "ConfigMap") if "grafana_dashboard" in o["metadata"]["labels"]]
+    assert not [
+        o
+        for o in by_kind(objects({"dashboards": {"enabled": False}}), "ConfigMap")
+        if "grafana_dashboard" in o["metadata"]["labels"]
+    ]
 
 
 def test_safe_defaults_dry_run_two_replicas_with_a_disruption_budget() -> None:
@@ -113,7 +139,11 @@ def test_safe_defaults_dry_run_two_replicas_with_a_disruption_budget() -> None:
     (pdb,) = by_kind(objs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
-    config = yaml.safe_load(next(c for c in by_kind(objs, "ConfigMap") if c["metadata"]["name"] == "lockstep-controller")["data"]["controller.yaml"])
+    config = yaml.safe_load(
+        next(c for c in by_kind(objs, "ConfigMap") if c["metadata"]["name"] == "lockstep-controller")["data"][
+            "controller.yaml"
+        ]
+    )
     assert config["dry_run"] is True
     assert config["safety"]["max_cordoned_nodes"] >= 1 and 0 < config["safety"]["max_cordoned_percent"] <= 10
     assert config["leader_election"]["lease_namespace"] == NAMESPACE
@@ -133,8 +163,14 @@ def test_agent_sees_gpus_without_requesting_them_and_keeps_running_on_nodes_lock
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["LOCKSTEP_SOCKET_DIR"] == "/run/lockstep"
-    assert {"key": "lockstep.dev/unhealthy", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    assert container["args"] == ["--listen=0.0.0.0:9445", "--config=/etc/lockstep/agent.yaml", "--node-name=$(NODE_NAME)"]
+    assert {"key": "lockstep.dev/unhealthy", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert container["args"] == [
+        "--listen=0.0.0.0:9445",
+        "--config=/etc/lockstep/agent.yaml",
+        "--node-name=$(NODE_NAME)",
+    ]
 
 
 def test_agent_mounts_what_collectors_read_read_only_and_the_probe_socket_dir_from_the_host() -> None:
@@ -188,15 +224,23 @@ def test_rbac_grants_exactly_the_verbs_the_controller_uses_and_no_wildcards() ->
     assert granted(role) == EXPECTED_NAMESPACED_RULES
     assert role["metadata"]["namespace"] == NAMESPACE
     (binding,) = by_kind(objs, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lockstep-controller", "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "lockstep-controller", "namespace": NAMESPACE}
+    ]
     assert "*" not in json.dumps([cluster_role["rules"], role["rules"]])
     assert not by_kind(objects({"rbac": {"create": False}}), "ClusterRole")
 
 
 def test_network_policy_admits_only_prometheus_and_the_controller_to_the_agents() -> None:
-    policies = {p["metadata"]["name"]: p for p in by_kind(objects({"networkPolicy": {"enabled": True}}), "NetworkPolicy")}
+    policies = {
+        p["metadata"]["name"]: p
+        for p in by_kind(objects({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+    }
     agent_sources = policies["lockstep-agent"]["spec"]["ingress"][0]["from"]
-    assert any(s.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "controller" for s in agent_sources)
+    assert any(
+        s.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "controller"
+        for s in agent_sources
+    )
     controller_sources = policies["lockstep-controller"]["spec"]["ingress"][0]["from"]
     assert len(controller_sources) == 1 and "namespaceSelector" in controller_sources[0]
 
@@ -205,15 +249,21 @@ def test_long_release_names_keep_every_object_name_within_kubernetes_limits() ->
     release = "a-very-long-release-name-for-gpu-health-in-prod-eu1"
     for obj in objects(ALL_FEATURES, release=release):
         assert len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
-    names = {o["metadata"]["name"] for o in by_kind(objects(release=release), "DaemonSet") + by_kind(objects(release=release), "Deployment")}
+    names = {
+        o["metadata"]["name"]
+        for o in by_kind(objects(release=release), "DaemonSet")
+        + by_kind(objects(release=release), "Deployment")
+    }
     assert len(names) == 2
 
 
 def test_config_checksum_rolls_the_pods_when_settings_change() -> None:
     def checksums(values: dict[str, Any] | None) -> tuple[str, str]:
         objs = objects(values)
-        return (by_kind(objs, "DaemonSet")[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
-                by_kind(objs, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+        return (
+            by_kind(objs, "DaemonSet")[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+            by_kind(objs, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+        )
 
     agent, controller = checksums(None)
     assert checksums({"agent": {"config": {"nvml": {"enabled": False}}}})[0] != agent
@@ -221,8 +271,12 @@ def test_config_checksum_rolls_the_pods_when_settings_change() -> None:
 
 
 def test_controller_config_merges_extra_settings_over_the_first_class_safety_values() -> None:
-    values = {"controller": {"config": {"safety": {"max_cordoned_nodes": 7}, "detect": {"window_seconds": 30}}}}
-    config_map = next(c for c in by_kind(objects(values), "ConfigMap") if c["metadata"]["name"] == "lockstep-controller")
+    values = {
+        "controller": {"config": {"safety": {"max_cordoned_nodes": 7}, "detect": {"window_seconds": 30}}}
+    }
+    config_map = next(
+        c for c in by_kind(objects(values), "ConfigMap") if c["metadata"]["name"] == "lockstep-controller"
+    )
     config = yaml.safe_load(config_map["data"]["controller.yaml"])
     assert config["safety"]["max_cordoned_nodes"] == 7 and config["safety"]["breaker_nodes"] == 3
     assert config["detect"] == {"window_seconds": 30}
@@ -232,8 +286,16 @@ BAD_VALUES = [
     ({"controller": {"replicas": 0}}, "/controller/replicas", "minimum"),
     ({"controller": {"dryRun": "yes"}}, "/controller/dryRun", "boolean"),
     ({"agent": {"hostnetwork": True}}, "/agent", "'hostnetwork' not allowed"),
-    ({"controller": {"safety": {"onSuspect": "cordon"}}}, "/controller/safety/onSuspect", "'event', 'metric'"),
-    ({"controller": {"safety": {"maxCordonedPercent": 150}}}, "/controller/safety/maxCordonedPercent", "maximum"),
+    (
+        {"controller": {"safety": {"onSuspect": "cordon"}}},
+        "/controller/safety/onSuspect",
+        "'event', 'metric'",
+    ),
+    (
+        {"controller": {"safety": {"maxCordonedPercent": 150}}},
+        "/controller/safety/maxCordonedPercent",
+        "maximum",
+    ),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "one of"),
     ({"serviceMonitor": {"interval": "fast"}}, "/serviceMonitor/interval", "pattern"),
     ({"agent": {"port": 70000}}, "/agent/port", "maximum"),
@@ -241,7 +303,9 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize(("values", "where", "why"), BAD_VALUES, ids=[w for _, w, _ in BAD_VALUES])
-def test_schema_rejects_bad_values_naming_the_key_and_the_constraint(values: dict[str, Any], where: str, why: str) -> None:
+def test_schema_rejects_bad_values_naming_the_key_and_the_constraint(
+    values: dict[str, Any], where: str, why: str
+) -> None:
     with pytest.raises(helm.HelmValuesError) as error:
         render(values)
     assert where in str(error.value) and why in str(error.value)
@@ -254,7 +318,9 @@ def test_schema_describes_every_default_value() -> None:
         for key, value in values.items():
             assert key in node.get("properties", {}), f"{path}.{key} has no schema"
             child = node["properties"][key]
-            assert child.get("description") or child.get("type") == "object" or "pattern" in child, f"{path}.{key} undescribed"
+            assert child.get("description") or child.get("type") == "object" or "pattern" in child, (
+                f"{path}.{key} undescribed"
+            )
             if isinstance(value, dict) and child.get("properties"):
                 walk(value, child, f"{path}.{key}")
 
@@ -263,8 +329,18 @@ def test_schema_describes_every_default_value() -> None:
 
 def test_notes_tell_what_to_do_next() -> None:
     notes = render()["lockstep/templates/NOTES.txt"]
-    for step in ("kubectl -n gpu-health get daemonset lockstep-agent", "lockstep status --controller",
-                 "LOCKSTEP_PROBE", "DRY RUN", "controller.dryRun=false", "serviceMonitor.enabled=true"):
+    for step in (
+        "kubectl -n gpu-health get daemonset lockstep-agent",
+        "lockstep status --controller",
+        "LOCKSTEP_PROBE",
+        "DRY RUN",
+        "controller.dryRun=false",
+        "serviceMonitor.enabled=true",
+    ):
         assert step in notes
     acting = render(ALL_FEATURES)["lockstep/templates/NOTES.txt"]
-    assert "DRY RUN" not in acting and "lockstep release --breaker" in acting and "lockstep.dev/managed=false" in acting
+    assert (
+        "DRY RUN" not in acting
+        and "lockstep release --breaker" in acting
+        and "lockstep.dev/managed=false" in acting
+    )
