@@ -34,7 +34,7 @@ ALL_FEATURES: dict[str, Any] = {
     "controller": {
         "dryRun": False,
         "priorityClassName": "system-cluster-critical",
-        "config": {"extra": 1},
+        "config": {"fetch": {"timeout_seconds": 3.0}},
         "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
         "topologySpreadConstraints": [
             {

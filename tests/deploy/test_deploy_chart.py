@@ -145,8 +145,9 @@ def test_safe_defaults_dry_run_two_replicas_with_a_disruption_budget() -> None:
         ]
     )
     assert config["dry_run"] is True
-    assert config["safety"]["max_cordoned_nodes"] >= 1 and 0 < config["safety"]["max_cordoned_percent"] <= 10
-    assert config["leader_election"]["lease_namespace"] == NAMESPACE
+    assert config["safety"]["max_cordoned_nodes"] >= 1 and 0 < config["safety"]["max_cordoned_ratio"] <= 0.1
+    assert config["safety"]["auto_release_after_seconds"] is None
+    assert config["leader"]["enabled"] is True and config["kube"]["namespace"] == NAMESPACE
 
     acting = by_kind(objects({"controller": {"dryRun": False}}), "Deployment")[0]
     assert "--dry-run" not in acting["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -204,7 +205,10 @@ EXPECTED_CLUSTER_RULES = {
     ("", "events"): {"create"},
     ("events.k8s.io", "events"): {"create"},
 }
-EXPECTED_NAMESPACED_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+EXPECTED_NAMESPACED_RULES = {
+    ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+    ("", "configmaps"): {"get", "create", "patch"},
+}
 
 
 def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -272,14 +276,14 @@ def test_config_checksum_rolls_the_pods_when_settings_change() -> None:
 
 def test_controller_config_merges_extra_settings_over_the_first_class_safety_values() -> None:
     values = {
-        "controller": {"config": {"safety": {"max_cordoned_nodes": 7}, "detect": {"window_seconds": 30}}}
+        "controller": {"config": {"safety": {"max_cordoned_nodes": 7}, "fetch": {"timeout_seconds": 3.0}}}
     }
     config_map = next(
         c for c in by_kind(objects(values), "ConfigMap") if c["metadata"]["name"] == "lockstep-controller"
     )
     config = yaml.safe_load(config_map["data"]["controller.yaml"])
     assert config["safety"]["max_cordoned_nodes"] == 7 and config["safety"]["breaker_nodes"] == 3
-    assert config["detect"] == {"window_seconds": 30}
+    assert config["fetch"] == {"timeout_seconds": 3.0}
 
 
 BAD_VALUES = [
@@ -287,13 +291,13 @@ BAD_VALUES = [
     ({"controller": {"dryRun": "yes"}}, "/controller/dryRun", "boolean"),
     ({"agent": {"hostnetwork": True}}, "/agent", "'hostnetwork' not allowed"),
     (
-        {"controller": {"safety": {"onSuspect": "cordon"}}},
-        "/controller/safety/onSuspect",
-        "'event', 'metric'",
+        {"controller": {"logLevel": "chatty"}},
+        "/controller/logLevel",
+        "'DEBUG', 'INFO', 'WARNING', 'ERROR'",
     ),
     (
-        {"controller": {"safety": {"maxCordonedPercent": 150}}},
-        "/controller/safety/maxCordonedPercent",
+        {"controller": {"safety": {"maxCordonedRatio": 1.5}}},
+        "/controller/safety/maxCordonedRatio",
         "maximum",
     ),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "one of"),

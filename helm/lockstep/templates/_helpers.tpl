@@ -76,40 +76,43 @@ capabilities:
   drop: ["ALL"]
 {{- end }}
 
-{{/* The agent's settings file (AgentSettings tree). */}}
+{{/* The agent's settings file (AgentSettings): host mounts and log level, then agent.config over them. */}}
 {{- define "lockstep.agentConfig" -}}
-{{- if .Values.agent.config }}
-{{- toYaml .Values.agent.config }}
-{{- else -}}
-{}
-{{- end }}
+{{- $base := dict
+  "log_level" .Values.agent.logLevel
+  "network" (dict "sysfs_root" "/host/sys")
+  "host" (dict "procfs_root" "/host/proc") }}
+{{- toYaml (mergeOverwrite $base (deepCopy .Values.agent.config)) }}
 {{- end }}
 
-{{/* The controller's settings file: the chart's first-class safety values, then controller.config over them. */}}
+{{/* The controller's settings file (ControllerSettings): the chart's first-class values, then controller.config over them. */}}
 {{- define "lockstep.controllerConfig" -}}
 {{- $c := .Values.controller }}
 {{- $s := $c.safety }}
-{{- $agentCtx := dict "root" . "component" "agent" }}
 {{- $base := dict
   "dry_run" $c.dryRun
   "interval_seconds" $c.intervalSeconds
-  "safety" (dict
-    "max_cordoned_nodes" $s.maxCordonedNodes
-    "max_cordoned_percent" $s.maxCordonedPercent
-    "max_cordons_per_hour" $s.maxCordonsPerHour
-    "breaker_nodes" $s.breaker.nodes
-    "breaker_window_seconds" $s.breaker.windowSeconds
-    "release_after_healthy_seconds" $s.releaseAfterHealthySeconds
-    "on_suspect" $s.onSuspect
-    "managed_node_selector" $c.managedNodeSelector)
-  "leader_election" (dict
-    "lease_name" $c.leaderElection.leaseName
-    "lease_namespace" .Release.Namespace
+  "log_level" $c.logLevel
+  "kube" (dict
+    "namespace" .Release.Namespace
+    "node_selector" $c.managedNodeSelector
+    "agent_namespace" .Release.Namespace
+    "agent_label_selector" (printf "app.kubernetes.io/instance=%s,app.kubernetes.io/component=agent" .Release.Name)
+    "agent_port" .Values.agent.port
+    "breaker_configmap" (default (printf "%s-breaker" (include "lockstep.fullname" . | trunc 55 | trimSuffix "-")) $c.breakerConfigMap))
+  "leader" (dict
+    "enabled" true
+    "lease_name" (default (include "lockstep.componentName" (dict "root" . "component" "controller")) $c.leaderElection.leaseName)
     "lease_duration_seconds" $c.leaderElection.leaseDurationSeconds
     "renew_deadline_seconds" $c.leaderElection.renewDeadlineSeconds)
-  "agents" (dict
-    "namespace" .Release.Namespace
-    "label_selector" (printf "app.kubernetes.io/instance=%s,app.kubernetes.io/component=agent" .Release.Name)
-    "port" .Values.agent.port) }}
+  "safety" (dict
+    "max_cordoned_nodes" $s.maxCordonedNodes
+    "max_cordoned_ratio" $s.maxCordonedRatio
+    "max_cordons_per_window" $s.maxCordonsPerWindow
+    "rate_window_seconds" $s.rateWindowSeconds
+    "breaker_nodes" $s.breaker.nodes
+    "breaker_window_seconds" $s.breaker.windowSeconds
+    "auto_release_after_seconds" (ternary nil $s.autoReleaseAfterSeconds (eq (int $s.autoReleaseAfterSeconds) 0))
+    "suspect_events" $s.suspectEvents) }}
 {{- toYaml (mergeOverwrite $base (deepCopy $c.config)) }}
 {{- end }}
