@@ -72,7 +72,7 @@ class Observer:
 
     def poll(self) -> None:
         verdicts = self._controller_verdicts()
-        kube_nodes = self._kube_nodes()
+        kube_nodes = self.kube_nodes()
         for name in self.node_names:
             verdict, reason, summary = verdicts.get(
                 name, (self.views[name].verdict, self.views[name].reason, "")
@@ -90,7 +90,8 @@ class Observer:
             log.debug("controller status API: %s", error)
             return {}
 
-    def _kube_nodes(self) -> dict[str, tuple[bool, str | None]]:
+    def kube_nodes(self) -> dict[str, tuple[bool, str | None]]:
+        """Node name -> (cordoned, Lockstep taint value or None), read from the Kubernetes API now."""
         try:
             nodes = self._core.list_node(_request_timeout=3).items
         except Exception as error:  # noqa: BLE001 - any API failure is one missed poll, counted
