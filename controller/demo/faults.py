@@ -16,6 +16,8 @@ from controller.demo.job import TrainingJob
 
 log = logging.getLogger(__name__)
 
+GPUS_PER_NODE = 2  # fake GPUs per demo node: enough to show one failing next to a healthy one
+
 
 class FaultError(RuntimeError):
     """A fault could not be injected here (e.g. `tc` needs root and network namespaces)."""
@@ -166,10 +168,17 @@ FAULTS: dict[str, type[Fault]] = {
 
 
 def write_nvml_config(node: Node, xids: list[tuple[int, int]] | None = None) -> None:
-    """Write the node's fake-NVML config (healthy GPUs, plus XID events as (gpu index, code)); atomically."""
-    config: dict[str, object] = {"gpus": 8}
-    if xids:
-        config["xid_events"] = [{"gpu": gpu, "xid": code} for gpu, code in xids]
+    """Write the node's fake-NVML config (tools/fake-nvml): healthy GPUs, plus XID events as (gpu index, code).
+
+    The fake library re-reads the file when it changes and delivers XIDs it has not delivered yet; the file is
+    replaced atomically so the agent never reads half of it.
+    """
+    config: dict[str, object] = {"gpu_count": GPUS_PER_NODE}
+    gpus: dict[str, dict[str, list[int]]] = {}
+    for gpu, code in xids or []:
+        gpus.setdefault(str(gpu), {"xid": []})["xid"].append(code)
+    if gpus:
+        config["gpus"] = gpus
     tmp = node.nvml_config.with_suffix(".tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     tmp.replace(node.nvml_config)

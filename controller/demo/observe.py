@@ -32,12 +32,9 @@ class NodeView:
 
 def parse_controller_nodes(document: Any) -> dict[str, tuple[str, str, str]]:
     """Node name -> (verdict, reason, summary) from the controller's `/api/v1/nodes` document."""
-    items = document.get("nodes", document) if isinstance(document, dict) else document
-    if isinstance(items, dict):
-        items = [{"node": name, **value} for name, value in items.items()]
     verdicts = {}
-    for item in items or []:
-        name = item.get("node") or item.get("name")
+    for item in document.get("nodes", []):
+        name = item.get("node")
         if not name:
             continue
         summaries = [f.get("summary", "") for f in item.get("findings", []) if isinstance(f, dict)]

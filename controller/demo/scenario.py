@@ -42,6 +42,8 @@ from controller.demo.timeline import Timeline
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_SECONDS = 0.5
+AGENT_NAMESPACE = "lockstep"  # where the controller looks for agent pods by default (controller.settings)
+AGENT_POD_LABELS = {"app.kubernetes.io/name": "lockstep-agent"}
 
 
 class PrerequisiteError(RuntimeError):
@@ -191,7 +193,8 @@ class DemoRun:
         self._register_nodes()
         self.timeline.add(
             "kubernetes",
-            f"Kubernetes API emulator (an HTTP stand-in, not a real kube-apiserver) with {len(cluster.nodes)} Node objects; kubeconfig {self.emulator.kubeconfig}",
+            f"Kubernetes API emulator (an HTTP stand-in, not a real kube-apiserver): {len(cluster.nodes)} Nodes, "
+            f"an agent pod on each; kubeconfig {self.emulator.kubeconfig}",
         )
         self.controller = start_controller(
             self.processes, cluster, self.emulator.kubeconfig, self.env, options.startup_timeout_seconds
@@ -216,21 +219,45 @@ class DemoRun:
         )
 
     def _register_nodes(self) -> None:
+        """A Node object per demo node and, on it, a pod of the agent DaemonSet (how the controller finds agents)."""
         assert self.cluster is not None and self.emulator is not None
         api = kube_client.CoreV1Api(
             kube_config.new_client_from_config(config_file=str(self.emulator.kubeconfig))
         )
         for node in self.cluster.nodes:
-            body = kube_client.V1Node(
-                metadata=kube_client.V1ObjectMeta(
-                    name=node.name,
-                    labels={"kubernetes.io/hostname": node.name, "lockstep.dev/demo": self.cluster.run_id},
-                ),
-                status=kube_client.V1NodeStatus(
-                    addresses=[kube_client.V1NodeAddress(type="InternalIP", address=node.ip)]
+            api.create_node(
+                kube_client.V1Node(
+                    metadata=kube_client.V1ObjectMeta(
+                        name=node.name,
+                        labels={
+                            "kubernetes.io/hostname": node.name,
+                            "lockstep.dev/demo": self.cluster.run_id,
+                        },
+                    ),
+                    status=kube_client.V1NodeStatus(
+                        addresses=[kube_client.V1NodeAddress(type="InternalIP", address=node.ip)],
+                        conditions=[
+                            kube_client.V1NodeCondition(type="Ready", status="True", reason="KubeletReady")
+                        ],
+                    ),
+                )
+            )
+            port = kube_client.V1ContainerPort(name="http", container_port=node.agent_port)
+            api.create_namespaced_pod(
+                AGENT_NAMESPACE,
+                kube_client.V1Pod(
+                    metadata=kube_client.V1ObjectMeta(
+                        name=f"lockstep-agent-{node.index}", labels=AGENT_POD_LABELS
+                    ),
+                    spec=kube_client.V1PodSpec(
+                        node_name=node.name,
+                        containers=[
+                            kube_client.V1Container(name="agent", image="lockstep:demo", ports=[port])
+                        ],
+                    ),
+                    status=kube_client.V1PodStatus(phase="Running", pod_ip=node.ip),
                 ),
             )
-            api.create_node(body)
 
     # --- the job ------------------------------------------------------------------------------------------
 

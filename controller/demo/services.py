@@ -102,11 +102,11 @@ class Controller:
 
 
 def start_controller(
-    processes: ProcessSet, cluster: Cluster, kubeconfig: Path, env: Mapping[str, str], timeout_seconds: float
+    processes: ProcessSet, kubeconfig: Path, env: Mapping[str, str], timeout_seconds: float
 ) -> Controller:
+    """The controller acting on the Kubernetes API at `kubeconfig`; it finds the agents through their pods there
+    (not `--agent-url`, a mode that never acts)."""
     port = free_port()
-    controller_env = dict(env)
-    controller_env["KUBECONFIG"] = str(kubeconfig)
     argv = [
         sys.executable,
         "-m",
@@ -116,9 +116,7 @@ def start_controller(
         "--kubeconfig",
         str(kubeconfig),
     ]
-    for node in cluster.nodes:
-        argv += ["--agent-url", node.agent_url]
-    child = processes.start("controller", argv, controller_env)
+    child = processes.start("controller", argv, env)
     url = f"http://127.0.0.1:{port}"
     wait_ready(child, f"{url}/healthz", timeout_seconds)
     return Controller(child, url)
