@@ -197,7 +197,7 @@ class DemoRun:
             f"an agent pod on each; kubeconfig {self.emulator.kubeconfig}",
         )
         self.controller = start_controller(
-            self.processes, cluster, self.emulator.kubeconfig, self.env, options.startup_timeout_seconds
+            self.processes, self.emulator.kubeconfig, self.env, options.startup_timeout_seconds
         )
         self.timeline.add(
             "controller", f"controller acting on the emulator (not dry-run), status API {self.controller.url}"
