@@ -97,9 +97,9 @@ class Observer:
             return {}
         seen = {}
         for node in nodes:
-            taints = node.spec.taints or []
-            taint = next((f"{t.value}:{t.effect}" for t in taints if t.key == TAINT_KEY), None)
-            seen[node.metadata.name] = (bool(node.spec.unschedulable), taint)
+            spec = node.spec or kube_client.V1NodeSpec()
+            taint = next((f"{t.value}:{t.effect}" for t in spec.taints or [] if t.key == TAINT_KEY), None)
+            seen[node.metadata.name] = (bool(spec.unschedulable), taint)
         return seen
 
     def _record(self, name: str, new: NodeView) -> None:
