@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_NVML_DIR = REPO / "build" / "fake-nvml"
-ALERT_RULE_GLOBS = ("deploy/prometheus/*.y*ml", "deploy/alerts/*.y*ml", "prometheus/*.rules.y*ml")
+ALERT_RULES = REPO / "helm" / "lockstep" / "files" / "alerts.yaml"  # the chart's PrometheusRule source
 
 
 def agent_config(node: Node) -> dict[str, object]:
@@ -123,7 +123,7 @@ def start_controller(
 
 
 def alert_rule_files() -> list[Path]:
-    return sorted({p for pattern in ALERT_RULE_GLOBS for p in REPO.glob(pattern)})
+    return [ALERT_RULES] if ALERT_RULES.exists() else []
 
 
 @dataclass
