@@ -33,14 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "until the faulty node is cordoned and tainted. Everything is removed at the end, also on Ctrl-C. "
             "Exit code 0: the fault was found in time and no innocent node was blamed; 1: not; 2: cannot run."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--nodes", type=int, default=4, help="nodes in the cluster (2..16)")
+    parser.add_argument(
+        "--nodes", type=int, default=4, help="nodes in the cluster, 2..16 (default %(default)s)"
+    )
     parser.add_argument(
         "--fault",
         choices=FAULT_CHOICES,
         default="straggler",
-        help="fault to inject: " + "; ".join(f"{name}: {FAULTS[name].help}" for name in FAULT_CHOICES),
+        help="fault to inject (default %(default)s): "
+        + "; ".join(f"{name}: {FAULTS[name].help}" for name in FAULT_CHOICES),
     )
     parser.add_argument(
         "--target-rank",
@@ -52,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fault-at",
         type=float,
         default=20.0,
-        help="seconds of healthy training (after every rank reports) before the fault",
+        help="seconds of healthy training, after every rank reports, before the fault (default %(default)s)",
     )
     parser.add_argument(
         "--timeout",
@@ -65,17 +67,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--straggler-slowdown",
         type=float,
         default=1.4,
-        help="compute factor of the straggling rank (1.4 = +40%% per step)",
+        help="compute factor of the straggling rank, 1.4 = +40%% per step (default %(default)s)",
     )
     parser.add_argument(
-        "--xid", type=int, default=79, help="XID code fired by --fault xid (79: GPU has fallen off the bus)"
+        "--xid",
+        type=int,
+        default=79,
+        help="XID code fired by --fault xid (default %(default)s: GPU has fallen off the bus)",
     )
-    parser.add_argument("--link-rate", default="8mbit", help="tc tbf rate for --fault slow-link")
     parser.add_argument(
-        "--idle-nodes", type=int, default=0, help="nodes with an agent but no rank (a negative control)"
+        "--link-rate", default="8mbit", help="tc tbf rate for --fault slow-link (default %(default)s)"
     )
     parser.add_argument(
-        "--step-compute", type=float, default=0.2, help="simulated device compute per training step, s"
+        "--idle-nodes",
+        type=int,
+        default=0,
+        help="nodes with an agent but no rank, a negative control (default %(default)s)",
+    )
+    parser.add_argument(
+        "--step-compute",
+        type=float,
+        default=0.2,
+        help="simulated device compute per training step, s (default %(default)s)",
     )
     parser.add_argument(
         "--localhost",

@@ -145,6 +145,7 @@ class DemoRun:
     observer: Observer | None = None
     faults: list[Fault] = field(default_factory=list)
     step_period_seconds: float | None = None
+    exited_ranks: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.processes = ProcessSet(self.work_dir)
@@ -324,9 +325,21 @@ class DemoRun:
         end = time.monotonic() + seconds
         while True:
             self.observer.poll()
+            self._report_exited_ranks()
             if time.monotonic() >= end:
                 return
             time.sleep(min(POLL_INTERVAL_SECONDS, max(0.0, end - time.monotonic())))
+
+    def _report_exited_ranks(self) -> None:
+        if self.job is None:
+            return
+        for rank in self.job.failed_ranks():
+            if rank not in self.exited_ranks:
+                self.exited_ranks.add(rank)
+                child = self.job.ranks[rank]
+                self.timeline.add(
+                    "job", f"rank {rank} exited with code {child.popen.returncode} (log {child.log_path})"
+                )
 
     def inject(self, fault: Fault) -> float:
         """Inject `fault` now; returns the timeline time of the injection."""
