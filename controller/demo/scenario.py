@@ -145,7 +145,7 @@ class DemoRun:
     observer: Observer | None = None
     faults: list[Fault] = field(default_factory=list)
     step_period_seconds: float | None = None
-    exited_ranks: set[int] = field(default_factory=set)
+    exited_pids: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.processes = ProcessSet(self.work_dir)
@@ -334,9 +334,9 @@ class DemoRun:
         if self.job is None:
             return
         for rank in self.job.failed_ranks():
-            if rank not in self.exited_ranks:
-                self.exited_ranks.add(rank)
-                child = self.job.ranks[rank]
+            child = self.job.ranks[rank]
+            if child.pid not in self.exited_pids:
+                self.exited_pids.add(child.pid)
                 self.timeline.add(
                     "job", f"rank {rank} exited with code {child.popen.returncode} (log {child.log_path})"
                 )
