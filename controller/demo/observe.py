@@ -109,7 +109,8 @@ class Observer:
             self.ever_blamed.add(name)
         if new.verdict == "suspect":
             self.ever_suspect.add(name)
-        if new.verdict != old.verdict:
+        # A node's first verdict (unknown -> healthy at the controller's first cycle) is no news.
+        if new.verdict != old.verdict and (old.verdict, new.verdict) != ("unknown", "healthy"):
             detail = f" ({new.reason})" if new.reason else ""
             summary = f": {new.summary}" if new.summary else ""
             self.timeline.add(new.verdict, f"{name} is {new.verdict}{detail}{summary}", node=name)
@@ -135,9 +136,11 @@ class Observer:
             labels = alert.get("labels", {})
             where = labels.get("node") or labels.get("instance") or labels.get("job_name") or ""
             current[f"{labels.get('alertname', '?')}{{{where}}}"] = str(alert.get("state", "?"))
+        # Pending alerts wait out their `for:`; only firing ones (and their end) are news.
         for key, state in current.items():
-            if self.alerts.get(key) != state:
-                self.timeline.add("alert", f"Prometheus alert {key} is {state}")
-        for key in set(self.alerts) - set(current):
-            self.timeline.add("alert", f"Prometheus alert {key} resolved")
+            if state == "firing" and self.alerts.get(key) != "firing":
+                self.timeline.add("alert", f"Prometheus alert {key} firing")
+        for key, state in self.alerts.items():
+            if state == "firing" and current.get(key) != "firing":
+                self.timeline.add("alert", f"Prometheus alert {key} no longer firing")
         self.alerts = current
