@@ -178,7 +178,7 @@ class DemoRun:
         if options.use_namespaces:
             where = f"network namespaces {cluster.prefix}-node0..{options.nodes - 1} on bridge {cluster.bridge} ({cluster.subnet})"
         else:
-            where = "localhost ports (not root: no network namespaces)"
+            where = "localhost ports (no network namespaces: not root, or --localhost)"
         self.timeline.add("cluster", f"{options.nodes} nodes built: {where}")
         for node in cluster.nodes:
             write_nvml_config(node)
