@@ -120,7 +120,13 @@ def build_fault(args: argparse.Namespace, world_size: int) -> Fault:
     return fault_class(target_rank=target if fault_class.blames_a_node else None, **parameters)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _raise_on_signal(signum: int, frame: FrameType | None) -> None:
+    """Unwind to the teardown on the first stop signal; ignore further ones so the teardown is not cut short."""
+    for other in STOP_SIGNALS:
+        signal.signal(other, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -128,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_on_signal)
     if not 2 <= args.nodes <= 16 or not 0 <= args.idle_nodes <= args.nodes - 2:
         print(
