@@ -30,7 +30,7 @@ from agent.backends.nvml import (
     PcieThroughput,
     XidEvent,
 )
-from agent.collectors.base import Collector
+from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import EvidencePart, GpuEvidence, HardSignal, HardSignalKind
 
 if TYPE_CHECKING:
@@ -310,7 +310,7 @@ class NvmlCollector(Collector):
                 snapshots = self._backend.read()
             except NvmlUnavailable as error:
                 self._note_status(f"NVML unavailable: {error}; the agent runs on without GPU metrics")
-                raise
+                raise SourceUnavailable(str(error)) from error
             self._note_status(
                 f"NVML sees {len(snapshots)} GPUs" if snapshots else "NVML sees no GPUs on this node"
             )

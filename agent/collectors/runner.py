@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from agent import __version__
 from agent.collectors import COLLECTORS, CollectorSpec
-from agent.collectors.base import Collector
+from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import Evidence, EvidencePart
 from agent.settings import AgentSettings
 
@@ -59,6 +59,9 @@ def _timed(name: str, fn: Callable[[], object]) -> Outcome:
     start = time.perf_counter()
     try:
         result = fn()
+    except SourceUnavailable as error:  # expected and logged once by the collector itself
+        log.debug("collector %s: %s", name, error)
+        return Outcome(succeeded=False, duration_seconds=time.perf_counter() - start)
     except Exception:
         log.exception("collector %s failed", name)
         return Outcome(succeeded=False, duration_seconds=time.perf_counter() - start)
