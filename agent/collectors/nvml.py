@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -563,6 +563,9 @@ class NvmlCollector(Collector):
         return errors
 
 
+_F = TypeVar("_F", GaugeMetricFamily, CounterMetricFamily)
+
+
 def _labels(gpu: GpuIdentity) -> list[str]:
     return [str(gpu.index), gpu.uuid, gpu.model, gpu.pci_bus_id]
 
@@ -574,21 +577,16 @@ class _GpuFamilies:
         self._families: dict[str, Metric] = {}
 
     def gauge(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> GaugeMetricFamily:
-        family = self._families.get(name)
-        if family is None:
-            family = self._families[name] = GaugeMetricFamily(
-                name, help_text, labels=[*GPU_LABELS, *extra_labels]
-            )
-        assert isinstance(family, GaugeMetricFamily)
-        return family
+        return self._family(GaugeMetricFamily, name, help_text, extra_labels)
 
     def counter(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> CounterMetricFamily:
+        return self._family(CounterMetricFamily, name, help_text, extra_labels)
+
+    def _family(self, kind: type[_F], name: str, help_text: str, extra_labels: Sequence[str]) -> _F:
         family = self._families.get(name)
         if family is None:
-            family = self._families[name] = CounterMetricFamily(
-                name, help_text, labels=[*GPU_LABELS, *extra_labels]
-            )
-        assert isinstance(family, CounterMetricFamily)
+            family = self._families[name] = kind(name, help_text, labels=[*GPU_LABELS, *extra_labels])
+        assert isinstance(family, kind)
         return family
 
     @staticmethod
