@@ -185,18 +185,32 @@ class _Reading:
 
 
 class XidLog:
-    """XID events: totals per (GPU, code) since the agent started, and the events of the last window_seconds."""
+    """XID events: totals per (GPU, code) since the agent started, and the events of the last window_seconds.
+
+    Events in the window are kept as per-second buckets, so an XID storm costs memory per second, not per event.
+    """
 
     def __init__(self, window_seconds: float) -> None:
         self._window_seconds = window_seconds
         self._lock = threading.Lock()
-        self._events: deque[XidEvent] = deque()
+        # (index, uuid, code) -> buckets [second, first at, last at, count], oldest first
+        self._recent: dict[tuple[int, str, int], deque[list[float]]] = {}
+        self._gpus: dict[tuple[int, str, int], GpuIdentity] = {}
         self._totals: Counter[tuple[int, str, int]] = Counter()
 
-    def record(self, event: XidEvent) -> None:
+    def record(self, event: XidEvent) -> int:
+        """Add one event; returns how many of this (GPU, code) there have been since the agent started."""
+        key = (event.gpu.index, event.gpu.uuid, event.code)
         with self._lock:
-            self._events.append(event)
-            self._totals[(event.gpu.index, event.gpu.uuid, event.code)] += 1
+            buckets = self._recent.setdefault(key, deque())
+            if buckets and buckets[-1][0] == int(event.at):
+                buckets[-1][2] = event.at
+                buckets[-1][3] += 1
+            else:
+                buckets.append([int(event.at), event.at, event.at, 1])
+            self._gpus[key] = event.gpu
+            self._totals[key] += 1
+            return self._totals[key]
 
     def totals(self) -> dict[tuple[int, str, int], int]:
         with self._lock:
@@ -204,25 +218,27 @@ class XidLog:
 
     def signals(self, now: float) -> list[HardSignal]:
         """One signal per (GPU, code) seen within the window, with how many and when first and last."""
+        signals = []
         with self._lock:
-            while self._events and self._events[0].at < now - self._window_seconds:
-                self._events.popleft()
-            events = list(self._events)
-        grouped: dict[tuple[str, int], list[XidEvent]] = {}
-        for event in events:
-            grouped.setdefault((_device(event.gpu), event.code), []).append(event)
-        return [
-            HardSignal(
-                kind="xid",
-                device=device,
-                xid=code,
-                detail=f"XID {code} on GPU {same[-1].gpu.index} ({same[-1].gpu.pci_bus_id or 'unknown bus id'})",
-                count=len(same),
-                first_seen=same[0].at,
-                last_seen=same[-1].at,
-            )
-            for (device, code), same in grouped.items()
-        ]
+            for key, buckets in list(self._recent.items()):
+                while buckets and buckets[0][2] < now - self._window_seconds:
+                    buckets.popleft()
+                if not buckets:
+                    del self._recent[key]
+                    continue
+                gpu, code = self._gpus[key], key[2]
+                signals.append(
+                    HardSignal(
+                        kind="xid",
+                        device=_device(gpu),
+                        xid=code,
+                        detail=f"XID {code} on GPU {gpu.index} ({gpu.pci_bus_id or 'unknown bus id'})",
+                        count=sum(bucket[3] for bucket in buckets),
+                        first_seen=buckets[0][1],
+                        last_seen=buckets[-1][2],
+                    )
+                )
+        return signals
 
 
 class NvmlCollector(Collector):
@@ -285,14 +301,16 @@ class NvmlCollector(Collector):
                 self._stop.wait(1.0)
                 continue
             if event is not None:
-                log.warning(
-                    "XID %d on GPU %d (%s, %s)",
-                    event.code,
-                    event.gpu.index,
-                    event.gpu.uuid,
-                    event.gpu.pci_bus_id,
-                )
-                self._xids.record(event)
+                total = self._xids.record(event)
+                if math.log10(total).is_integer():  # the 1st, 10th, 100th ...: a storm does not flood the log
+                    log.warning(
+                        "XID %d on GPU %d (%s, %s): %d since the agent started",
+                        event.code,
+                        event.gpu.index,
+                        event.gpu.uuid,
+                        event.gpu.pci_bus_id,
+                        total,
+                    )
 
     def _sample_pcie(self) -> bool:
         samples = self._backend.read_pcie_throughput()
