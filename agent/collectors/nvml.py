@@ -165,6 +165,20 @@ def throttle_kinds(reasons: Sequence[str]) -> dict[HardSignalKind, list[str]]:
     return kinds
 
 
+def _context(s: GpuSnapshot) -> str:
+    """What a person wants next to a throttle reason: temperatures, power against its limit, the SM clock."""
+    parts = []
+    if s.temperature_celsius is not None:
+        parts.append(f"GPU {s.temperature_celsius:.0f} °C")
+    if s.memory_temperature_celsius is not None:
+        parts.append(f"HBM {s.memory_temperature_celsius:.0f} °C")
+    if s.power_watts is not None and s.power_limit_watts is not None:
+        parts.append(f"{s.power_watts:.0f} W of {s.power_limit_watts:.0f} W")
+    if s.sm_clock_hertz is not None:
+        parts.append(f"SM clock {s.sm_clock_hertz / 1e6:.0f} MHz")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _device(gpu: GpuIdentity) -> str:
     return gpu.uuid or f"GPU {gpu.index}"
 
@@ -413,7 +427,7 @@ class NvmlCollector(Collector):
             found.append(_Condition("pcie_degraded", gpu, detail))
         if s.clock_event_reasons:
             for kind, reasons in throttle_kinds(active_reasons(s.clock_event_reasons)).items():
-                found.append(_Condition(kind, gpu, f"clock event reasons: {', '.join(reasons)}"))
+                found.append(_Condition(kind, gpu, f"clock event reasons: {', '.join(reasons)}{_context(s)}"))
         return found
 
     def _pcie_degraded(self, s: GpuSnapshot) -> bool:
