@@ -157,6 +157,10 @@ class GpuBackend(Protocol):
         """Unexpected NVML errors so far, by (function, error)."""
         ...
 
+    def driver_version(self) -> str:
+        """The NVIDIA driver version, "" if NVML does not say; raises NvmlUnavailable."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -208,6 +212,7 @@ class NvmlBackend:
         self._open = False
         self._failure = ""
         self._failed_at = 0.0
+        self._driver_version = ""
         self._identities: dict[int, GpuIdentity] = {}  # last known identity by index, for GPUs lost later
         self._handles: dict[str, Any] = {}  # uuid -> handle of the GPUs reachable in the last read
         self._nvlinks: dict[str, tuple[int, ...]] = {}  # uuid -> links that exist
@@ -242,6 +247,7 @@ class NvmlBackend:
             raise NvmlUnavailable(self._failure) from error
         self._open = True
         self._failure = ""
+        self._driver_version = _text(self._call("system", pynvml.nvmlSystemGetDriverVersion) or "")
 
     @staticmethod
     def _describe_init_failure(error: Exception) -> str:
@@ -276,7 +282,7 @@ class NvmlBackend:
     def driver_version(self) -> str:
         with self._lock:
             self._ensure_open()
-            return _text(self._call("system", pynvml.nvmlSystemGetDriverVersion) or "")
+            return self._driver_version
 
     # -- calls ------------------------------------------------------------------------------------------------
 

@@ -196,6 +196,7 @@ class _Reading:
     snapshots: list[GpuSnapshot]
     vanished: list[GpuIdentity]
     signals: list[HardSignal]
+    driver_version: str
 
 
 class XidLog:
@@ -340,6 +341,7 @@ class NvmlCollector(Collector):
         with self._lock:
             try:
                 snapshots = self._backend.read()
+                driver_version = self._backend.driver_version()
             except NvmlUnavailable as error:
                 self._note_status(f"NVML unavailable: {error}; the agent runs on without GPU metrics")
                 raise SourceUnavailable(str(error)) from error
@@ -365,7 +367,12 @@ class NvmlCollector(Collector):
                 )
                 for key, c in conditions.items()
             ]
-        return _Reading(snapshots=snapshots, vanished=vanished, signals=signals + self._xids.signals(now))
+        return _Reading(
+            snapshots=snapshots,
+            vanished=vanished,
+            signals=signals + self._xids.signals(now),
+            driver_version=driver_version,
+        )
 
     def _note_status(self, status: str) -> None:
         if status != self._status:
@@ -491,7 +498,13 @@ class NvmlCollector(Collector):
                 self._add_gpu(families, labels, s)
         for gpu in reading.vanished:
             lost.add_metric(_labels(gpu), 1.0)
-        return [count, *families.all(), *self._xid_families(), self._error_family()]
+        driver = GaugeMetricFamily(
+            "lockstep_nvml_driver_info",
+            "The NVIDIA driver version (nvmlSystemGetDriverVersion); always 1.",
+            labels=["driver_version"],
+        )
+        driver.add_metric([reading.driver_version], 1.0)
+        return [count, driver, *families.all(), *self._xid_families(), self._error_family()]
 
     def _add_gpu(self, families: _GpuFamilies, labels: list[str], s: GpuSnapshot) -> None:
         for metric, attribute, help_text in _GAUGES:
