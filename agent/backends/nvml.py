@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import threading
 import time
@@ -63,6 +64,7 @@ CLOCK_EVENT_REASONS = (  # name -> nvmlClocksEventReason* bit
     ("display_clock_setting", pynvml.nvmlClocksEventReasonDisplayClockSetting),
 )
 _EVENT_SET_REBUILD_SECONDS = 30.0  # how often to retry registering a reachable GPU the event set lacks
+_NVLINK_REDISCOVER_SECONDS = 300.0  # how often to look again for NVLinks on a GPU that showed none
 _KIB = 1024  # nvmlDeviceGetPcieThroughput reports KB/s with 1 KB granularity
 _MHZ = 1e6
 
@@ -215,7 +217,7 @@ class NvmlBackend:
         self._driver_version = ""
         self._identities: dict[int, GpuIdentity] = {}  # last known identity by index, for GPUs lost later
         self._handles: dict[str, Any] = {}  # uuid -> handle of the GPUs reachable in the last read
-        self._nvlinks: dict[str, tuple[int, ...]] = {}  # uuid -> links that exist
+        self._nvlinks: dict[str, tuple[tuple[int, ...], float]] = {}  # uuid -> (links that exist, when found)
         self._absent_logged: set[tuple[str, str]] = set()
         self._errors_logged: set[tuple[str, str, str]] = set()
         self._errors: Counter[tuple[str, str]] = Counter()
@@ -429,7 +431,9 @@ class NvmlBackend:
         return None
 
     def _read_nvlinks(self, gpu: str, handle: Any) -> tuple[NvLinkSnapshot, ...]:
-        links = self._nvlinks.get(gpu) or self._discover_nvlinks(gpu, handle)
+        links, found_at = self._nvlinks.get(gpu, ((), -math.inf))
+        if not links and self._monotonic() - found_at >= _NVLINK_REDISCOVER_SECONDS:
+            links = self._discover_nvlinks(gpu, handle)
         result = []
         for link in links:
             state = self._call(gpu, pynvml.nvmlDeviceGetNvLinkState, handle, link)
@@ -443,7 +447,8 @@ class NvmlBackend:
         return tuple(result)
 
     def _discover_nvlinks(self, gpu: str, handle: Any) -> tuple[int, ...]:
-        """Links whose state NVML reports; remembered once found (a GPU without NVLink has none)."""
+        """Links whose state NVML reports. Remembered; a GPU without any (PCIe cards) is asked again only every
+        _NVLINK_REDISCOVER_SECONDS, not with NVML_NVLINK_MAX_LINKS calls on every read."""
         links = []
         for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
             try:
@@ -453,9 +458,8 @@ class NvmlBackend:
                     raise _GpuLost("nvmlDeviceGetNvLinkState: GPU is lost") from error
                 continue
             links.append(link)
-        if links:
-            self._nvlinks[gpu] = tuple(links)
-        else:
+        self._nvlinks[gpu] = (tuple(links), self._monotonic())
+        if not links:
             with self._accounting_lock:
                 self._log_absent_once(gpu, "nvmlDeviceGetNvLinkState", "no link answers")
         return tuple(links)
