@@ -226,6 +226,7 @@ class NvmlBackend:
         self._event_uuids: set[str] = set()  # GPUs registered in the event set
         self._event_set_built_at = 0.0
         self._event_set_failed_at: float | None = None
+        self._event_problem = ""  # the last problem with XID events logged
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -499,7 +500,9 @@ class NvmlBackend:
                 if error.value == pynvml.NVML_ERROR_TIMEOUT:
                     return None
                 # GPU_IS_LOST (a registered GPU fell off) or worse: re-register the GPUs that are still there.
-                log.info("nvmlEventSetWait: %s; registering the GPUs for XID events again", error)
+                self._note_event_problem(
+                    f"nvmlEventSetWait: {error}; registering the GPUs for XID events again"
+                )
                 with self._lock:
                     self._free_event_set()
                 time.sleep(timeout_seconds)
@@ -528,13 +531,20 @@ class NvmlBackend:
             try:
                 self._event_set = pynvml.nvmlEventSetCreate()
             except pynvml.NVMLError as error:
-                log.info("XID events unavailable (nvmlEventSetCreate: %s); retrying later", error)
+                self._note_event_problem(
+                    f"XID events unavailable (nvmlEventSetCreate: {error}); retrying later"
+                )
                 self._event_set_failed_at = self._monotonic()
                 return None
             self._event_set_failed_at = None
             self._event_set_built_at = self._monotonic()
             self._register_all()
             return self._event_set
+
+    def _note_event_problem(self, problem: str) -> None:
+        """Log a problem with XID events at info the first time, at debug when it repeats."""
+        log.log(logging.DEBUG if problem == self._event_problem else logging.INFO, "%s", problem)
+        self._event_problem = problem
 
     def _register_all(self) -> None:
         try:
