@@ -226,7 +226,7 @@ class NvmlBackend:
         self._event_uuids: set[str] = set()  # GPUs registered in the event set
         self._event_set_built_at = 0.0
         self._event_set_failed_at: float | None = None
-        self._event_problem = ""  # the last problem with XID events logged
+        self._event_problems: set[str] = set()  # problems with XID events logged so far
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -543,8 +543,8 @@ class NvmlBackend:
 
     def _note_event_problem(self, problem: str) -> None:
         """Log a problem with XID events at info the first time, at debug when it repeats."""
-        log.log(logging.DEBUG if problem == self._event_problem else logging.INFO, "%s", problem)
-        self._event_problem = problem
+        log.log(logging.DEBUG if problem in self._event_problems else logging.INFO, "%s", problem)
+        self._event_problems.add(problem)
 
     def _register_all(self) -> None:
         try:
@@ -556,8 +556,8 @@ class NvmlBackend:
                 handle, gpu = _identify(index)
                 pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._event_set)
             except pynvml.NVMLError as error:
-                lost = error.value == pynvml.NVML_ERROR_GPU_IS_LOST  # reported as gpu_lost already
-                log.log(logging.DEBUG if lost else logging.INFO, "GPU %d: no XID events (%s)", index, error)
+                if error.value != pynvml.NVML_ERROR_GPU_IS_LOST:  # a lost GPU is reported as gpu_lost already
+                    self._note_event_problem(f"GPU {index}: no XID events ({error})")
                 continue
             self._event_uuids.add(gpu.uuid)
             self._event_gpus[_handle_key(handle)] = gpu
