@@ -30,6 +30,11 @@ FIXTURE_SYSFS = REPO / "tests" / "fixtures" / "sysfs" / "gpu-node"
 FIXTURE_PROCFS = REPO / "tests" / "fixtures" / "procfs" / "gpu-node"
 FAKE_NVML = REPO / "build" / "fake-nvml" / "libnvidia-ml.so.1"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+# what Prometheus 2.x sends: each exporter answers in the best format it has (the agent: OpenMetrics)
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 
 @dataclass
@@ -83,19 +88,20 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0
 def measure(name: str, process: subprocess.Popen[bytes], url: str, seconds: float) -> Measurement:
     """Scrape `url` once a second; CPU share is the process's CPU time over wall time in the window."""
     proc = psutil.Process(process.pid)
-    urllib.request.urlopen(url, timeout=10).read()  # warm-up scrape, outside the window
+    request = urllib.request.Request(url, headers={"Accept": PROMETHEUS_ACCEPT})
+    urllib.request.urlopen(request, timeout=10).read()  # warm-up scrape, outside the window
     cpu_start, wall_start = sum(proc.cpu_times()[:2]), time.monotonic()
     latencies: list[float] = []
     body = b""
     while time.monotonic() - wall_start < seconds:
         tick = time.monotonic()
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
         latencies.append(time.monotonic() - tick)
         time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
     cpu = sum(proc.cpu_times()[:2]) - cpu_start
     wall = time.monotonic() - wall_start
-    series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
+    series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))  # noqa: SIM113
     return Measurement(name, cpu / wall, proc.memory_info().rss, latencies, len(body), series)
 
 
