@@ -101,7 +101,7 @@ def measure(name: str, process: subprocess.Popen[bytes], url: str, seconds: floa
         time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
     cpu = sum(proc.cpu_times()[:2]) - cpu_start
     wall = time.monotonic() - wall_start
-    series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))  # noqa: SIM113
+    series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
     return Measurement(name, cpu / wall, proc.memory_info().rss, latencies, len(body), series)
 
 

@@ -36,22 +36,29 @@ class Outcome:
 
 
 class _Call:
-    """One collector method running on the pool; a second caller while it is still running joins it.
+    """One collector method running in its own daemon thread; a second caller while it still runs joins it.
 
-    Joining (instead of starting the method again) serialises calls per collector and method, and keeps a
-    hung collector from piling up threads: at most one call per collector and method is ever in flight.
+    Joining (instead of starting the method again) serialises calls per collector and method, and keeps a hung
+    collector from piling up threads: at most one call per collector and method is ever in flight. Daemon
+    threads let the agent exit even while a collector hangs in a driver call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self._name = name
         self._lock = threading.Lock()
         self._future: concurrent.futures.Future[Outcome] | None = None
 
-    def start(
-        self, pool: concurrent.futures.Executor, name: str, fn: Callable[[], object]
-    ) -> concurrent.futures.Future[Outcome]:
+    def start(self, fn: Callable[[], object]) -> concurrent.futures.Future[Outcome]:
         with self._lock:
             if self._future is None or self._future.done():
-                self._future = pool.submit(_timed, name, fn)
+                future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+                thread = threading.Thread(
+                    target=lambda: future.set_result(_timed(self._name, fn)),
+                    name=f"collector-{self._name}",
+                    daemon=True,
+                )
+                thread.start()
+                self._future = future
             return self._future
 
 
@@ -84,12 +91,8 @@ class CollectorRunner:
         self.broken = sorted(set(broken))
         self.node_name = node_name
         self.timeout_seconds = timeout_seconds
-        # two calls per collector may be in flight at once: collect() and evidence()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(2, 2 * len(self.collectors)), thread_name_prefix="collector"
-        )
-        self._collect_calls = {name: _Call() for name in self.collectors}
-        self._evidence_calls = {name: _Call() for name in self.collectors}
+        self._collect_calls = {name: _Call(name) for name in self.collectors}
+        self._evidence_calls = {name: _Call(name) for name in self.collectors}
 
     @classmethod
     def from_settings(cls, settings: AgentSettings, table: Iterable[CollectorSpec] = COLLECTORS) -> CollectorRunner:
@@ -128,7 +131,6 @@ class CollectorRunner:
                 collector.close()
             except Exception:
                 log.exception("collector %s failed to close", name)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def collect(self) -> Iterator[Metric]:
         """prometheus_client Collector interface: every collector's families plus success and duration."""
@@ -181,7 +183,7 @@ class CollectorRunner:
         """Run `method` on every collector at once; each gets the same deadline, counted from now."""
         deadline = time.monotonic() + self.timeout_seconds
         futures = {
-            name: calls[name].start(self._pool, name, functools.partial(method, collector))
+            name: calls[name].start(functools.partial(method, collector))
             for name, collector in self.collectors.items()
         }
         outcomes: dict[str, Outcome] = {}

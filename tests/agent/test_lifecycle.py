@@ -1,0 +1,38 @@
+"""The agent process: starts, becomes ready, stops cleanly on SIGTERM (Kubernetes' way of stopping a pod)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+from tests.agent.conftest import PROCFS_GPU_NODE, SYSFS_GPU_NODE, free_port, http_get, wait_until
+
+
+def test_the_agent_becomes_ready_and_exits_0_on_sigterm(subprocess_env: dict[str, str], python: str) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            python, "-m", "agent", "--listen", f"127.0.0.1:{port}",
+            "--network.sysfs-root", str(SYSFS_GPU_NODE), "--host.procfs-root", str(PROCFS_GPU_NODE),
+        ],
+        env=subprocess_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        def ready() -> bool:
+            try:
+                return http_get(f"http://127.0.0.1:{port}/readyz", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, what="agent ready")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    assert "serving on" in output and "stopping" in output
