@@ -26,13 +26,15 @@ from agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Outcome:
-    """What one collector call produced: its result if it succeeded in time, and how long it took (s)."""
+    """What one collector call produced: its result if it succeeded in time, how long it took (s), or why not."""
 
     succeeded: bool
     duration_seconds: float
     result: object = None
+    error: BaseException | None = None
 
 
 class _Call:
@@ -53,7 +55,7 @@ class _Call:
             if self._future is None or self._future.done():
                 future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
                 thread = threading.Thread(
-                    target=lambda: future.set_result(_timed(self._name, fn)),
+                    target=lambda: future.set_result(_timed(fn)),
                     name=f"collector-{self._name}",
                     daemon=True,
                 )
@@ -62,13 +64,12 @@ class _Call:
             return self._future
 
 
-def _timed(name: str, fn: Callable[[], object]) -> Outcome:
+def _timed(fn: Callable[[], object]) -> Outcome:
     start = time.perf_counter()
     try:
         result = fn()
-    except Exception:
-        log.exception("collector %s failed", name)
-        return Outcome(succeeded=False, duration_seconds=time.perf_counter() - start)
+    except Exception as error:
+        return Outcome(succeeded=False, duration_seconds=time.perf_counter() - start, error=error)
     return Outcome(succeeded=True, duration_seconds=time.perf_counter() - start, result=result)
 
 
@@ -91,6 +92,8 @@ class CollectorRunner:
         self.broken = sorted(set(broken))
         self.node_name = node_name
         self.timeout_seconds = timeout_seconds
+        self._failing: set[str] = set()  # collectors whose last run failed: logged once until they recover
+        self._failing_lock = threading.Lock()
         self._collect_calls = {name: _Call(name) for name in self.collectors}
         self._evidence_calls = {name: _Call(name) for name in self.collectors}
 
@@ -191,9 +194,25 @@ class CollectorRunner:
             try:
                 outcomes[name] = future.result(timeout=max(0.0, deadline - time.monotonic()))
             except concurrent.futures.TimeoutError:
-                log.warning("collector %s did not finish within %.1f s; left out", name, self.timeout_seconds)
-                outcomes[name] = Outcome(succeeded=False, duration_seconds=self.timeout_seconds)
+                error = TimeoutError(f"did not finish within {self.timeout_seconds:g} s; left out")
+                outcomes[name] = Outcome(succeeded=False, duration_seconds=self.timeout_seconds, error=error)
+            self._log_change(name, outcomes[name])
         return outcomes
+
+    def _log_change(self, name: str, outcome: Outcome) -> None:
+        """Log a collector's failure once (with its traceback) and its recovery, not every scrape."""
+        with self._failing_lock:
+            first = not outcome.succeeded and name not in self._failing
+            recovered = outcome.succeeded and name in self._failing
+            (self._failing.add if not outcome.succeeded else self._failing.discard)(name)
+        error = outcome.error
+        if first and error is not None:
+            traceback = error if error.__traceback__ is not None else None
+            log.warning("collector %s failed: %s (success 0 until it recovers)", name, error, exc_info=traceback)
+        elif not outcome.succeeded:
+            log.debug("collector %s still failing: %s", name, error)
+        elif recovered:
+            log.info("collector %s recovered", name)
 
     def _drop(self, name: str) -> None:
         self.collectors.pop(name)

@@ -214,3 +214,28 @@ def test_a_collector_whose_constructor_fails_is_marked_broken_not_fatal() -> Non
         assert runner.broken == ["periodicity"]
     finally:
         runner.close()
+
+
+def test_a_failing_collector_is_logged_once_and_its_recovery_once(caplog: pytest.LogCaptureFixture) -> None:
+    class Flaky(Static):
+        failing = True
+
+        def collect(self) -> Iterable[Metric]:
+            if self.failing:
+                raise RuntimeError("sensor on fire")
+            return super().collect()
+
+    flaky = Flaky("flaky")
+    runner = CollectorRunner([flaky], node_name="n", timeout_seconds=5)
+    with caplog.at_level("INFO", logger="agent.collectors.runner"):
+        for _ in range(3):
+            list(runner.collect())
+        flaky.failing = False
+        list(runner.collect())
+        list(runner.collect())
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "collector flaky failed: sensor on fire (success 0 until it recovers)",
+        "collector flaky recovered",
+    ]
+    assert caplog.records[0].exc_info is not None, "the first failure carries its traceback"
