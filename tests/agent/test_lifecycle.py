@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from pathlib import Path
 
 from tests.agent.conftest import PROCFS_GPU_NODE, SYSFS_GPU_NODE, free_port, http_get, wait_until
 
 
-def test_the_agent_becomes_ready_and_exits_0_on_sigterm(subprocess_env: dict[str, str], python: str) -> None:
+def test_the_agent_becomes_ready_and_exits_0_on_sigterm(
+    subprocess_env: dict[str, str], python: str, tmp_path: Path
+) -> None:
     port = free_port()
     process = subprocess.Popen(
         [
             python, "-m", "agent", "--listen", f"127.0.0.1:{port}",
             "--network.sysfs-root", str(SYSFS_GPU_NODE), "--host.procfs-root", str(PROCFS_GPU_NODE),
-        ],
+            "--collective.socket-dir", str(tmp_path),
+        ],  # fmt: skip
         env=subprocess_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
