@@ -1,4 +1,4 @@
-"""The agent process: starts, becomes ready, stops cleanly on SIGTERM (Kubernetes' way of stopping a pod)."""
+"""The agent process: starts, becomes ready, serves evidence, stops cleanly on SIGTERM (how Kubernetes stops a pod)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from agent.evidence import Evidence
 from tests.agent.conftest import PROCFS_GPU_NODE, SYSFS_GPU_NODE, free_port, http_get, wait_until
 
 
@@ -32,6 +33,12 @@ def test_the_agent_becomes_ready_and_exits_0_on_sigterm(
                 return False
 
         wait_until(ready, what="agent ready")
+        status, content_type, body = http_get(f"http://127.0.0.1:{port}/api/v1/evidence")
+        assert status == 200 and content_type.startswith("application/json")
+        evidence = Evidence.model_validate_json(body)
+        assert {nic.name for nic in evidence.nics} >= {"mlx5_0/1", "mlx5_1/1", "ens1f0np0"}
+        assert evidence.host is not None and evidence.host.window_seconds > 0, "rates since the first collection"
+        assert evidence.collectors["network"] and evidence.collectors["host"]
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     finally:
