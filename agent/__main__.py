@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_option(group: argparse._ArgumentGroup, path: tuple[str, ...], field: FieldInfo) -> None:
     env = ENV_PREFIX + "__".join(path).upper()
     dest = ".".join(path)
-    help_text = f"{field.description or ''} [{env}]"
+    help_text = f"{field.description or ''} [{env}]".replace("%", "%%")  # argparse formats help with %
     default = field.get_default(call_default_factory=True)
     if path[-1] == "enabled" and len(path) == 2:
         group.add_argument(
