@@ -109,7 +109,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="measurement window per exporter (s)")
     parser.add_argument("--nics", type=int, default=8, help="RoCE ports in the generated sysfs tree")
     args = parser.parse_args()
@@ -127,7 +129,15 @@ def main() -> int:
         sysfs = sysfs_with_nics(Path(tmp) / "sys", args.nics)
         agent_port, exporter_port = free_port(), free_port()
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--listen", f"127.0.0.1:{agent_port}", "--network.sysfs-root", str(sysfs)]
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "--listen",
+                f"127.0.0.1:{agent_port}",
+                "--network.sysfs-root",
+                str(sysfs),
+            ]
             + agent_args,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -143,7 +153,9 @@ def main() -> int:
             exporter_url = f"http://127.0.0.1:{exporter_port}/metrics"
             wait_ready(f"http://127.0.0.1:{agent_port}/readyz", agent)
             wait_ready(exporter_url, exporter)
-            print(f"agent: {args.nics} RoCE ports + fixture netdevs, GPUs: {gpus}; scraping each 1/s for {args.seconds:g} s")
+            print(
+                f"agent: {args.nics} RoCE ports + fixture netdevs, GPUs: {gpus}; scraping each 1/s for {args.seconds:g} s"
+            )
             results = [
                 measure("lockstep-agent", agent, agent_url, args.seconds),
                 measure("node-exporter", exporter, exporter_url, args.seconds),

@@ -3,7 +3,10 @@
 Builds evidence documents once per size (not timed), then times `DetectionEngine.step` on a warm engine (a
 second cycle with new documents, as in production) in CPU seconds of this process (`time.process_time`), and
 measures the peak memory the cycle allocates (tracemalloc, in a separate cycle since tracing slows it) and the
-process's peak RSS, which also holds one round of evidence documents (the controller holds those anyway). Budget (DESIGN.md): 10,000 nodes x 8 ranks under 1 s of one core and under 1 GB.
+process's peak RSS, which also holds one round of evidence documents (the controller holds those anyway).
+Peer measured in the same run ("floor"): one pure-Python pass reading seq, arrival and wait of the samples the
+straggler detector uses — the least any Python detector must spend to look at the data once. The ratio to it
+is what stays comparable on a busy or a different machine. Budget (DESIGN.md): 10,000 nodes x 8 ranks under 1 s of one core and under 1 GB.
 
 Usage: python benchmarks/detection_scale.py [--sizes 100,1000,3000,10000] [--samples 32]
 """
@@ -117,9 +120,21 @@ def measure(nodes: int, samples: int) -> dict[str, float]:
     later = 100.0 + engine.config.restart_grace_seconds + 5  # past the warm-up: every detector runs
     evidence = cluster_evidence(nodes, samples, later, rng)
     gc.collect()
+    gc.disable()  # the engine pauses collection during a cycle; do the same for the peer
+    started = time.process_time()
+    floor = sum(
+        s.arrival + (s.wait_seconds or 0.0) + s.seq
+        for document in evidence.values()
+        if document is not None
+        for rank in document.ranks
+        for s in rank.samples[-engine.config.samples_per_rank :]
+    )
+    floor_cpu = time.process_time() - started
+    gc.enable()
     started = time.process_time()
     result = engine.step(evidence, later, topology)
     cpu = time.process_time() - started
+    assert floor != 0
     del evidence
     evidence = cluster_evidence(nodes, samples, later + 5, rng)
     gc.collect()
@@ -131,6 +146,7 @@ def measure(nodes: int, samples: int) -> dict[str, float]:
         "nodes": nodes,
         "ranks": nodes * RANKS_PER_NODE,
         "cpu_seconds": cpu,
+        "floor_cpu_seconds": floor_cpu,
         "peak_alloc_bytes": peak,
         "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "findings": len(result.findings),
@@ -155,7 +171,7 @@ def main() -> int:
         scale = (row["cpu_seconds"] / row["ranks"]) / (first["cpu_seconds"] / first["ranks"])
         print(
             f"{row['nodes']:>7} {row['ranks']:>7} {row['cpu_seconds']:>12.3f} {1e6 * row['cpu_seconds'] / row['ranks']:>8.1f} "
-            f"{scale:>8.2f}x {row['peak_alloc_bytes'] / 2**20:>15.1f} {row['rss_bytes'] / 2**20:>8.0f} {row['findings']:>9}"
+            f"{scale:>8.2f}x {row['cpu_seconds'] / row['floor_cpu_seconds']:>8.1f}x {row['peak_alloc_bytes'] / 2**20:>15.1f} {row['rss_bytes'] / 2**20:>8.0f} {row['findings']:>9}"
         )
     last = rows[-1]
     print(

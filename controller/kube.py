@@ -36,8 +36,12 @@ TAINT_EFFECT = "NoSchedule"
 ANNOTATION_REASON = "lockstep.dev/reason"
 ANNOTATION_EVIDENCE = "lockstep.dev/evidence"
 ANNOTATION_SINCE = "lockstep.dev/since"
-ANNOTATION_CORDONED = "lockstep.dev/cordoned"  # "true": Lockstep set spec.unschedulable; "false": it was cordoned already
-ANNOTATION_RELEASED_REASON = "lockstep.dev/released-reason"  # a person released the node while held for this reason
+ANNOTATION_CORDONED = (
+    "lockstep.dev/cordoned"  # "true": Lockstep set spec.unschedulable; "false": it was cordoned already
+)
+ANNOTATION_RELEASED_REASON = (
+    "lockstep.dev/released-reason"  # a person released the node while held for this reason
+)
 OWNED_ANNOTATIONS = (ANNOTATION_REASON, ANNOTATION_EVIDENCE, ANNOTATION_SINCE, ANNOTATION_CORDONED)
 LABEL_MANAGED = "lockstep.dev/managed"
 CONDITION_TYPE = "LockstepHealthy"
@@ -189,7 +193,10 @@ class Kube:
         for attempt in range(1, self.settings.api_attempts + 1):
             try:
                 response = method(
-                    *args, _request_timeout=self.settings.api_timeout_seconds, _preload_content=False, **kwargs
+                    *args,
+                    _request_timeout=self.settings.api_timeout_seconds,
+                    _preload_content=False,
+                    **kwargs,
                 )
                 return json.loads(response.data or b"{}")
             except ApiException as error:
@@ -233,7 +240,9 @@ class Kube:
     # ------------------------------------------------------------------------------------------------ reads
     def cluster(self) -> ClusterView:
         """The nodes selected by the node label selector."""
-        listing = self._call("list nodes", self._core.list_node, label_selector=self.settings.node_selector or None)
+        listing = self._call(
+            "list nodes", self._core.list_node, label_selector=self.settings.node_selector or None
+        )
         nodes, topology = {}, {}
         for item in listing.get("items") or []:
             state = node_state(item)
@@ -245,7 +254,10 @@ class Kube:
 
     def agents(self) -> list[AgentEndpoint]:
         """The running pods of the agent DaemonSet: node name and pod IP give each agent's URL."""
-        kwargs = {"label_selector": self.settings.agent_label_selector, "field_selector": "status.phase=Running"}
+        kwargs = {
+            "label_selector": self.settings.agent_label_selector,
+            "field_selector": "status.phase=Running",
+        }
         if self.settings.agent_namespace:
             listing = self._call(
                 "list pods", self._core.list_namespaced_pod, self.settings.agent_namespace, **kwargs
@@ -273,12 +285,15 @@ class Kube:
 
     def breaker(self) -> BreakerState:
         try:
-            data = self._call(
-                "get configmaps",
-                self._core.read_namespaced_config_map,
-                self.settings.breaker_configmap,
-                self.settings.namespace,
-            ).get("data") or {}
+            data = (
+                self._call(
+                    "get configmaps",
+                    self._core.read_namespaced_config_map,
+                    self.settings.breaker_configmap,
+                    self.settings.namespace,
+                ).get("data")
+                or {}
+            )
         except KubeError as error:
             if error.status == 404:
                 return BreakerState()
@@ -304,8 +319,14 @@ class Kube:
             if ANNOTATION_REASON in annotations or annotations.get(ANNOTATION_RELEASED_REASON) == reason:
                 return None  # held already, or a person released it for this reason
             taints = [t for t in spec.get("taints") or [] if t.get("key") != TAINT_KEY]
-            taints.append({"key": TAINT_KEY, "value": taint_value(reason), "effect": TAINT_EFFECT,
-                           "timeAdded": rfc3339(time.time()).split(".")[0] + "Z"})
+            taints.append(
+                {
+                    "key": TAINT_KEY,
+                    "value": taint_value(reason),
+                    "effect": TAINT_EFFECT,
+                    "timeAdded": rfc3339(time.time()).split(".")[0] + "Z",
+                }
+            )
             return {
                 "metadata": {
                     "annotations": {
@@ -320,7 +341,9 @@ class Kube:
 
         return self._modify_node(name, change, guard)
 
-    def release(self, name: str, guard: Callable[[], bool], remember: bool, uncordon: bool = True) -> str | None:
+    def release(
+        self, name: str, guard: Callable[[], bool], remember: bool, uncordon: bool = True
+    ) -> str | None:
         """Take off what Lockstep put on the node (taint, annotations; the cordon only if Lockstep set it).
 
         `remember`: a person released it, so mark the reason as released (no re-cordon for it). Returns the reason
@@ -356,7 +379,9 @@ class Kube:
 
         return self._modify_node(name, change, guard)
 
-    def set_condition(self, name: str, healthy: bool, reason: str, message: str, guard: Callable[[], bool]) -> None:
+    def set_condition(
+        self, name: str, healthy: bool, reason: str, message: str, guard: Callable[[], bool]
+    ) -> None:
         """Set the LockstepHealthy node condition (strategic merge by condition type: others' conditions stay)."""
         now = rfc3339(time.time()).split(".")[0] + "Z"
         condition = {
@@ -382,7 +407,10 @@ class Kube:
         now = rfc3339(time.time())
         body = client.CoreV1Event.from_dict(
             {
-                "metadata": {"name": f"{node}.{uuid.uuid4().hex[:16]}", "namespace": self.settings.event_namespace},
+                "metadata": {
+                    "name": f"{node}.{uuid.uuid4().hex[:16]}",
+                    "namespace": self.settings.event_namespace,
+                },
                 "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node},
                 "reason": reason,
                 "message": message[:1024],
@@ -421,13 +449,18 @@ class Kube:
             )
             self._call("create configmaps", self._core.create_namespaced_config_map, namespace, body)
 
-    def open_breaker(self, reason: str, nodes: tuple[str, ...], now: float, guard: Callable[[], bool]) -> None:
-        self.write_breaker({"state": "open", "openedAt": rfc3339(now), "reason": reason, "nodes": ",".join(nodes)}, guard)
+    def open_breaker(
+        self, reason: str, nodes: tuple[str, ...], now: float, guard: Callable[[], bool]
+    ) -> None:
+        self.write_breaker(
+            {"state": "open", "openedAt": rfc3339(now), "reason": reason, "nodes": ",".join(nodes)}, guard
+        )
 
     def reset_breaker(self, by: str, now: float) -> None:
         """A person closes the breaker (`lockstep release --breaker`, with their own credentials)."""
         self.write_breaker(
-            {"state": "closed", "resetAt": rfc3339(now), "resetBy": by, "reason": "", "nodes": ""}, lambda: True
+            {"state": "closed", "resetAt": rfc3339(now), "resetBy": by, "reason": "", "nodes": ""},
+            lambda: True,
         )
 
     # ----------------------------------------------------------------------------------------------- leases

@@ -42,7 +42,9 @@ class Snapshot:
     cluster: ClusterView = field(default_factory=lambda: ClusterView({}, {}))
     breaker: policy.BreakerState = field(default_factory=policy.BreakerState)
     blocked: dict[str, str] = field(default_factory=dict)
-    planned: dict[str, str] = field(default_factory=dict)  # node -> action planned this cycle (done unless dry-run)
+    planned: dict[str, str] = field(
+        default_factory=dict
+    )  # node -> action planned this cycle (done unless dry-run)
     agent_urls: dict[str, str] = field(default_factory=dict)  # node -> agent URL
     phase_seconds: dict[str, float] = field(default_factory=dict)
     error: str = ""
@@ -113,7 +115,9 @@ class ControllerLoop:
         else:
             targets = [Target(a.url, a.node) for a in await asyncio.to_thread(self.kube.agents)]
         cluster = await asyncio.to_thread(self.kube.cluster) if self.kube is not None else ClusterView({}, {})
-        breaker = await asyncio.to_thread(self.kube.breaker) if self.kube is not None else policy.BreakerState()
+        breaker = (
+            await asyncio.to_thread(self.kube.breaker) if self.kube is not None else policy.BreakerState()
+        )
         if self._local_breaker.open and not breaker.open and (self.settings.dry_run or self.kube is None):
             breaker = self._local_breaker
         lap("discover")
@@ -139,7 +143,9 @@ class ControllerLoop:
 
         if acting:
             await asyncio.to_thread(self._act, decision, cluster, now)
-            if decision.actions and self.kube is not None:  # show what the cluster holds now, not before acting
+            if (
+                decision.actions and self.kube is not None
+            ):  # show what the cluster holds now, not before acting
                 cluster = await asyncio.to_thread(self.kube.cluster)
         elif decision.actions and (self.settings.dry_run or self.kube is None):
             for action in decision.actions:
@@ -204,7 +210,13 @@ class ControllerLoop:
             if kube.cordon(action.node, action.reason, evidence, verdict.since or now, guard):
                 self.counters.cordons[action.reason] += 1
                 log.warning("cordoned %s: %s", action.node, policy.summary(verdict))
-                self._event(kube, action.node, "LockstepCordoned", f"cordoned and tainted: {policy.summary(verdict)}", True)
+                self._event(
+                    kube,
+                    action.node,
+                    "LockstepCordoned",
+                    f"cordoned and tainted: {policy.summary(verdict)}",
+                    True,
+                )
                 kube.set_condition(action.node, False, action.reason, policy.summary(verdict), guard)
         elif isinstance(action, policy.Release):
             person = action.cause == "person"
@@ -213,14 +225,19 @@ class ControllerLoop:
                 self.counters.releases[action.cause] += 1
                 how = "a person released it" if person else "healthy for the probation period"
                 log.warning("released %s (held for %s): %s", action.node, reason, how)
-                self._event(kube, action.node, "LockstepReleased", f"released (held for {reason}): {how}", False)
+                self._event(
+                    kube, action.node, "LockstepReleased", f"released (held for {reason}): {how}", False
+                )
                 kube.set_condition(action.node, True, "Released", how, guard)
         elif isinstance(action, policy.ForgetRelease):
             kube.forget_release(action.node, guard)
         elif isinstance(action, policy.Notify):
             self._event(kube, action.node, action.event_reason, action.message, True)
         elif isinstance(action, policy.OpenBreaker):
-            log.error("circuit breaker OPEN: %s; no cordons until a person runs `lockstep release --breaker`", action.reason)
+            log.error(
+                "circuit breaker OPEN: %s; no cordons until a person runs `lockstep release --breaker`",
+                action.reason,
+            )
             kube.open_breaker(action.reason, action.nodes, now, guard)
 
     def _event(self, kube: Kube, node: str, reason: str, message: str, warning: bool) -> None:

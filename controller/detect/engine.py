@@ -13,6 +13,7 @@ import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent.evidence import Evidence
 from controller.detect.config import DetectionConfig
@@ -20,8 +21,8 @@ from controller.detect.fabric import regroup_fabric
 from controller.detect.hang import find_hang
 from controller.detect.hard import hard_findings
 from controller.detect.link import LinkFigures, find_slow_links, link_figures
-from controller.detect.ranks import JobKey, RankGroup, attach_samples, estimate_step_period, group_ranks
-from controller.detect.straggler import StragglerReport, find_stragglers
+from controller.detect.ranks import JobKey, RankGroup, estimate_step_period, group_ranks
+from controller.detect.straggler import StragglerReport, find_stragglers_many
 from controller.detect.verdicts import VerdictKeeper
 from controller.model import Finding, JobState, JobView, NodeVerdict, RankView, Severity
 
@@ -37,8 +38,7 @@ class DetectionResult:
     jobs: tuple[JobView, ...]
 
 
-@dataclass
-class _RankMemory:
+class _RankMemory(NamedTuple):
     pid: int
     world_size: int
     last_seq: int
@@ -155,10 +155,9 @@ class DetectionEngine:
                     to_compare.extend((group, steps[name]) for name, group in groups.items())
             plans.append((key, groups, state, steps))
 
-        attach_samples((group for group, _ in to_compare), config.samples_per_rank)
         reports: dict[tuple[JobKey, str], StragglerReport] = {
-            (group.job, group.process_group): find_stragglers(group, step, config)
-            for group, step in to_compare
+            (group.job, group.process_group): report
+            for (group, _), report in zip(to_compare, find_stragglers_many(to_compare, config), strict=True)
         }
         for report in reports.values():
             findings.extend(report.findings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from controller.detect import DetectionConfig, DetectionEngine
-from controller.detect.ranks import attach_samples, group_ranks
+from controller.detect.ranks import group_ranks
 from controller.detect.straggler import find_stragglers, leave_one_out_median
 from controller.model import Verdict
 from tests.detect.helpers import documents, lockstep_ranks
@@ -16,7 +16,6 @@ CONFIG = DetectionConfig()
 def _findings(nodes: int, per_node: int, **kwargs: object) -> list:
     docs = documents(lockstep_ranks(nodes, per_node, 60.0, **kwargs), 60.0, nodes)  # type: ignore[arg-type]
     groups = [g for job in group_ranks({n: d for n, d in docs.items() if d}).values() for g in job.values()]
-    attach_samples(groups, CONFIG.samples_per_rank)
     return [f for g in groups for f in find_stragglers(g, 1.0, CONFIG).findings]
 
 
