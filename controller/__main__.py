@@ -11,21 +11,19 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pydantic
 from aiohttp import web
 
 from controller import settings as settings_module
+from controller.detect.config import DetectionConfig
+from controller.detect.engine import DetectionEngine
 from controller.fetch import EvidenceFetcher
 from controller.kube import Kube, KubeError, load_api_client
 from controller.leader import LeaderElector
 from controller.loop import ControllerLoop
 from controller.server import build_app
 from controller.settings import ControllerSettings
-
-if TYPE_CHECKING:
-    from controller.detect.engine import DetectionEngine
 
 log = logging.getLogger("controller")
 
@@ -91,9 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_module.load(args.config, **flags)
         if args.kubeconfig:
             settings.kube.kubeconfig = args.kubeconfig
-        from controller.detect.config import DetectionConfig
-        from controller.detect.engine import DetectionEngine
-
         engine = DetectionEngine(DetectionConfig.from_mapping(settings.detection))
     except (ValueError, TypeError, pydantic.ValidationError) as error:
         print(f"lockstep-controller: invalid settings: {error}", file=sys.stderr)

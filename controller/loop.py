@@ -14,18 +14,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.evidence import Evidence
 from controller import policy
+from controller.detect.engine import DetectionEngine, DetectionResult
 from controller.fetch import EvidenceFetcher, Target
 from controller.kube import ClusterView, Kube, KubeError, NotLeader
 from controller.leader import LeaderElector
 from controller.model import NodeVerdict, Verdict
 from controller.settings import ControllerSettings
-
-if TYPE_CHECKING:
-    from controller.detect.engine import DetectionEngine, DetectionResult
 
 log = logging.getLogger(__name__)
 

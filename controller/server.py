@@ -89,6 +89,10 @@ def build_app(loop: ControllerLoop) -> web.Application:
                 "leader": loop.leader is None or loop.leader.is_leader(),
                 "breaker": to_plain(snapshot.breaker),
                 "nodes": node_reports(loop),
+                "agents": [
+                    {"url": url, "node": health.node, "error": health.last_error}
+                    for url, health in sorted(loop.fetcher.health.items())
+                ],
             }
         )
 

@@ -17,7 +17,7 @@ from controller.kube import ANNOTATION_RELEASED_REASON, TAINT_KEY
 from controller.loop import ControllerLoop
 from controller.server import build_app
 
-from .conftest import Cluster, faulty
+from .conftest import Cluster
 
 
 async def serve(loop: ControllerLoop) -> tuple[web.AppRunner, str]:
@@ -32,7 +32,7 @@ async def serve(loop: ControllerLoop) -> tuple[web.AppRunner, str]:
 async def served(cluster: Cluster) -> AsyncIterator[tuple[Cluster, ControllerLoop, str]]:
     await cluster.add_nodes(4)
     await cluster.agents.kill("node-3")
-    cluster.engine.script["node-1"] = faulty("node-1")
+    cluster.agents.break_gpu("node-1")
     loop = cluster.loop(max_cordoned_ratio=1.0)
     runner, url = await serve(loop)
     yield cluster, loop, url
@@ -87,7 +87,7 @@ async def test_metrics_pass_promtool_and_carry_verdicts_cordons_and_timings(
     assert status == 200
     assert 'lockstep_node_verdict{node="node-1",verdict="faulty"} 1.0' in text
     assert 'lockstep_node_verdict{node="node-3",verdict="unknown"} 1.0' in text
-    assert 'lockstep_controller_cordons_total{reason="CriticalXid"} 1.0' in text
+    assert 'lockstep_controller_cordons_total{reason="GpuLost"} 1.0' in text
     assert 'lockstep_controller_cycle_duration_seconds{phase="fetch"}' in text
     assert "lockstep_controller_agents_reachable 3.0" in text
     assert "lockstep_controller_breaker_open 0.0" in text
@@ -104,15 +104,15 @@ async def test_status_prints_a_table_of_nodes_and_explain_the_evidence_chain(
     code, out = await lockstep(capsys, "status", "--controller", url)
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("node-1 "))
-    assert "FAULTY" in row and "CriticalXid" in row and "cordoned+tainted by Lockstep" in row
+    assert "FAULTY" in row and "GpuLost" in row and "cordoned+tainted by Lockstep" in row
     assert "unknown" in next(line for line in out.splitlines() if line.startswith("node-3 "))
 
     code, out = await lockstep(capsys, "explain", "node-1", "--controller", url)
     assert code == 0
     assert "node node-1: FAULTY" in out
     assert "hard evidence (acts at once)" in out
-    assert "Peers compared: node-0, node-2" in out
-    assert "xid: 79" in out and "window_seconds: 30" in out
+    assert "Signal: node-1 GPU-0: XID 79" in out
+    assert "xid: 79" in out and "why: XID 79: GPU has fallen off the bus" in out
 
     code, out = await lockstep(capsys, "explain", "node-3", "--controller", url)
     assert "never a fault" in out
@@ -131,7 +131,7 @@ async def test_release_goes_through_the_kubernetes_api_and_is_remembered(
     node = cluster.emulator.node("node-1")
     assert not node["spec"].get("unschedulable")
     assert not [t for t in node["spec"].get("taints") or [] if t["key"] == TAINT_KEY]
-    assert node["metadata"]["annotations"][ANNOTATION_RELEASED_REASON] == "CriticalXid"
+    assert node["metadata"]["annotations"][ANNOTATION_RELEASED_REASON] == "GpuLost"
     await loop.cycle()
     assert not cluster.emulator.node("node-1")["spec"].get("unschedulable"), "not re-cordoned for the same finding"
 
@@ -141,8 +141,7 @@ async def test_release_goes_through_the_kubernetes_api_and_is_remembered(
 
 async def test_release_breaker_closes_the_breaker_in_the_cluster(cluster: Cluster, capsys: Any) -> None:
     await cluster.add_nodes(6)
-    for index in range(6):
-        cluster.engine.script[f"node-{index}"] = faulty(f"node-{index}")
+    cluster.agents.break_gpu(*(f"node-{index}" for index in range(6)))
     loop = cluster.loop(breaker_nodes=3)
     await loop.cycle()
     assert loop.snapshot.breaker.open
