@@ -76,6 +76,7 @@ class ControllerLoop:
         self.counters = Counters()
         self.memory = policy.Memory()
         self._local_breaker = policy.BreakerState()  # dry-run / no Kubernetes: the breaker lives here only
+        self._reported: set[str] = set()  # dry-run actions already logged
 
     def may_write(self) -> bool:
         """The write guard checked right before every write."""
@@ -139,10 +140,11 @@ class ControllerLoop:
             await asyncio.to_thread(self._act, decision, cluster, now)
             if decision.actions and self.kube is not None:  # show what the cluster holds now, not before acting
                 cluster = await asyncio.to_thread(self.kube.cluster)
-        elif decision.actions and (self.settings.dry_run or self.kube is None):
-            for action in decision.actions:
-                if not isinstance(action, policy.Notify):
-                    log.info("dry-run: would %s", _describe(action))
+        elif self.settings.dry_run or self.kube is None:
+            would = {_describe(a) for a in decision.actions if not isinstance(a, policy.Notify)}
+            for description in sorted(would - self._reported):  # each planned action once, not every cycle
+                log.info("dry-run: would %s", description)
+            self._reported = would
         lap("act")
 
         self.counters.cycles += 1
