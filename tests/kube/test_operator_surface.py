@@ -111,7 +111,8 @@ async def test_status_prints_a_table_of_nodes_and_explain_the_evidence_chain(
     assert code == 0
     assert "node node-1: FAULTY" in out
     assert "hard evidence (acts at once)" in out
-    assert "Signal: node-1 GPU-0: XID 79" in out
+    assert "What was seen: node-1 GPU-0: XID 79" in out
+    assert "Signal: xid" in out
     assert "xid: 79" in out and "why: XID 79: GPU has fallen off the bus" in out
 
     code, out = await lockstep(capsys, "explain", "node-3", "--controller", url)
@@ -152,3 +153,27 @@ async def test_release_breaker_closes_the_breaker_in_the_cluster(cluster: Cluste
     await loop.cycle()
     assert not loop.snapshot.breaker.open
     assert (await lockstep(capsys, "release"))[0] == 2
+
+
+def test_explain_names_the_signal_the_peers_and_the_windows_of_a_statistical_finding() -> None:
+    from controller.operator_cli import explain
+
+    node = {
+        "node": "gpu-3", "verdict": "faulty", "confidence": 0.91, "reason": "Straggler", "since": 1_700_000_000,
+        "kubernetes": {"managed": True}, "held_by_lockstep": False, "blocked": "node cap: Lockstep holds 3 of at most 3",
+        "agent_url": "http://10.0.0.3:9445", "evidence_age_seconds": 1.5,
+        "findings": [{
+            "detector": "straggler", "reason": "Straggler", "severity": "statistical", "confidence": 0.91,
+            "job": "llama", "summary": "rank 3 arrives 41 ms late at every all-reduce and waits 2 ms; peers wait 40 ms",
+            "nodes": ["gpu-3", "gpu-0", "gpu-1"], "observed_at": 1_700_000_100,
+            "evidence": {"signal": "collective lateness and wait", "peers": ["gpu-0", "gpu-1"],
+                         "windows": 5, "window_seconds": 10.0, "lateness_seconds": 0.041234},
+        }],
+    }
+    text = explain(node)
+    assert "node gpu-3: FAULTY (confidence 0.91)" in text
+    assert "Not cordoned although faulty: node cap" in text
+    assert "1. Straggler in job llama: statistical evidence (acts only when it persists)" in text
+    assert "Signal: collective lateness and wait" in text
+    assert "Peers compared: gpu-0, gpu-1" in text
+    assert "windows: 5" in text and "lateness_seconds: 0.04123" in text
