@@ -5,6 +5,8 @@ An HTTP server the official `kubernetes` client talks to, as `lockstep-controlle
 uid, 409 Conflict on stale writes, JSON / merge / strategic-merge patch, label and field selectors, list + watch
 (chunked stream) and Status objects for errors. It records every request (verb, resource, subresource, namespace)
 and injects faults (next N matching requests fail with a code, hang, or meet a concurrent writer).
+Simplifications: no authentication or admission; objects keep the status they are created with (there is no
+kubelet to fill in a pod's phase and IP); resourceVersion history for watches holds the last 10,000 changes.
 
 Run: `python -m controller.kube_emulator --listen 127.0.0.1:0 --kubeconfig-out FILE` (prints the kubeconfig path).
 """
@@ -18,6 +20,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -603,8 +606,11 @@ class Emulator:
         }
 
     def write_kubeconfig(self, path: str) -> str:
-        with open(path, "w") as handle:
+        """Written whole or not at all (temp file + rename): a reader polling for the file never sees half of it."""
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as handle:
             yaml.safe_dump(self.kubeconfig(), handle)
+        os.replace(temporary, path)
         return path
 
     # --- serving -------------------------------------------------------------------------------------------
