@@ -224,8 +224,13 @@ class ControllerLoop:
             kube.open_breaker(action.reason, action.nodes, now, guard)
 
     def _event(self, kube: Kube, node: str, reason: str, message: str, warning: bool) -> None:
-        kube.event(node, reason, message, warning, self.may_write)
-        self.counters.events[reason] += 1
+        """Events are best effort: a failed one is counted and logged, and never stops the writes after it."""
+        try:
+            kube.event(node, reason, message, warning, self.may_write)
+            self.counters.events[reason] += 1
+        except KubeError as error:
+            self.counters.action_failures["Event"] += 1
+            log.error("could not emit %s for %s: %s", reason, node, error)
 
 
 def _describe(action: Any) -> str:

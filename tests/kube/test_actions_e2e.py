@@ -248,3 +248,19 @@ async def test_fabric_findings_alert_and_never_cordon(cluster: Cluster) -> None:
     assert node_patches(cluster, "node-1") == 0
     suspect_events = events(cluster, "LockstepSuspect")
     assert len(suspect_events) == 1 and "fabric" in suspect_events[0]["message"]
+
+
+async def test_a_failed_condition_or_event_write_after_the_cordon_is_made_good_later(cluster: Cluster) -> None:
+    await cluster.add_nodes(3)
+    cluster.agents.break_gpu("node-1")
+    loop = cluster.loop()
+    cluster.emulator.inject(Fault(verb="create", resource="events", count=3, status=503))
+    cluster.emulator.inject(Fault(verb="patch", resource="nodes", subresource="status", count=3, status=503))
+    await loop.cycle()
+    node = cluster.emulator.node("node-1")
+    assert node["spec"]["unschedulable"] is True and len(ours(node)) == 1, "the cordon itself landed whole"
+    assert condition(node) == ""
+    assert loop.counters.action_failures["Event"] == 1
+    await loop.cycle()
+    assert condition(cluster.emulator.node("node-1")) == "False"
+    assert node_patches(cluster, "node-1") == 1, "the cordon is not repeated"
