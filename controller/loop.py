@@ -54,6 +54,7 @@ class Counters:
     action_failures: Counter[str] = field(default_factory=Counter)  # by action
     cycles: int = 0
     cycle_failures: int = 0
+    discovery_failures: int = 0  # cycles that could not read the cluster (ran on the last known state)
 
 
 class ControllerLoop:
@@ -77,6 +78,8 @@ class ControllerLoop:
         self.memory = policy.Memory()
         self._local_breaker = policy.BreakerState()  # dry-run / no Kubernetes: the breaker lives here only
         self._reported: set[str] = set()  # dry-run actions already logged
+        self._discovered: tuple[list[Target], ClusterView, policy.BreakerState] = ([], ClusterView({}, {}),
+                                                                                   policy.BreakerState())
 
     def may_write(self) -> bool:
         """The write guard checked right before every write."""
@@ -107,12 +110,17 @@ class ControllerLoop:
             phases[phase] = now_mono - mark
             mark = now_mono
 
-        if self.kube is None or self.settings.agent_urls:
-            targets = [Target(url) for url in self.settings.agent_urls]
-        else:
-            targets = [Target(a.url, a.node) for a in await asyncio.to_thread(self.kube.agents)]
-        cluster = await asyncio.to_thread(self.kube.cluster) if self.kube is not None else ClusterView({}, {})
-        breaker = await asyncio.to_thread(self.kube.breaker) if self.kube is not None else policy.BreakerState()
+        discovery_error = ""
+        try:
+            targets, cluster, breaker = await asyncio.to_thread(self._discover)
+            self._discovered = (targets, cluster, breaker)
+        except KubeError as error:
+            # The API is down: keep pulling evidence from the agents we knew and keep verdicts current; act on
+            # nothing until the cluster can be read again.
+            log.error("cannot read the cluster (%s); using the last known agents and nodes, not acting", error)
+            self.counters.discovery_failures += 1
+            targets, cluster, breaker = self._discovered
+            discovery_error = f"cannot read the cluster: {error}"
         if self._local_breaker.open and not breaker.open and (self.settings.dry_run or self.kube is None):
             breaker = self._local_breaker
         lap("discover")
@@ -129,7 +137,7 @@ class ControllerLoop:
         lap("detect")
 
         decision = policy.decide(verdicts, cluster.nodes, breaker, self.memory, self.settings.safety, now)
-        acting = self.may_write()
+        acting = not discovery_error and self.may_write()
         if acting or self.settings.dry_run or self.kube is None:
             self.memory = decision.memory
         self._local_breaker = decision.breaker
@@ -159,8 +167,16 @@ class ControllerLoop:
             planned=planned,
             agent_urls={h.node: url for url, h in health.items() if h.node},
             phase_seconds=phases,
+            error=discovery_error,
         )
         return self.snapshot
+
+    def _discover(self) -> tuple[list[Target], ClusterView, policy.BreakerState]:
+        """Where the agents are, the selected nodes and the breaker (in a worker thread: blocking API calls)."""
+        if self.kube is None:
+            return [Target(url) for url in self.settings.agent_urls], ClusterView({}, {}), policy.BreakerState()
+        targets = [Target(a.url, a.node) for a in self.kube.agents()]
+        return targets, self.kube.cluster(), self.kube.breaker()
 
     # ----------------------------------------------------------------------------------------------- acting
     def _act(self, decision: policy.Decision, cluster: ClusterView, now: float) -> None:

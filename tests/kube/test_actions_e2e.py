@@ -264,3 +264,18 @@ async def test_a_failed_condition_or_event_write_after_the_cordon_is_made_good_l
     await loop.cycle()
     assert condition(cluster.emulator.node("node-1")) == "False"
     assert node_patches(cluster, "node-1") == 1, "the cordon is not repeated"
+
+
+async def test_while_the_api_is_down_verdicts_stay_current_and_nothing_is_done(cluster: Cluster) -> None:
+    await cluster.add_nodes(3)
+    loop = cluster.loop()
+    await loop.cycle()
+    cluster.emulator.inject(Fault(verb="list", count=1000, status=503))
+    cluster.agents.break_gpu("node-2")
+    await loop.cycle()
+    assert loop.snapshot.verdicts["node-2"].verdict is Verdict.FAULTY
+    assert "cannot read the cluster" in loop.snapshot.error
+    assert node_patches(cluster, "node-2") == 0
+    cluster.emulator.store.faults.clear()
+    await loop.cycle()
+    assert cluster.emulator.node("node-2")["spec"]["unschedulable"] is True and not loop.snapshot.error
