@@ -96,6 +96,7 @@ def run_status(args: argparse.Namespace) -> int:
     flags += ["DRY-RUN"] if nodes.get("dry_run") else []
     flags += ["leader" if nodes.get("leader") else "standby (not the leader)"]
     flags += [f"CIRCUIT BREAKER OPEN: {breaker.get('reason', '')}"] if breaker.get("open") else ["breaker closed"]
+    flags += [f"WARNING {nodes['error']}"] if nodes.get("error") else []
     print("controller: " + "; ".join(flags))
     rows = []
     for node in nodes.get("nodes") or []:
