@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from controller.kube import Kube, load_api_client
+from controller.kube import Kube, KubeError, load_api_client
 from controller.settings import load
 
 from .conftest import Cluster, FakeAgents, kube_settings
@@ -43,6 +44,17 @@ def test_the_emulator_command_writes_a_kubeconfig_the_official_client_uses(emula
     assert sorted(kube.cluster().nodes) == ["node-0", "node-1", "node-2"]
     assert kube.cordon("node-1", "Hang", "{}", time.time(), lambda: True)
     assert kube.cluster().nodes["node-1"].owned_reason == "Hang"
+
+    server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    request = urllib.request.Request(server + "/_emulator/faults", method="POST",
+                                     data=json.dumps({"verb": "list", "resource": "nodes", "count": 5, "status": 503}).encode())
+    assert urllib.request.urlopen(request, timeout=10).status == 201
+    with pytest.raises(KubeError, match="HTTP 503"):
+        kube.cluster()
+    with urllib.request.urlopen(server + "/_emulator/requests", timeout=10) as response:
+        recorded = json.loads(response.read())
+    assert {"verb": "patch", "group": "", "resource": "nodes", "subresource": "", "namespace": "", "name": "node-1",
+            "content_type": "application/merge-patch+json"} in recorded
 
 
 def test_invalid_settings_exit_2_with_a_clear_message(python: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
