@@ -30,6 +30,12 @@ pytest:
 
 test: lint typecheck pytest
 
+# The fake NVML library tests and the demo load instead of NVIDIA's (see tools/fake-nvml/README.md).
+fake-nvml: $(FAKE_NVML_DIR)/libnvidia-ml.so.1
+
+$(FAKE_NVML_DIR)/libnvidia-ml.so.1: tools/fake-nvml/build.sh tools/fake-nvml/fake_nvml.c tools/fake-nvml/fake_json.c tools/fake-nvml/fake_json.h
+	PYTHON=$(PYTHON) tools/fake-nvml/build.sh $(FAKE_NVML_DIR)
+
 bench:
 	for b in benchmarks/*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done
 

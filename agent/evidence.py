@@ -133,6 +133,14 @@ class RankEvidence(_Model):
     samples: list[CollectiveSample] = Field(default_factory=list, description="the most recent collectives")
 
 
+class HostEvidence(_Model):
+    """Host facts over the agent's window: TCP retransmits show a slow or lossy path that NIC counters may miss."""
+
+    tcp_retransmit_segments_per_second: float = 0.0
+    tcp_out_segments_per_second: float = 0.0
+    window_seconds: float = 0.0
+
+
 class Evidence(_Model):
     """Everything one agent knows about its node right now."""
 
@@ -146,6 +154,7 @@ class Evidence(_Model):
     nics: list[NicEvidence] = Field(default_factory=list)
     periodicity: list[TrafficPeriodicity] = Field(default_factory=list)
     ranks: list[RankEvidence] = Field(default_factory=list)
+    host: HostEvidence | None = None
 
 
 class EvidencePart(_Model):
@@ -156,3 +165,4 @@ class EvidencePart(_Model):
     nics: list[NicEvidence] = Field(default_factory=list)
     periodicity: list[TrafficPeriodicity] = Field(default_factory=list)
     ranks: list[RankEvidence] = Field(default_factory=list)
+    host: HostEvidence | None = None

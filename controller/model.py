@@ -58,3 +58,43 @@ class NodeVerdict:
     reason: str = ""
     findings: tuple[Finding, ...] = ()
     since: float = 0.0
+
+
+class JobState(str, enum.Enum):
+    """What a training job is doing, as the detectors see it from its ranks."""
+
+    RUNNING = "running"
+    HUNG = "hung"  # progress stopped: peers wait in a collective that some rank never entered
+    SLOW = "slow"  # the whole job runs slower than its own recent past, or a rank drags it
+    RESTARTING = "restarting"  # new processes, sequence numbers reset, or world size changed: no comparisons
+    IDLE = "idle"  # no collective issued for a while, by any rank (checkpoint, evaluation, finished)
+
+
+@dataclass(frozen=True)
+class RankView:
+    """One rank of a job in one cycle: where it runs and how it compares with its peers (s)."""
+
+    rank: int
+    node: str
+    process_group: str = "default"
+    last_seq: int = -1
+    pending_seq: int | None = None
+    lateness_seconds: float | None = None  # median arrival minus the median arrival of its peers
+    wait_seconds: float | None = None  # median issue-to-completion time of its collectives
+    compute_gap_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A training job as the controller sees it across nodes in one cycle."""
+
+    name: str
+    world_size: int
+    state: JobState
+    rank_nodes: dict[int, str] = field(default_factory=dict)  # rank -> node, default process group
+    nodes: tuple[str, ...] = ()
+    namespace: str = ""
+    step_period_seconds: float | None = None
+    baseline_step_period_seconds: float | None = None  # the job's own recent normal, for "whole job slower"
+    suspects: tuple[str, ...] = ()  # nodes blamed this cycle (before hysteresis)
+    ranks: tuple[RankView, ...] = ()

@@ -1,0 +1,164 @@
+"""`lockstep-agent`: parse the settings (CLI > env > file > defaults), build the collectors, serve until SIGTERM.
+
+The command line is generated from the settings tree, so `--help` documents every setting with its env name.
+This is the only place in the agent that exits the process: 2 for bad settings, 1 for a failed bind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+
+from agent import __version__
+from agent.collectors import COLLECTORS
+from agent.collectors.runner import CollectorRunner
+from agent.server import build_app, serve
+from agent.settings import AgentSettings, load_settings
+
+log = logging.getLogger("agent")
+
+ENV_PREFIX = "LOCKSTEP_"
+
+
+class SettingsError(Exception):
+    """The settings cannot be loaded; the message names the file or field."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One option per setting, generated from the settings tree; each section's `enabled` is `--collector.NAME`."""
+    parser = argparse.ArgumentParser(
+        prog="lockstep-agent",
+        description=(
+            "Lockstep node agent: serves GPU, network, host and training-collective telemetry on /metrics "
+            "(Prometheus) and /api/v1/evidence (the controller). Every option below is also an environment "
+            "variable (shown in brackets) and a key of the YAML --config file; precedence is "
+            "command line > environment > file > default."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"lockstep-agent {__version__}")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", default=argparse.SUPPRESS, help="YAML file with settings."
+    )
+    general = parser.add_argument_group("agent")
+    sections: list[tuple[str, type[BaseModel]]] = []
+    for name, field in AgentSettings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            sections.append((name, annotation))
+        else:
+            _add_option(general, (name,), field)
+    collector_reads = {spec.name: spec.reads for spec in COLLECTORS}
+    for section, model in sections:
+        doc = (model.__doc__ or section).strip().splitlines()[0]
+        reads = f" Reads: {collector_reads[section]}." if section in collector_reads else ""
+        group = parser.add_argument_group(f"{section} collector", doc + reads)
+        for name, field in model.model_fields.items():
+            _add_option(group, (section, name), field)
+    return parser
+
+
+def _add_option(group: argparse._ArgumentGroup, path: tuple[str, ...], field: FieldInfo) -> None:
+    env = ENV_PREFIX + "__".join(path).upper()
+    dest = ".".join(path)
+    help_text = f"{field.description or ''} [{env}]"
+    default = field.get_default(call_default_factory=True)
+    if path[-1] == "enabled" and len(path) == 2:
+        group.add_argument(
+            f"--collector.{path[0]}",
+            dest=dest,
+            action=argparse.BooleanOptionalAction,
+            default=argparse.SUPPRESS,
+            help=f"{help_text} (default: {'on' if default else 'off'})",
+        )
+        return
+    flag = "--" + ".".join(part.replace("_", "-") for part in path)
+    shown = "" if default in ("", None) else f" (default: {default})"
+    group.add_argument(flag, dest=dest, metavar="VALUE", default=argparse.SUPPRESS, help=help_text + shown)
+
+
+def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    """Merge the command line over env and the config file; raises SettingsError naming the bad field."""
+    cli: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if dest == "config":
+            continue
+        *sections, name = dest.split(".")
+        node = cli
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    file_values = _read_config(args.config) if "config" in args else {}
+    try:
+        return load_settings(file_values, cli)
+    except ValidationError as error:
+        raise SettingsError("invalid settings: " + "; ".join(_describe(e) for e in error.errors())) from None
+
+
+def _describe(error: ErrorDetails) -> str:
+    """'network.window_seconds: Input should be greater than 0 (got -1)'."""
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message} (got {error['input']!r})" if where else message
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    import yaml  # only with --config: keeps the agent's memory down when configured by env and flags
+
+    try:
+        values = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise SettingsError(f"cannot read config file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise SettingsError(f"config file {path} is not valid YAML: {error}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of settings, not {type(values).__name__}")
+    return values
+
+
+async def run(settings: AgentSettings) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    runner = CollectorRunner.from_settings(settings)
+    host, port = settings.listen_address
+    server = await serve(build_app(runner), host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as error:
+        print(f"lockstep-agent: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log.info("lockstep-agent %s on node %s", __version__, settings.node_name)
+    try:
+        asyncio.run(run(settings))
+    except OSError as error:
+        log.error("cannot listen on %s: %s", settings.listen, error.strerror or error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,543 @@
+"""The only code that talks to NVML: pynvml calls in, one plain snapshot per GPU and XID events out.
+
+`agent/collectors/nvml.py` turns these into metrics and evidence. NVML's return codes become data here:
+NotSupported / FunctionNotFound -> the field is None (logged once at debug per GPU and call); GPU_IS_LOST, or no
+handle for an index -> `GpuSnapshot.lost_reason`; a missing library or a failed nvmlInit -> `NvmlUnavailable`;
+any other error -> the field is None and the error is counted in `call_errors()`.
+
+Loading: pynvml opens "libnvidia-ml.so.1" by soname. With `library_path` the backend loads that file first
+(ctypes.CDLL); the dynamic loader then answers pynvml's soname lookup with the library already loaded, so tests
+and the demo point an agent at the fake NVML without LD_LIBRARY_PATH. A process keeps the first NVML it loaded.
+
+Threads: NVML is thread-safe. `_lock` guards nvmlInit/nvmlShutdown and this object's caches; the XID wait runs
+under `_event_lock` only, and the slow PCIe throughput sampling (20 ms per call) runs under neither, so neither
+stalls a scrape.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import pynvml
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Return codes that mean "this GPU or driver does not have it": leave the field out.
+_ABSENT = frozenset({pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
+
+ECC_ERROR_TYPES = (
+    ("corrected", pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+    ("uncorrected", pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+)
+ECC_COUNTER_TYPES = (("volatile", pynvml.NVML_VOLATILE_ECC), ("aggregate", pynvml.NVML_AGGREGATE_ECC))
+RETIREMENT_CAUSES = (
+    ("single_bit_ecc", pynvml.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS),
+    ("double_bit_ecc", pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR),
+)
+NVLINK_COUNTERS = (
+    ("replay", pynvml.NVML_NVLINK_ERROR_DL_REPLAY),
+    ("recovery", pynvml.NVML_NVLINK_ERROR_DL_RECOVERY),
+    ("crc_flit", pynvml.NVML_NVLINK_ERROR_DL_CRC_FLIT),
+    ("crc_data", pynvml.NVML_NVLINK_ERROR_DL_CRC_DATA),
+    ("ecc_data", pynvml.NVML_NVLINK_ERROR_DL_ECC_DATA),
+)
+CLOCK_EVENT_REASONS = (  # name -> nvmlClocksEventReason* bit
+    ("gpu_idle", pynvml.nvmlClocksEventReasonGpuIdle),
+    ("applications_clocks_setting", pynvml.nvmlClocksEventReasonApplicationsClocksSetting),
+    ("sw_power_cap", pynvml.nvmlClocksEventReasonSwPowerCap),
+    ("hw_slowdown", pynvml.nvmlClocksEventReasonHwSlowdown),
+    ("sync_boost", pynvml.nvmlClocksEventReasonSyncBoost),
+    ("sw_thermal_slowdown", pynvml.nvmlClocksEventReasonSwThermalSlowdown),
+    ("hw_thermal_slowdown", pynvml.nvmlClocksEventReasonHwThermalSlowdown),
+    ("hw_power_brake_slowdown", pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown),
+    ("display_clock_setting", pynvml.nvmlClocksEventReasonDisplayClockSetting),
+)
+_KIB = 1024  # nvmlDeviceGetPcieThroughput reports KB/s with 1 KB granularity
+_MHZ = 1e6
+
+
+class NvmlUnavailable(RuntimeError):
+    """NVML cannot be used on this node: library missing, driver not loaded, nvmlInit or the device count failed."""
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    index: int
+    uuid: str
+    model: str = ""
+    pci_bus_id: str = ""
+
+
+@dataclass(frozen=True)
+class NvLinkSnapshot:
+    link: int
+    active: bool | None
+    errors: Mapping[str, int] = field(default_factory=dict)  # NVLINK_COUNTERS name -> count since driver load
+
+
+@dataclass(frozen=True)
+class GpuSnapshot:
+    """What NVML said about one GPU in one read; None = NVML does not support that field on this GPU."""
+
+    identity: GpuIdentity
+    lost_reason: str = ""  # non-empty: NVML cannot reach the GPU (GPU_IS_LOST, or no handle for its index)
+    utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
+    memory_used_bytes: int | None = None
+    memory_free_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    temperature_celsius: float | None = None
+    memory_temperature_celsius: float | None = None
+    power_watts: float | None = None
+    power_limit_watts: float | None = None
+    energy_joules: float | None = None  # since the driver was loaded
+    sm_clock_hertz: float | None = None
+    memory_clock_hertz: float | None = None
+    clock_event_reasons: int | None = None  # nvmlClocksEventReason* bit mask
+    # (corrected|uncorrected, volatile|aggregate) -> count
+    ecc_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    retired_pages: Mapping[str, int] = field(default_factory=dict)  # RETIREMENT_CAUSES name -> pages
+    retired_pages_pending: bool | None = None
+    remapped_rows_correctable: int | None = None
+    remapped_rows_uncorrectable: int | None = None
+    row_remap_pending: bool | None = None
+    row_remap_failure: bool | None = None
+    pcie_link_generation: int | None = None
+    pcie_link_max_generation: int | None = None
+    pcie_link_width: int | None = None
+    pcie_link_max_width: int | None = None
+    pcie_replays: int | None = None
+    nvlinks: tuple[NvLinkSnapshot, ...] = ()
+
+    @property
+    def lost(self) -> bool:
+        return bool(self.lost_reason)
+
+
+@dataclass(frozen=True)
+class PcieThroughput:
+    tx_bytes_per_second: float | None
+    rx_bytes_per_second: float | None
+
+
+@dataclass(frozen=True)
+class XidEvent:
+    gpu: GpuIdentity
+    code: int
+    at: float  # Unix s when the agent received it
+
+
+class GpuBackend(Protocol):
+    """What the NVML collector needs from a GPU library."""
+
+    def read(self) -> list[GpuSnapshot]:
+        """One snapshot per GPU NVML enumerates now; raises NvmlUnavailable."""
+        ...
+
+    def read_pcie_throughput(self) -> dict[str, PcieThroughput]:
+        """PCIe throughput by GPU uuid; slow (NVML samples each counter for 20 ms): call off the scrape path."""
+        ...
+
+    def wait_for_xid(self, timeout_seconds: float) -> XidEvent | None:
+        """The next XID event, or None after about timeout_seconds; raises NvmlUnavailable."""
+        ...
+
+    def call_errors(self) -> dict[tuple[str, str], int]:
+        """Unexpected NVML errors so far, by (function, error)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _GpuLost(Exception):
+    """A call on this GPU returned NVML_ERROR_GPU_IS_LOST."""
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _error_name(error: pynvml.NVMLError) -> str:
+    return type(error).__name__.removeprefix("NVMLError_") or str(error.value)
+
+
+def _identify(index: int) -> tuple[Any, GpuIdentity]:
+    """Handle and identity of the GPU at index; raises pynvml.NVMLError."""
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    identity = GpuIdentity(
+        index=index,
+        uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+        model=_text(pynvml.nvmlDeviceGetName(handle)),
+        pci_bus_id=_text(pynvml.nvmlDeviceGetPciInfo(handle).busId),
+    )
+    return handle, identity
+
+
+def _handle_key(handle: Any) -> int | None:
+    return ctypes.cast(handle, ctypes.c_void_p).value
+
+
+class NvmlBackend:
+    """GpuBackend on pynvml. Lazily calls nvmlInit; after a failure it retries at most every init_retry_seconds."""
+
+    def __init__(
+        self,
+        library_path: str = "",
+        init_retry_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._library_path = library_path
+        self._init_retry_seconds = init_retry_seconds
+        self._clock = clock
+        self._monotonic = monotonic
+        self._lock = threading.RLock()
+        self._event_lock = threading.Lock()
+        self._accounting_lock = threading.Lock()
+        self._open = False
+        self._failure = ""
+        self._failed_at = 0.0
+        self._identities: dict[int, GpuIdentity] = {}  # last known identity by index, for GPUs lost later
+        self._handles: dict[str, Any] = {}  # uuid -> handle of the GPUs reachable in the last read
+        self._nvlinks: dict[str, tuple[int, ...]] = {}  # uuid -> links that exist
+        self._absent_logged: set[tuple[str, str]] = set()
+        self._errors_logged: set[tuple[str, str, str]] = set()
+        self._errors: Counter[tuple[str, str]] = Counter()
+        self._event_set: Any = None
+        self._event_gpus: dict[int | None, GpuIdentity] = {}  # handle address -> GPU, for the registered GPUs
+        self._event_uuids: set[str] = set()  # GPUs that had a handle when the event set was built
+        self._event_set_failed_at: float | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        """nvmlInit once; raise NvmlUnavailable (without retrying before init_retry_seconds) if it fails."""
+        if self._open:
+            return
+        if self._failure and self._monotonic() - self._failed_at < self._init_retry_seconds:
+            raise NvmlUnavailable(self._failure)
+        try:
+            if self._library_path:
+                if not os.path.exists(self._library_path):
+                    raise NvmlUnavailable(
+                        f"NVML library {self._library_path} (nvml.library_path) does not exist"
+                    )
+                ctypes.CDLL(self._library_path)
+            pynvml.nvmlInit()
+        except (OSError, pynvml.NVMLError, NvmlUnavailable) as error:
+            self._failure = self._describe_init_failure(error)
+            self._failed_at = self._monotonic()
+            raise NvmlUnavailable(self._failure) from error
+        self._open = True
+        self._failure = ""
+
+    @staticmethod
+    def _describe_init_failure(error: Exception) -> str:
+        if isinstance(error, pynvml.NVMLError_LibraryNotFound):
+            return "NVML library libnvidia-ml.so.1 not found (no NVIDIA driver on this node?)"
+        if isinstance(error, pynvml.NVMLError_DriverNotLoaded):
+            return "NVIDIA driver not loaded (nvmlInit: Driver Not Loaded)"
+        if isinstance(error, pynvml.NVMLError):
+            return f"nvmlInit failed: {error}"
+        return str(error)
+
+    def _give_up(self, reason: str) -> NvmlUnavailable:
+        """NVML broke mid-session: shut it down so the next attempt starts with a fresh nvmlInit."""
+        self._close_nvml()
+        self._failure = reason
+        self._failed_at = self._monotonic()
+        return NvmlUnavailable(reason)
+
+    def _close_nvml(self) -> None:
+        self._free_event_set()
+        if self._open:
+            self._open = False
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError as error:
+                log.debug("nvmlShutdown: %s", error)
+
+    def close(self) -> None:
+        with self._event_lock, self._lock:
+            self._close_nvml()
+
+    def driver_version(self) -> str:
+        with self._lock:
+            self._ensure_open()
+            return _text(self._call("system", pynvml.nvmlSystemGetDriverVersion) or "")
+
+    # -- calls ------------------------------------------------------------------------------------------------
+
+    def _call(
+        self, gpu: str, function: Callable[..., T], *args: Any, fallback: Callable[..., T] | None = None
+    ) -> T | None:
+        """Call an NVML function; None when the GPU lacks it or it failed (counted). Raises _GpuLost."""
+        try:
+            return function(*args)
+        except pynvml.NVMLError as error:
+            name = function.__name__
+            if error.value == pynvml.NVML_ERROR_FUNCTION_NOT_FOUND and fallback is not None:
+                return self._call(gpu, fallback, *args)
+            if error.value == pynvml.NVML_ERROR_GPU_IS_LOST:
+                raise _GpuLost(f"{name}: GPU is lost") from error
+            with self._accounting_lock:
+                if error.value in _ABSENT:
+                    self._log_absent_once(gpu, name, str(error))
+                    return None
+                self._errors[(name, _error_name(error))] += 1
+                if (gpu, name, _error_name(error)) not in self._errors_logged:
+                    self._errors_logged.add((gpu, name, _error_name(error)))
+                    log.warning("%s on GPU %s failed: %s; leaving the field out (counted)", name, gpu, error)
+            return None
+
+    def _log_absent_once(self, gpu: str, what: str, why: str) -> None:
+        """Debug-log a field this GPU lacks, once per GPU and call (callers hold _accounting_lock)."""
+        if (gpu, what) not in self._absent_logged:
+            self._absent_logged.add((gpu, what))
+            log.debug("%s on GPU %s: %s; leaving the field out", what, gpu, why)
+
+    def call_errors(self) -> dict[tuple[str, str], int]:
+        with self._accounting_lock:
+            return dict(self._errors)
+
+    # -- snapshots --------------------------------------------------------------------------------------------
+
+    def read(self) -> list[GpuSnapshot]:
+        with self._lock:
+            self._ensure_open()
+            try:
+                count = pynvml.nvmlDeviceGetCount()
+            except pynvml.NVMLError as error:
+                raise self._give_up(f"nvmlDeviceGetCount_v2 failed: {error}") from error
+            read = [self._read_gpu(index) for index in range(count)]
+            self._handles = {
+                snapshot.identity.uuid: handle for snapshot, handle in read if handle is not None
+            }
+            return [snapshot for snapshot, _ in read]
+
+    def _read_gpu(self, index: int) -> tuple[GpuSnapshot, Any]:
+        try:
+            handle, identity = _identify(index)
+        except pynvml.NVMLError as error:
+            known = self._identities.get(index, GpuIdentity(index=index, uuid=""))
+            return GpuSnapshot(identity=known, lost_reason=f"no handle for GPU {index}: {error}"), None
+        self._identities[index] = identity
+        try:
+            return self._read_fields(identity, handle), handle
+        except _GpuLost as lost:
+            return GpuSnapshot(identity=identity, lost_reason=str(lost)), None
+
+    def _read_fields(self, gpu: GpuIdentity, handle: Any) -> GpuSnapshot:
+        def call(
+            function: Callable[..., T], *args: Any, fallback: Callable[..., T] | None = None
+        ) -> T | None:
+            return self._call(gpu.uuid, function, *args, fallback=fallback)
+
+        utilization = call(pynvml.nvmlDeviceGetUtilizationRates, handle)
+        memory = call(pynvml.nvmlDeviceGetMemoryInfo, handle)
+        temperature = call(
+            pynvml.nvmlDeviceGetTemperatureV,
+            handle,
+            pynvml.NVML_TEMPERATURE_GPU,
+            fallback=pynvml.nvmlDeviceGetTemperature,
+        )
+        power_mw = call(pynvml.nvmlDeviceGetPowerUsage, handle)
+        limit_mw = call(pynvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+        energy_mj = call(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle)
+        sm_mhz = call(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM)
+        memory_mhz = call(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_MEM)
+        reasons = call(
+            pynvml.nvmlDeviceGetCurrentClocksEventReasons,
+            handle,
+            fallback=pynvml.nvmlDeviceGetCurrentClocksThrottleReasons,
+        )
+        ecc: dict[tuple[str, str], int] = {}
+        for error_name, error_type in ECC_ERROR_TYPES:
+            for counter_name, counter_type in ECC_COUNTER_TYPES:
+                count = call(pynvml.nvmlDeviceGetTotalEccErrors, handle, error_type, counter_type)
+                if count is not None:
+                    ecc[(error_name, counter_name)] = int(count)
+        retired: dict[str, int] = {}
+        for cause_name, cause in RETIREMENT_CAUSES:
+            pages = call(pynvml.nvmlDeviceGetRetiredPages, handle, cause)
+            if pages is not None:
+                retired[cause_name] = len(pages)
+        pending_pages = call(pynvml.nvmlDeviceGetRetiredPagesPendingStatus, handle)
+        remap = call(pynvml.nvmlDeviceGetRemappedRows, handle)
+        return GpuSnapshot(
+            identity=gpu,
+            utilization_ratio=None if utilization is None else utilization.gpu / 100.0,
+            memory_utilization_ratio=None if utilization is None else utilization.memory / 100.0,
+            memory_used_bytes=None if memory is None else int(memory.used),
+            memory_free_bytes=None if memory is None else int(memory.free),
+            memory_total_bytes=None if memory is None else int(memory.total),
+            temperature_celsius=None if temperature is None else float(temperature),
+            memory_temperature_celsius=self._memory_temperature(gpu.uuid, handle),
+            power_watts=None if power_mw is None else power_mw / 1000.0,
+            power_limit_watts=None if limit_mw is None else limit_mw / 1000.0,
+            energy_joules=None if energy_mj is None else energy_mj / 1000.0,
+            sm_clock_hertz=None if sm_mhz is None else sm_mhz * _MHZ,
+            memory_clock_hertz=None if memory_mhz is None else memory_mhz * _MHZ,
+            clock_event_reasons=None if reasons is None else int(reasons),
+            ecc_errors=ecc,
+            retired_pages=retired,
+            retired_pages_pending=None
+            if pending_pages is None
+            else pending_pages == pynvml.NVML_FEATURE_ENABLED,
+            remapped_rows_correctable=None if remap is None else int(remap[0]),
+            remapped_rows_uncorrectable=None if remap is None else int(remap[1]),
+            row_remap_pending=None if remap is None else bool(remap[2]),
+            row_remap_failure=None if remap is None else bool(remap[3]),
+            pcie_link_generation=call(pynvml.nvmlDeviceGetCurrPcieLinkGeneration, handle),
+            pcie_link_max_generation=call(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, handle),
+            pcie_link_width=call(pynvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
+            pcie_link_max_width=call(pynvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
+            pcie_replays=call(pynvml.nvmlDeviceGetPcieReplayCounter, handle),
+            nvlinks=self._read_nvlinks(gpu.uuid, handle),
+        )
+
+    def _memory_temperature(self, gpu: str, handle: Any) -> float | None:
+        """HBM temperature: NVML has it only as field NVML_FI_DEV_MEMORY_TEMP (nvmlDeviceGetFieldValues)."""
+        values = self._call(gpu, pynvml.nvmlDeviceGetFieldValues, handle, [pynvml.NVML_FI_DEV_MEMORY_TEMP])
+        if values is None:
+            return None
+        value = values[0]
+        if value.nvmlReturn == pynvml.NVML_SUCCESS:
+            return float(value.value.uiVal)
+        if value.nvmlReturn == pynvml.NVML_ERROR_GPU_IS_LOST:
+            raise _GpuLost("nvmlDeviceGetFieldValues(NVML_FI_DEV_MEMORY_TEMP): GPU is lost")
+        with self._accounting_lock:
+            self._log_absent_once(gpu, "NVML_FI_DEV_MEMORY_TEMP", f"return code {value.nvmlReturn}")
+        return None
+
+    def _read_nvlinks(self, gpu: str, handle: Any) -> tuple[NvLinkSnapshot, ...]:
+        links = self._nvlinks.get(gpu) or self._discover_nvlinks(gpu, handle)
+        result = []
+        for link in links:
+            state = self._call(gpu, pynvml.nvmlDeviceGetNvLinkState, handle, link)
+            errors = {}
+            for counter_name, counter in NVLINK_COUNTERS:
+                count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
+                if count is not None:
+                    errors[counter_name] = int(count)
+            active = None if state is None else state == pynvml.NVML_FEATURE_ENABLED
+            result.append(NvLinkSnapshot(link=link, active=active, errors=errors))
+        return tuple(result)
+
+    def _discover_nvlinks(self, gpu: str, handle: Any) -> tuple[int, ...]:
+        """Links whose state NVML reports; remembered once found (a GPU without NVLink has none)."""
+        links = []
+        for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
+            try:
+                pynvml.nvmlDeviceGetNvLinkState(handle, link)
+            except pynvml.NVMLError as error:
+                if error.value == pynvml.NVML_ERROR_GPU_IS_LOST:
+                    raise _GpuLost("nvmlDeviceGetNvLinkState: GPU is lost") from error
+                continue
+            links.append(link)
+        if links:
+            self._nvlinks[gpu] = tuple(links)
+        else:
+            with self._accounting_lock:
+                self._log_absent_once(gpu, "nvmlDeviceGetNvLinkState", "no link answers")
+        return tuple(links)
+
+    def read_pcie_throughput(self) -> dict[str, PcieThroughput]:
+        with self._lock:
+            self._ensure_open()
+            handles = dict(self._handles)
+        result = {}
+        for uuid, handle in handles.items():
+            try:
+                tx = self._call(
+                    uuid, pynvml.nvmlDeviceGetPcieThroughput, handle, pynvml.NVML_PCIE_UTIL_TX_BYTES
+                )
+                rx = self._call(
+                    uuid, pynvml.nvmlDeviceGetPcieThroughput, handle, pynvml.NVML_PCIE_UTIL_RX_BYTES
+                )
+            except _GpuLost:
+                continue
+            result[uuid] = PcieThroughput(
+                tx_bytes_per_second=None if tx is None else tx * _KIB,
+                rx_bytes_per_second=None if rx is None else rx * _KIB,
+            )
+        return result
+
+    # -- XID events -------------------------------------------------------------------------------------------
+
+    def wait_for_xid(self, timeout_seconds: float) -> XidEvent | None:
+        with self._event_lock:
+            event_set = self._current_event_set()
+            if event_set is None:
+                time.sleep(timeout_seconds)
+                return None
+            try:
+                data = pynvml.nvmlEventSetWait(event_set, max(1, int(timeout_seconds * 1000)))
+            except pynvml.NVMLError as error:
+                if error.value == pynvml.NVML_ERROR_TIMEOUT:
+                    return None
+                # GPU_IS_LOST (a registered GPU fell off) or worse: re-register the GPUs that are still there.
+                log.info("nvmlEventSetWait: %s; registering the GPUs for XID events again", error)
+                with self._lock:
+                    self._free_event_set()
+                time.sleep(timeout_seconds)
+                return None
+            if not data.eventType & pynvml.nvmlEventTypeXidCriticalError:
+                return None
+            gpu = self._event_gpus.get(_handle_key(data.device), GpuIdentity(index=-1, uuid="unknown"))
+            return XidEvent(gpu=gpu, code=int(data.eventData), at=self._clock())
+
+    def _current_event_set(self) -> Any:
+        """The event set registered for XIDs on every reachable GPU, rebuilt when a GPU it lacks shows up."""
+        with self._lock:
+            self._ensure_open()
+            if self._event_set is not None and set(self._handles) <= self._event_uuids:
+                return self._event_set
+            failed_at = self._event_set_failed_at
+            if failed_at is not None and self._monotonic() - failed_at < self._init_retry_seconds:
+                return None
+            self._free_event_set()
+            try:
+                self._event_set = pynvml.nvmlEventSetCreate()
+            except pynvml.NVMLError as error:
+                log.info("XID events unavailable (nvmlEventSetCreate: %s); retrying later", error)
+                self._event_set_failed_at = self._monotonic()
+                return None
+            self._event_set_failed_at = None
+            self._register_all()
+            return self._event_set
+
+    def _register_all(self) -> None:
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError as error:
+            raise self._give_up(f"nvmlDeviceGetCount_v2 failed: {error}") from error
+        for index in range(count):
+            try:
+                handle, gpu = _identify(index)
+                self._event_uuids.add(gpu.uuid)
+                pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._event_set)
+            except pynvml.NVMLError as error:
+                log.info("GPU %d: no XID events (%s)", index, error)
+                continue
+            self._event_gpus[_handle_key(handle)] = gpu
+
+    def _free_event_set(self) -> None:
+        if self._event_set is not None:
+            try:
+                pynvml.nvmlEventSetFree(self._event_set)
+            except pynvml.NVMLError as error:
+                log.debug("nvmlEventSetFree: %s", error)
+        self._event_set = None
+        self._event_gpus = {}
+        self._event_uuids = set()

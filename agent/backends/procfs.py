@@ -1,0 +1,54 @@
+"""The only code that reads host facts from procfs: TCP segment counters (`net/snmp`) and the boot id.
+
+The root is injectable so tests read fixture trees; a file that is missing or malformed raises ProcfsError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ProcfsError(Exception):
+    """A procfs file could not be read or parsed; `source` is its path below the root."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TcpSegments:
+    """Cumulative TCP segment counters of the host's network namespace (`/proc/net/snmp`, Tcp: line)."""
+
+    out_segments: int  # OutSegs: segments sent, retransmissions excluded
+    retransmitted_segments: int  # RetransSegs
+
+
+class Procfs:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def tcp_segments(self) -> TcpSegments:
+        fields = self._snmp_section("net/snmp", "Tcp")
+        try:
+            return TcpSegments(out_segments=int(fields["OutSegs"]), retransmitted_segments=int(fields["RetransSegs"]))
+        except (KeyError, ValueError) as error:
+            raise ProcfsError("net/snmp", f"no usable Tcp OutSegs/RetransSegs ({error})") from None
+
+    def boot_id(self) -> str:
+        return self._read("sys/kernel/random/boot_id").strip()
+
+    def _snmp_section(self, source: str, section: str) -> dict[str, str]:
+        """The `Name: key key ...` / `Name: value value ...` pair of lines of one section, as a dict."""
+        rows = [line.split()[1:] for line in self._read(source).splitlines() if line.startswith(section + ":")]
+        if len(rows) != 2 or len(rows[0]) != len(rows[1]):
+            raise ProcfsError(source, f"no well-formed {section}: header and value lines")
+        return dict(zip(rows[0], rows[1], strict=True))
+
+    def _read(self, source: str) -> str:
+        try:
+            return (self.root / source).read_text()
+        except OSError as error:
+            raise ProcfsError(source, error.strerror or str(error)) from None

@@ -1,0 +1,220 @@
+"""The only code that reads network state from sysfs: `class/net/*` and `class/infiniband/*/ports/*`.
+
+The network collector (and anything sampling NIC counters) turns these plain readings into metrics and
+evidence. The root is injectable so tests read fixture trees. Files that cannot be read or parsed become
+`ReadProblem`s next to the reading; an interface or port that vanished mid-read is simply absent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The /sys/class/net/<if>/statistics files the agent reads (all counters since the device appeared).
+NET_STATISTICS = (
+    "rx_bytes",
+    "tx_bytes",
+    "rx_packets",
+    "tx_packets",
+    "rx_errors",
+    "tx_errors",
+    "rx_dropped",
+    "tx_dropped",
+)
+
+# hw_counters files that are settings, not counters.
+HW_COUNTER_SETTINGS = frozenset({"lifespan"})
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*Gb/sec")
+_STATE = re.compile(r"^\s*(\d+)\s*:\s*(\S+)")
+
+
+@dataclass(frozen=True)
+class ReadProblem:
+    """A sysfs file that could not be read or made sense of; `source` is its path below the sysfs root."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class InterfaceReading:
+    """One `/sys/class/net/<name>` entry; None means the file was absent or not applicable (e.g. speed of a down link)."""
+
+    name: str
+    physical: bool  # backed by a device (has a `device` link), not a veth, bridge or loopback
+    arp_type: int | None  # ARPHRD_*: 1 Ethernet, 32 InfiniBand (IPoIB), 772 loopback
+    operstate: str
+    mtu_bytes: int | None
+    speed_bits_per_second: float | None
+    carrier_changes: int | None
+    statistics: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RdmaPortReading:
+    """One `/sys/class/infiniband/<device>/ports/<port>` entry."""
+
+    device: str
+    port: int
+    link_layer: str  # "InfiniBand" or "Ethernet" (RoCE)
+    state: int | None  # 4 = ACTIVE
+    state_name: str
+    phys_state: int | None  # 5 = LinkUp
+    phys_state_name: str
+    rate_bits_per_second: float | None
+    netdevs: tuple[str, ...]
+    counters: dict[str, int] = field(default_factory=dict)  # counters/, as sysfs gives them
+    hw_counters: dict[str, int] = field(default_factory=dict)  # hw_counters/, vendor-specific
+
+    @property
+    def name(self) -> str:
+        return f"{self.device}/{self.port}"
+
+
+class SysfsNet:
+    """Reads interfaces and RDMA ports below `root` (normally /sys)."""
+
+    def __init__(self, root: Path) -> None:
+        # plain strings: pathlib costs more than the reads themselves on a scrape of hundreds of files
+        self.root = root
+        self._root = str(root)
+        self._net = f"{root}/class/net"
+        self._ib = f"{root}/class/infiniband"
+
+    def interfaces(self) -> list[str]:
+        return _list(self._net)
+
+    def rdma_ports(self) -> list[tuple[str, int]]:
+        ports = []
+        for device in _list(self._ib):
+            for port in _list(f"{self._ib}/{device}/ports"):
+                if port.isdigit():
+                    ports.append((device, int(port)))
+        return ports
+
+    def read_interface(self, name: str, problems: list[ReadProblem]) -> InterfaceReading | None:
+        """Read one interface; None if it vanished. Appends unreadable files to `problems`."""
+        base = f"{self._net}/{name}"
+        found: list[ReadProblem] = []
+        reader = _Reader(self._root, found)
+        speed_mbps = reader.integer(f"{base}/speed", missing_ok=True, einval_ok=True)
+        reading = InterfaceReading(
+            name=name,
+            physical=os.path.exists(f"{base}/device"),
+            arp_type=reader.integer(f"{base}/type"),
+            operstate=reader.text(f"{base}/operstate") or "unknown",
+            mtu_bytes=reader.integer(f"{base}/mtu"),
+            speed_bits_per_second=speed_mbps * 1e6 if speed_mbps is not None and speed_mbps > 0 else None,
+            carrier_changes=reader.integer(f"{base}/carrier_changes", missing_ok=True, einval_ok=True),
+        )
+        for stat in NET_STATISTICS:
+            value = reader.integer(f"{base}/statistics/{stat}")
+            if value is not None:
+                reading.statistics[stat] = value
+        if not os.path.exists(base):
+            return None
+        problems.extend(found)
+        return reading
+
+    def read_rdma_port(self, device: str, port: int, problems: list[ReadProblem]) -> RdmaPortReading | None:
+        """Read one RDMA port; None if it vanished. Appends unreadable files to `problems`."""
+        base = f"{self._ib}/{device}/ports/{port}"
+        found: list[ReadProblem] = []
+        reader = _Reader(self._root, found)
+        state, state_name = reader.numbered(f"{base}/state")
+        phys_state, phys_state_name = reader.numbered(f"{base}/phys_state")
+        reading = RdmaPortReading(
+            device=device,
+            port=port,
+            link_layer=reader.text(f"{base}/link_layer", missing_ok=True) or "InfiniBand",
+            state=state,
+            state_name=state_name,
+            phys_state=phys_state,
+            phys_state_name=phys_state_name,
+            rate_bits_per_second=reader.rate(f"{base}/rate"),
+            netdevs=tuple(_list(f"{self._ib}/{device}/device/net")),
+        )
+        for name in _list(f"{base}/counters"):
+            value = reader.integer(f"{base}/counters/{name}")
+            if value is not None:
+                reading.counters[name] = value
+        for name in _list(f"{base}/hw_counters"):
+            if name in HW_COUNTER_SETTINGS:
+                continue
+            value = reader.integer(f"{base}/hw_counters/{name}")
+            if value is not None:
+                reading.hw_counters[name] = value
+        if not os.path.exists(base):
+            return None
+        problems.extend(found)
+        return reading
+
+
+class _Reader:
+    """Reads small sysfs files, turning every failure into a ReadProblem (or None where absence is normal)."""
+
+    def __init__(self, root: str, problems: list[ReadProblem]) -> None:
+        self._root = root
+        self._problems = problems
+
+    def text(self, path: str, *, missing_ok: bool = False, einval_ok: bool = False) -> str | None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                return os.read(fd, 4096).decode("ascii", errors="replace").strip()
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            if not missing_ok:
+                self._problem(path, "missing")
+        except OSError as error:
+            # EINVAL is how drivers say "not available now" (speed of a link that is down, some counters)
+            if not (einval_ok and error.errno == errno.EINVAL):
+                self._problem(path, os.strerror(error.errno) if error.errno else str(error))
+        return None
+
+    def integer(self, path: str, *, missing_ok: bool = False, einval_ok: bool = False) -> int | None:
+        text = self.text(path, missing_ok=missing_ok, einval_ok=einval_ok)
+        if text is None:
+            return None
+        try:
+            return int(text, 0) if text.startswith("0x") else int(text)
+        except ValueError:
+            self._problem(path, f"not an integer: {text[:40]!r}")
+            return None
+
+    def numbered(self, path: str) -> tuple[int | None, str]:
+        """'4: ACTIVE' as (4, 'ACTIVE')."""
+        text = self.text(path)
+        if text is None:
+            return None, ""
+        match = _STATE.match(text)
+        if match is None:
+            self._problem(path, f"not 'N: NAME': {text[:40]!r}")
+            return None, ""
+        return int(match.group(1)), match.group(2)
+
+    def rate(self, path: str) -> float | None:
+        """'200 Gb/sec (4X HDR)' as 200e9 bits/s."""
+        text = self.text(path, einval_ok=True)
+        if text is None:
+            return None
+        match = _RATE.match(text)
+        if match is None:
+            self._problem(path, f"not 'N Gb/sec': {text[:40]!r}")
+            return None
+        return float(match.group(1)) * 1e9
+
+    def _problem(self, path: str, reason: str) -> None:
+        self._problems.append(ReadProblem(source=os.path.relpath(path, self._root), reason=reason))
+
+
+def _list(directory: str) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except OSError:  # absent (no RDMA devices) or unreadable: nothing to list
+        return []

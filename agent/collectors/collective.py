@@ -1,0 +1,290 @@
+"""Collective collector: receives probe records from the training processes on this node (Unix socket),
+keeps per-rank windows and serves them as `lockstep_collective_*` metrics and the `ranks` of the evidence.
+
+Data flow: probe (agent/probe) -> probe.sock (agent/backends/probe_socket.py) -> trust check
+(agent/collectors/trust.py) -> RankWindow (agent/collectors/rank_window.py) -> collect() / evidence().
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from agent.backends import cgroup
+from agent.backends.probe_socket import Datagram, ProbeSocket
+from agent.collectors.base import Collector
+from agent.collectors.rank_window import WAIT_BUCKETS_SECONDS, RankWindow
+from agent.collectors.trust import Trust
+from agent.evidence import EvidencePart
+from agent.probe import wire
+from agent.settings import CollectiveSettings
+
+if TYPE_CHECKING:
+    from agent.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+RankKey = tuple[str, int]  # job, rank
+WindowKey = tuple[str, int, str]  # job, rank, process group
+
+# Why a record is dropped: the `reason` label of lockstep_collective_invalid_records_total.
+DROP_REASONS = (
+    "truncated",  # datagram or record shorter than a record
+    "bad_magic",  # not a Lockstep probe record
+    "bad_version",  # a probe of another wire version
+    "malformed",  # fields out of range (rank >= world size, NaN times, bad text)
+    "no_credentials",  # the kernel attached no sender credentials
+    "not_a_pod",  # trust=pod and the sender is in no pod
+    "rank_claimed_by_other",  # another live sender owns this (job, rank)
+    "duplicate",  # a collective already recorded (replayed)
+    "out_of_window",  # sequence number older than the window, or a time far from the agent's clock
+    "too_many_ranks",  # max_ranks windows are in use
+)
+
+
+@dataclass
+class Sender:
+    """What the agent knows of the process speaking for a (job, rank)."""
+
+    pid: int
+    last_heard: float
+    dropped_total: int = 0
+
+
+class CollectiveState:
+    """All ranks' windows; thread-safe: the receive thread applies records, scrapes read summaries."""
+
+    def __init__(self, settings: CollectiveSettings, trust: Trust, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.trust = trust
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.windows: dict[WindowKey, RankWindow] = {}
+        self.senders: dict[RankKey, Sender] = {}
+        self.invalid: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
+        self.accepted = 0
+
+    def receive(self, datagram: Datagram) -> None:
+        """Apply every record of one datagram; count each bad one under its reason."""
+        data = datagram.data
+        size = wire.RECORD_BYTES
+        with self.lock:
+            if datagram.truncated or len(data) % size or not data:
+                self.invalid["truncated"] += 1  # the torn tail; whole records before it still count
+            for offset in range(0, len(data) - size + 1, size):
+                try:
+                    record = wire.decode(data, offset)
+                except wire.DecodeError as exc:
+                    self.invalid[exc.reason] += 1
+                    continue
+                reason = self._apply(record, datagram.pid)
+                if reason is None:
+                    self.accepted += 1
+                else:
+                    self.invalid[reason] += 1
+
+    def _apply(self, record: wire.Record, pid: int | None) -> str | None:
+        now = self.clock()
+        if abs(record.issued_at - now) > self.settings.max_clock_skew_seconds:
+            return "out_of_window"
+        reason, changed_hands = self.trust.admit(record.job, record.rank, pid)
+        if reason is not None:
+            return reason
+        assert pid is not None
+        rank_key = (record.job, record.rank)
+        if changed_hands:
+            self._forget(rank_key)
+        sender = self.senders.get(rank_key)
+        if sender is None or sender.pid != pid:
+            sender = self.senders[rank_key] = Sender(pid, now)
+        sender.last_heard = now
+        sender.dropped_total = max(sender.dropped_total, record.dropped_total)
+        if record.kind == wire.Kind.HEARTBEAT:
+            return None
+        key = (record.job, record.rank, record.group)
+        window = self.windows.get(key)
+        if window is None:
+            if len(self.windows) >= self.settings.max_ranks:
+                return "too_many_ranks"
+            window = self.windows[key] = RankWindow(*key, max_samples=self.settings.max_samples_per_rank)
+        if window.knows(record.seq):
+            return "duplicate"
+        if record.seq < window.oldest_seq():
+            if record.issued_at <= window.last_issued_at:
+                return "out_of_window"
+            window = self.windows[key] = RankWindow(*key, max_samples=self.settings.max_samples_per_rank)
+            log.info("job %s rank %d group %s restarted its sequence numbers", *key)
+        window.add(record, pid)
+        return None
+
+    def _forget(self, rank_key: RankKey) -> None:
+        self.senders.pop(rank_key, None)
+        for key in [key for key in self.windows if key[:2] == rank_key]:
+            del self.windows[key]
+
+    def expire(self) -> None:
+        """Forget ranks silent for expire_seconds (their job ended) and release their claims."""
+        now = self.clock()
+        with self.lock:
+            for rank_key, sender in list(self.senders.items()):
+                if now - sender.last_heard > self.settings.expire_seconds:
+                    self._forget(rank_key)
+                    self.trust.forget(*rank_key)
+
+    def evidence(self) -> EvidencePart:
+        now = self.clock()
+        settings = self.settings
+        with self.lock:
+            ranks = [
+                window.evidence(now, settings.window_seconds, settings.evidence_samples, self._dropped(key))
+                for key, window in sorted(self.windows.items())
+            ]
+        return EvidencePart(ranks=ranks)
+
+    def _dropped(self, key: WindowKey) -> int:
+        sender = self.senders.get(key[:2])
+        return sender.dropped_total if sender else 0
+
+    def metrics(self) -> list[Metric]:
+        now = self.clock()
+        labels = ["job", "rank", "process_group"]
+        op_labels = [*labels, "op"]
+        collectives = CounterMetricFamily(
+            "lockstep_collective_collectives", "Collectives completed, from probe records (probe.sock).", labels=op_labels
+        )
+        nbytes = CounterMetricFamily(
+            "lockstep_collective_bytes", "Bytes of this rank's input to completed collectives (probe records).",
+            labels=op_labels,
+        )  # fmt: skip
+        wait = HistogramMetricFamily(
+            "lockstep_collective_wait_seconds",
+            "Issue to completion of collectives, s (probe records; a victim of a straggler waits long).",
+            labels=op_labels,
+        )
+        period = GaugeMetricFamily(
+            "lockstep_collective_step_period_seconds", "Period of the rank's collective pattern, s (probe records).",
+            labels=labels,
+        )  # fmt: skip
+        last_seq = GaugeMetricFamily(
+            "lockstep_collective_last_seq", "Highest collective sequence number seen (probe records).", labels=labels
+        )
+        since_progress = GaugeMetricFamily(
+            "lockstep_collective_seconds_since_progress",
+            "Seconds since the rank last issued or completed a collective (probe records).",
+            labels=labels,
+        )
+        pending_age = GaugeMetricFamily(
+            "lockstep_collective_pending_age_seconds",
+            "Age of the oldest collective issued and not completed, s (probe ISSUE records); absent when none.",
+            labels=labels,
+        )
+        dropped = CounterMetricFamily(
+            "lockstep_collective_probe_dropped_records",
+            "Records the probe could not deliver (its queue full or the agent away), as the probe reports.",
+            labels=["job", "rank"],
+        )
+        invalid = CounterMetricFamily(
+            "lockstep_collective_invalid_records",
+            "Probe records the agent dropped, by reason (probe.sock).",
+            labels=["reason"],
+        )
+        accepted = CounterMetricFamily(
+            "lockstep_collective_records", "Probe records accepted from probe.sock.", value=0
+        )
+        with self.lock:
+            for (job, rank, group), window in sorted(self.windows.items()):
+                base = [job, str(rank), group]
+                for op, totals in sorted(window.totals.items()):
+                    collectives.add_metric([*base, op], totals.collectives)
+                    nbytes.add_metric([*base, op], totals.bytes)
+                    cumulative, buckets = 0, []
+                    for bound, count in zip(WAIT_BUCKETS_SECONDS, totals.wait_buckets, strict=True):
+                        cumulative += count
+                        buckets.append((repr(bound), cumulative))
+                    buckets.append(("+Inf", totals.wait_count))
+                    wait.add_metric([*base, op], buckets, totals.wait_sum_seconds)
+                step = window.step_period_seconds(window.in_window(now, self.settings.window_seconds))
+                if step is not None:
+                    period.add_metric(base, step)
+                last_seq.add_metric(base, window.last_seq)
+                if window.last_progress_at:
+                    since_progress.add_metric(base, max(0.0, now - window.last_progress_at))
+                if window.pending:
+                    pending_age.add_metric(base, max(0.0, now - window.pending[min(window.pending)][1]))
+            for (job, rank), sender in sorted(self.senders.items()):
+                dropped.add_metric([job, str(rank)], sender.dropped_total)
+            for reason, count in sorted(self.invalid.items()):
+                invalid.add_metric([reason], count)
+            accepted = CounterMetricFamily(
+                "lockstep_collective_records", "Probe records accepted from probe.sock.", value=self.accepted
+            )
+        return [collectives, nbytes, wait, period, last_seq, since_progress, pending_age, dropped, invalid, accepted]
+
+
+class CollectiveCollector(Collector):
+    """Listens on `<socket_dir>/probe.sock` in a background thread from start() to close()."""
+
+    name = "collective"
+
+    def __init__(self, settings: CollectiveSettings) -> None:
+        self.settings = settings
+        trust = Trust(
+            settings.trust,
+            pod_uid=partial(cgroup.pod_uid, proc_root=settings.proc_root),
+            alive=partial(cgroup.alive, proc_root=settings.proc_root),
+        )
+        self.state = CollectiveState(settings, trust)
+        self._socket: ProbeSocket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings) -> CollectiveCollector:
+        return cls(settings.collective)
+
+    def start(self) -> None:
+        self._socket = ProbeSocket(
+            self.settings.socket_dir, self.settings.socket_mode, receive_buffer_bytes=self.settings.receive_buffer_bytes
+        )
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="collective-receiver", daemon=True)
+        self._thread.start()
+        log.info("collective collector listening on %s (trust %s)", self._socket.path, self.settings.trust)
+
+    def _run(self) -> None:
+        assert self._socket is not None
+        next_expiry = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                datagram = self._socket.receive()
+                if datagram is not None:
+                    self.state.receive(datagram)
+                if time.monotonic() >= next_expiry:
+                    next_expiry = time.monotonic() + 5.0
+                    self.state.expire()
+            except Exception:  # one bad datagram or a transient socket error must not end the receiver
+                log.exception("collective collector: receive failed")
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def collect(self) -> Iterable[Metric]:
+        return self.state.metrics()
+
+    def evidence(self) -> EvidencePart:
+        return self.state.evidence()

@@ -1,0 +1,232 @@
+"""Runs the agent's collectors for every scrape and evidence pull: the node_exporter `execute()` of Lockstep.
+
+Built from the collector table (`agent.collectors.COLLECTORS`) or from collector instances (tests). Each
+collector runs in a worker thread with a deadline, so one that raises or hangs costs only its own samples and
+sets `lockstep_collector_success{collector}` to 0. Registered on a private CollectorRegistry by the server.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from agent import __version__
+from agent.collectors import COLLECTORS, CollectorSpec
+from agent.collectors.base import Collector
+from agent.evidence import Evidence, EvidencePart
+from agent.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one collector call produced: its result if it succeeded in time, and how long it took (s)."""
+
+    succeeded: bool
+    duration_seconds: float
+    result: object = None
+
+
+class _Call:
+    """One collector method running on the pool; a second caller while it is still running joins it.
+
+    Joining (instead of starting the method again) serialises calls per collector and method, and keeps a
+    hung collector from piling up threads: at most one call per collector and method is ever in flight.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._future: concurrent.futures.Future[Outcome] | None = None
+
+    def start(
+        self, pool: concurrent.futures.Executor, name: str, fn: Callable[[], object]
+    ) -> concurrent.futures.Future[Outcome]:
+        with self._lock:
+            if self._future is None or self._future.done():
+                self._future = pool.submit(_timed, name, fn)
+            return self._future
+
+
+def _timed(name: str, fn: Callable[[], object]) -> Outcome:
+    start = time.perf_counter()
+    try:
+        result = fn()
+    except Exception:
+        log.exception("collector %s failed", name)
+        return Outcome(succeeded=False, duration_seconds=time.perf_counter() - start)
+    return Outcome(succeeded=True, duration_seconds=time.perf_counter() - start, result=result)
+
+
+class CollectorRunner:
+    """All collectors of one agent, behind prometheus_client's `Collector.collect()` and an `evidence()` call.
+
+    `broken` names collectors that are switched on but could not be built (missing module, failing
+    constructor): they are reported with success 0 and never run.
+    """
+
+    def __init__(
+        self,
+        collectors: Iterable[Collector],
+        *,
+        node_name: str,
+        timeout_seconds: float,
+        broken: Iterable[str] = (),
+    ) -> None:
+        self.collectors: dict[str, Collector] = {c.name: c for c in collectors}
+        self.broken = sorted(set(broken))
+        self.node_name = node_name
+        self.timeout_seconds = timeout_seconds
+        # two calls per collector may be in flight at once: collect() and evidence()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(2, 2 * len(self.collectors)), thread_name_prefix="collector"
+        )
+        self._collect_calls = {name: _Call() for name in self.collectors}
+        self._evidence_calls = {name: _Call() for name in self.collectors}
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings, table: Iterable[CollectorSpec] = COLLECTORS) -> CollectorRunner:
+        """Build every enabled collector of the table; one that cannot be built is logged and marked broken."""
+        collectors: list[Collector] = []
+        broken: list[str] = []
+        for spec in table:
+            section = getattr(settings, spec.name, None)
+            if section is not None and not section.enabled:
+                log.info("collector %s is switched off", spec.name)
+                continue
+            collector = _build(spec, settings)
+            if collector is None:
+                broken.append(spec.name)
+            else:
+                collectors.append(collector)
+        return cls(
+            collectors,
+            node_name=settings.node_name,
+            timeout_seconds=settings.collector_timeout_seconds,
+            broken=broken,
+        )
+
+    def start(self) -> None:
+        """Start the collectors' background work; one whose start fails is closed and marked broken."""
+        for name, collector in list(self.collectors.items()):
+            try:
+                collector.start()
+            except Exception:
+                log.exception("collector %s failed to start; it is reported with success 0", name)
+                self._drop(name)
+
+    def close(self) -> None:
+        for name, collector in self.collectors.items():
+            try:
+                collector.close()
+            except Exception:
+                log.exception("collector %s failed to close", name)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client Collector interface: every collector's families plus success and duration."""
+        outcomes = self._run_all(self._collect_calls, lambda c: list(c.collect()))
+        success = GaugeMetricFamily(
+            "lockstep_collector_success",
+            "1 if the collector's last run succeeded within its timeout, else 0.",
+            labels=["collector"],
+        )
+        duration = GaugeMetricFamily(
+            "lockstep_collector_duration_seconds",
+            "How long the collector's run took (the timeout if it did not finish), s.",
+            labels=["collector"],
+        )
+        families: dict[str, Metric] = {}
+        for name, outcome in outcomes.items():
+            success.add_metric([name], 1.0 if outcome.succeeded else 0.0)
+            duration.add_metric([name], outcome.duration_seconds)
+            if outcome.succeeded and isinstance(outcome.result, list):
+                for family in outcome.result:
+                    _merge_into(families, family)
+        yield from families.values()
+        for name in self.broken:
+            success.add_metric([name], 0.0)
+        info = GaugeMetricFamily(
+            "lockstep_agent_info", "The agent's version and node; always 1.", labels=["version", "node"]
+        )
+        info.add_metric([__version__, self.node_name], 1.0)
+        yield from (success, duration, info)
+
+    def evidence(self) -> Evidence:
+        """Merge every collector's `EvidencePart` into the node's evidence document."""
+        outcomes = self._run_all(self._evidence_calls, lambda c: c.evidence())
+        parts = [o.result for o in outcomes.values() if o.succeeded and isinstance(o.result, EvidencePart)]
+        succeeded = {name: o.succeeded for name, o in outcomes.items()} | {name: False for name in self.broken}
+        return Evidence(
+            node=self.node_name,
+            collected_at=time.time(),
+            agent_version=__version__,
+            collectors=dict(sorted(succeeded.items())),
+            hard_signals=[s for p in parts for s in p.hard_signals],
+            gpus=[g for p in parts for g in p.gpus],
+            nics=[n for p in parts for n in p.nics],
+            periodicity=[t for p in parts for t in p.periodicity],
+            ranks=[r for p in parts for r in p.ranks],
+            host=next((p.host for p in parts if p.host is not None), None),
+        )
+
+    def _run_all(self, calls: Mapping[str, _Call], method: Callable[[Collector], object]) -> dict[str, Outcome]:
+        """Run `method` on every collector at once; each gets the same deadline, counted from now."""
+        deadline = time.monotonic() + self.timeout_seconds
+        futures = {
+            name: calls[name].start(self._pool, name, functools.partial(method, collector))
+            for name, collector in self.collectors.items()
+        }
+        outcomes: dict[str, Outcome] = {}
+        for name, future in futures.items():
+            try:
+                outcomes[name] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                log.warning("collector %s did not finish within %.1f s; left out", name, self.timeout_seconds)
+                outcomes[name] = Outcome(succeeded=False, duration_seconds=self.timeout_seconds)
+        return outcomes
+
+    def _drop(self, name: str) -> None:
+        self.collectors.pop(name)
+        self.broken = sorted({*self.broken, name})
+
+
+def _merge_into(families: dict[str, Metric], family: Metric) -> None:
+    """Add `family` to `families`; one of the same name (e.g. read errors of two collectors) gets its samples.
+
+    The merged family is a copy: a collector's result may be shared by two concurrent scrapes.
+    """
+    existing = families.get(family.name)
+    if existing is None:
+        families[family.name] = family
+        return
+    merged = Metric(existing.name, existing.documentation, existing.type, existing.unit)
+    merged.samples = [*existing.samples, *family.samples]
+    families[family.name] = merged
+
+
+def _build(spec: CollectorSpec, settings: AgentSettings) -> Collector | None:
+    try:
+        module = importlib.import_module(spec.module)
+    except ModuleNotFoundError as error:
+        if error.name != spec.module:
+            log.exception("collector %s cannot be imported; it is reported with success 0", spec.name)
+        else:
+            log.info("collector %s is not built into this agent (%s missing)", spec.name, spec.module)
+        return None
+    except Exception:
+        log.exception("collector %s cannot be imported; it is reported with success 0", spec.name)
+        return None
+    try:
+        collector: Collector = getattr(module, spec.cls).from_settings(settings)
+    except Exception:
+        log.exception("collector %s could not be built; it is reported with success 0", spec.name)
+        return None
+    return collector

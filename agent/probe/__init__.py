@@ -1,0 +1,113 @@
+"""The in-process probe: records every collective of a training process and sends it to the node's agent.
+
+Switched on without code changes by `LOCKSTEP_PROBE=1` (the `lockstep-probe.pth` bootstrap installed with the
+package calls `install()` at interpreter start), or explicitly with `agent.probe.install()`. Import-light: it
+imports nothing from the agent daemon and patches torch only when torch.distributed gets imported.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import types
+
+from agent.probe.identity import identify
+from agent.probe.patch import (
+    C10D,
+    DDP_MODULE,
+    GroupNames,
+    PostImportHook,
+    patch_collectives,
+    patch_ddp,
+    patch_init,
+)
+from agent.probe.recorder import Recorder
+from agent.probe.transport import Sender
+
+__all__ = ["Probe", "install", "installed"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET_DIR = "/run/lockstep"
+
+
+class Probe:
+    """One per process: the recorder the wrappers feed and the sender that starts with the process group."""
+
+    def __init__(self, socket_dir: str) -> None:
+        self.socket_dir = socket_dir
+        self.recorder = Recorder()
+        self.groups = GroupNames()
+        self.sender: Sender | None = None
+        self._lock = threading.Lock()
+
+    def patch(self) -> None:
+        """Patch torch.distributed now if it is imported, else as soon as it is."""
+        callbacks = {C10D: self._patch_c10d, DDP_MODULE: self._patch_ddp}
+        later = {}
+        for name, callback in callbacks.items():
+            module = sys.modules.get(name)
+            if module is not None:
+                callback(module)
+            else:
+                later[name] = callback
+        if later:
+            sys.meta_path.insert(0, PostImportHook(later))
+
+    def _patch_c10d(self, c10d: types.ModuleType) -> None:
+        patch_collectives(c10d, self.recorder, self.groups)
+        patch_init(c10d, self.activate)
+        if c10d.is_initialized():
+            self.activate("")
+
+    def _patch_ddp(self, ddp_module: types.ModuleType) -> None:
+        patch_ddp(ddp_module)
+
+    def activate(self, init_method: str) -> None:
+        """The default process group is up: learn who we are and (re)start sending."""
+        import torch.distributed as dist
+
+        identity = identify(os.environ, dist.get_rank(), dist.get_world_size(), init_method)
+        with self._lock:
+            self.groups.default_name = str(getattr(dist.group.WORLD, "group_name", "0"))
+            self.recorder.reset()
+            if self.sender is not None:
+                self.sender.stop()
+            self.sender = Sender(self.recorder, identity, self.socket_dir)
+            self.sender.start()
+        log.debug("lockstep probe active: job %s rank %d/%d", identity.job, identity.rank, identity.world_size)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self.sender is not None:
+                self.sender.stop()
+
+    def forget_after_fork(self) -> None:
+        """A forked child (a DataLoader worker) is not the rank: it sends nothing unless it inits a group."""
+        self.sender = None
+        self._lock = threading.Lock()
+        self.recorder.completed.clear()
+        self.recorder.pending.clear()
+
+
+_probe: Probe | None = None
+
+
+def installed() -> Probe | None:
+    """The probe of this process, if installed."""
+    return _probe
+
+
+def install(socket_dir: str | None = None) -> Probe:
+    """Install the probe in this process (idempotent). `socket_dir` defaults to $LOCKSTEP_SOCKET_DIR, then
+    /run/lockstep. Never raises for a missing agent: records are dropped and counted until it appears."""
+    global _probe
+    if _probe is None:
+        _probe = Probe(socket_dir or os.environ.get("LOCKSTEP_SOCKET_DIR") or DEFAULT_SOCKET_DIR)
+        _probe.patch()
+        atexit.register(_probe.stop)
+        os.register_at_fork(after_in_child=_probe.forget_after_fork)
+    return _probe

@@ -1,0 +1,258 @@
+"""Where the probe meets PyTorch: wrappers around the torch.distributed collectives, a DDP communication
+hook that routes DDP's all-reduces through them, and the import hook that applies both when torch loads.
+
+Every wrapper does the smallest possible work on the training thread (Recorder.issue/complete) and lets the
+wrapped call behave exactly as before: same arguments, same return value, same exceptions.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import inspect
+import logging
+import sys
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent.probe.recorder import Recorder, Token
+from agent.probe.wire import Op
+
+log = logging.getLogger(__name__)
+
+C10D = "torch.distributed.distributed_c10d"
+DDP_MODULE = "torch.nn.parallel.distributed"
+_PATCHED = "__lockstep_wrapped__"
+
+# function -> (op, the parameter holding this rank's input data: its size is the record's bytes)
+COLLECTIVES: dict[str, tuple[Op, str | None]] = {
+    "all_reduce": (Op.all_reduce, "tensor"),
+    "broadcast": (Op.broadcast, "tensor"),
+    "all_gather": (Op.all_gather, "tensor"),
+    "all_gather_into_tensor": (Op.all_gather, "input_tensor"),
+    "reduce_scatter": (Op.reduce_scatter, "input_list"),
+    "reduce_scatter_tensor": (Op.reduce_scatter, "input"),
+    "reduce": (Op.reduce, "tensor"),
+    "barrier": (Op.barrier, None),
+    "all_to_all": (Op.all_to_all, "input_tensor_list"),
+    "all_to_all_single": (Op.all_to_all, "input"),
+    "gather": (Op.gather, "tensor"),
+    "scatter": (Op.scatter, "tensor"),
+}
+
+
+def nbytes(data: Any) -> int:
+    """Bytes of a tensor or a list of tensors; 0 for anything else."""
+    if isinstance(data, (list, tuple)):
+        return sum(nbytes(item) for item in data)
+    try:
+        return int(data.numel() * data.element_size())
+    except (AttributeError, TypeError, RuntimeError):
+        return 0
+
+
+class GroupNames:
+    """Process group -> the name records carry: "default" for the default group, else its c10d group name,
+    which torch assigns identically on every rank."""
+
+    def __init__(self) -> None:
+        self.default_name = "0"
+
+    def name(self, group: Any) -> str:
+        if group is None:
+            return "default"
+        name = str(getattr(group, "group_name", "") or "")
+        return "default" if name in ("", self.default_name) else name
+
+
+def _arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if 0 <= index < len(args) else default
+
+
+def _complete_on(result: Any, recorder: Recorder, token: Token) -> None:
+    """Complete `token` when the async Work `result` finishes (its future), or now without timing."""
+    try:
+        result.get_future().add_done_callback(lambda _fut: recorder.complete(token))
+    except Exception:  # no future for this backend/op: the issue time is all we know
+        recorder.complete(token, measured=False)
+
+
+def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, recorder: Recorder,
+                    groups: GroupNames) -> Callable[..., Any]:  # fmt: skip
+    """`fn` with issue/complete records around it; sync calls complete on return, async ones via the Work."""
+    params = list(inspect.signature(fn).parameters)
+    data_index = params.index(data_param) if data_param in params else -1
+    group_index = params.index("group") if "group" in params else -1
+    async_index = params.index("async_op") if "async_op" in params else -1
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            data = _arg(args, kwargs, data_index, data_param or "", None)
+            group = groups.name(_arg(args, kwargs, group_index, "group", None))
+            token = recorder.issue(group, op, nbytes(data) if data is not None else 0)
+            is_async = bool(_arg(args, kwargs, async_index, "async_op", False))
+        except Exception:
+            return fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            recorder.abandon(token)
+            raise
+        if is_async and result is not None:
+            _complete_on(result, recorder, token)
+        else:
+            recorder.complete(token)
+        return result
+
+    setattr(wrapper, _PATCHED, True)
+    return wrapper
+
+
+def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupNames) -> list[str]:
+    """Wrap the collectives in torch.distributed.distributed_c10d (and the torch.distributed re-exports)."""
+    package = sys.modules.get("torch.distributed")
+    wrapped = []
+    for name, (op, data_param) in COLLECTIVES.items():
+        fn = getattr(c10d, name, None)
+        if fn is None or getattr(fn, _PATCHED, False):
+            continue
+        wrapper = wrap_collective(fn, op, data_param, recorder, groups)
+        setattr(c10d, name, wrapper)
+        if package is not None and getattr(package, name, None) is fn:
+            setattr(package, name, wrapper)
+        wrapped.append(name)
+    return wrapped
+
+
+def patch_ddp(ddp_module: types.ModuleType) -> None:
+    """Route DDP's bucket all-reduces through Python, where the collective wrappers record them.
+
+    Without a communication hook DDP's C++ reducer calls the process group directly and nothing in Python
+    sees it. With a Python hook — the user's, or `default_hooks.allreduce_hook`, which does exactly what the
+    C++ default does — every bucket goes through torch.distributed.all_reduce(async_op=True). DDP accepts
+    one hook per model, so the default is installed only at the first forward, after the user had their
+    chance to register one (conventionally right after construction). A builtin C++ hook
+    (`_register_builtin_comm_hook`), or a user hook calling the process group's methods directly, bypasses
+    Python: those all-reduces go unrecorded.
+    """
+    ddp_cls = ddp_module.DistributedDataParallel
+    if getattr(ddp_cls.__init__, _PATCHED, False):
+        return
+    original_init = ddp_cls.__init__
+    original_register = ddp_cls.register_comm_hook
+    original_builtin = ddp_cls._register_builtin_comm_hook
+
+    @functools.wraps(original_register)
+    def register_comm_hook(self: Any, state: object, hook: Callable[..., Any]) -> None:
+        self.__dict__["_lockstep_hooked"] = True
+        original_register(self, state, hook)
+
+    @functools.wraps(original_builtin)
+    def register_builtin_comm_hook(self: Any, comm_hook_type: Any) -> None:
+        self.__dict__["_lockstep_hooked"] = True
+        original_builtin(self, comm_hook_type)
+
+    def install_default_hook(module: Any, _inputs: Any) -> None:
+        handle = module.__dict__.pop("_lockstep_pre_forward", None)
+        if handle is not None:
+            handle.remove()
+        if module.__dict__.get("_lockstep_hooked"):
+            return
+        try:
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            module.register_comm_hook(module.process_group, default_hooks.allreduce_hook)
+        except Exception:
+            log.debug("lockstep probe: cannot install the default DDP comm hook", exc_info=True)
+
+    @functools.wraps(original_init)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        try:
+            self.__dict__["_lockstep_pre_forward"] = self.register_forward_pre_hook(install_default_hook)
+        except Exception:
+            log.debug("lockstep probe: cannot watch DDP forward", exc_info=True)
+
+    for fn in (init, register_comm_hook, register_builtin_comm_hook):
+        setattr(fn, _PATCHED, True)
+    ddp_cls.__init__ = init
+    ddp_cls.register_comm_hook = register_comm_hook
+    ddp_cls._register_builtin_comm_hook = register_builtin_comm_hook
+
+
+def patch_init(c10d: types.ModuleType, on_init: Callable[[str], None]) -> None:
+    """Call `on_init(init_method)` each time the default process group comes up (identity, sender start)."""
+    original = c10d.init_process_group
+    if getattr(original, _PATCHED, False):
+        return
+
+    @functools.wraps(original)
+    def init_process_group(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        try:
+            init_method = kwargs.get("init_method") or (args[1] if len(args) > 1 else None)
+            on_init(init_method if isinstance(init_method, str) else "")
+        except Exception:
+            log.debug("lockstep probe: activation failed", exc_info=True)
+        return result
+
+    setattr(init_process_group, _PATCHED, True)
+    c10d.init_process_group = init_process_group  # type: ignore[attr-defined]
+    package = sys.modules.get("torch.distributed")
+    if package is not None and getattr(package, "init_process_group", None) is original:
+        package.init_process_group = init_process_group  # type: ignore[attr-defined]
+
+
+class PostImportHook(importlib.abc.MetaPathFinder):
+    """Runs `callbacks[name](module)` right after module `name` executes, for modules imported later.
+
+    For torch.distributed.distributed_c10d this is before torch.distributed's `from .distributed_c10d
+    import *`, so the package re-exports the wrapped functions. Each callback runs once.
+    """
+
+    def __init__(self, callbacks: dict[str, Callable[[types.ModuleType], None]]) -> None:
+        self.callbacks = dict(callbacks)
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        callback = self.callbacks.get(fullname)
+        if callback is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+        hook = self
+
+        class _Loader(importlib.abc.Loader):
+            def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+                return loader.create_module(spec)  # type: ignore[union-attr]
+
+            def exec_module(self, module: types.ModuleType) -> None:
+                exec_module(module)
+                hook.run(fullname, module)
+
+        spec.loader = _Loader()
+        return spec
+
+    def run(self, name: str, module: types.ModuleType) -> None:
+        callback = self.callbacks.pop(name, None)
+        if not self.callbacks and self in sys.meta_path:
+            sys.meta_path.remove(self)
+        if callback is not None:
+            try:
+                callback(module)
+            except Exception:
+                log.debug("lockstep probe: patching %s failed", name, exc_info=True)

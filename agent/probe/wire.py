@@ -1,0 +1,159 @@
+"""The probe's wire format: fixed-size binary records, probe -> agent, in Unix datagrams.
+
+Both sides import this module: the probe packs, the agent's collective collector unpacks. A datagram holds one
+or more records back to back; every record carries the magic and version so a foreign or stale sender is
+recognised per record. Changing a field means a new VERSION.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+MAGIC = b"LKSP"
+VERSION = 1
+
+
+class Kind(IntEnum):
+    """What a record reports."""
+
+    ISSUE = 1  # a collective was issued and has not completed yet (sent only when it stays pending)
+    COMPLETE = 2  # a collective completed: carries issue and completion times
+    HEARTBEAT = 3  # the process is alive; seq/op fields unused, carries the drop counter
+
+
+class Op(IntEnum):
+    """Collective operation; `name` is what evidence and metrics show."""
+
+    unknown = 0
+    all_reduce = 1
+    broadcast = 2
+    all_gather = 3
+    reduce_scatter = 4
+    reduce = 5
+    barrier = 6
+    all_to_all = 7
+    gather = 8
+    scatter = 9
+    send = 10
+    recv = 11
+
+
+OP_CLASS: dict[Op, str] = {
+    # coarse classes for metric labels: ops that move data the same way share one
+    Op.unknown: "other",
+    Op.all_reduce: "all_reduce",
+    Op.broadcast: "broadcast",
+    Op.all_gather: "all_gather",
+    Op.reduce_scatter: "reduce_scatter",
+    Op.reduce: "reduce",
+    Op.barrier: "barrier",
+    Op.all_to_all: "all_to_all",
+    Op.gather: "gather",
+    Op.scatter: "scatter",
+    Op.send: "p2p",
+    Op.recv: "p2p",
+}
+
+JOB_BYTES = 64
+GROUP_BYTES = 32
+POD_BYTES = 64
+NAMESPACE_BYTES = 64
+
+# magic, version, kind, op, pad | rank, world_size, local_rank (-1 = unknown) | seq, bytes |
+# issued_at, completed_at (Unix s; 0 = not completed or completion not measurable) | dropped_total, reserved | job, group, pod, namespace
+RECORD = struct.Struct(f"<4sBBBx iii QQ dd II {JOB_BYTES}s{GROUP_BYTES}s{POD_BYTES}s{NAMESPACE_BYTES}s")
+RECORD_BYTES = RECORD.size
+MAX_RECORDS_PER_DATAGRAM = 28  # 28 * 284 B < 8 KiB, well under the Unix datagram limit
+
+
+@dataclass(frozen=True)
+class Record:
+    """One decoded record. Times are Unix seconds on the sender's clock (same node as the agent)."""
+
+    kind: Kind
+    op: Op
+    rank: int
+    world_size: int
+    local_rank: int | None
+    seq: int
+    bytes: int
+    issued_at: float
+    completed_at: float | None
+    dropped_total: int
+    job: str
+    group: str
+    pod: str
+    namespace: str
+
+
+def encode_text(text: str, size: int) -> bytes:
+    """UTF-8 `text` cut to at most `size` bytes without splitting a character (struct pads with NULs)."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= size:
+        return raw
+    return raw[:size].decode("utf-8", "ignore").encode("utf-8")
+
+
+class DecodeError(ValueError):
+    """A record the agent must drop; `reason` is the label it is counted under."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _text(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("utf-8", "strict")
+
+
+def decode(buf: bytes | memoryview, offset: int = 0) -> Record:
+    """Decode the record at `offset`; raise DecodeError(reason) for anything that is not a valid record."""
+    if len(buf) - offset < RECORD_BYTES:
+        raise DecodeError("truncated")
+    (magic, version, kind, op, rank, world_size, local_rank, seq, nbytes, issued_at, completed_at, dropped, _,
+     job, group, pod, namespace) = RECORD.unpack_from(buf, offset)  # fmt: skip
+    if magic != MAGIC:
+        raise DecodeError("bad_magic")
+    if version != VERSION:
+        raise DecodeError("bad_version")
+    try:
+        kind_ = Kind(kind)
+        op_ = Op(op)
+        texts = (_text(job), _text(group), _text(pod), _text(namespace))
+    except (ValueError, UnicodeDecodeError):
+        raise DecodeError("malformed") from None
+    if not texts[0] or rank < 0 or world_size <= 0 or rank >= world_size:
+        raise DecodeError("malformed")
+    if not (issued_at == issued_at and completed_at == completed_at) or issued_at < 0 or completed_at < 0:
+        raise DecodeError("malformed")  # NaN or negative times
+    if kind_ == Kind.COMPLETE and 0 < completed_at < issued_at:
+        raise DecodeError("malformed")
+    return Record(
+        kind=kind_,
+        op=op_,
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank if local_rank >= 0 else None,
+        seq=seq,
+        bytes=nbytes,
+        issued_at=issued_at,
+        completed_at=completed_at if completed_at > 0 else None,
+        dropped_total=dropped,
+        job=texts[0],
+        group=texts[1] or "default",
+        pod=texts[2],
+        namespace=texts[3],
+    )
+
+
+def encode(record: Record) -> bytes:
+    """Pack one record (the probe's sender packs its hot-path tuples directly; this serves tools and tests)."""
+    return RECORD.pack(
+        MAGIC, VERSION, record.kind, record.op, record.rank, record.world_size,
+        -1 if record.local_rank is None else record.local_rank, record.seq, record.bytes, record.issued_at,
+        record.completed_at or 0.0, record.dropped_total, 0, encode_text(record.job, JOB_BYTES),
+        encode_text(record.group, GROUP_BYTES), encode_text(record.pod, POD_BYTES),
+        encode_text(record.namespace, NAMESPACE_BYTES),
+    )  # fmt: skip

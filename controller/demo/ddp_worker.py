@@ -1,0 +1,69 @@
+"""One rank of the demo's training job: a small model trained with DistributedDataParallel over gloo (CPU).
+
+Started once per node by `controller.demo.job` with the usual torch.distributed environment (RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT). Each step spends `--compute-seconds` in "device compute" (a sleep, as a GPU
+kernel leaves the CPU idle) multiplied by the factor in the slowdown file, then all-reduces the gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def read_factor(path: Path | None) -> float:
+    """The slowdown factor (1.0 = normal speed) written by the fault injector; 1.0 if absent or unreadable."""
+    if path is None:
+        return 1.0
+    try:
+        return max(0.0, float(path.read_text().strip() or 1.0))
+    except (OSError, ValueError):
+        return 1.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--compute-seconds", type=float, default=0.2, help="device compute per step, s")
+    parser.add_argument("--steps", type=int, default=0, help="steps to run; 0 = until stopped")
+    parser.add_argument("--width", type=int, default=256, help="hidden width of the model")
+    args = parser.parse_args()
+    slowdown_file = os.environ.get("LOCKSTEP_DEMO_SLOWDOWN_FILE")
+    slowdown_path = Path(slowdown_file) if slowdown_file else None
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(rank)
+    model = nn.Sequential(nn.Linear(args.width, args.width), nn.ReLU(), nn.Linear(args.width, args.width))
+    ddp = DistributedDataParallel(model, bucket_cap_mb=0.25)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01)
+    inputs, targets = torch.randn(32, args.width), torch.randn(32, args.width)
+    print(f"rank {rank} of {dist.get_world_size()} training", flush=True)
+
+    step, reported_step = 0, 0
+    last_report = time.monotonic()
+    while args.steps == 0 or step < args.steps:
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(ddp(inputs), targets)
+        time.sleep(args.compute_seconds * read_factor(slowdown_path))
+        loss.backward()  # DDP all-reduces the gradient buckets here
+        optimizer.step()
+        step += 1
+        if (now := time.monotonic()) - last_report >= 10:
+            step_seconds = (now - last_report) / (step - reported_step)
+            print(
+                f"rank {rank} step {step} step_seconds {step_seconds:.3f} loss {loss.item():.4f}", flush=True
+            )
+            last_report, reported_step = now, step
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The demo's training job: one real torch.distributed DDP rank (gloo, CPU) per node, inside the node's
+namespace, with the Lockstep probe switched on and a per-rank slowdown file the fault injectors write."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.demo.cluster import Node, free_port
+from controller.demo.processes import Child, ProcessSet
+
+log = logging.getLogger(__name__)
+
+WORKER_MODULE = "controller.demo.ddp_worker"
+SLOWDOWN_ENV = "LOCKSTEP_DEMO_SLOWDOWN_FILE"
+
+
+@dataclass
+class TrainingJob:
+    """A DDP job with rank i on `nodes[i]`; rank 0's node hosts the rendezvous (MASTER_ADDR)."""
+
+    name: str
+    nodes: list[Node]
+    processes: ProcessSet
+    base_env: Mapping[str, str]
+    compute_seconds: float = 0.2
+    ranks: dict[int, Child] = field(default_factory=dict)
+    generation: int = 0
+
+    @property
+    def world_size(self) -> int:
+        return len(self.nodes)
+
+    def slowdown_file(self, rank: int) -> Path:
+        return self.nodes[rank].directory / f"slowdown-rank{rank}"
+
+    def set_slowdown(self, rank: int, factor: float) -> None:
+        """Make rank `rank` spend `factor` times its normal compute per step (1.0 = normal), from its next step."""
+        path = self.slowdown_file(rank)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{factor}\n")
+        tmp.replace(path)
+
+    def start(self) -> None:
+        self.generation += 1
+        master = self.nodes[0]
+        port = free_port(master.ip) if master.netns is None else 29500 + self.generation
+        for rank, node in enumerate(self.nodes):
+            self.set_slowdown(rank, 1.0)
+            env = dict(self.base_env)
+            env.update(
+                {
+                    "RANK": str(rank),
+                    "LOCAL_RANK": "0",
+                    "WORLD_SIZE": str(self.world_size),
+                    "LOCAL_WORLD_SIZE": "1",
+                    "MASTER_ADDR": master.ip,
+                    "MASTER_PORT": str(port),
+                    "GLOO_SOCKET_IFNAME": node.interface,
+                    "LOCKSTEP_PROBE": "1",
+                    "LOCKSTEP_SOCKET_DIR": str(node.socket_dir),
+                    "LOCKSTEP_JOB": self.name,
+                    "NODE_NAME": node.name,
+                    SLOWDOWN_ENV: str(self.slowdown_file(rank)),
+                    "OMP_NUM_THREADS": "1",
+                }
+            )
+            argv = [
+                *node.exec_prefix(),
+                sys.executable,
+                "-m",
+                WORKER_MODULE,
+                "--compute-seconds",
+                str(self.compute_seconds),
+            ]
+            self.ranks[rank] = self.processes.start(f"{self.name}-g{self.generation}-rank{rank}", argv, env)
+
+    def stop(self) -> None:
+        for child in self.ranks.values():
+            self.processes.stop(child, grace_seconds=2.0)
+        self.ranks.clear()
+
+    def restart(self) -> None:
+        """Stop every rank and start the job again (a new rendezvous, sequence numbers from zero)."""
+        self.stop()
+        self.start()
+
+    def failed_ranks(self) -> list[int]:
+        return [rank for rank, child in self.ranks.items() if not child.running()]

@@ -1,0 +1,134 @@
+"""Detection thresholds: data, each with the reason for its default. Loaded from the controller's config.
+
+Every statistical threshold is relative (a share of the job's step period, a multiple of the peers' median)
+so it holds for a 100 ms step and a 10 s step alike; absolute floors only keep noise-sized numbers out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Thresholds of every detector and of the verdict hysteresis (seconds, ratios, counts)."""
+
+    # --- straggler -------------------------------------------------------------------------------------
+    samples_per_rank: int = 24
+    """Most recent collectives per rank lined up each cycle: enough for a robust median, cheap at 80k ranks."""
+    min_collectives: int = 6
+    """Collectives seen by every compared rank before any comparison: fewer is one noisy moment, not a trend."""
+    straggler_lateness_step_ratio: float = 0.04
+    """A culprit arrives later than its peers' median by at least this share of the step period. A 20%
+    straggler is late by ~20% of its compute; measured gloo noise is <1% of a step on a window median."""
+    straggler_lateness_floor_seconds: float = 0.002
+    """Lateness below 2 ms is clock and scheduler noise (NTP-synced clocks agree within ~1 ms)."""
+    straggler_noise_multiple: float = 4.0
+    """Lateness must also exceed this many robust spreads (1.4826·MAD) of the on-time ranks' lateness."""
+    straggler_consistency_ratio: float = 0.6
+    """Share of the window's collectives on which the culprit is late: a straggler is late again and again."""
+    straggler_wait_share: float = 0.5
+    """The culprit waits less than its peers by at least this share of its lateness (it arrives last, so the
+    others waited for it). A rank whose clock is ahead looks late but waits as long as everyone: not blamed."""
+    max_culprit_share: float = 0.5
+    """If more than half of a group's nodes look late (or never entered a hung collective), there is no
+    healthy majority to compare with: the whole group is slow or paused, and nobody is blamed. (Two nodes:
+    one may be blamed.)"""
+
+    # --- hang ------------------------------------------------------------------------------------------
+    hang_step_multiple: float = 5.0
+    """Peers waiting in one collective for this many step periods means progress stopped; a healthy wait is
+    a fraction of one step."""
+    hang_min_seconds: float = 8.0
+    """Never call a hang sooner: a garbage-collection pause, a slow data batch or a log flush last seconds."""
+    hang_max_seconds: float = 20.0
+    """Always call a hang by this time (plus one cycle), whatever the step period: the target is 30 s."""
+
+    # --- slow link / NIC ---------------------------------------------------------------------------------
+    link_peer_multiple: float = 10.0
+    """A NIC counter rate (errors, drops, retransmits) this many times the job's other nodes' median is the
+    node's own link, not the job's traffic pattern."""
+    link_error_rate_floor_per_second: float = 5.0
+    """Error / drop / retransmit rates below this are background noise on any busy link."""
+    tcp_retransmit_ratio: float = 0.01
+    """TCP retransmitted / sent segments above 1% on one node (peers near zero) is a lossy or shaped link."""
+    xmit_wait_ratio: float = 0.2
+    """Port had data and no credits 20% of the time: congestion or a slow peer port (InfiniBand/RoCE)."""
+    link_speed_ratio: float = 0.75
+    """Link speed below 75% of the job's other nodes' median speed: a port trained down (e.g. 400G -> 200G)."""
+    burst_bandwidth_ratio: float = 0.6
+    """Collective burst throughput below 60% of the job's other nodes' median: this node's path is slower."""
+    periodicity_min_regularity: float = 0.5
+    """Only trust burst bandwidth where the traffic is clearly periodic (collectives, not other traffic)."""
+    job_slowdown_ratio: float = 1.15
+    """The whole job is 'slow' when its step period is 15% above its own baseline."""
+    baseline_alpha: float = 0.05
+    """Weight of a new cycle in the job's baseline step period (exponential average over ~20 cycles)."""
+
+    # --- fabric ------------------------------------------------------------------------------------------
+    fabric_min_nodes: int = 3
+    """This many suspects behind one switch/rack label in one cycle is the switch, not the nodes."""
+    fabric_min_share: float = 0.5
+    """... and they are at least this share of that label's nodes that report evidence."""
+
+    # --- hard faults ------------------------------------------------------------------------------------
+    thermal_throttle_seconds: float = 60.0
+    """Thermal slowdown continuously for a minute: a cooling fault, not a transient hot spot."""
+    power_throttle_seconds: float = 300.0
+    """Power brake for five minutes: power caps are often set on purpose, so only a long one is reported."""
+    hard_hold_seconds: float = 120.0
+    """Keep a hard verdict this long after its signal left the agent's window (the policy decides release)."""
+
+    # --- hysteresis and freshness -----------------------------------------------------------------------
+    suspect_windows: int = 3
+    """Fresh evidence windows in a row with a statistical finding before the node is 'suspect'."""
+    faulty_windows: int = 5
+    """... and before it is 'faulty' (one noisy window, even two, never makes a verdict)."""
+    faulty_min_seconds: float = 15.0
+    """... spanning at least this long, so fast cycles (1 s) do not shorten the persistence in time."""
+    miss_tolerance: int = 1
+    """Windows without the finding tolerated inside a streak (a straggler hidden by one noisy window)."""
+    stale_after_seconds: float = 45.0
+    """Evidence whose `collected_at` has not advanced for this long (controller time) is missing: unknown."""
+    restart_grace_seconds: float = 30.0
+    """After a job restarts or rescales, compare its ranks only after this long: warm-up is uneven."""
+    idle_after_step_multiple: float = 3.0
+    """No rank issued a collective for this many step periods: the job is idle (checkpoint, evaluation)."""
+
+    confidence_floor: float = 0.5
+    """Confidence of a statistical finding that just passes its thresholds; stronger evidence scores higher."""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> DetectionConfig:
+        """Build from a mapping (e.g. the `detection:` section of the controller's YAML); unknown keys fail."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown detection settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        defaults = cls()
+        converted: dict[str, Any] = {}
+        for name, value in values.items():
+            default = getattr(defaults, name)
+            if isinstance(default, bool) or not isinstance(default, (int, float)):
+                converted[name] = value
+            elif isinstance(default, int):
+                converted[name] = int(value)
+            else:
+                converted[name] = float(value)
+        return dataclasses.replace(defaults, **converted)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> DetectionConfig:
+        """Load from a YAML file holding a mapping of the fields above (all optional)."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path}: detection settings must be a mapping, got {type(data).__name__}")
+        return cls.from_mapping(data)

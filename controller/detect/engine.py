@@ -1,0 +1,304 @@
+"""The detection engine: every cycle, the latest evidence of every node -> findings, node verdicts, job views.
+
+Called by the controller loop (and by `lockstep simulate`) every few seconds. It keeps what detection needs
+across cycles — when each node's evidence last changed, each rank's process and sequence number (to see
+restarts), each job's baseline step period, and the verdict hysteresis — and runs the pure detectors in
+between: hard faults per node, then per job: restart check, hang, straggler, slow link; then the fabric check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agent.evidence import Evidence
+from controller.detect.config import DetectionConfig
+from controller.detect.fabric import regroup_fabric
+from controller.detect.hang import find_hang
+from controller.detect.hard import hard_findings
+from controller.detect.link import LinkFigures, find_slow_links, link_figures
+from controller.detect.ranks import JobKey, RankGroup, attach_samples, estimate_step_period, group_ranks
+from controller.detect.straggler import StragglerReport, find_stragglers
+from controller.detect.verdicts import VerdictKeeper
+from controller.model import Finding, JobState, JobView, NodeVerdict, RankView, Severity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    """One cycle's outcome: a verdict per node, every finding (fabric ones included), a view per job."""
+
+    verdicts: dict[str, NodeVerdict]
+    findings: tuple[Finding, ...]
+    jobs: tuple[JobView, ...]
+
+
+@dataclass
+class _RankMemory:
+    pid: int
+    world_size: int
+    last_seq: int
+    node: str
+    seen_at: float  # controller time (s)
+
+
+@dataclass
+class _JobMemory:
+    restarted_at: float  # controller time of the last (re)start seen, or of first sight
+    baseline_step_seconds: float | None = None
+
+
+class DetectionEngine:
+    """Stateful across calls; `step` is the only entry point."""
+
+    def __init__(self, config: DetectionConfig | None = None) -> None:
+        self.config = config or DetectionConfig()
+        self._verdicts = VerdictKeeper(self.config)
+        self._freshness: dict[
+            str, tuple[float, float]
+        ] = {}  # node -> (collected_at, controller time it changed)
+        self._ranks: dict[tuple[JobKey, str, int], _RankMemory] = {}
+        self._jobs: dict[JobKey, _JobMemory] = {}
+
+    def step(
+        self,
+        evidence: Mapping[str, Evidence | None],
+        now: float,
+        topology: Mapping[str, str] | None = None,
+    ) -> DetectionResult:
+        """Run one detection cycle. `now` is the controller's clock (Unix s); `topology` maps node -> switch/rack."""
+        usable, fresh = self._usable(evidence, now)
+        findings: list[Finding] = []
+        for document in usable.values():
+            findings.extend(hard_findings(document, self.config))
+
+        jobs, job_findings = self._jobs_cycle(usable, now)
+        findings.extend(job_findings)
+        findings = [f if f.observed_at else dataclasses.replace(f, observed_at=now) for f in findings]
+        findings = regroup_fabric(findings, topology or {}, usable, self.config)
+
+        per_node: dict[str, list[Finding]] = {}
+        for f in findings:
+            if f.severity is not Severity.FABRIC:
+                per_node.setdefault(f.node, []).append(f)
+        verdicts = {
+            node: (
+                self._verdicts.update(node, per_node.get(node, []), fresh[node], now)
+                if node in usable
+                else self._verdicts.unknown(node, now)
+            )
+            for node in evidence
+        }
+        self._verdicts.forget(set(evidence))
+        for node in set(self._freshness) - set(evidence):
+            del self._freshness[node]
+        return DetectionResult(verdicts=verdicts, findings=tuple(findings), jobs=tuple(jobs))
+
+    def _usable(
+        self, evidence: Mapping[str, Evidence | None], now: float
+    ) -> tuple[dict[str, Evidence], dict[str, bool]]:
+        """Documents that are present and not stale, and whether each is a new window since last cycle."""
+        usable: dict[str, Evidence] = {}
+        fresh: dict[str, bool] = {}
+        for node, document in evidence.items():
+            if document is None:
+                continue
+            known = self._freshness.get(node)
+            is_new = known is None or document.collected_at != known[0]
+            if is_new:
+                self._freshness[node] = (document.collected_at, now)
+            elif now - known[1] > self.config.stale_after_seconds:  # type: ignore[index]
+                continue
+            usable[node] = document
+            fresh[node] = is_new
+        return usable, fresh
+
+    def _jobs_cycle(self, usable: Mapping[str, Evidence], now: float) -> tuple[list[JobView], list[Finding]]:
+        config = self.config
+        jobs = group_ranks(usable)
+        findings: list[Finding] = []
+        plans: list[tuple[JobKey, dict[str, RankGroup], JobState, dict[str, float | None]]] = []
+        to_compare: list[tuple[RankGroup, float | None]] = []
+        for key, groups in jobs.items():
+            restarting = self._note_ranks(key, groups, now)
+            steps = {name: estimate_step_period(group) for name, group in groups.items()}
+            state = JobState.RESTARTING if restarting else JobState.RUNNING
+            if not restarting:
+                for name, group in groups.items():
+                    hang = find_hang(group, steps[name], config, self._vanished(key, group, usable, now))
+                    if hang.hung:
+                        state = JobState.HUNG
+                        findings.extend(hang.findings)
+                if state is JobState.RUNNING and self._idle(groups, steps):
+                    state = JobState.IDLE
+                if state is JobState.RUNNING:
+                    to_compare.extend((group, steps[name]) for name, group in groups.items())
+            plans.append((key, groups, state, steps))
+
+        attach_samples((group for group, _ in to_compare), config.samples_per_rank)
+        reports: dict[tuple[JobKey, str], StragglerReport] = {
+            (group.job, group.process_group): find_stragglers(group, step, config)
+            for group, step in to_compare
+        }
+        for report in reports.values():
+            findings.extend(report.findings)
+
+        figures: dict[str, LinkFigures] = {}
+        views: list[JobView] = []
+        for key, groups, state, steps in plans:
+            main = _main_group(groups)
+            step = steps.get(main.process_group)
+            memory = self._jobs[key]
+            slow = bool(
+                step
+                and memory.baseline_step_seconds
+                and step >= config.job_slowdown_ratio * memory.baseline_step_seconds
+            )
+            if state is JobState.RUNNING and step and not slow:
+                base = memory.baseline_step_seconds
+                memory.baseline_step_seconds = (
+                    step
+                    if base is None
+                    else (1 - config.baseline_alpha) * base + config.baseline_alpha * step
+                )
+            nodes = sorted({e.node for g in groups.values() for e in g.entries})
+            if state is not JobState.RESTARTING and len(nodes) > 1:
+                for node in nodes:
+                    if node not in figures:
+                        figures[node] = link_figures(usable[node], config)
+                context = {
+                    "step_period_seconds": step,
+                    "baseline_step_period_seconds": memory.baseline_step_seconds,
+                    "job_slower_than_baseline": slow,
+                }
+                findings.extend(find_slow_links(key[1], nodes, figures, config, context))
+            job_findings = [f for f in findings if f.job == key[1] and f.node]
+            if state is JobState.RUNNING and (slow or job_findings):
+                state = JobState.SLOW
+            views.append(self._view(key, groups, main, state, step, memory, job_findings, reports))
+        self._forget_old(now)
+        return views, findings
+
+    def _note_ranks(self, key: JobKey, groups: Mapping[str, RankGroup], now: float) -> bool:
+        """Update rank memory; True while the job is (re)starting: new processes, sequence reset, new size."""
+        memory = self._jobs.get(key)
+        restarted = memory is None
+        for name, group in groups.items():
+            sizes = {e.rank.world_size for e in group.entries}
+            restarted |= len(sizes) > 1
+            for e in group.entries:
+                rank_key = (key, name, e.rank.rank)
+                known = self._ranks.get(rank_key)
+                if known is not None and (
+                    (e.rank.pid and known.pid and e.rank.pid != known.pid)
+                    or e.rank.world_size != known.world_size
+                    or e.rank.last_seq < known.last_seq
+                ):
+                    restarted = True
+                self._ranks[rank_key] = _RankMemory(
+                    e.rank.pid, e.rank.world_size, e.rank.last_seq, e.node, now
+                )
+        if memory is None:
+            memory = self._jobs[key] = _JobMemory(restarted_at=now)
+        if restarted:
+            if now - memory.restarted_at >= self.config.restart_grace_seconds:
+                log.info(
+                    "job %s/%s restarted or rescaled: comparisons pause for %.0f s",
+                    *key,
+                    self.config.restart_grace_seconds,
+                )
+            memory.restarted_at = now
+            memory.baseline_step_seconds = None
+        return now - memory.restarted_at < self.config.restart_grace_seconds
+
+    def _vanished(
+        self, key: JobKey, group: RankGroup, usable: Mapping[str, Evidence], now: float
+    ) -> dict[int, str]:
+        """Ranks this group had, gone from a node that still reports (their process died or was stopped)."""
+        present = {e.rank.rank for e in group.entries}
+        world = max(e.rank.world_size for e in group.entries)
+        gone: dict[int, str] = {}
+        for rank in range(world):
+            if rank in present:
+                continue
+            known = self._ranks.get((key, group.process_group, rank))
+            if (
+                known is not None
+                and known.node in usable
+                and now - known.seen_at <= self.config.stale_after_seconds
+            ):
+                gone[rank] = known.node
+        return gone
+
+    def _idle(self, groups: Mapping[str, RankGroup], steps: Mapping[str, float | None]) -> bool:
+        """No rank of any group has issued a collective for several step periods, and none is waiting."""
+        for name, group in groups.items():
+            step = steps[name]
+            if not step:
+                return False
+            for e in group.entries:
+                if e.rank.pending_seq is not None:
+                    return False
+                if e.collected_at - e.rank.last_progress_at < self.config.idle_after_step_multiple * step:
+                    return False
+        return True
+
+    def _forget_old(self, now: float) -> None:
+        horizon = max(self.config.stale_after_seconds, self.config.restart_grace_seconds)
+        for rank_key in [k for k, m in self._ranks.items() if now - m.seen_at > horizon]:
+            del self._ranks[rank_key]
+        live_jobs = {k[0] for k in self._ranks}
+        for key in set(self._jobs) - live_jobs:
+            del self._jobs[key]
+
+    def _view(
+        self,
+        key: JobKey,
+        groups: Mapping[str, RankGroup],
+        main: RankGroup,
+        state: JobState,
+        step: float | None,
+        memory: _JobMemory,
+        job_findings: list[Finding],
+        reports: Mapping[tuple[JobKey, str], StragglerReport],
+    ) -> JobView:
+        ranks = []
+        for name, group in groups.items():
+            report = reports.get((key, name))
+            for e in group.entries:
+                ranks.append(
+                    RankView(
+                        rank=e.rank.rank,
+                        node=e.node,
+                        process_group=name,
+                        last_seq=e.rank.last_seq,
+                        pending_seq=e.rank.pending_seq,
+                        lateness_seconds=report.lateness_seconds.get(e.rank.rank) if report else None,
+                        wait_seconds=report.wait_seconds.get(e.rank.rank, e.rank.wait_seconds_p50)
+                        if report
+                        else e.rank.wait_seconds_p50,
+                        compute_gap_seconds=e.rank.compute_gap_seconds_p50,
+                    )
+                )
+        return JobView(
+            name=key[1],
+            namespace=key[0],
+            world_size=max(e.rank.world_size for e in main.entries),
+            state=state,
+            rank_nodes={e.rank.rank: e.node for e in main.entries},
+            nodes=tuple(sorted({e.node for g in groups.values() for e in g.entries})),
+            step_period_seconds=step,
+            baseline_step_period_seconds=memory.baseline_step_seconds,
+            suspects=tuple(sorted({f.node for f in job_findings})),
+            ranks=tuple(ranks),
+        )
+
+
+def _main_group(groups: Mapping[str, RankGroup]) -> RankGroup:
+    """The process group that describes the job: 'default' where present, else the widest."""
+    if "default" in groups:
+        return groups["default"]
+    return max(groups.values(), key=lambda g: (len(g.entries), g.process_group))

@@ -1,0 +1,125 @@
+"""Hang: progress stops. Peers wait in collective N; the suspects never entered it (their sequence lags).
+
+Works on each agent's own clock only (`collected_at - pending_since`, `collected_at - last_progress_at`), so
+clock offsets between nodes and documents of different ages do not matter. Reports after a few step periods
+(clamped between `hang_min_seconds` and `hang_max_seconds`), long before NCCL/PyTorch's 10-minute timeouts.
+Input: a `RankGroup`, the ranks that vanished from nodes that still report; output: findings and whether
+the group is hung.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.detect.config import DetectionConfig
+from controller.detect.ranks import RankGroup
+from controller.model import Finding, Severity
+
+DETECTOR = "hang"
+
+
+@dataclass
+class HangReport:
+    hung: bool = False
+    stuck_seq: int | None = None
+    waited_seconds: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+
+
+def hang_threshold_seconds(step_period: float | None, config: DetectionConfig) -> float:
+    """How long peers must wait in one collective before progress counts as stopped (s)."""
+    by_step = config.hang_step_multiple * step_period if step_period else config.hang_min_seconds
+    return min(config.hang_max_seconds, max(config.hang_min_seconds, by_step))
+
+
+def find_hang(
+    group: RankGroup,
+    step_period: float | None,
+    config: DetectionConfig,
+    vanished: Mapping[int, str] | None = None,
+) -> HangReport:
+    """Is the group stuck in a collective, and which ranks (nodes) hold it up?
+
+    `vanished` maps ranks that reported before but are gone from their (still reporting) node to that node:
+    a process that died holds its peers up just as one that stopped.
+    """
+    vanished = vanished or {}
+    threshold = hang_threshold_seconds(step_period, config)
+    waiting = [
+        e
+        for e in group.entries
+        if e.rank.pending_seq is not None
+        and e.rank.pending_since is not None
+        and e.collected_at - e.rank.pending_since >= threshold
+    ]
+    if not waiting:
+        return HangReport()
+    stuck = max(e.rank.pending_seq for e in waiting if e.rank.pending_seq is not None)
+    waited = max(e.collected_at - (e.rank.pending_since or e.collected_at) for e in waiting)
+    report = HangReport(hung=True, stuck_seq=stuck, waited_seconds=waited)
+    laggards = [
+        e
+        for e in group.entries
+        if (e.rank.pending_seq is None or e.rank.pending_seq < stuck)
+        and e.rank.last_seq < stuck
+        and e.collected_at - e.rank.last_progress_at >= threshold / 2
+    ]
+    suspects: dict[str, list[dict[str, object]]] = {}
+    for e in laggards:
+        suspects.setdefault(e.node, []).append(
+            {
+                "rank": e.rank.rank,
+                "last_seq": e.rank.last_seq,
+                "pending_seq": e.rank.pending_seq,
+                "idle_seconds": round(e.collected_at - e.rank.last_progress_at, 3),
+            }
+        )
+    for rank, node in vanished.items():
+        suspects.setdefault(node, []).append({"rank": rank, "vanished": True})
+    nodes = sorted({e.node for e in group.entries} | set(vanished.values()))
+    namespace, job = group.job
+    window = {
+        "signal": "collective progress",
+        "namespace": namespace,
+        "process_group": group.process_group,
+        "stuck_seq": stuck,
+        "waited_seconds": round(waited, 3),
+        "threshold_seconds": round(threshold, 3),
+        "waiting_ranks": sorted(e.rank.rank for e in waiting),
+    }
+    if suspects and len(suspects) <= config.max_culprit_share * len(nodes):
+        for node, ranks in sorted(suspects.items()):
+            report.findings.append(
+                Finding(
+                    detector=DETECTOR,
+                    reason="Hang",
+                    node=node,
+                    severity=Severity.STATISTICAL,
+                    summary=(
+                        f"job {job} stuck {waited:.0f} s in collective {stuck}: rank "
+                        f"{', '.join(str(r['rank']) for r in ranks)} on {node} never entered it"
+                    ),
+                    confidence=0.9,
+                    job=job,
+                    nodes=(node,),
+                    evidence={**window, "ranks": ranks, "peers": [n for n in nodes if n != node]},
+                )
+            )
+    elif not suspects and len(waiting) == len(group.entries) == group.entries[0].rank.world_size:
+        # Everyone entered and nobody completes: the collective itself is stuck (network, or a GPU that does
+        # not answer). No rank to blame; an alert for people.
+        report.findings.append(
+            Finding(
+                detector=DETECTOR,
+                reason="CollectiveHang",
+                node="",
+                severity=Severity.FABRIC,
+                summary=f"job {job}: every rank waits {waited:.0f} s in collective {stuck}; none lags",
+                confidence=0.7,
+                job=job,
+                nodes=tuple(nodes),
+                evidence={**window, "peers": nodes},
+            )
+        )
+    return report

@@ -1,0 +1,115 @@
+"""Fixtures for the agent tests: fixture trees, free ports, an agent process, an in-process server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent.collectors.base import Collector
+from agent.collectors.runner import CollectorRunner
+from agent.server import RunningServer, build_app, serve
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+SYSFS_GPU_NODE = FIXTURES / "sysfs" / "gpu-node"
+PROCFS_GPU_NODE = FIXTURES / "procfs" / "gpu-node"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, accept: str = "", timeout: float = 10.0) -> tuple[int, str, str]:
+    """(status, content type, body) of a GET; HTTP errors are returned, not raised."""
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Content-Type", ""), error.read().decode()
+
+
+async def fetch(url: str, accept: str = "") -> tuple[int, str, str]:
+    """(status, content type, body) of a GET from async tests (the in-process server shares their loop)."""
+    async with aiohttp.ClientSession() as session, session.get(url, headers={"Accept": accept} if accept else {}) as r:
+        return r.status, r.headers.get("Content-Type", ""), await r.text()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture
+def sysfs_copy(tmp_path: Path) -> Path:
+    """A writable copy of the GPU node's sysfs fixture, for tests that change or break files."""
+    root = tmp_path / "sys"
+    shutil.copytree(SYSFS_GPU_NODE, root)
+    return root
+
+
+@pytest.fixture
+def start_agent(subprocess_env: dict[str, str], python: str, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start `python -m agent` with extra arguments; returns its base URL once /readyz says ready."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> str:
+        port = free_port()
+        log = open(tmp_path / f"agent-{port}.log", "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            [python, "-m", "agent", "--listen", f"127.0.0.1:{port}", *args],
+            env=subprocess_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"agent exited with {process.returncode}: {Path(log.name).read_text()}")
+            try:
+                return http_get(url + "/readyz", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, what="agent ready")
+        return url
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+async def serve_collectors() -> AsyncIterator[Callable[..., object]]:
+    """Serve the given collectors in-process on a free port; returns the base URL."""
+    servers: list[RunningServer] = []
+
+    async def start(collectors: list[Collector], *, timeout_seconds: float = 5.0, broken: tuple[str, ...] = ()) -> str:
+        runner = CollectorRunner(collectors, node_name="test-node", timeout_seconds=timeout_seconds, broken=broken)
+        server = await serve(build_app(runner), "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.port}"
+
+    yield start
+    for server in servers:
+        await server.stop()

@@ -1,0 +1,214 @@
+"""NVML missing, failing or partial: fields left out, errors counted, the collector fails cleanly and recovers."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.backends.nvml import NvmlUnavailable
+from agent.collectors.nvml import NvmlCollector
+from tests.agent.nvml.conftest import FakeNvmlConfig
+from tests.agent.nvml.nvml_support import scrape
+
+GPU3 = {"gpu": "3", "uuid": "GPU-5f0e6a3c-1003-4b1d-8e2f-a1b2c3d40003"}
+
+
+def test_a_function_not_supported_on_one_gpu_leaves_only_that_sample_out(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write({"gpus": {"3": {"not_supported": ["nvmlDeviceGetPowerUsage"]}}})
+    result = scrape(make_collector())
+    assert result.value("lockstep_gpu_power_watts", **GPU3) is None
+    assert len(result.samples("lockstep_gpu_power_watts")) == 7
+    assert result.value("lockstep_gpu_power_limit_watts", **GPU3) == 700
+    assert result.samples("lockstep_nvml_call_errors_total") == []  # not supported is no error
+
+
+def test_a_gpu_that_supports_almost_nothing_still_scrapes_and_logs_each_gap_once_at_debug(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector], caplog: pytest.LogCaptureFixture
+) -> None:
+    lacking = [
+        "nvmlDeviceGetUtilizationRates",
+        "nvmlDeviceGetMemoryInfo",
+        "nvmlDeviceGetTemperatureV",
+        "nvmlDeviceGetTemperature",
+        "nvmlDeviceGetFieldValues",
+        "nvmlDeviceGetTotalEnergyConsumption",
+        "nvmlDeviceGetCurrentClocksEventReasons",
+        "nvmlDeviceGetTotalEccErrors",
+        "nvmlDeviceGetRetiredPages",
+        "nvmlDeviceGetRetiredPagesPendingStatus",
+        "nvmlDeviceGetRemappedRows",
+        "nvmlDeviceGetPcieReplayCounter",
+        "nvmlDeviceGetNvLinkState",
+        "nvmlDeviceGetNvLinkErrorCounter",
+    ]
+    fake_nvml.write({"not_supported": lacking})
+    collector = make_collector()
+    with caplog.at_level(logging.DEBUG, logger="agent.backends.nvml"):
+        scrape(collector)
+        result = scrape(collector)
+    assert result.value("lockstep_gpus") == 8
+    for gone in (
+        "lockstep_gpu_utilization_ratio",
+        "lockstep_gpu_memory_used_bytes",
+        "lockstep_gpu_temperature_celsius",
+        "lockstep_gpu_memory_temperature_celsius",
+        "lockstep_gpu_energy_joules_total",
+        "lockstep_gpu_clock_event_reason_active",
+        "lockstep_gpu_ecc_errors_total",
+        "lockstep_gpu_retired_pages",
+        "lockstep_gpu_remapped_rows",
+        "lockstep_gpu_row_remap_pending",
+        "lockstep_gpu_pcie_replays_total",
+        "lockstep_gpu_nvlink_up",
+    ):
+        assert result.samples(gone) == [], gone
+    assert len(result.samples("lockstep_gpu_power_watts")) == 8
+    gaps = [
+        r
+        for r in caplog.records
+        if "leaving the field out" in r.getMessage() and GPU3["uuid"] in r.getMessage()
+    ]
+    # all but nvmlDeviceGetTemperature (tried only if the V call is missing) and the error counters of absent links
+    assert len(gaps) == len(lacking) - 2
+    assert len(gaps) == len(
+        {r.getMessage().split(" ")[0] for r in gaps}
+    )  # once per GPU and call, not per scrape
+    assert all(r.levelno == logging.DEBUG for r in gaps)
+
+
+def test_a_function_missing_from_an_older_driver_falls_back_to_its_predecessor(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write(
+        {
+            "errors": {
+                "nvmlDeviceGetTemperatureV": "FUNCTION_NOT_FOUND",
+                "nvmlDeviceGetCurrentClocksEventReasons": "FUNCTION_NOT_FOUND",
+            },
+            "gpus": {"3": {"thermal_throttle": True}},
+        }
+    )
+    result = scrape(make_collector())
+    assert result.value("lockstep_gpu_temperature_celsius", **GPU3) == 94  # nvmlDeviceGetTemperature
+    assert result.value("lockstep_gpu_clock_event_reason_active", reason="hw_thermal_slowdown", **GPU3) == 1
+
+
+def test_an_unexpected_error_leaves_the_field_out_and_is_counted(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_nvml.write({"gpus": {"3": {"errors": {"nvmlDeviceGetPowerUsage": "UNKNOWN"}}}})
+    collector = make_collector()
+    with caplog.at_level(logging.WARNING, logger="agent.backends.nvml"):
+        scrape(collector)
+        result = scrape(collector)
+    assert result.value("lockstep_gpu_power_watts", **GPU3) is None
+    assert (
+        result.value("lockstep_nvml_call_errors_total", function="nvmlDeviceGetPowerUsage", error="Unknown")
+        == 2
+    )
+    assert len([r for r in caplog.records if "nvmlDeviceGetPowerUsage" in r.getMessage()]) == 1
+
+
+def test_nvml_init_failure_fails_the_collector_says_so_once_and_recovers_when_the_driver_is_back(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_nvml.write({"init_error": "DRIVER_NOT_LOADED"})
+    collector = make_collector(start=True)
+    with caplog.at_level(logging.INFO, logger="agent.collectors.nvml"):
+        for _ in range(3):
+            with pytest.raises(NvmlUnavailable, match="driver not loaded"):
+                collector.collect()
+        with pytest.raises(NvmlUnavailable):
+            collector.evidence()
+        assert len([r for r in caplog.records if "NVML unavailable" in r.getMessage()]) == 1
+        fake_nvml.write({})
+        assert scrape(collector).value("lockstep_gpus") == 8
+    assert any("NVML sees 8 GPUs" in r.getMessage() for r in caplog.records)
+
+
+def test_device_count_failing_mid_run_fails_the_scrape_and_recovers(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    collector = make_collector()
+    assert scrape(collector).value("lockstep_gpus") == 8
+    fake_nvml.write({"errors": {"nvmlDeviceGetCount_v2": "UNKNOWN"}})
+    with pytest.raises(NvmlUnavailable, match="nvmlDeviceGetCount_v2"):
+        collector.collect()
+    fake_nvml.write({})
+    assert scrape(collector).value("lockstep_gpus") == 8
+
+
+def test_a_configured_library_that_does_not_exist_makes_nvml_unavailable(
+    make_collector: Callable[..., NvmlCollector], tmp_path: Path
+) -> None:
+    collector = make_collector(library_path=str(tmp_path / "libnvidia-ml.so.1"))
+    with pytest.raises(NvmlUnavailable, match="does not exist"):
+        collector.collect()
+
+
+def test_a_node_without_gpus_scrapes_fine_with_a_count_of_zero(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_nvml.write({"gpu_count": 0})
+    collector = make_collector(start=True)
+    with caplog.at_level(logging.INFO, logger="agent.collectors.nvml"):
+        result = scrape(collector)
+        scrape(collector)
+    assert result.value("lockstep_gpus") == 0
+    assert result.samples("lockstep_gpu_lost") == []
+    assert collector.evidence().gpus == []
+    assert len([r for r in caplog.records if "no GPUs" in r.getMessage()]) == 1
+
+
+def test_xid_events_unavailable_do_not_stop_the_metrics(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write({"errors": {"nvmlEventSetCreate": "NOT_SUPPORTED"}, "gpus": {"3": {"xid": [79]}}})
+    collector = make_collector(start=True)
+    assert scrape(collector).value("lockstep_gpus") == 8
+    assert scrape(collector).samples("lockstep_gpu_xid_errors_total") == []
+
+
+AGENT_WITHOUT_NVML = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from agent.backends.nvml import NvmlUnavailable
+from agent.collectors.nvml import NvmlCollector
+from agent.settings import AgentSettings
+
+collector = NvmlCollector.from_settings(AgentSettings())
+collector.start()
+for _ in range(3):
+    try:
+        collector.collect()
+        print("collected")
+    except NvmlUnavailable as error:
+        print("unavailable:", error)
+collector.close()
+print("closed")
+"""
+
+
+def test_without_any_nvml_library_the_collector_reports_unavailable_and_the_process_runs_on(
+    subprocess_env: dict[str, str], python: str
+) -> None:
+    env = {k: v for k, v in subprocess_env.items() if not k.startswith(("LOCKSTEP_", "FAKE_NVML"))}
+    env.pop("LD_LIBRARY_PATH", None)
+    env.pop("LD_PRELOAD", None)
+    done = subprocess.run(
+        [python, "-c", AGENT_WITHOUT_NVML], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert (
+        lines[:3]
+        == ["unavailable: NVML library libnvidia-ml.so.1 not found (no NVIDIA driver on this node?)"] * 3
+    )
+    assert lines[3] == "closed"
+    assert done.stderr.count("NVML unavailable") == 1

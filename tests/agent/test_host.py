@@ -1,0 +1,67 @@
+"""Host collector: TCP retransmits and segments from /proc/net/snmp, the boot id; bad procfs is counted."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.backends.procfs import Procfs
+from agent.collectors.host import HostCollector
+from tests.agent.conftest import PROCFS_GPU_NODE
+
+
+@pytest.fixture
+def procfs_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "proc"
+    shutil.copytree(PROCFS_GPU_NODE, root)
+    return root
+
+
+def set_tcp(root: Path, out_segments: int, retransmitted: int) -> None:
+    snmp = root / "net/snmp"
+    lines = snmp.read_text().splitlines()
+    header = next(line.split() for line in lines if line.startswith("Tcp:"))
+    index_out, index_retrans = header.index("OutSegs"), header.index("RetransSegs")
+    for i, line in enumerate(lines):
+        if re.match(r"Tcp: \d", line):
+            fields = line.split()
+            fields[index_out], fields[index_retrans] = str(out_segments), str(retransmitted)
+            lines[i] = " ".join(fields)
+    snmp.write_text("\n".join(lines) + "\n")
+
+
+def test_tcp_counters_and_boot_id_are_exported() -> None:
+    samples = {s.name: s for f in HostCollector(Procfs(PROCFS_GPU_NODE)).collect() for s in f.samples}
+    assert samples["lockstep_host_tcp_out_segments_total"].value == 91234567890
+    assert samples["lockstep_host_tcp_retransmitted_segments_total"].value == 1234567
+    assert samples["lockstep_host_boot_info"].labels == {"boot_id": "5f1c7e0a-3b9d-4c1e-9a57-2d6b8f0e4c11"}
+
+
+def test_evidence_gives_retransmit_and_segment_rates_over_the_window(procfs_copy: Path) -> None:
+    collector = HostCollector(Procfs(procfs_copy), window_seconds=0.1)
+    set_tcp(procfs_copy, 1_000_000, 100)
+    first = collector.evidence().host
+    assert first is not None and first.window_seconds == 0
+    time.sleep(0.2)
+    set_tcp(procfs_copy, 1_050_000, 600)
+    host = collector.evidence().host
+    assert host is not None and host.window_seconds >= 0.1
+    assert host.tcp_retransmit_segments_per_second == pytest.approx(500 / host.window_seconds)
+    assert host.tcp_out_segments_per_second == pytest.approx(50_000 / host.window_seconds)
+
+
+def test_a_malformed_snmp_file_fails_the_run_and_is_counted(procfs_copy: Path) -> None:
+    (procfs_copy / "net/snmp").write_text("Tcp: RtoAlgorithm OutSegs\nTcp: 1\n")
+    collector = HostCollector(Procfs(procfs_copy))
+    with pytest.raises(Exception, match="net/snmp"):
+        list(collector.collect())
+    assert collector.read_errors.counts == {"net/snmp": 1}
+
+
+def test_the_real_procfs_of_this_machine_is_read() -> None:
+    samples = {s.name: s.value for f in HostCollector(Procfs(Path("/proc"))).collect() for s in f.samples}
+    assert samples["lockstep_host_tcp_out_segments_total"] > 0

@@ -1,0 +1,67 @@
+"""Fixtures of the probe tests: a live collective collector on a temporary socket, and real DDP jobs
+(tools/ddp_job.py, gloo on CPU) that run under the probe exactly as a user's job would (LOCKSTEP_PROBE=1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.collectors.collective import CollectiveCollector
+
+from .jobs import PTH, Job, start_collector
+
+
+@pytest.fixture
+def probe_site(tmp_path: Path) -> Path:
+    """A directory that, on PYTHONPATH, makes every child Python process its .pth as an installed lockstep does
+    (site-packages is shared with other work here, so the tests do not install into it)."""
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    shutil.copy(PTH, site_dir / PTH.name)
+    (site_dir / "sitecustomize.py").write_text(
+        "import os, site\nsite.addsitedir(os.path.dirname(os.path.abspath(__file__)))\n"
+    )
+    return site_dir
+
+
+@pytest.fixture
+def socket_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run-lockstep"
+
+
+@pytest.fixture
+def probe_env(subprocess_env: dict[str, str], probe_site: Path, socket_dir: Path) -> dict[str, str]:
+    env = dict(subprocess_env)
+    env["PYTHONPATH"] = os.pathsep.join([str(probe_site), env["PYTHONPATH"]])
+    env["LOCKSTEP_PROBE"] = "1"
+    env["LOCKSTEP_SOCKET_DIR"] = str(socket_dir)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCKSTEP_JOB"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.fixture
+def collector(socket_dir: Path) -> Iterator[CollectiveCollector]:
+    collector = start_collector(socket_dir)
+    yield collector
+    collector.close()
+
+
+@pytest.fixture
+def ddp_job(probe_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Job]]:
+    jobs: list[Job] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Job:
+        job = Job(list(args), env or probe_env, tmp_path / f"pids{len(jobs)}")
+        jobs.append(job)
+        return job
+
+    yield start
+    for job in jobs:
+        job.kill()
+
+

@@ -1,0 +1,103 @@
+"""A real DDP job (gloo, CPU, several ranks) under the probe, as seen by the agent's collective collector."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from .jobs import Job, ranks_by_number, start_collector, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def mlp_parameter_bytes(hidden: int, layers: int) -> int:
+    """Bytes of tools/ddp_job.py's MLP (64 inputs, `layers` hidden layers, 10 outputs), float32."""
+    params = 64 * hidden + hidden + layers * (hidden * hidden + hidden) + hidden * 10 + 10
+    return 4 * params
+
+
+def test_agent_sees_every_ddp_all_reduce_with_consecutive_seqs_and_true_bytes(ddp_job, socket_dir: Path) -> None:
+    collector = start_collector(socket_dir, evidence_samples=4096, window_seconds=600)
+    try:
+        steps, hidden, layers = 30, 64, 2
+        job = ddp_job("--nproc", "3", "--steps", str(steps), "--hidden", str(hidden), "--layers", str(layers),
+                      "--bucket-mb", "0.02", "--extra-allreduces", "1")  # fmt: skip
+        job.finish()
+        # the final barrier is the last collective of every rank
+        wait_for(lambda: all(r.samples and r.samples[-1].op == "barrier" for r in ranks_by_number(collector).values())
+                 and len(ranks_by_number(collector)) == 3, 30, "every rank's final barrier")  # fmt: skip
+        ranks = ranks_by_number(collector)
+    finally:
+        collector.close()
+    assert sorted(ranks) == [0, 1, 2]
+    reference = [(s.seq, s.op, s.bytes) for s in ranks[0].samples]
+    for rank, evidence in ranks.items():
+        seqs = [s.seq for s in evidence.samples]
+        assert seqs == list(range(len(seqs))), f"rank {rank} has gaps or disorder"
+        assert [(s.seq, s.op, s.bytes) for s in evidence.samples] == reference, f"rank {rank} differs from rank 0"
+        assert evidence.world_size == 3 and evidence.dropped_records == 0
+        assert all(s.wait_seconds is not None and s.wait_seconds >= 0 for s in evidence.samples)
+    all_reduces = [s for s in ranks[0].samples if s.op == "all_reduce"]
+    grad_bytes = sum(s.bytes for s in all_reduces if s.bytes != 4)
+    assert grad_bytes == steps * mlp_parameter_bytes(hidden, layers)  # every gradient all-reduced once per step
+    assert len(all_reduces) > 2 * steps  # several buckets per step plus the script's own tiny all-reduce
+    assert sum(1 for s in all_reduces if s.bytes == 4) == steps
+    assert [s.op for s in ranks[0].samples].count("barrier") == 1
+
+
+def test_stopped_rank_shows_as_stalled_while_its_peers_wait_in_a_pending_collective(
+    ddp_job, collector, socket_dir: Path
+) -> None:
+    job: Job = ddp_job("--nproc", "3", "--steps", "0", "--step-seconds", "0.3")
+    wait_for(lambda: len(ranks_by_number(collector)) == 3 and all(r.last_seq > 10 for r in ranks_by_number(collector).values()),
+             120, "three ranks making progress")  # fmt: skip
+    period = statistics.median(r.step_period_seconds or 0.3 for r in ranks_by_number(collector).values())
+    assert 0.2 < period < 1.0  # the job's pattern: one step of ~0.3 s
+    stopped_pid = job.rank_pid(2)
+    stopped_at = time.time()
+    os.kill(stopped_pid, signal.SIGSTOP)
+    try:
+
+        def peers_wait() -> bool:
+            ranks = ranks_by_number(collector)
+            return all(ranks[r].pending_seq is not None for r in (0, 1))
+
+        wait_for(peers_wait, 60, "the peers to show a pending collective")
+        ranks = ranks_by_number(collector)
+    finally:
+        os.kill(stopped_pid, signal.SIGCONT)
+    stalled, peers = ranks[2], [ranks[0], ranks[1]]
+    for peer in peers:
+        assert peer.pending_op == "all_reduce"
+        assert peer.pending_seq is not None and peer.pending_since is not None
+        assert peer.pending_seq > stalled.last_seq  # the stopped rank never issued the collective its peers wait in
+        # the hang is visible from the peers' first unanswered collective: within 3 step periods of the stop
+        assert peer.pending_since - stopped_at < 3 * period
+    assert stalled.pending_seq is None
+    assert stalled.last_progress_at < min(p.pending_since for p in peers)  # type: ignore[type-var]
+
+
+def test_straggler_arrives_late_and_waits_little_while_its_peers_wait_long(
+    ddp_job, collector, tmp_path: Path
+) -> None:
+    slowdown = tmp_path / "slowdown"
+    slowdown.write_text("1 6\n")  # rank 1 computes 6x slower than its peers
+    ddp_job("--nproc", "3", "--steps", "60", "--hidden", "256", "--slowdown-file", str(slowdown)).finish()
+    wait_for(lambda: len(ranks_by_number(collector)) == 3 and all(r.last_seq >= 60 for r in ranks_by_number(collector).values()),
+             30, "all records")  # fmt: skip
+    ranks = ranks_by_number(collector)
+    arrivals = {rank: {s.seq: s.arrival for s in ev.samples} for rank, ev in ranks.items()}
+    common = set.intersection(*(set(a) for a in arrivals.values()))
+    lateness = {rank: statistics.median(arrivals[rank][seq] - min(arrivals[r][seq] for r in arrivals) for seq in common)
+                for rank in arrivals}  # fmt: skip
+    waits = {rank: ev.wait_seconds_p50 or 0.0 for rank, ev in ranks.items()}
+    assert max(lateness, key=lambda r: lateness[r]) == 1
+    assert min(waits, key=lambda r: waits[r]) == 1
+    for peer in (0, 2):
+        assert waits[peer] > 2 * waits[1]
+        assert lateness[1] > lateness[peer]
