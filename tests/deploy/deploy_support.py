@@ -50,11 +50,13 @@ ALL_FEATURES: dict[str, Any] = {
     "commonLabels": {"owner": "platform"},
     "serviceAccount": {"agent": {"annotations": {"x": "y"}}, "controller": {"annotations": {"x": "y"}}},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-    "podMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "dashboards": {"enabled": True, "namespace": "monitoring"},
     "networkPolicy": {"enabled": True},
+    "rbac": {"create": True, "operatorRole": True},
 }
+# The Prometheus operator's alternative: PodMonitors instead of ServiceMonitors.
+POD_MONITORS: dict[str, Any] = {"serviceMonitor": {"enabled": False}, "podMonitor": {"enabled": True}}
 
 
 def render(values: dict[str, Any] | None = None, release: str = RELEASE) -> dict[str, str]:

@@ -16,6 +16,7 @@ from deploy_support import (
     CHART,
     DASHBOARDS,
     NAMESPACE,
+    POD_MONITORS,
     REPO,
     by_kind,
     objects,
@@ -31,7 +32,7 @@ from controller import settings as controller_settings
 KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.utils.latest_version())
 OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
-CASES = {"default values": None, "every optional feature on": ALL_FEATURES}
+CASES = {"default values": None, "every optional feature on": ALL_FEATURES, "pod monitors": POD_MONITORS}
 
 
 @pytest.mark.parametrize("values", CASES.values(), ids=CASES.keys())
@@ -60,8 +61,13 @@ def test_every_core_object_is_valid_kubernetes_in_strict_mode(
 # structure the operator requires (monitoring.coreos.com/v1, the fields its CRDs mark required and their types).
 def test_prometheus_operator_resources_have_the_structure_the_operator_requires() -> None:
     objs = objects(ALL_FEATURES)
-    monitors = by_kind(objs, "ServiceMonitor") + by_kind(objs, "PodMonitor")
-    assert {m["metadata"]["name"] for m in monitors} == {"lockstep-agent", "lockstep-controller"}
+    service_monitors, pod_monitors = (
+        by_kind(objs, "ServiceMonitor"),
+        by_kind(objects(POD_MONITORS), "PodMonitor"),
+    )
+    for monitors in (service_monitors, pod_monitors):
+        assert {m["metadata"]["name"] for m in monitors} == {"lockstep-agent", "lockstep-controller"}
+    monitors = service_monitors + pod_monitors
     for monitor in monitors:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         spec = monitor["spec"]
@@ -382,7 +388,7 @@ def test_rendered_settings_files_are_accepted_by_the_real_agent_and_controller(
     controller = controller_settings.load(str(tmp_path / "controller.yaml"))
     assert controller.kube.namespace == NAMESPACE and controller.leader.enabled
     assert controller.safety.max_cordoned_nodes == 2 and controller.safety.breaker_nodes == 3
-    assert controller.dry_run is (values is None)
+    assert controller.dry_run is (values or {}).get("controller", {}).get("dryRun", True)
 
 
 def test_a_typo_in_agent_config_fails_the_agent_with_the_setting_named() -> None:
@@ -411,3 +417,30 @@ def test_the_daemons_accept_the_flags_the_chart_passes() -> None:
     controller_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     parsed = controller_main.build_parser().parse_args(controller_args)
     assert parsed.dry_run is True and parsed.config == "/etc/lockstep/controller.yaml"
+
+
+def test_both_kinds_of_monitor_at_once_fail_with_the_fix_named() -> None:
+    with pytest.raises(helm.HelmError, match="enable one, or Prometheus scrapes every agent twice"):
+        render({"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}})
+
+
+def test_a_renew_deadline_not_shorter_than_the_lease_fails() -> None:
+    with pytest.raises(helm.HelmError, match="must be shorter than leaseDurationSeconds"):
+        render({"controller": {"leaderElection": {"leaseDurationSeconds": 10, "renewDeadlineSeconds": 10}}})
+
+
+def test_operator_roles_grant_what_lockstep_release_was_recorded_using_and_are_bound_to_no_one() -> None:
+    objs = objects({"rbac": {"operatorRole": True}})
+    roles = [
+        o
+        for o in objs
+        if o["kind"] in ("ClusterRole", "Role") and o["metadata"]["name"] == "lockstep-operator"
+    ]
+    grants: dict[tuple[str, str], set[str]] = {}
+    for role in roles:
+        for key, verbs in granted(role).items():
+            grants.setdefault(key, set()).update(verbs)
+    assert grants == recorded("operator")
+    bindings = by_kind(objs, "ClusterRoleBinding") + by_kind(objs, "RoleBinding")
+    assert all(b["roleRef"]["name"] != "lockstep-operator" for b in bindings)
+    assert not [o for o in objects() if o["metadata"]["name"] == "lockstep-operator"]
