@@ -178,18 +178,6 @@ def _error_name(error: pynvml.NVMLError) -> str:
     return type(error).__name__.removeprefix("NVMLError_") or str(error.value)
 
 
-def _identify(index: int) -> tuple[Any, GpuIdentity]:
-    """Handle and identity of the GPU at index; raises pynvml.NVMLError."""
-    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    identity = GpuIdentity(
-        index=index,
-        uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
-        model=_text(pynvml.nvmlDeviceGetName(handle)),
-        pci_bus_id=_text(pynvml.nvmlDeviceGetPciInfo(handle).busId),
-    )
-    return handle, identity
-
-
 def _handle_key(handle: Any) -> int | None:
     return ctypes.cast(handle, ctypes.c_void_p).value
 
@@ -336,12 +324,29 @@ class NvmlBackend:
             }
             return [snapshot for snapshot, _ in read]
 
+    def _identify(self, index: int) -> tuple[Any, GpuIdentity]:
+        """Handle and identity of the GPU at index. Raises pynvml.NVMLError if there is no handle, _GpuLost if
+        the GPU is lost; an identity field NVML cannot give is left empty (the uuid then reads "GPU <index>")."""
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        gpu = f"GPU {index}"
+        uuid = self._call(gpu, pynvml.nvmlDeviceGetUUID, handle)
+        model = self._call(gpu, pynvml.nvmlDeviceGetName, handle)
+        pci = self._call(gpu, pynvml.nvmlDeviceGetPciInfo, handle)
+        return handle, GpuIdentity(
+            index=index,
+            uuid=_text(uuid or ""),
+            model=_text(model or ""),
+            pci_bus_id="" if pci is None else _text(pci.busId),
+        )
+
     def _read_gpu(self, index: int) -> tuple[GpuSnapshot, Any]:
+        known = self._identities.get(index, GpuIdentity(index=index, uuid=""))
         try:
-            handle, identity = _identify(index)
+            handle, identity = self._identify(index)
         except pynvml.NVMLError as error:
-            known = self._identities.get(index, GpuIdentity(index=index, uuid=""))
             return GpuSnapshot(identity=known, lost_reason=f"no handle for GPU {index}: {error}"), None
+        except _GpuLost as lost:
+            return GpuSnapshot(identity=known, lost_reason=str(lost)), None
         self._identities[index] = identity
         try:
             return self._read_fields(identity, handle), handle
@@ -553,8 +558,10 @@ class NvmlBackend:
             raise self._give_up(f"nvmlDeviceGetCount_v2 failed: {error}") from error
         for index in range(count):
             try:
-                handle, gpu = _identify(index)
+                handle, gpu = self._identify(index)
                 pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._event_set)
+            except _GpuLost:
+                continue  # reported as gpu_lost by read()
             except pynvml.NVMLError as error:
                 if error.value != pynvml.NVML_ERROR_GPU_IS_LOST:  # a lost GPU is reported as gpu_lost already
                     self._note_event_problem(f"GPU {index}: no XID events ({error})")

@@ -212,3 +212,14 @@ def test_without_any_nvml_library_the_collector_reports_unavailable_and_the_proc
     )
     assert lines[3] == "closed"
     assert done.stderr.count("NVML unavailable") == 1
+
+
+def test_a_gpu_whose_name_nvml_cannot_give_is_still_read_and_not_lost(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write({"gpus": {"3": {"errors": {"nvmlDeviceGetName": "NOT_SUPPORTED"}}}})
+    collector = make_collector()
+    result = scrape(collector)
+    assert result.value("lockstep_gpu_lost", **GPU3) == 0
+    assert result.samples("lockstep_gpu_power_watts", **GPU3)[0][0]["model"] == ""
+    assert collector.evidence().hard_signals == []
