@@ -578,11 +578,11 @@ class NvmlCollector(Collector):
             return
         tx = families.gauge(
             "lockstep_gpu_pcie_transmit_bytes_per_second",
-            "PCIe transmit throughput over NVML's 20 ms sample, KiB/s x 1024 (nvmlDeviceGetPcieThroughput TX).",
+            "PCIe transmit throughput over NVML's 20 ms measurement, taken in the background (nvmlDeviceGetPcieThroughput TX, KB/s x 1024).",
         )
         rx = families.gauge(
             "lockstep_gpu_pcie_receive_bytes_per_second",
-            "PCIe receive throughput over NVML's 20 ms sample, KiB/s x 1024 (nvmlDeviceGetPcieThroughput RX).",
+            "PCIe receive throughput over NVML's 20 ms measurement, taken in the background (nvmlDeviceGetPcieThroughput RX, KB/s x 1024).",
         )
         families.add(tx, labels, sample.tx_bytes_per_second)
         families.add(rx, labels, sample.rx_bytes_per_second)
