@@ -65,6 +65,9 @@ CLOCK_EVENT_REASONS = (  # name -> nvmlClocksEventReason* bit
 )
 _EVENT_SET_REBUILD_SECONDS = 30.0  # how often to retry registering a reachable GPU the event set lacks
 _NVLINK_REDISCOVER_SECONDS = 300.0  # how often to look again for NVLinks on a GPU that showed none
+_HANDLE_ERRORS_BEFORE_LOST = (
+    2  # reads in a row without a handle (other than GPU_IS_LOST) that make a GPU lost
+)
 _KIB = 1024  # nvmlDeviceGetPcieThroughput reports KB/s with 1 KB granularity
 _MHZ = 1e6
 
@@ -204,6 +207,8 @@ class NvmlBackend:
         self._failed_at = 0.0
         self._driver_version = ""
         self._identities: dict[int, GpuIdentity] = {}  # last known identity by index, for GPUs lost later
+        self._handle_failures: Counter[int] = Counter()  # index -> reads in a row without a handle
+        self._no_permission_logged: set[int] = set()
         self._handles: dict[str, Any] = {}  # uuid -> handle of the GPUs reachable in the last read
         self._nvlinks: dict[str, tuple[tuple[int, ...], float]] = {}  # uuid -> (links that exist, when found)
         self._absent_logged: set[tuple[str, str]] = set()
@@ -318,7 +323,7 @@ class NvmlBackend:
                 count = pynvml.nvmlDeviceGetCount()
             except pynvml.NVMLError as error:
                 raise self._give_up(f"nvmlDeviceGetCount_v2 failed: {error}") from error
-            read = [self._read_gpu(index) for index in range(count)]
+            read = [r for r in (self._read_gpu(index) for index in range(count)) if r is not None]
             self._handles = {
                 snapshot.identity.uuid: handle for snapshot, handle in read if handle is not None
             }
@@ -339,19 +344,43 @@ class NvmlBackend:
             pci_bus_id="" if pci is None else _text(pci.busId),
         )
 
-    def _read_gpu(self, index: int) -> tuple[GpuSnapshot, Any]:
+    def _read_gpu(self, index: int) -> tuple[GpuSnapshot, Any] | None:
+        """The GPU's snapshot and handle (None if unreachable); None to leave out a GPU this agent may not see."""
         known = self._identities.get(index, GpuIdentity(index=index, uuid=""))
         try:
             handle, identity = self._identify(index)
         except pynvml.NVMLError as error:
-            return GpuSnapshot(identity=known, lost_reason=f"no handle for GPU {index}: {error}"), None
+            return self._no_handle(index, known, error)
         except _GpuLost as lost:
             return GpuSnapshot(identity=known, lost_reason=str(lost)), None
+        self._handle_failures.pop(index, None)
         self._identities[index] = identity
         try:
             return self._read_fields(identity, handle), handle
         except _GpuLost as lost:
             return GpuSnapshot(identity=identity, lost_reason=str(lost)), None
+
+    def _no_handle(
+        self, index: int, known: GpuIdentity, error: pynvml.NVMLError
+    ) -> tuple[GpuSnapshot, Any] | None:
+        """No handle for a GPU NVML counts. NO_PERMISSION: not this agent's to see (nvmlDeviceGetCount_v2 counts
+        GPUs the caller may not open), so left out, never "lost". GPU_IS_LOST: lost. Anything else: lost once it
+        repeats, so one glitch does not make a lost GPU."""
+        if error.value == pynvml.NVML_ERROR_NO_PERMISSION:
+            if index not in self._no_permission_logged:
+                self._no_permission_logged.add(index)
+                log.info(
+                    "GPU %d: no permission to open it (is its device in this container?); leaving it out",
+                    index,
+                )
+            return None
+        self._handle_failures[index] += 1
+        if (
+            error.value == pynvml.NVML_ERROR_GPU_IS_LOST
+            or self._handle_failures[index] >= _HANDLE_ERRORS_BEFORE_LOST
+        ):
+            return GpuSnapshot(identity=known, lost_reason=f"no handle for GPU {index}: {error}"), None
+        return GpuSnapshot(identity=known), None
 
     def _read_fields(self, gpu: GpuIdentity, handle: Any) -> GpuSnapshot:
         def call(

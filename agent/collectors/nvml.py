@@ -484,7 +484,10 @@ class NvmlCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         reading = self._refresh()
         families = _GpuFamilies()
-        count = GaugeMetricFamily("lockstep_gpus", "GPUs NVML enumerates (nvmlDeviceGetCount_v2).")
+        count = GaugeMetricFamily(
+            "lockstep_gpus",
+            "GPUs this agent reads: nvmlDeviceGetCount_v2 less those it has no permission to open.",
+        )
         count.add_metric([], len(reading.snapshots))
         lost = families.gauge(
             "lockstep_gpu_lost",
