@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import types
+from collections.abc import Callable
 
 from agent.probe.identity import identify
 from agent.probe.patch import (
@@ -47,10 +48,10 @@ class Probe:
 
     def patch(self) -> None:
         """Patch torch.distributed now if it is imported, else as soon as it is."""
-        callbacks = {C10D: self._patch_c10d}
+        callbacks: dict[str, Callable[[types.ModuleType], None]] = {C10D: self._patch_c10d}
         if self.ddp_hook:
             callbacks[DDP_MODULE] = self._patch_ddp
-        later = {}
+        later: dict[str, Callable[[types.ModuleType], None]] = {}
         for name, callback in callbacks.items():
             module = sys.modules.get(name)
             if module is not None:
