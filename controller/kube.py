@@ -60,7 +60,11 @@ class KubeError(Exception):
 
 
 class Conflict(KubeError):
-    """409: someone else wrote the object first (stale resourceVersion, or it already exists)."""
+    """409: someone else wrote the object first (stale resourceVersion, or it already exists).
+
+    `after_timeout`: an earlier attempt of the same call timed out, so the "someone else" may be that attempt."""
+
+    after_timeout = False
 
 
 class NotLeader(Exception):
@@ -188,6 +192,7 @@ class Kube:
     def _call(self, verb: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
         """Call the API; retry 5xx, 429, timeouts and connection errors with backoff; return the JSON body."""
         delay = self.settings.api_backoff_seconds
+        timed_out = False
         for attempt in range(1, self.settings.api_attempts + 1):
             try:
                 response = method(
@@ -198,14 +203,16 @@ class Kube:
                 code = error.status or 0
                 if code == 409:
                     self.stats.conflicts[verb] += 1
-                    raise Conflict(f"{verb}: 409 {_message(error)}", 409) from error
+                    conflict = Conflict(f"{verb}: 409 {_message(error)}", 409)
+                    conflict.after_timeout = timed_out
+                    raise conflict from error
                 self.stats.errors[(verb, str(code))] += 1
                 if code not in RETRYABLE_STATUS:
                     raise KubeError(f"{verb}: HTTP {code} {_message(error)}", code) from error
                 failure, status = f"HTTP {code}", code
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 self.stats.errors[(verb, "timeout")] += 1
-                failure, status = f"{type(error).__name__}: {error}", None
+                failure, status, timed_out = f"{type(error).__name__}: {error}", None, True
             if attempt == self.settings.api_attempts:
                 raise KubeError(f"{verb}: {failure} after {attempt} attempts", status)
             self.stats.retries[verb] += 1
@@ -216,19 +223,22 @@ class Kube:
 
     def _modify_node(self, name: str, change: Callable[[Obj], Obj | None], guard: Callable[[], bool]) -> bool:
         """Read-modify-write: `change(node)` returns a merge patch (or None: nothing to do), which is sent with the
-        node's resourceVersion so it lands only on the state it was computed from; on 409 read again."""
+        node's resourceVersion so it lands only on the state it was computed from; on 409 read again.
+        True if the change was made (also when a timed-out attempt turns out to have made it)."""
+        maybe_ours = False
         for _ in range(self.settings.conflict_attempts):
             node = self._call("get nodes", self._core.read_node, name)
             patch = change(node)
             if patch is None:
-                return False
+                return maybe_ours
             patch.setdefault("metadata", {})["resourceVersion"] = node["metadata"]["resourceVersion"]
             if not guard():
                 raise NotLeader(f"not acting on node {name}: not the leader")
             try:
                 self._call("patch nodes", self._core.patch_node, name, patch, _content_type=MERGE_PATCH)
                 return True
-            except Conflict:
+            except Conflict as conflict:
+                maybe_ours = conflict.after_timeout
                 log.info("node %s changed while we wrote it (409); reading it again", name)
         raise KubeError(f"node {name}: still conflicting after {self.settings.conflict_attempts} attempts")
 
