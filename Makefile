@@ -14,7 +14,7 @@ help:
 install:
 	$(PYTHON) -m pip install -e '.[test]'
 
-demo:
+demo: fake-nvml
 	$(PYTHON) -m controller.cli demo
 
 lint:

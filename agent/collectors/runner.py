@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from agent import __version__
 from agent.collectors import COLLECTORS, CollectorSpec
-from agent.collectors.base import Collector
+from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import Evidence, EvidencePart
 from agent.settings import AgentSettings
 
@@ -206,7 +206,9 @@ class CollectorRunner:
             recovered = outcome.succeeded and name in self._failing
             (self._failing.add if not outcome.succeeded else self._failing.discard)(name)
         error = outcome.error
-        if first and error is not None:
+        if first and isinstance(error, SourceUnavailable):  # expected; the collector logged it once
+            log.debug("collector %s: %s", name, error)
+        elif first and error is not None:
             traceback = error if error.__traceback__ is not None else None
             log.warning("collector %s failed: %s (success 0 until it recovers)", name, error, exc_info=traceback)
         elif not outcome.succeeded:

@@ -19,6 +19,7 @@ from controller.demo.timeline import Timeline
 
 FAULT_CHOICES = ("straggler", "hang", "slow-link", "xid", "none")
 DEFAULT_WATCH_SECONDS = 30.0  # how long `--fault none` watches for false alarms
+ALERT_WAIT_SECONDS = 20.0  # after the cordon, how long to wait for Prometheus to fire the alert about it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -170,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
             demo.observe(args.fault_at)
             injected_at = demo.inject(fault)
             detection = demo.watch_fault(fault, injected_at, timeout)
+            if detection.found and detection.target is not None:
+                demo.watch_alerts(detection.target, ALERT_WAIT_SECONDS)
             print_summary(timeline, detection, timeout)
             if args.keep:
                 keep_running(demo)

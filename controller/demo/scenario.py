@@ -21,12 +21,11 @@ from kubernetes import config as kube_config
 from controller.demo.cluster import Cluster
 from controller.demo.faults import Fault, write_nvml_config
 from controller.demo.http import get_json
-from controller.demo.job import TrainingJob
+from controller.demo.job import TrainingJob, probe_bootstrap_env
 from controller.demo.observe import Observer
+from controller.demo.paths import FAKE_NVML_DIR, REPO
 from controller.demo.processes import ProcessSet
 from controller.demo.services import (
-    FAKE_NVML_DIR,
-    REPO,
     Controller,
     Emulator,
     Prometheus,
@@ -265,14 +264,16 @@ class DemoRun:
     def start_job(self) -> None:
         assert self.cluster is not None
         ranked = self.cluster.nodes[: self.options.nodes - self.options.idle_nodes]
+        job_env = dict(self.env)
+        probe = probe_bootstrap_env(job_env, self.work_dir)
         self.job = TrainingJob(
-            f"{self.cluster.prefix}-ddp", ranked, self.processes, self.env, self.options.compute_seconds
+            f"{self.cluster.prefix}-ddp", ranked, self.processes, job_env, self.options.compute_seconds
         )
         self.job.start()
         self.timeline.add(
             "job",
-            f"DDP job {self.job.name} started: {self.job.world_size} ranks (gloo, CPU, probe on), rank i on node{''}i, "
-            f"rendezvous {ranked[0].ip}",
+            f"DDP job {self.job.name} started: {self.job.world_size} ranks (torch.distributed, gloo, CPU), rank r on "
+            f"node r, MASTER_ADDR {ranked[0].ip}; probe on (LOCKSTEP_PROBE=1, {probe})",
         )
         if self.options.idle_nodes:
             idle = ", ".join(n.name for n in self.cluster.nodes[len(ranked) :])
@@ -362,6 +363,17 @@ class DemoRun:
             if target is not None and self._acted_on(target):
                 break
         return self.detection(fault, injected_at)
+
+    def watch_alerts(self, node: str, timeout_seconds: float) -> None:
+        """With Prometheus running, keep watching until an alert about `node` fires (rules evaluate every 2 s)."""
+        assert self.observer is not None
+        if self.prometheus is None:
+            return
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline and not any(
+            node in key and state == "firing" for key, state in self.observer.alerts.items()
+        ):
+            self.observe(POLL_INTERVAL_SECONDS)
 
     def _acted_on(self, node: str) -> bool:
         assert self.observer is not None
