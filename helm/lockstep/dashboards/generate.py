@@ -264,6 +264,20 @@ def cluster_overview() -> dict[str, object]:
                         description="Why Lockstep cordoned nodes: the reason is also the value of the lockstep.dev/unhealthy taint.",
                     ),
                     Panel(
+                        "Nodes tainted by Lockstep, and why (kube-state-metrics)",
+                        (
+                            q(
+                                'max by (node, value) (kube_node_spec_taint{key="lockstep.dev/unhealthy"})',
+                                "{{node}}: {{value}}",
+                            ),
+                        ),
+                        "none",
+                        kind="table",
+                        width=24,
+                        description="The nodes that carry the lockstep.dev/unhealthy=<reason> taint now, read from the "
+                        "cluster by kube-state-metrics (part of kube-prometheus-stack). Empty without it.",
+                    ),
+                    Panel(
                         "Verdicts over time",
                         (q("sum by (verdict) (lockstep_node_verdict)", "{{verdict}}"),),
                         "none",
