@@ -11,21 +11,19 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pydantic
 from aiohttp import web
 
 from controller import settings as settings_module
+from controller.detect.config import DetectionConfig
+from controller.detect.engine import DetectionEngine
 from controller.fetch import EvidenceFetcher
 from controller.kube import Kube, KubeError, load_api_client
 from controller.leader import LeaderElector
 from controller.loop import ControllerLoop
 from controller.server import build_app
 from controller.settings import ControllerSettings
-
-if TYPE_CHECKING:
-    from controller.detect.engine import DetectionEngine
 
 log = logging.getLogger("controller")
 
@@ -37,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "job, and cordon + taint it with the evidence attached, within safety limits. Settings come from flags, "
         "env LOCKSTEP_* (nested with __, e.g. LOCKSTEP_SAFETY__MAX_CORDONED_NODES=2) and --config FILE (YAML).",
     )
-    parser.add_argument("--listen", help="HOST:PORT of /metrics, /healthz, /readyz, /api/v1/nodes, /api/v1/jobs "
+    parser.add_argument("--listen", metavar="HOST:PORT", help="HOST:PORT of /metrics, /healthz, /readyz, /api/v1/nodes, /api/v1/jobs "
                         "(default 0.0.0.0:9446)")
     parser.add_argument("--config", metavar="FILE", help="YAML settings file (see README, 'Controller')")
     parser.add_argument("--agent-url", action="append", dest="agent_urls", metavar="URL",
@@ -45,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "verdicts show in the API and metrics")
     parser.add_argument("--dry-run", action="store_true", default=None,
                         help="decide and report, write nothing to Kubernetes")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account, then ~/.kube/config)")
-    parser.add_argument("--interval", type=float, dest="interval_seconds", help="seconds between cycles (default 5)")
+    parser.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file (default: in-cluster service account, then ~/.kube/config)")
+    parser.add_argument("--interval", type=float, dest="interval_seconds", metavar="SECONDS", help="seconds between cycles (default 5)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -91,9 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_module.load(args.config, **flags)
         if args.kubeconfig:
             settings.kube.kubeconfig = args.kubeconfig
-        from controller.detect.config import DetectionConfig
-        from controller.detect.engine import DetectionEngine
-
         engine = DetectionEngine(DetectionConfig.from_mapping(settings.detection))
     except (ValueError, TypeError, pydantic.ValidationError) as error:
         print(f"lockstep-controller: invalid settings: {error}", file=sys.stderr)

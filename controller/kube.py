@@ -233,7 +233,11 @@ class Kube:
     # ------------------------------------------------------------------------------------------------ reads
     def cluster(self) -> ClusterView:
         """The nodes selected by the node label selector."""
-        listing = self._call("list nodes", self._core.list_node, label_selector=self.settings.node_selector or None)
+        # resourceVersion "0": served from the apiserver's watch cache, not etcd (cheap on big clusters). Slightly
+        # stale is fine: every write re-reads the node and is conditional on its resourceVersion.
+        listing = self._call(
+            "list nodes", self._core.list_node, label_selector=self.settings.node_selector or None, resource_version="0"
+        )
         nodes, topology = {}, {}
         for item in listing.get("items") or []:
             state = node_state(item)
@@ -245,7 +249,11 @@ class Kube:
 
     def agents(self) -> list[AgentEndpoint]:
         """The running pods of the agent DaemonSet: node name and pod IP give each agent's URL."""
-        kwargs = {"label_selector": self.settings.agent_label_selector, "field_selector": "status.phase=Running"}
+        kwargs = {
+            "label_selector": self.settings.agent_label_selector,
+            "field_selector": "status.phase=Running",
+            "resource_version": "0",
+        }
         if self.settings.agent_namespace:
             listing = self._call(
                 "list pods", self._core.list_namespaced_pod, self.settings.agent_namespace, **kwargs
@@ -383,6 +391,7 @@ class Kube:
         body = client.CoreV1Event.from_dict(
             {
                 "metadata": {"name": f"{node}.{uuid.uuid4().hex[:16]}", "namespace": self.settings.event_namespace},
+                # uid = node name, as the kubelet does for node events; `kubectl describe node` looks them up so.
                 "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node},
                 "reason": reason,
                 "message": message[:1024],

@@ -4,7 +4,10 @@ An HTTP server the official `kubernetes` client talks to, as `lockstep-controlle
 (+status), pods (+status, eviction), events, configmaps and coordination.k8s.io Leases, with resourceVersion and
 uid, 409 Conflict on stale writes, JSON / merge / strategic-merge patch, label and field selectors, list + watch
 (chunked stream) and Status objects for errors. It records every request (verb, resource, subresource, namespace)
-and injects faults (next N matching requests fail with a code, hang, or meet a concurrent writer).
+and injects faults (next N matching requests fail with a code, hang, or meet a concurrent writer), in process
+or over HTTP (`POST /_emulator/faults`, `GET /_emulator/requests`).
+Simplifications: no authentication or admission; objects keep the status they are created with (there is no
+kubelet to fill in a pod's phase and IP); resourceVersion history for watches holds the last 10,000 changes.
 
 Run: `python -m controller.kube_emulator --listen 127.0.0.1:0 --kubeconfig-out FILE` (prints the kubeconfig path).
 """
@@ -18,6 +21,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -603,8 +607,11 @@ class Emulator:
         }
 
     def write_kubeconfig(self, path: str) -> str:
-        with open(path, "w") as handle:
+        """Written whole or not at all (temp file + rename): a reader polling for the file never sees half of it."""
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as handle:
             yaml.safe_dump(self.kubeconfig(), handle)
+        os.replace(temporary, path)
         return path
 
     # --- serving -------------------------------------------------------------------------------------------
@@ -612,6 +619,7 @@ class Emulator:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_get("/version", self._version)
         app.router.add_get("/_emulator/requests", self._requests)
+        app.router.add_post("/_emulator/faults", self._add_fault)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
 
@@ -654,6 +662,16 @@ class Emulator:
 
     async def _requests(self, request: web.Request) -> web.Response:
         return web.json_response([r.__dict__ for r in self.store.requests])
+
+    async def _add_fault(self, request: web.Request) -> web.Response:
+        """Fault injection for an emulator in another process: POST a JSON Fault (without `before`)."""
+        try:
+            body = await request.json()
+            fault = Fault(**{k: v for k, v in body.items() if k != "before"})
+        except (json.JSONDecodeError, TypeError) as error:
+            return web.json_response(ApiError(400, "BadRequest", str(error)).status(), status=400)
+        self.inject(fault)
+        return web.json_response({"injected": body}, status=201)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -62,6 +62,7 @@ CLOCK_EVENT_REASONS = (  # name -> nvmlClocksEventReason* bit
     ("hw_power_brake_slowdown", pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown),
     ("display_clock_setting", pynvml.nvmlClocksEventReasonDisplayClockSetting),
 )
+_EVENT_SET_REBUILD_SECONDS = 30.0  # how often to retry registering a reachable GPU the event set lacks
 _KIB = 1024  # nvmlDeviceGetPcieThroughput reports KB/s with 1 KB granularity
 _MHZ = 1e6
 
@@ -156,6 +157,10 @@ class GpuBackend(Protocol):
         """Unexpected NVML errors so far, by (function, error)."""
         ...
 
+    def driver_version(self) -> str:
+        """The NVIDIA driver version, "" if NVML does not say; raises NvmlUnavailable."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -207,6 +212,7 @@ class NvmlBackend:
         self._open = False
         self._failure = ""
         self._failed_at = 0.0
+        self._driver_version = ""
         self._identities: dict[int, GpuIdentity] = {}  # last known identity by index, for GPUs lost later
         self._handles: dict[str, Any] = {}  # uuid -> handle of the GPUs reachable in the last read
         self._nvlinks: dict[str, tuple[int, ...]] = {}  # uuid -> links that exist
@@ -215,7 +221,8 @@ class NvmlBackend:
         self._errors: Counter[tuple[str, str]] = Counter()
         self._event_set: Any = None
         self._event_gpus: dict[int | None, GpuIdentity] = {}  # handle address -> GPU, for the registered GPUs
-        self._event_uuids: set[str] = set()  # GPUs that had a handle when the event set was built
+        self._event_uuids: set[str] = set()  # GPUs registered in the event set
+        self._event_set_built_at = 0.0
         self._event_set_failed_at: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
@@ -240,6 +247,7 @@ class NvmlBackend:
             raise NvmlUnavailable(self._failure) from error
         self._open = True
         self._failure = ""
+        self._driver_version = _text(self._call("system", pynvml.nvmlSystemGetDriverVersion) or "")
 
     @staticmethod
     def _describe_init_failure(error: Exception) -> str:
@@ -274,7 +282,7 @@ class NvmlBackend:
     def driver_version(self) -> str:
         with self._lock:
             self._ensure_open()
-            return _text(self._call("system", pynvml.nvmlSystemGetDriverVersion) or "")
+            return self._driver_version
 
     # -- calls ------------------------------------------------------------------------------------------------
 
@@ -498,11 +506,17 @@ class NvmlBackend:
             return XidEvent(gpu=gpu, code=int(data.eventData), at=self._clock())
 
     def _current_event_set(self) -> Any:
-        """The event set registered for XIDs on every reachable GPU, rebuilt when a GPU it lacks shows up."""
+        """The event set registered for XIDs on every reachable GPU; rebuilt (at most every 30 s) when a reachable
+        GPU is not registered, e.g. one that came back after a reset."""
         with self._lock:
             self._ensure_open()
-            if self._event_set is not None and set(self._handles) <= self._event_uuids:
-                return self._event_set
+            if self._event_set is not None:
+                unregistered = set(self._handles) - self._event_uuids
+                if (
+                    not unregistered
+                    or self._monotonic() - self._event_set_built_at < _EVENT_SET_REBUILD_SECONDS
+                ):
+                    return self._event_set
             failed_at = self._event_set_failed_at
             if failed_at is not None and self._monotonic() - failed_at < self._init_retry_seconds:
                 return None
@@ -514,6 +528,7 @@ class NvmlBackend:
                 self._event_set_failed_at = self._monotonic()
                 return None
             self._event_set_failed_at = None
+            self._event_set_built_at = self._monotonic()
             self._register_all()
             return self._event_set
 
@@ -525,11 +540,12 @@ class NvmlBackend:
         for index in range(count):
             try:
                 handle, gpu = _identify(index)
-                self._event_uuids.add(gpu.uuid)
                 pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._event_set)
             except pynvml.NVMLError as error:
-                log.info("GPU %d: no XID events (%s)", index, error)
+                lost = error.value == pynvml.NVML_ERROR_GPU_IS_LOST  # reported as gpu_lost already
+                log.log(logging.DEBUG if lost else logging.INFO, "GPU %d: no XID events (%s)", index, error)
                 continue
+            self._event_uuids.add(gpu.uuid)
             self._event_gpus[_handle_key(handle)] = gpu
 
     def _free_event_set(self) -> None:

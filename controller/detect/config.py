@@ -88,7 +88,7 @@ class DetectionConfig:
     # --- hysteresis and freshness -----------------------------------------------------------------------
     suspect_windows: int = 3
     """Fresh evidence windows in a row with a statistical finding before the node is 'suspect'."""
-    faulty_windows: int = 5
+    faulty_windows: int = 4
     """... and before it is 'faulty' (one noisy window, even two, never makes a verdict)."""
     faulty_min_seconds: float = 15.0
     """... spanning at least this long, so fast cycles (1 s) do not shorten the persistence in time."""

@@ -33,7 +33,7 @@ def rules(requests: list[Request]) -> list[dict[str, Any]]:
 async def test_the_recorded_verbs_are_exactly_the_ones_in_rbac_verbs_json(cluster: Cluster, capsys: Any) -> None:
     await cluster.add_nodes(8)
     loop = cluster.loop(leader=True, identity="a", auto_release_after_seconds=60, release_memory_seconds=60,
-                        breaker_nodes=4, max_cordoned_ratio=1.0)
+                        breaker_nodes=4, max_cordoned_ratio=1.0, scripted=True)
     assert loop.leader is not None
     loop.leader.step()  # create the lease
     loop.leader.step()  # renew it (update)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends.nvml import NvmlUnavailable
+from agent.collectors.base import SourceUnavailable
 from agent.collectors.nvml import NvmlCollector
 from tests.agent.nvml.conftest import FakeNvmlConfig
 from tests.agent.nvml.nvml_support import scrape
@@ -122,9 +122,9 @@ def test_nvml_init_failure_fails_the_collector_says_so_once_and_recovers_when_th
     collector = make_collector(start=True)
     with caplog.at_level(logging.INFO, logger="agent.collectors.nvml"):
         for _ in range(3):
-            with pytest.raises(NvmlUnavailable, match="driver not loaded"):
+            with pytest.raises(SourceUnavailable, match="driver not loaded"):
                 collector.collect()
-        with pytest.raises(NvmlUnavailable):
+        with pytest.raises(SourceUnavailable):
             collector.evidence()
         assert len([r for r in caplog.records if "NVML unavailable" in r.getMessage()]) == 1
         fake_nvml.write({})
@@ -138,7 +138,7 @@ def test_device_count_failing_mid_run_fails_the_scrape_and_recovers(
     collector = make_collector()
     assert scrape(collector).value("lockstep_gpus") == 8
     fake_nvml.write({"errors": {"nvmlDeviceGetCount_v2": "UNKNOWN"}})
-    with pytest.raises(NvmlUnavailable, match="nvmlDeviceGetCount_v2"):
+    with pytest.raises(SourceUnavailable, match="nvmlDeviceGetCount_v2"):
         collector.collect()
     fake_nvml.write({})
     assert scrape(collector).value("lockstep_gpus") == 8
@@ -148,7 +148,7 @@ def test_a_configured_library_that_does_not_exist_makes_nvml_unavailable(
     make_collector: Callable[..., NvmlCollector], tmp_path: Path
 ) -> None:
     collector = make_collector(library_path=str(tmp_path / "libnvidia-ml.so.1"))
-    with pytest.raises(NvmlUnavailable, match="does not exist"):
+    with pytest.raises(SourceUnavailable, match="does not exist"):
         collector.collect()
 
 
@@ -178,7 +178,7 @@ def test_xid_events_unavailable_do_not_stop_the_metrics(
 AGENT_WITHOUT_NVML = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-from agent.backends.nvml import NvmlUnavailable
+from agent.collectors.base import SourceUnavailable
 from agent.collectors.nvml import NvmlCollector
 from agent.settings import AgentSettings
 
@@ -188,7 +188,7 @@ for _ in range(3):
     try:
         collector.collect()
         print("collected")
-    except NvmlUnavailable as error:
+    except SourceUnavailable as error:
         print("unavailable:", error)
 collector.close()
 print("closed")
