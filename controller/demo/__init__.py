@@ -171,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
             demo.observe(args.fault_at)
             injected_at = demo.inject(fault)
             detection = demo.watch_fault(fault, injected_at, timeout)
-            if detection.found and detection.target is not None:
-                demo.watch_alerts(detection.target, ALERT_WAIT_SECONDS)
+            if detection.found:
+                demo.watch_alerts(ALERT_WAIT_SECONDS)
             print_summary(timeline, detection, timeout)
             if args.keep:
                 keep_running(demo)
