@@ -173,7 +173,10 @@ def run(args: argparse.Namespace) -> int:
             detection = demo.watch_fault(fault, injected_at, timeout)
             if detection.found:
                 demo.watch_alerts(ALERT_WAIT_SECONDS)
-            print_summary(timeline, detection, timeout)
+            firing = (
+                sorted(k for k, v in demo.observer.alerts.items() if v == "firing") if demo.observer else []
+            )
+            print_summary(timeline, detection, timeout, firing if demo.prometheus else None)
             if args.keep:
                 keep_running(demo)
     except PrerequisiteError as error:
@@ -196,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
 
-def print_summary(timeline: Timeline, detection: Detection, timeout: float) -> None:
+def print_summary(timeline: Timeline, detection: Detection, timeout: float, alerts: list[str] | None) -> None:
+    """The run in a few lines; `alerts` are the firing Prometheus alerts (None: Prometheus not running)."""
     say = timeline.say
     say("")
     say("summary")
@@ -224,6 +228,8 @@ def print_summary(timeline: Timeline, detection: Detection, timeout: float) -> N
             f"  time to detect     {f'{ttd:.1f} s' if ttd is not None else f'not within {timeout:g} s'} ({budget})"
         )
     say(f"  innocent blamed    {', '.join(detection.innocent_blamed) or 'none'}")
+    if alerts is not None:
+        say(f"  alerts firing      {', '.join(alerts) or 'none'}")
     if detection.innocent_suspects:
         say(f"  innocent suspects  {', '.join(detection.innocent_suspects)} (never acted on)")
     say(f"  result             {'PASS' if detection.passed else 'FAIL'}")
