@@ -36,6 +36,7 @@ from controller.demo.services import (
     start_prometheus,
     wait_ready,
 )
+from controller.demo.stale import sweep_stale_runs
 from controller.demo.timeline import Timeline
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,9 @@ class DemoRun:
         options = self.options
         for note in check_prerequisites(options):
             self.timeline.say(f"note: {note}")
+        if options.use_namespaces:
+            for prefix in sweep_stale_runs():
+                self.timeline.say(f"note: removed what the killed demo run {prefix} left behind")
         self.cluster = Cluster(options.nodes, self.work_dir, options.use_namespaces)
         self.cluster.build()
         cluster = self.cluster
