@@ -13,6 +13,7 @@ import sys
 import time
 from types import FrameType
 
+from controller.demo.cluster import ClusterError
 from controller.demo.faults import FAULTS, Fault, FaultError
 from controller.demo.scenario import DemoOptions, DemoRun, Detection, PrerequisiteError
 from controller.demo.timeline import Timeline
@@ -185,6 +186,12 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nlockstep demo: interrupted; everything it started has been removed", file=sys.stderr)
         return 130
+    except ClusterError as error:
+        print(
+            f"lockstep demo: could not build the cluster: {error}\n(without network namespaces: --localhost)",
+            file=sys.stderr,
+        )
+        return 1
     except (RuntimeError, TimeoutError, OSError) as error:
         print(f"lockstep demo: failed: {error}", file=sys.stderr)
         return 1
