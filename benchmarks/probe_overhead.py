@@ -73,8 +73,12 @@ def main() -> int:
         without, with_probe = [], []
         try:
             for pair in range(args.pairs):
-                without.append(run_job(base, args))
-                with_probe.append(run_job({**base, "LOCKSTEP_PROBE": "1"}, args))
+                if pair % 2:  # ABBA order: drifting machine load favours neither side
+                    with_probe.append(run_job({**base, "LOCKSTEP_PROBE": "1"}, args))
+                    without.append(run_job(base, args))
+                else:
+                    without.append(run_job(base, args))
+                    with_probe.append(run_job({**base, "LOCKSTEP_PROBE": "1"}, args))
                 print(f"pair {pair + 1}: median step without {without[-1][0] * 1e3:.3f} ms, with {with_probe[-1][0] * 1e3:.3f} ms, "
                       f"ratio {with_probe[-1][0] / without[-1][0]:.4f}", flush=True)  # fmt: skip
             records = collector.state.accepted

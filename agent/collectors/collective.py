@@ -77,6 +77,7 @@ class CollectiveState:
         """Apply every record of one datagram; count each bad one under its reason."""
         data = datagram.data
         size = wire.RECORD_BYTES
+        now = self.clock()
         with self.lock:
             if datagram.truncated or len(data) % size or not data:
                 self.invalid["truncated"] += 1  # the torn tail; whole records before it still count
@@ -86,14 +87,13 @@ class CollectiveState:
                 except wire.DecodeError as exc:
                     self.invalid[exc.reason] += 1
                     continue
-                reason = self._apply(record, datagram.pid)
+                reason = self._apply(record, datagram.pid, now)
                 if reason is None:
                     self.accepted += 1
                 else:
                     self.invalid[reason] += 1
 
-    def _apply(self, record: wire.Record, pid: int | None) -> str | None:
-        now = self.clock()
+    def _apply(self, record: wire.Record, pid: int | None, now: float) -> str | None:
         if abs(record.issued_at - now) > self.settings.max_clock_skew_seconds:
             return "out_of_window"
         reason, changed_hands = self.trust.admit(record.job, record.rank, pid)
