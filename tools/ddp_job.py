@@ -99,6 +99,7 @@ def train(args: argparse.Namespace) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     if args.pid_dir:
+        Path(args.pid_dir).mkdir(parents=True, exist_ok=True)
         Path(args.pid_dir, f"rank{rank}.pid").write_text(str(os.getpid()))
     torch.manual_seed(args.seed)
     model = DistributedDataParallel(build_model(args), bucket_cap_mb=args.bucket_mb)
