@@ -41,7 +41,7 @@ def _repeats(acf: np.ndarray, lag: int, best_lag: int, threshold: float) -> bool
     multiples up to the best peak (within a sample of jitter). A sub-structure of a step, such as two bursts
     less than a step apart, is high at its own lag but not at its multiples."""
     period = _refine(acf, lag)
-    for k in range(1, int((best_lag + 1) / period) + 1):
+    for k in range(1, int((best_lag + 0.5) / period) + 1):
         multiple = int(round(k * period))
         if acf[max(0, multiple - 1) : multiple + 2].max() < threshold:
             return False
@@ -83,7 +83,7 @@ def estimate(rates: np.ndarray, interval_seconds: float, min_mean_bytes_per_seco
         return TrafficPattern(None, 0.0, burst, mean)
     best_lag = max(peaks, key=lambda lag: biased[lag])
     threshold = HARMONIC_SHARE * biased[best_lag]
-    lag = next(lag for lag in peaks if _repeats(biased, lag, best_lag, threshold))  # best_lag always passes
+    lag = next((lag for lag in peaks if _repeats(biased, lag, best_lag, threshold)), best_lag)
     regularity = float(np.clip(acf[lag], 0.0, 1.0))
     if regularity < MIN_REGULARITY:
         return TrafficPattern(None, regularity, burst, mean)

@@ -138,3 +138,12 @@ def test_period_and_bursts_of_a_gloo_job_across_namespaces_are_seen_on_the_nics(
         assert pattern.mean_bytes_per_second > 1e6  # the gradients (17 MB a step) really crossed this link
     periods = {s.labels["interface"]: s.value for s in metrics["lockstep_traffic_period_seconds"].samples}
     assert set(periods) == set(host_ends)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_estimator_never_fails_on_random_traffic(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rates = rng.choice([0.0, 1e6, 1e9], size=int(rng.integers(3, 700)), p=[0.5, 0.3, 0.2])
+    pattern = estimate(rates, 0.05, 1e5)
+    assert pattern.period_seconds is None or 0.1 <= pattern.period_seconds <= len(rates) * 0.05 / 3
+    assert 0.0 <= pattern.regularity <= 1.0
