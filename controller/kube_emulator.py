@@ -4,7 +4,10 @@ An HTTP server the official `kubernetes` client talks to, as `lockstep-controlle
 (+status), pods (+status, eviction), events, configmaps and coordination.k8s.io Leases, with resourceVersion and
 uid, 409 Conflict on stale writes, JSON / merge / strategic-merge patch, label and field selectors, list + watch
 (chunked stream) and Status objects for errors. It records every request (verb, resource, subresource, namespace)
-and injects faults (next N matching requests fail with a code, hang, or meet a concurrent writer).
+and injects faults (next N matching requests fail with a code, hang, or meet a concurrent writer), in process
+or over HTTP (`POST /_emulator/faults`, `GET /_emulator/requests`).
+Simplifications: no authentication or admission; objects keep the status they are created with (there is no
+kubelet to fill in a pod's phase and IP); resourceVersion history for watches holds the last 10,000 changes.
 
 Run: `python -m controller.kube_emulator --listen 127.0.0.1:0 --kubeconfig-out FILE` (prints the kubeconfig path).
 """
@@ -18,6 +21,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -380,7 +384,8 @@ class Store:
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str, str, str], Obj] = {}
         self._revision = 0
-        self.changes: list[tuple[int, str, Kind, Obj]] = []  # (rv, ADDED|MODIFIED|DELETED, kind, object)
+        # (rv, ADDED|MODIFIED|DELETED, kind, object, the object before the change or None)
+        self.changes: list[tuple[int, str, Kind, Obj, Obj | None]] = []
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -452,7 +457,7 @@ class Store:
                           {**current, "metadata": {**current["metadata"], "resourceVersion": None}})
             if comparable[0] == comparable[1]:
                 return current  # a no-op write does not bump resourceVersion
-            return self._commit(kind, (kind.group, kind.resource, namespace, name), merged, "MODIFIED")
+            return self._commit(kind, (kind.group, kind.resource, namespace, name), merged, "MODIFIED", current)
 
     def delete(self, kind: Kind, namespace: str, name: str) -> Obj:
         with self._lock:
@@ -460,18 +465,20 @@ class Store:
             del self._objects[(kind.group, kind.resource, namespace, name)]
             self._revision += 1
             obj["metadata"]["resourceVersion"] = str(self._revision)
-            self._record_change("DELETED", kind, obj)
+            self._record_change("DELETED", kind, obj, obj)
             return obj
 
-    def _commit(self, kind: Kind, key: tuple[str, str, str, str], obj: Obj, change: str) -> Obj:
+    def _commit(
+        self, kind: Kind, key: tuple[str, str, str, str], obj: Obj, change: str, before: Obj | None = None
+    ) -> Obj:
         self._revision += 1
         obj["metadata"]["resourceVersion"] = str(self._revision)
         self._objects[key] = copy.deepcopy(obj)
-        self._record_change(change, kind, obj)
+        self._record_change(change, kind, obj, before)
         return copy.deepcopy(obj)
 
-    def _record_change(self, change: str, kind: Kind, obj: Obj) -> None:
-        self.changes.append((self._revision, change, kind, copy.deepcopy(obj)))
+    def _record_change(self, change: str, kind: Kind, obj: Obj, before: Obj | None) -> None:
+        self.changes.append((self._revision, change, kind, copy.deepcopy(obj), before))
         del self.changes[:-10_000]
         for loop, event in self._waiters:
             loop.call_soon_threadsafe(event.set)
@@ -480,7 +487,7 @@ class Store:
     def _details(kind: Kind, name: str) -> Obj:
         return {"name": name, "group": kind.group, "kind": kind.resource}
 
-    def changes_after(self, revision: int) -> builtins.list[tuple[int, str, Kind, Obj]]:
+    def changes_after(self, revision: int) -> builtins.list[tuple[int, str, Kind, Obj, Obj | None]]:
         with self._lock:
             if self.changes and revision < self.changes[0][0] - 1:
                 raise ApiError(410, "Expired", f"too old resource version: {revision} ({self.changes[0][0] - 1})")
@@ -576,10 +583,16 @@ class Emulator:
         return self.store.list(KINDS[(group, resource)], namespace)[0]
 
     def change(
-        self, resource: str, name: str, change: Callable[[Obj], Obj], namespace: str = "", group: str = ""
+        self,
+        resource: str,
+        name: str,
+        change: Callable[[Obj], Obj],
+        namespace: str = "",
+        group: str = "",
+        subresource: str = "",
     ) -> Obj:
         """Another writer: change a stored object as another client would (bumps resourceVersion)."""
-        return self.store.update(KINDS[(group, resource)], namespace, name, change)
+        return self.store.update(KINDS[(group, resource)], namespace, name, change, subresource)
 
     def patch_node(self, name: str, change: Callable[[Obj], Obj]) -> Obj:
         return self.change("nodes", name, change)
@@ -603,8 +616,11 @@ class Emulator:
         }
 
     def write_kubeconfig(self, path: str) -> str:
-        with open(path, "w") as handle:
+        """Written whole or not at all (temp file + rename): a reader polling for the file never sees half of it."""
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as handle:
             yaml.safe_dump(self.kubeconfig(), handle)
+        os.replace(temporary, path)
         return path
 
     # --- serving -------------------------------------------------------------------------------------------
@@ -612,6 +628,7 @@ class Emulator:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_get("/version", self._version)
         app.router.add_get("/_emulator/requests", self._requests)
+        app.router.add_post("/_emulator/faults", self._add_fault)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
 
@@ -654,6 +671,16 @@ class Emulator:
 
     async def _requests(self, request: web.Request) -> web.Response:
         return web.json_response([r.__dict__ for r in self.store.requests])
+
+    async def _add_fault(self, request: web.Request) -> web.Response:
+        """Fault injection for an emulator in another process: POST a JSON Fault (without `before`)."""
+        try:
+            body = await request.json()
+            fault = Fault(**{k: v for k, v in body.items() if k != "before"})
+        except (json.JSONDecodeError, TypeError) as error:
+            return web.json_response(ApiError(400, "BadRequest", str(error)).status(), status=400)
+        self.inject(fault)
+        return web.json_response({"injected": body}, status=201)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -736,13 +763,16 @@ class Emulator:
                 await response.write(json.dumps({"type": change, "object": obj}).encode() + b"\n")
             while time.monotonic() < deadline:
                 event.clear()
-                for rv, change, changed_kind, obj in self.store.changes_after(revision):
+                for rv, change, changed_kind, obj, before in self.store.changes_after(revision):
                     revision = rv
-                    meta = obj["metadata"]
-                    if changed_kind != kind or (namespace and meta.get("namespace") != namespace):
+                    if changed_kind != kind or (namespace and obj["metadata"].get("namespace") != namespace):
                         continue
-                    if labels(meta.get("labels") or {}) and fields(obj):
-                        await response.write(json.dumps({"type": change, "object": obj}).encode() + b"\n")
+                    # With selectors, an object that starts or stops matching is ADDED or DELETED for this watch.
+                    now = change != "DELETED" and labels(obj["metadata"].get("labels") or {}) and fields(obj)
+                    was = before is not None and labels(before["metadata"].get("labels") or {}) and fields(before)
+                    seen = {(True, True): "MODIFIED", (True, False): "ADDED", (False, True): "DELETED"}.get((now, was))
+                    if seen is not None:
+                        await response.write(json.dumps({"type": seen, "object": obj}).encode() + b"\n")
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(event.wait(), max(0.0, min(1.0, deadline - time.monotonic())))
         except (ConnectionResetError, asyncio.CancelledError):

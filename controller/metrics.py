@@ -60,6 +60,7 @@ class ControllerCollector(Collector):
         cycles = CounterMetricFamily("lockstep_controller_cycles", "Controller cycles, by outcome", labels=["outcome"])
         cycles.add_metric(["ok"], float(counters.cycles))
         cycles.add_metric(["failed"], float(counters.cycle_failures))
+        cycles.add_metric(["cluster_unreadable"], float(counters.discovery_failures))
         yield cycles
 
         last = GaugeMetricFamily("lockstep_controller_last_cycle_timestamp_seconds", "Unix time the last cycle ended")

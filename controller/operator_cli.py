@@ -96,6 +96,7 @@ def run_status(args: argparse.Namespace) -> int:
     flags += ["DRY-RUN"] if nodes.get("dry_run") else []
     flags += ["leader" if nodes.get("leader") else "standby (not the leader)"]
     flags += [f"CIRCUIT BREAKER OPEN: {breaker.get('reason', '')}"] if breaker.get("open") else ["breaker closed"]
+    flags += [f"WARNING {nodes['error']}"] if nodes.get("error") else []
     print("controller: " + "; ".join(flags))
     rows = []
     for node in nodes.get("nodes") or []:
@@ -171,14 +172,17 @@ def explain(node: dict[str, Any]) -> str:
             f"{number}. {finding.get('reason', '?')}{where}: {severity}; detector {finding.get('detector', '?')}, "
             f"confidence {finding.get('confidence', 0):.2f}, observed {_when(finding.get('observed_at'))}"
         )
+        evidence = dict(finding.get("evidence") or {})
         if finding.get("summary"):
-            lines.append(f"   Signal: {finding['summary']}")
-        peers = [n for n in finding.get("nodes") or [] if n != node["node"]]
+            lines.append(f"   What was seen: {finding['summary']}")
+        if evidence.get("signal"):
+            lines.append(f"   Signal: {evidence.pop('signal')}")
+        peers = evidence.pop("peers", None) or [n for n in finding.get("nodes") or [] if n != node["node"]]
         if peers:
-            lines.append(f"   Peers compared: {', '.join(peers)}")
-        details = _flatten(finding.get("evidence") or {})
+            lines.append(f"   Peers compared: {', '.join(map(str, peers))}")
+        details = _flatten(evidence)
         if details:
-            lines.append("   Evidence (signals and windows):")
+            lines.append("   Windows and figures:")
             lines += [f"     {key}: {value}" for key, value in details]
     return "\n".join(lines)
 

@@ -87,8 +87,13 @@ def build_app(loop: ControllerLoop) -> web.Application:
                 "completed_at": snapshot.completed_at,
                 "dry_run": loop.settings.dry_run,
                 "leader": loop.leader is None or loop.leader.is_leader(),
+                "error": loop.snapshot.error,
                 "breaker": to_plain(snapshot.breaker),
                 "nodes": node_reports(loop),
+                "agents": [
+                    {"url": url, "node": health.node, "error": health.last_error}
+                    for url, health in sorted(loop.fetcher.health.items())
+                ],
             }
         )
 

@@ -88,7 +88,7 @@ class DetectionConfig:
     # --- hysteresis and freshness -----------------------------------------------------------------------
     suspect_windows: int = 3
     """Fresh evidence windows in a row with a statistical finding before the node is 'suspect'."""
-    faulty_windows: int = 5
+    faulty_windows: int = 4
     """... and before it is 'faulty' (one noisy window, even two, never makes a verdict)."""
     faulty_min_seconds: float = 15.0
     """... spanning at least this long, so fast cycles (1 s) do not shorten the persistence in time."""
@@ -99,7 +99,8 @@ class DetectionConfig:
     restart_grace_seconds: float = 30.0
     """After a job restarts or rescales, compare its ranks only after this long: warm-up is uneven."""
     idle_after_step_multiple: float = 3.0
-    """No rank issued a collective for this many step periods: the job is idle (checkpoint, evaluation)."""
+    """No rank issued a collective for this many step periods (and at least `hang_min_seconds`): the job is
+    idle (checkpoint, evaluation)."""
 
     confidence_floor: float = 0.5
     """Confidence of a statistical finding that just passes its thresholds; stronger evidence scores higher."""

@@ -9,9 +9,11 @@ between: hard faults per node, then per job: restart check, hang, straggler, slo
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent.evidence import Evidence
 from controller.detect.config import DetectionConfig
@@ -19,8 +21,8 @@ from controller.detect.fabric import regroup_fabric
 from controller.detect.hang import find_hang
 from controller.detect.hard import hard_findings
 from controller.detect.link import LinkFigures, find_slow_links, link_figures
-from controller.detect.ranks import JobKey, RankGroup, attach_samples, estimate_step_period, group_ranks
-from controller.detect.straggler import StragglerReport, find_stragglers
+from controller.detect.ranks import JobKey, RankGroup, estimate_step_period, group_ranks
+from controller.detect.straggler import StragglerReport, find_stragglers_many
 from controller.detect.verdicts import VerdictKeeper
 from controller.model import Finding, JobState, JobView, NodeVerdict, RankView, Severity
 
@@ -36,8 +38,7 @@ class DetectionResult:
     jobs: tuple[JobView, ...]
 
 
-@dataclass
-class _RankMemory:
+class _RankMemory(NamedTuple):
     pid: int
     world_size: int
     last_seq: int
@@ -70,6 +71,22 @@ class DetectionEngine:
         topology: Mapping[str, str] | None = None,
     ) -> DetectionResult:
         """Run one detection cycle. `now` is the controller's clock (Unix s); `topology` maps node -> switch/rack."""
+        # Millions of evidence objects are alive during a cycle; a full garbage collection triggered by the
+        # cycle's own small allocations would cost more than the cycle. Nothing here makes reference cycles.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._step(evidence, now, topology)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _step(
+        self,
+        evidence: Mapping[str, Evidence | None],
+        now: float,
+        topology: Mapping[str, str] | None,
+    ) -> DetectionResult:
         usable, fresh = self._usable(evidence, now)
         findings: list[Finding] = []
         for document in usable.values():
@@ -138,10 +155,9 @@ class DetectionEngine:
                     to_compare.extend((group, steps[name]) for name, group in groups.items())
             plans.append((key, groups, state, steps))
 
-        attach_samples((group for group, _ in to_compare), config.samples_per_rank)
         reports: dict[tuple[JobKey, str], StragglerReport] = {
-            (group.job, group.process_group): find_stragglers(group, step, config)
-            for group, step in to_compare
+            (group.job, group.process_group): report
+            for (group, _), report in zip(to_compare, find_stragglers_many(to_compare, config), strict=True)
         }
         for report in reports.values():
             findings.extend(report.findings)
@@ -165,7 +181,7 @@ class DetectionEngine:
                     else (1 - config.baseline_alpha) * base + config.baseline_alpha * step
                 )
             nodes = sorted({e.node for g in groups.values() for e in g.entries})
-            if state is not JobState.RESTARTING and len(nodes) > 1:
+            if len(nodes) > 1:  # NIC counters do not depend on the job's warm-up: compared at once
                 for node in nodes:
                     if node not in figures:
                         figures[node] = link_figures(usable[node], config)
@@ -234,15 +250,14 @@ class DetectionEngine:
         return gone
 
     def _idle(self, groups: Mapping[str, RankGroup], steps: Mapping[str, float | None]) -> bool:
-        """No rank of any group has issued a collective for several step periods, and none is waiting."""
+        """No rank of any group issued a collective for several step periods (at least `hang_min_seconds`),
+        and none is waiting in one: a pause of the whole job (checkpoint, evaluation), not a fault."""
         for name, group in groups.items():
-            step = steps[name]
-            if not step:
-                return False
+            quiet = max(
+                self.config.idle_after_step_multiple * (steps[name] or 0.0), self.config.hang_min_seconds
+            )
             for e in group.entries:
-                if e.rank.pending_seq is not None:
-                    return False
-                if e.collected_at - e.rank.last_progress_at < self.config.idle_after_step_multiple * step:
+                if e.rank.pending_seq is not None or e.collected_at - e.rank.last_progress_at < quiet:
                     return False
         return True
 

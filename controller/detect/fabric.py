@@ -1,9 +1,9 @@
 """Fabric: when the blame lands on a link between nodes or on many nodes behind one switch, it is the fabric.
 
 Runs after the per-node detectors. Two rules turn node findings into one `Severity.FABRIC` finding (an alert
-for people, never a cordon): (1) two or more nodes of one job with a slow link — the fault sits on the path
-between them; (2) at least `fabric_min_nodes` nodes behind one switch/rack label, and `fabric_min_share` of
-that label's reporting nodes, with network-type or straggler findings in the same cycle.
+for people, never a cordon): (1) at least `fabric_min_nodes` nodes behind one switch/rack label, and
+`fabric_min_share` of that label's reporting nodes, with network-type or straggler findings in the same
+cycle; (2) two or more nodes of one job with a slow link — the fault sits on the path between them.
 """
 
 from __future__ import annotations
@@ -30,24 +30,13 @@ def regroup_fabric(
     fabric: list[Finding] = []
     absorbed: set[int] = set()
 
-    slow_by_job: dict[str, list[int]] = {}
-    for i, f in enumerate(findings):
-        if f.reason == "SlowLink" and f.job is not None:
-            slow_by_job.setdefault(f.job, []).append(i)
-    for job, indices in sorted(slow_by_job.items()):
-        if len({findings[i].node for i in indices}) >= 2:
-            absorbed.update(indices)
-            fabric.append(
-                _fabric_finding("FabricLink", f"job {job}", [findings[i] for i in indices], job=job)
-            )
-
     label_nodes: dict[str, set[str]] = {}
     for node in reporting_nodes:
         if node in topology:
             label_nodes.setdefault(topology[node], set()).add(node)
     by_label: dict[str, list[int]] = {}
     for i, f in enumerate(findings):
-        if i not in absorbed and f.reason in SWITCH_PRONE_REASONS and f.node in topology:
+        if f.reason in SWITCH_PRONE_REASONS and f.node in topology:
             by_label.setdefault(topology[f.node], []).append(i)
     for label, indices in sorted(by_label.items()):
         suspects = {findings[i].node for i in indices}
@@ -59,6 +48,17 @@ def regroup_fabric(
                 _fabric_finding(
                     "SwitchFault", f"switch/rack {label}", [findings[i] for i in indices], label=label
                 )
+            )
+
+    slow_by_job: dict[str, list[int]] = {}
+    for i, f in enumerate(findings):
+        if f.reason == "SlowLink" and f.job is not None and i not in absorbed:
+            slow_by_job.setdefault(f.job, []).append(i)
+    for job, indices in sorted(slow_by_job.items()):
+        if len({findings[i].node for i in indices}) >= 2:
+            absorbed.update(indices)
+            fabric.append(
+                _fabric_finding("FabricLink", f"job {job}", [findings[i] for i in indices], job=job)
             )
 
     return [f for i, f in enumerate(findings) if i not in absorbed] + fabric

@@ -1,20 +1,17 @@
 """Ranks of every job, gathered from all nodes' evidence and lined up as arrays for the detectors.
 
 A rank group is one process group of one job: the unit inside which collectives are numbered and where every
-rank must take part in every collective. Sample arrays are pulled out of the evidence for all groups in one
-pass (numpy `fromiter` over attribute getters), because at 80,000 ranks a per-rank loop is the cost.
+rank must take part in every collective. (align.py lines their samples up for the straggler statistics.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from itertools import chain
-from operator import attrgetter
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
-from agent.evidence import Evidence, RankEvidence
+from agent.evidence import CollectiveSample, Evidence, RankEvidence
 
 JobKey = tuple[str, str]
 """(namespace, job name): two namespaces may run jobs of the same name."""
@@ -36,11 +33,6 @@ class RankGroup:
     job: JobKey
     process_group: str
     entries: list[RankEntry]
-    # Filled by `attach_samples`: the most recent samples of every entry, flattened, with `offsets` into them.
-    seq: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    arrival: np.ndarray = field(default_factory=lambda: np.empty(0))
-    wait: np.ndarray = field(default_factory=lambda: np.empty(0))
-    offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -48,63 +40,42 @@ class RankGroup:
 
 
 def group_ranks(evidence: Mapping[str, Evidence]) -> dict[JobKey, dict[str, RankGroup]]:
-    """Job -> process group -> group of ranks. A rank reported twice (a pod moved) keeps the newest report."""
-    latest: dict[tuple[JobKey, str, int], RankEntry] = {}
+    """Job -> process group -> group of ranks in rank order. A rank reported twice (a pod moved) keeps the
+    newest report."""
+    ranks: dict[JobKey, dict[str, dict[int, RankEntry]]] = {}
     for node, document in evidence.items():
         for rank in document.ranks:
-            key = ((rank.namespace, rank.job), rank.process_group, rank.rank)
-            known = latest.get(key)
+            group = ranks.setdefault((rank.namespace, rank.job), {}).setdefault(rank.process_group, {})
+            known = group.get(rank.rank)
             if known is None or document.collected_at > known.collected_at:
-                latest[key] = RankEntry(node, rank, document.collected_at)
-    jobs: dict[JobKey, dict[str, RankGroup]] = {}
-    for (job, group_name, _), entry in sorted(latest.items(), key=lambda item: item[0]):
-        groups = jobs.setdefault(job, {})
-        group = groups.get(group_name)
-        if group is None:
-            groups[group_name] = RankGroup(job, group_name, [entry])
-        else:
-            group.entries.append(entry)
-    return jobs
-
-
-def attach_samples(groups: Iterable[RankGroup], samples_per_rank: int) -> None:
-    """Fill every group's sample arrays with each rank's last `samples_per_rank` collectives (one numpy pass)."""
-    groups = list(groups)
-    tails = [entry.rank.samples[-samples_per_rank:] for group in groups for entry in group.entries]
-    flat = list(chain.from_iterable(tails))
-    count = len(flat)
-    seq = np.fromiter(map(attrgetter("seq"), flat), np.int64, count)
-    arrival = np.fromiter(map(attrgetter("arrival"), flat), np.float64, count)
-    wait = np.array(list(map(attrgetter("wait_seconds"), flat)), dtype=np.float64)  # None -> nan
-    lengths = np.fromiter(map(len, tails), np.int64, len(tails))
-    bounds = np.concatenate(([0], np.cumsum(lengths)))
-    position = 0
-    for group in groups:
-        ranks = len(group.entries)
-        group_bounds = bounds[position : position + ranks + 1]
-        start, stop = int(group_bounds[0]), int(group_bounds[-1])
-        group.seq, group.arrival, group.wait = seq[start:stop], arrival[start:stop], wait[start:stop]
-        group.offsets = group_bounds - start
-        position += ranks
+                group[rank.rank] = RankEntry(node, rank, document.collected_at)
+    return {
+        job: {
+            name: RankGroup(job, name, [entries[r] for r in sorted(entries)])
+            for name, entries in sorted(groups.items())
+        }
+        for job, groups in ranks.items()
+    }
 
 
 def estimate_step_period(group: RankGroup) -> float | None:
-    """The group's step period (s): the ranks' own estimate where the agent gives one, else from samples.
-
-    From samples: the median time between successive collectives of the same (op, bytes) signature is one
-    step when each signature occurs once per step (DDP buckets); the longest such period is the step.
-    """
+    """The group's step period (s): the agents' own estimate, but never below the mean time between two
+    collectives of a rank (a step holds at least one collective). The agent finds the step as the repeat of
+    the (op, bytes) pattern, which collapses to one bucket when every bucket has the same size; the floor
+    catches that (it is then a lower bound: thresholds relative to the step get stricter, never looser in
+    time for hangs, which are clamped to at least `hang_min_seconds`)."""
+    floors = [gap for entry in group.entries[:3] if (gap := _mean_gap(entry.rank.samples)) is not None]
     reported = [e.rank.step_period_seconds for e in group.entries if e.rank.step_period_seconds]
-    if reported:
-        return float(np.median(reported))
-    best: float | None = None
-    for entry in group.entries[:3]:
-        by_signature: dict[tuple[str, int], list[float]] = {}
-        for sample in entry.rank.samples:
-            by_signature.setdefault((sample.op, sample.bytes), []).append(sample.arrival)
-        for arrivals in by_signature.values():
-            if len(arrivals) >= 3:
-                period = float(np.median(np.diff(np.sort(arrivals))))
-                if period > 0 and (best is None or period > best):
-                    best = period
-    return best
+    floor = float(np.median(floors)) if floors else None
+    step = float(np.median(reported)) if reported else None
+    if step is None or (floor is not None and floor > step):
+        return floor
+    return step
+
+
+def _mean_gap(samples: list[CollectiveSample], min_samples: int = 4) -> float | None:
+    """Mean time between successive collectives of one rank (s)."""
+    if len(samples) < min_samples:
+        return None
+    span = samples[-1].arrival - samples[0].arrival
+    return span / (len(samples) - 1) if span > 0 else None

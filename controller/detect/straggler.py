@@ -12,17 +12,21 @@ peers. Input: a `RankGroup` with samples attached; output: findings per culprit 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from controller.detect.align import Stack, align
 from controller.detect.config import DetectionConfig
-from controller.detect.ranks import RankGroup
+from controller.detect.ranks import RankEntry, RankGroup
 from controller.model import Finding, Severity
 
 DETECTOR = "straggler"
 MAD_TO_SIGMA = 1.4826  # robust standard deviation from the median absolute deviation (normal data)
 MEDIAN_STANDARD_ERROR = 1.2533  # standard error of a median is ~1.25 sigma / sqrt(n)
+LEAVE_ONE_OUT_BELOW_RANKS = 8  # from 8 ranks on, leaving the rank itself out of the median changes ~nothing
+JITTER_RANKS = 16  # ranks sampled per group to estimate its per-collective jitter
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,17 @@ class StragglerReport:
 
 
 def leave_one_out_median(values: np.ndarray) -> np.ndarray:
-    """For a (ranks x collectives) matrix, each element's column median over the other ranks."""
-    ranks = values.shape[0]
-    order = np.argsort(values, axis=0, kind="stable")
-    ordered = np.take_along_axis(values, order, axis=0)
+    """For a (..., ranks, collectives) array, each element's median over the other ranks (same collective)."""
+    ranks = values.shape[-2]
+    order = np.argsort(values, axis=-2, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=-2)
     position = np.empty_like(order)
-    np.put_along_axis(position, order, np.arange(ranks)[:, None].repeat(values.shape[1], axis=1), axis=0)
+    np.put_along_axis(position, order, np.broadcast_to(np.arange(ranks)[:, None], order.shape), axis=-2)
 
     def kth_of_others(k: int) -> np.ndarray:
         # The k-th smallest of the column without this element: skip over the element's own position.
-        return np.where(position > k, ordered[k], ordered[min(k + 1, ranks - 1)])
+        above = min(k + 1, ranks - 1)
+        return np.where(position > k, ordered[..., k : k + 1, :], ordered[..., above : above + 1, :])
 
     others = ranks - 1
     if others % 2 == 1:
@@ -58,45 +63,31 @@ def leave_one_out_median(values: np.ndarray) -> np.ndarray:
     return 0.5 * (kth_of_others(others // 2 - 1) + kth_of_others(others // 2))
 
 
-def _aligned(
-    group: RankGroup, config: DetectionConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None:
-    """Rows (ranks) x columns (collectives seen by all of them): arrivals, waits, row indices, seq range."""
-    lengths = np.diff(group.offsets)
-    usable = np.flatnonzero(lengths >= config.min_collectives)
-    if len(usable) < 2:
-        return None
-    last_seq = group.seq[group.offsets[usable + 1] - 1]
-    window = config.samples_per_rank
-    # A rank far behind the others is a hang suspect, not a straggler: leave it to the hang detector.
-    keep = usable[last_seq >= np.median(last_seq) - window]
-    if len(keep) < 2:
-        return None
-    hi = int(group.seq[group.offsets[keep + 1] - 1].min())
-    lo = hi - window + 1
-    row_of = np.repeat(np.arange(len(lengths)), lengths)
-    row_index = np.full(len(lengths), -1)
-    row_index[keep] = np.arange(len(keep))
-    mask = (row_index[row_of] >= 0) & (group.seq >= lo) & (group.seq <= hi)
-    arrival = np.full((len(keep), window), np.nan)
-    wait = np.full((len(keep), window), np.nan)
-    rows, cols = row_index[row_of[mask]], group.seq[mask] - lo
-    arrival[rows, cols] = group.arrival[mask]
-    wait[rows, cols] = group.wait[mask]
-    complete = ~np.isnan(arrival).any(axis=0)
-    if complete.sum() < config.min_collectives:
-        return None
-    return arrival[:, complete], wait[:, complete], keep, lo, hi
+def peer_median(values: np.ndarray) -> np.ndarray:
+    """Reference of each rank on a (..., ranks, collectives) array: the median of the other ranks where there
+    are few (two ranks still have a reference), the median of all where one more makes no difference."""
+    if values.shape[-2] < LEAVE_ONE_OUT_BELOW_RANKS:
+        return leave_one_out_median(values)
+    return np.median(values, axis=-2, keepdims=True)
+
+
+def jitter_of(deviation: np.ndarray) -> np.ndarray:
+    """Per group of a (G, R, C) array: robust per-collective spread (1.4826 x the ranks' median absolute
+    deviation, from up to `JITTER_RANKS` ranks: the noise is the group's, more ranks only cost time)."""
+    sample = deviation[:, :JITTER_RANKS, :]
+    spread = np.median(np.abs(sample - np.median(sample, axis=-1, keepdims=True)), axis=-1)
+    return MAD_TO_SIGMA * np.median(spread, axis=-1, keepdims=True)
 
 
 def _late_beyond_noise(
-    deviation: np.ndarray, threshold: float, config: DetectionConfig
-) -> tuple[np.ndarray, ...]:
-    """Per row: median deviation, whether it is late beyond threshold and jitter, and how consistently."""
-    median = np.median(deviation, axis=1)
-    jitter = MAD_TO_SIGMA * float(np.median(np.median(np.abs(deviation - median[:, None]), axis=1)))
-    standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(deviation.shape[1])
-    consistency = (deviation > threshold / 2).mean(axis=1)
+    deviation: np.ndarray, threshold: np.ndarray, jitter: np.ndarray, config: DetectionConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (group, row) of a (G, R, C) array: median deviation, whether it exceeds the threshold and the
+    median's standard error under the group's jitter, and on what share of the collectives it is over half
+    the threshold."""
+    median = np.median(deviation, axis=-1)
+    standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(deviation.shape[-1])
+    consistency = (deviation > threshold[..., None] / 2).mean(axis=-1)
     late = (
         (median >= threshold)
         & (median > config.straggler_noise_multiple * standard_error)
@@ -105,133 +96,195 @@ def _late_beyond_noise(
     return median, late, consistency
 
 
-def find_stragglers(group: RankGroup, step_period: float | None, config: DetectionConfig) -> StragglerReport:
-    """Culprit nodes of one process group, from arrivals and waits of the collectives its ranks share.
-
-    Judged per rank (one slow GPU) and per node, pooling the node's ranks (a slow host makes all of its ranks
-    late together, and pooling eight ranks cuts the jitter of the median by ~3x).
-    """
-    report = StragglerReport()
-    if step_period is None or step_period <= 0 or len(group.entries) < 2:
-        return report
-    threshold = max(
-        config.straggler_lateness_floor_seconds, config.straggler_lateness_step_ratio * step_period
-    )
-    aligned = _aligned(group, config)
-    if aligned is None:
-        return _from_summaries(group, threshold, config)
-    arrival, wait, rows, lo, hi = aligned
-    lateness = arrival - leave_one_out_median(arrival)
-    waits_known = not np.isnan(wait).any()
-    deficit = leave_one_out_median(wait) - wait if waits_known else None  # how much less each rank waited
-    gaps_ok = _computes_longer(group, rows, config)
-    verdict = _judge(lateness, deficit, gaps_ok, threshold, config)
-    wait_median = np.median(wait, axis=1) if waits_known else np.full(len(rows), np.nan)
-    for i, row in enumerate(rows):
-        rank = group.entries[row].rank.rank
-        report.lateness_seconds[rank] = float(verdict.lateness[i])
-        if waits_known:
-            report.wait_seconds[rank] = float(wait_median[i])
-    culprits = [
-        _Culprit(
-            group.entries[row].node,
-            verdict.strength(i),
-            (group.entries[row].rank.rank,),
-            {"rank": group.entries[row].rank.rank, **verdict.detail(i)},
-        )
-        for i, row in enumerate(rows)
-        if verdict.late[i]
-    ]
-    node_of_row = np.array([group.entries[row].node for row in rows])
-    pooled = _pool_by_node(node_of_row, lateness, deficit)
-    if pooled is not None:
-        nodes, pooled_lateness, pooled_deficit = pooled
-        node_verdict = _judge(pooled_lateness, pooled_deficit, None, threshold, config)
-        for i, node in enumerate(nodes):
-            if node_verdict.late[i]:
-                ranks = tuple(group.entries[row].rank.rank for row in rows[node_of_row == node])
-                detail = {"ranks": list(ranks), "pooled": True, **node_verdict.detail(i)}
-                culprits.append(_Culprit(str(node), node_verdict.strength(i), ranks, detail))
-    report.findings = _node_findings(
-        group,
-        culprits,
-        threshold,
-        step_period,
-        config,
-        {
-            "collectives": [lo, hi],
-            "compared_collectives": int(arrival.shape[1]),
-            "peer_wait_seconds": float(np.median(wait_median)) if waits_known else None,
-        },
-    )
-    return report
-
-
 @dataclass(frozen=True)
 class _Judgement:
-    lateness: np.ndarray  # per row, median lateness (s)
-    deficit: np.ndarray  # per row, median wait deficit vs peers (s); nan without waits
+    lateness: np.ndarray  # (G, R) median lateness (s)
+    deficit: np.ndarray  # (G, R) median wait deficit vs peers (s); nan without waits
     late: np.ndarray
     method: np.ndarray
     consistency: np.ndarray
 
-    def strength(self, i: int) -> float:
-        return float(self.lateness[i] if self.method[i] == "arrival" else self.deficit[i])
+    def strength(self, g: int, i: int) -> float:
+        return float(self.lateness[g, i] if self.method[g, i] == "arrival" else self.deficit[g, i])
 
-    def detail(self, i: int) -> dict[str, object]:
+    def detail(self, g: int, i: int) -> dict[str, object]:
+        deficit = float(self.deficit[g, i])
         return {
-            "method": str(self.method[i]),
-            "lateness_seconds": round(float(self.lateness[i]), 6),
-            "wait_deficit_seconds": None if np.isnan(self.deficit[i]) else round(float(self.deficit[i]), 6),
-            "consistency": round(float(self.consistency[i]), 3),
+            "method": str(self.method[g, i]),
+            "lateness_seconds": round(float(self.lateness[g, i]), 6),
+            "wait_deficit_seconds": None if np.isnan(deficit) else round(deficit, 6),
+            "consistency": round(float(self.consistency[g, i]), 3),
         }
 
 
 def _judge(
     lateness: np.ndarray,
-    deficit: np.ndarray | None,
-    gaps_ok: np.ndarray | None,
-    threshold: float,
+    deficit: np.ndarray,
+    waits_known: np.ndarray,
+    gaps_ok: np.ndarray,
+    threshold: np.ndarray,
+    jitters: tuple[np.ndarray, np.ndarray],
     config: DetectionConfig,
 ) -> _Judgement:
-    """Rows late by arrival (and, where waits are known, waiting less by a good part of it), or clock-free:
-    waiting much less than their peers (and computing longer, where compute gaps are known)."""
-    late_median, late, consistency = _late_beyond_noise(lateness, threshold, config)
-    method = np.where(late, "arrival", "")
-    deficit_median = np.full(len(late), np.nan)
-    if deficit is not None:
-        deficit_median, waits_less, _ = _late_beyond_noise(deficit, threshold, config)
-        late &= deficit_median >= config.straggler_wait_share * late_median
-        clock_free = waits_less & ~late
-        if gaps_ok is not None:
-            clock_free &= gaps_ok
-        method = np.where(late, "arrival", np.where(clock_free, "clock-free", ""))
-        late |= clock_free
-    return _Judgement(late_median, deficit_median, late, method, consistency)
+    """Late by arrival and (where waits are known) waiting less by a good part of it; or clock-free: waiting
+    much less than the peers (and computing longer, where compute gaps are known). `jitters`: per-collective
+    noise of lateness and of the wait deficit, per group."""
+    late_median, late, consistency = _late_beyond_noise(lateness, threshold, jitters[0], config)
+    with np.errstate(invalid="ignore"):
+        deficit_median, waits_less, _ = _late_beyond_noise(deficit, threshold, jitters[1], config)
+        deficit_median = np.where(waits_known, deficit_median, np.nan)
+        late &= ~waits_known | (deficit_median >= config.straggler_wait_share * late_median)
+    clock_free = waits_known & waits_less & ~late & gaps_ok
+    method = np.where(late, "arrival", np.where(clock_free, "clock-free", ""))
+    return _Judgement(late_median, deficit_median, late | clock_free, method, consistency)
 
 
-def _pool_by_node(
-    node_of_row: np.ndarray, lateness: np.ndarray, deficit: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-    """Each node's rows side by side as one row, where every node has the same number (>1) of ranks."""
-    nodes, counts = np.unique(node_of_row, return_counts=True)
-    if len(nodes) < 2 or counts[0] < 2 or (counts != counts[0]).any():
-        return None
-    order = np.argsort(node_of_row, kind="stable")
-    width = int(counts[0]) * lateness.shape[1]
-    pooled_deficit = deficit[order].reshape(len(nodes), width) if deficit is not None else None
-    return nodes, lateness[order].reshape(len(nodes), width), pooled_deficit
+def find_stragglers(group: RankGroup, step_period: float | None, config: DetectionConfig) -> StragglerReport:
+    """Culprit nodes of one process group (see `find_stragglers_many`)."""
+    return find_stragglers_many([(group, step_period)], config)[0]
 
 
-def _computes_longer(group: RankGroup, rows: np.ndarray, config: DetectionConfig) -> np.ndarray | None:
-    """Where every rank reports its compute gap: does each compute longer than its peers, beyond the lateness
-    floor? None where gaps are unknown (they do not veto then)."""
-    gaps = [group.entries[row].rank.compute_gap_seconds_p50 for row in rows]
-    if any(gap is None for gap in gaps):
-        return None
-    values = np.array(gaps, dtype=np.float64)
-    excess = values - leave_one_out_median(values[:, None])[:, 0]
-    return excess >= config.straggler_lateness_floor_seconds
+def find_stragglers_many(
+    groups: Sequence[tuple[RankGroup, float | None]], config: DetectionConfig
+) -> list[StragglerReport]:
+    """Culprit nodes of each process group, from arrivals and waits of the collectives its ranks share.
+
+    Judged per rank (one slow GPU) and per node, pooling the node's ranks (a slow host makes all of its ranks
+    late together, and pooling eight ranks cuts the jitter of the median by ~3x). Groups without samples
+    to line up fall back to the clock-free form on the agents' window summaries.
+    """
+    reports = [StragglerReport() for _ in groups]
+    steps = np.array([step or 0.0 for _, step in groups], dtype=np.float64)
+    thresholds = np.maximum(
+        config.straggler_lateness_floor_seconds, config.straggler_lateness_step_ratio * steps
+    )
+    comparable = [i for i, (group, _) in enumerate(groups) if steps[i] > 0 and len(group.entries) >= 2]
+    stacks = align([groups[i][0] for i in comparable], config.samples_per_rank, config.min_collectives)
+    aligned: set[int] = set()
+    for stack in stacks:
+        members = [comparable[g] for g in stack.groups]
+        aligned.update(members)
+        _judge_stack(
+            stack,
+            [groups[i][0] for i in members],
+            steps[members],
+            thresholds[members],
+            config,
+            [reports[i] for i in members],
+        )
+    for i in comparable:
+        if i not in aligned:
+            reports[i] = _from_summaries(groups[i][0], float(thresholds[i]), config)
+    return reports
+
+
+def _judge_stack(
+    stack: Stack,
+    groups: list[RankGroup],
+    steps: np.ndarray,
+    thresholds: np.ndarray,
+    config: DetectionConfig,
+    reports: list[StragglerReport],
+) -> None:
+    threshold = thresholds[:, None]
+    waits_known = ~np.isnan(stack.wait).any(axis=(1, 2))[:, None]  # (G, 1)
+    lateness = stack.arrival - peer_median(stack.arrival)
+    deficit = np.nan_to_num(
+        peer_median(stack.wait) - stack.wait
+    )  # how much less than its peers each rank waited
+    jitters = (jitter_of(lateness), jitter_of(deficit))
+    entries = [[g.entries[row] for row in rows] for g, rows in zip(groups, stack.rows.tolist(), strict=True)]
+    gaps = np.array(
+        [
+            [np.nan if e.rank.compute_gap_seconds_p50 is None else e.rank.compute_gap_seconds_p50 for e in es]
+            for es in entries
+        ]
+    )
+    gaps_known = ~np.isnan(gaps).any(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        excess = gaps - leave_one_out_median(gaps[..., None])[..., 0]
+        gaps_ok = ~gaps_known | (excess >= config.straggler_lateness_floor_seconds)
+    verdict = _judge(lateness, deficit, waits_known, gaps_ok, threshold, jitters, config)
+    wait_median = np.median(stack.wait, axis=-1)
+    pooled = _judge_nodes(entries, lateness, deficit, waits_known, threshold, jitters, config)
+    for g, (group, report, es) in enumerate(zip(groups, reports, entries, strict=True)):
+        rank_ids = [e.rank.rank for e in es]
+        report.lateness_seconds = dict(zip(rank_ids, verdict.lateness[g].tolist(), strict=True))
+        if waits_known[g, 0]:
+            report.wait_seconds = dict(zip(rank_ids, wait_median[g].tolist(), strict=True))
+        culprits = [
+            _Culprit(
+                es[i].node,
+                verdict.strength(g, i),
+                (rank_ids[i],),
+                {"rank": rank_ids[i], **verdict.detail(g, i)},
+            )
+            for i in np.flatnonzero(verdict.late[g]).tolist()
+        ]
+        culprits.extend(pooled.get(g, []))
+        if culprits:
+            report.findings = _node_findings(
+                group,
+                culprits,
+                float(thresholds[g]),
+                float(steps[g]),
+                config,
+                {
+                    "collectives": [int(stack.first_seq[g]), int(stack.last_seq[g])],
+                    "compared_collectives": int(stack.arrival.shape[-1]),
+                    "peer_wait_seconds": float(np.median(wait_median[g])) if waits_known[g, 0] else None,
+                },
+            )
+
+
+def _judge_nodes(
+    entries: list[list[RankEntry]],
+    lateness: np.ndarray,
+    deficit: np.ndarray,
+    waits_known: np.ndarray,
+    threshold: np.ndarray,
+    jitters: tuple[np.ndarray, np.ndarray],
+    config: DetectionConfig,
+) -> dict[int, list[_Culprit]]:
+    """Pool each node's ranks into one row, for groups whose nodes each hold the same number (>1) of
+    consecutive ranks (the usual layout); returns culprit nodes per group index."""
+    groups, ranks, width = lateness.shape
+    codes: dict[str, int] = {}
+    node_codes = np.array([[codes.setdefault(e.node, len(codes)) for e in es] for es in entries])
+    run = np.where(
+        (node_codes != node_codes[:, :1]).any(axis=1),
+        np.argmax(node_codes != node_codes[:, :1], axis=1),
+        ranks,
+    )
+    out: dict[int, list[_Culprit]] = {}
+    for k in np.unique(run):
+        k = int(k)
+        if k < 2 or ranks % k or ranks // k < 2:
+            continue
+        members = np.flatnonzero(run == k)
+        blocks = node_codes[members].reshape(len(members), ranks // k, k)
+        members = members[(blocks == blocks[..., :1]).all(axis=(1, 2))]
+        if not len(members):
+            continue
+        shape = (len(members), ranks // k, k * width)
+        pooled = _judge(
+            lateness[members].reshape(shape),
+            deficit[members].reshape(shape),
+            waits_known[members],
+            np.ones(shape[:2], dtype=bool),
+            threshold[members],
+            (jitters[0][members], jitters[1][members]),
+            config,
+        )
+        for j, i in zip(*np.nonzero(pooled.late), strict=True):
+            g = int(members[j])
+            block = entries[g][i * k : (i + 1) * k]
+            ranks_of_node = tuple(e.rank.rank for e in block)
+            detail = {"ranks": list(ranks_of_node), "pooled": True, **pooled.detail(int(j), int(i))}
+            out.setdefault(g, []).append(
+                _Culprit(block[0].node, pooled.strength(int(j), int(i)), ranks_of_node, detail)
+            )
+    return out
 
 
 def _from_summaries(group: RankGroup, threshold: float, config: DetectionConfig) -> StragglerReport:
@@ -245,8 +298,14 @@ def _from_summaries(group: RankGroup, threshold: float, config: DetectionConfig)
     values = np.array(waits, dtype=np.float64)
     deficit = leave_one_out_median(values[:, None])[:, 0] - values
     rows = np.arange(len(values))
-    gaps_ok = _computes_longer(group, rows, config)
-    late = (deficit >= threshold) & (gaps_ok if gaps_ok is not None else True)
+    gaps = [entry.rank.compute_gap_seconds_p50 for entry in group.entries]
+    late = deficit >= threshold
+    if all(gap is not None for gap in gaps):
+        gap_values = np.array(gaps, dtype=np.float64)
+        late &= (
+            gap_values - leave_one_out_median(gap_values[:, None])[:, 0]
+            >= config.straggler_lateness_floor_seconds
+        )
     for row, entry in enumerate(group.entries):
         report.wait_seconds[entry.rank.rank] = float(values[row])
     culprits = [

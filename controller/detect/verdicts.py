@@ -2,7 +2,8 @@
 
 Hard findings act at once (a warning sign — confidence below `FAULTY_CONFIDENCE` — makes 'suspect') and are
 held for `hard_hold_seconds` after their signal leaves the agent's window. Statistical findings must persist:
-counted only on fresh evidence windows (the same document seen twice is one window), 'suspect' after
+counted only on fresh evidence windows (the same document seen twice is one window; findings that name
+their collectives count only when those do not overlap the last counted ones), 'suspect' after
 `suspect_windows`, 'faulty' after `faulty_windows` spanning `faulty_min_seconds`, with `miss_tolerance`
 windows allowed inside a streak; a streak follows one subject (reason, job, and the finding's
 `evidence["subject"]`, e.g. the same late rank), so noise that picks a different rank each window never adds
@@ -27,6 +28,7 @@ class _Streak:
     first_seen: float
     misses: int = 0
     finding: Finding | None = None
+    last_collective: int | None = None  # end of the last counted window of collectives
 
 
 @dataclass
@@ -75,11 +77,19 @@ class VerdictKeeper:
                 if f.severity is Severity.STATISTICAL
             }
             for key, f in present.items():
+                span = f.evidence.get("collectives")
+                first, last = (
+                    (int(span[0]), int(span[1])) if isinstance(span, list) and len(span) == 2 else (0, None)
+                )
                 streak = memory.streaks.get(key)
                 if streak is None:
-                    memory.streaks[key] = _Streak(windows=1, first_seen=now, finding=f)
-                else:
-                    streak.windows, streak.misses, streak.finding = streak.windows + 1, 0, f
+                    memory.streaks[key] = _Streak(windows=1, first_seen=now, finding=f, last_collective=last)
+                    continue
+                streak.misses, streak.finding = 0, f
+                # Documents fetched faster than collectives happen overlap: count only windows of new collectives.
+                if last is None or streak.last_collective is None or first > streak.last_collective:
+                    streak.windows += 1
+                    streak.last_collective = last
             for key in set(memory.streaks) - set(present):
                 streak = memory.streaks[key]
                 streak.misses += 1

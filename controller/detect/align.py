@@ -1,0 +1,101 @@
+"""Line up the collectives of many rank groups at once: sample arrays in, (groups x ranks x collectives) out.
+
+For each group, the window is the last `samples_per_rank` sequence numbers that its ranks have all completed
+(the lowest last sequence number among its ranks, leaving out ranks far behind the median — those are hang
+suspects), restricted to collectives every kept rank has a sample for. Groups with the same number of kept
+ranks are stacked into one 3-D array so that the straggler statistics run as a few numpy calls per cycle, not
+per job: at 10,000 nodes that is the difference between seconds and a fraction of one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter
+
+import numpy as np
+
+from controller.detect.ranks import RankGroup
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Groups with the same number of kept ranks and compared collectives, stacked."""
+
+    groups: list[int]  # indices into the input sequence
+    rows: np.ndarray  # (G, R) index of each kept rank in its group's `entries`
+    arrival: np.ndarray  # (G, R, C) Unix s (agent clocks)
+    wait: np.ndarray  # (G, R, C) s, nan where unknown
+    first_seq: np.ndarray  # (G,) lowest sequence number of the window
+    last_seq: np.ndarray  # (G,) highest
+
+
+def _flatten(groups: Sequence[RankGroup], samples_per_rank: int) -> tuple[np.ndarray, ...]:
+    tails = [entry.rank.samples[-samples_per_rank:] for group in groups for entry in group.entries]
+    flat = list(chain.from_iterable(tails))
+    count = len(flat)
+    seq = np.fromiter(map(attrgetter("seq"), flat), np.int64, count)
+    arrival = np.fromiter(map(attrgetter("arrival"), flat), np.float64, count)
+    wait = np.array(list(map(attrgetter("wait_seconds"), flat)), dtype=np.float64)  # None -> nan
+    lengths = np.fromiter(map(len, tails), np.int64, len(tails))
+    return seq, arrival, wait, lengths
+
+
+def align(groups: Sequence[RankGroup], samples_per_rank: int, min_collectives: int) -> list[Stack]:
+    """Stacks of aligned groups; groups with fewer than two comparable ranks or too few collectives are left out."""
+    if not groups:
+        return []
+    window = samples_per_rank
+    seq, arrival, wait, lengths = _flatten(groups, window)
+    ranks_per_group = np.fromiter((len(g.entries) for g in groups), np.int64, len(groups))
+    group_of_row = np.repeat(np.arange(len(groups)), ranks_per_group)
+    group_start = np.concatenate(([0], np.cumsum(ranks_per_group)[:-1]))
+    ends = np.cumsum(lengths)
+    usable = lengths >= min_collectives
+    last = np.where(usable, seq[np.maximum(ends - 1, 0)] if len(seq) else 0, -1)
+
+    # Median last sequence number of each group's usable ranks (sort by group, then by last seq).
+    order = np.lexsort((last, group_of_row))
+    usable_count = np.add.reduceat(usable.astype(np.int64), group_start)
+    unusable_count = ranks_per_group - usable_count
+    median_pos = group_start + unusable_count + np.maximum(usable_count - 1, 0) // 2
+    median_last = last[order[median_pos]]
+    keep = usable & (last >= median_last[group_of_row] - window)
+    kept_count = np.add.reduceat(keep.astype(np.int64), group_start)
+    hi = np.minimum.reduceat(np.where(keep, last, np.iinfo(np.int64).max), group_start)
+    lo = hi - window + 1
+
+    row_of_sample = np.repeat(np.arange(len(lengths)), lengths)
+    col = seq - lo[group_of_row[row_of_sample]]
+    valid = keep[row_of_sample] & (col >= 0) & (col < window)
+    arrival_matrix = np.full((len(lengths), window), np.nan)
+    wait_matrix = np.full((len(lengths), window), np.nan)
+    arrival_matrix[row_of_sample[valid], col[valid]] = arrival[valid]
+    wait_matrix[row_of_sample[valid], col[valid]] = wait[valid]
+    present = ~np.isnan(arrival_matrix) | ~keep[:, None]
+    complete = np.logical_and.reduceat(present, group_start, axis=0)  # (groups, window)
+
+    kept_rows = np.flatnonzero(keep)
+    kept_start = np.concatenate(([0], np.cumsum(kept_count)[:-1]))
+    by_shape: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+    for g in np.flatnonzero(kept_count >= 2):
+        columns = np.flatnonzero(complete[g])
+        if len(columns) >= min_collectives:
+            by_shape.setdefault((int(kept_count[g]), len(columns)), []).append((int(g), columns))
+    stacks = []
+    for (ranks, _), members in by_shape.items():
+        index = np.array([g for g, _ in members])
+        rows = kept_rows[kept_start[index][:, None] + np.arange(ranks)[None, :]]  # (G, R) global rows
+        columns = np.stack([c for _, c in members])[:, None, :]  # (G, 1, C)
+        stacks.append(
+            Stack(
+                groups=[int(g) for g in index],
+                rows=rows - group_start[index][:, None],
+                arrival=np.take_along_axis(arrival_matrix[rows], columns, axis=2),
+                wait=np.take_along_axis(wait_matrix[rows], columns, axis=2),
+                first_seq=lo[index],
+                last_seq=hi[index],
+            )
+        )
+    return stacks

@@ -1,0 +1,92 @@
+"""Plain-data builders for detection tests: lockstep ranks with a culprit, a clock offset, a hang."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.evidence import CollectiveSample, Evidence, HardSignal, NicEvidence, RankEvidence
+
+STEP = 1.0
+PER_STEP = 4
+
+
+def lockstep_ranks(
+    nodes: int,
+    ranks_per_node: int,
+    t: float,
+    *,
+    late_node: int | None = None,
+    late_seconds: float = 0.2,
+    late_rank: int | None = None,
+    clock_offsets: dict[int, float] | None = None,
+    job: str = "train",
+    world_slowdown: float = 1.0,
+    seed: int = 0,
+    samples: int = 24,
+    pid_base: int = 100,
+    first_seq: int = 0,
+) -> dict[int, list[RankEvidence]]:
+    """Ranks of one job in lockstep up to time t: the culprit arrives late, everyone completes together."""
+    rng = np.random.default_rng(seed + int(t))
+    last = first_seq + int(t * PER_STEP / (STEP * world_slowdown)) - 1
+    seqs = np.arange(last - samples + 1, last + 1)
+    base = (seqs - first_seq) * STEP * world_slowdown / PER_STEP
+    world = nodes * ranks_per_node
+    out: dict[int, list[RankEvidence]] = {}
+    for node in range(nodes):
+        offset = (clock_offsets or {}).get(node, 0.0)
+        for local in range(ranks_per_node):
+            rank = node * ranks_per_node + local
+            culprit = node == late_node and (late_rank is None or rank == late_rank)
+            arrival = base + (late_seconds if culprit else 0.0) + rng.normal(0, 0.003, samples)
+            completion = base + late_seconds + 0.05 + rng.normal(0, 0.001, samples)
+            out.setdefault(node, []).append(
+                RankEvidence(
+                    job=job,
+                    rank=rank,
+                    world_size=world,
+                    pid=pid_base + rank,
+                    window_seconds=10.0,
+                    collectives_in_window=len(seqs),
+                    step_period_seconds=STEP * world_slowdown,
+                    last_seq=int(last),
+                    last_progress_at=float(completion[-1]) + offset,
+                    samples=[
+                        CollectiveSample(
+                            seq=int(s),
+                            op="allreduce",
+                            bytes=1000,
+                            arrival=float(a) + offset,
+                            wait_seconds=float(c - a),
+                        )
+                        for s, a, c in zip(seqs, arrival, completion, strict=True)
+                    ],
+                )
+            )
+    return out
+
+
+def documents(
+    ranks: dict[int, list[RankEvidence]],
+    t: float,
+    nodes: int,
+    *,
+    hard: dict[int, list[HardSignal]] | None = None,
+    nics: dict[int, NicEvidence] | None = None,
+    offsets: dict[int, float] | None = None,
+) -> dict[str, Evidence | None]:
+    """One polling round: an evidence document per node (nodes without ranks run no job)."""
+    return {
+        f"n{node}": Evidence(
+            node=f"n{node}",
+            collected_at=t + (offsets or {}).get(node, 0.0),
+            ranks=ranks.get(node, []),
+            hard_signals=(hard or {}).get(node, []),
+            nics=[
+                (nics or {}).get(
+                    node, NicEvidence(name="eth0", link_speed_bits_per_second=1e11, tx_bytes_per_second=1e9)
+                )
+            ],
+        )
+        for node in range(nodes)
+    }

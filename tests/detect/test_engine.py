@@ -1,0 +1,76 @@
+"""Engine-level behaviour: restarts, jobs without nodes, fabric, config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.evidence import NicEvidence
+from controller.detect import DetectionConfig, DetectionEngine
+from controller.model import JobState, Severity, Verdict
+from tests.detect.helpers import documents, lockstep_ranks
+
+
+def test_job_restart_with_sequence_reset_and_new_pids_gives_no_verdict() -> None:
+    engine = DetectionEngine()
+    seen_restarting = False
+    for i in range(1, 30):
+        t = i * 5.0
+        restarted = t >= 60
+        ranks = lockstep_ranks(
+            4, 8, t, seed=3, pid_base=900 if restarted else 100, first_seq=-240 if restarted else 0
+        )
+        result = engine.step(documents(ranks, t, 6), t)
+        seen_restarting |= any(j.state is JobState.RESTARTING for j in result.jobs) and restarted
+        assert all(v.verdict is Verdict.HEALTHY for v in result.verdicts.values())
+    assert seen_restarting
+
+
+def test_nodes_without_a_job_are_healthy_and_jobs_map_ranks_to_nodes() -> None:
+    result = DetectionEngine().step(documents(lockstep_ranks(2, 2, 50.0), 50.0, 4), 50.0)
+    assert result.verdicts["n3"].verdict is Verdict.HEALTHY
+    (job,) = result.jobs
+    assert job.rank_nodes == {0: "n0", 1: "n0", 2: "n1", 3: "n1"} and job.world_size == 4
+
+
+def test_lossy_link_on_one_node_is_blamed_and_on_two_nodes_is_the_fabric() -> None:
+    lossy = NicEvidence(
+        name="eth0", link_speed_bits_per_second=1e11, tx_bytes_per_second=1e9, retransmits_per_second=300.0
+    )
+    engine = DetectionEngine()
+    one = engine.step(documents(lockstep_ranks(4, 2, 50.0), 50.0, 4, nics={1: lossy}), 50.0)
+    assert [(f.reason, f.node) for f in one.findings] == [("SlowLink", "n1")]
+    two = DetectionEngine().step(
+        documents(lockstep_ranks(4, 2, 50.0), 50.0, 4, nics={1: lossy, 2: lossy}), 50.0
+    )
+    assert [(f.reason, f.severity, f.nodes) for f in two.findings] == [
+        ("FabricLink", Severity.FABRIC, ("n1", "n2"))
+    ]
+
+
+def test_many_suspects_behind_one_switch_are_a_fabric_finding_not_verdicts() -> None:
+    lossy = NicEvidence(
+        name="eth0", link_speed_bits_per_second=1e11, tx_bytes_per_second=1e9, retransmits_per_second=300.0
+    )
+    topology = {f"n{i}": "sw-a" if i < 3 else "sw-b" for i in range(6)}
+    ranks = {}
+    for k in range(3):  # job k spans n{k} (behind sw-a) and n{k+3} (behind sw-b)
+        pair = lockstep_ranks(2, 1, 50.0, job=f"j{k}")
+        ranks[k], ranks[k + 3] = pair[0], pair[1]
+    result = DetectionEngine().step(
+        documents(ranks, 50.0, 6, nics={0: lossy, 1: lossy, 2: lossy}), 50.0, topology
+    )
+    assert [f.reason for f in result.findings if f.severity is Severity.FABRIC] == ["SwitchFault"]
+    assert all(v.verdict is Verdict.HEALTHY for v in result.verdicts.values())
+
+
+def test_config_loads_from_yaml_and_rejects_unknown_keys(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("hang_min_seconds: 5\nsuspect_windows: 2\n")
+    config = DetectionConfig.from_yaml(good)
+    assert config.hang_min_seconds == 5.0 and config.suspect_windows == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hang_minimum: 5\n")
+    with pytest.raises(ValueError, match="hang_minimum"):
+        DetectionConfig.from_yaml(bad)

@@ -1,0 +1,108 @@
+"""Hard faults act in the same cycle; teardown XIDs do nothing; a hang names the rank that never entered."""
+
+from __future__ import annotations
+
+from agent.evidence import Evidence, HardSignal, RankEvidence
+from controller.detect import DetectionConfig, DetectionEngine
+from controller.detect.hang import find_hang
+from controller.detect.hard import hard_findings
+from controller.detect.ranks import group_ranks
+from controller.model import Severity, Verdict
+
+CONFIG = DetectionConfig()
+
+
+def _xid(code: int, t: float = 100.0) -> HardSignal:
+    return HardSignal(kind="xid", device="GPU-1", xid=code, first_seen=t, last_seen=t)
+
+
+def test_gpu_fallen_off_the_bus_makes_the_node_faulty_in_the_first_cycle() -> None:
+    engine = DetectionEngine()
+    result = engine.step(
+        {
+            "a": Evidence(node="a", collected_at=100.0, hard_signals=[_xid(79)]),
+            "b": Evidence(node="b", collected_at=100.0),
+        },
+        100.0,
+    )
+    assert result.verdicts["a"].verdict is Verdict.FAULTY
+    assert result.verdicts["a"].reason == "GpuLost"
+    assert result.verdicts["b"].verdict is Verdict.HEALTHY
+
+
+def test_teardown_xids_43_and_45_are_not_faults() -> None:
+    document = Evidence(node="a", collected_at=100.0, hard_signals=[_xid(43), _xid(45), _xid(13)])
+    assert hard_findings(document, CONFIG) == []
+
+
+def test_thermal_throttle_counts_only_once_it_persists() -> None:
+    signal = HardSignal(kind="thermal_throttle", device="GPU-1", first_seen=100.0, last_seen=110.0)
+    assert hard_findings(Evidence(node="a", collected_at=110.0, hard_signals=[signal]), CONFIG) == []
+    late = hard_findings(
+        Evidence(node="a", collected_at=100.0 + CONFIG.thermal_throttle_seconds, hard_signals=[signal]),
+        CONFIG,
+    )
+    assert [f.reason for f in late] == ["ThermalThrottle"]
+
+
+def test_missing_evidence_is_unknown_never_faulty() -> None:
+    result = DetectionEngine().step({"a": None}, 100.0)
+    assert result.verdicts["a"].verdict is Verdict.UNKNOWN
+
+
+def _rank(
+    rank: int, last_seq: int, pending: int | None, since: float | None, progress: float, world: int = 3
+) -> RankEvidence:
+    return RankEvidence(
+        job="j",
+        rank=rank,
+        world_size=world,
+        window_seconds=10,
+        last_seq=last_seq,
+        pending_seq=pending,
+        pending_since=since,
+        last_progress_at=progress,
+    )
+
+
+def test_hang_names_the_rank_that_never_entered_the_collective_others_wait_in() -> None:
+    documents = {
+        "a": Evidence(node="a", collected_at=200.0, ranks=[_rank(0, 41, 42, 185.0, 185.0)]),
+        "b": Evidence(
+            node="b", collected_at=203.0, ranks=[_rank(1, 41, 42, 186.0, 186.0)]
+        ),  # a newer document
+        "c": Evidence(node="c", collected_at=199.0, ranks=[_rank(2, 41, None, None, 184.0)]),  # an older one
+    }
+    group = group_ranks(documents)[("", "j")]["default"]
+    report = find_hang(group, 1.0, CONFIG)
+    assert report.hung and report.stuck_seq == 42
+    assert [(f.reason, f.node) for f in report.findings] == [("Hang", "c")]
+
+
+def test_every_rank_stuck_inside_one_collective_is_a_fabric_alert_not_a_node() -> None:
+    documents = {
+        n: Evidence(node=n, collected_at=200.0, ranks=[_rank(i, 41, 42, 180.0, 180.0)])
+        for i, n in enumerate("abc")
+    }
+    report = find_hang(group_ranks(documents)[("", "j")]["default"], 1.0, CONFIG)
+    assert [(f.reason, f.severity) for f in report.findings] == [("CollectiveHang", Severity.FABRIC)]
+
+
+def test_short_waits_are_not_a_hang() -> None:
+    documents = {
+        "a": Evidence(node="a", collected_at=200.0, ranks=[_rank(0, 41, 42, 198.0, 198.0)]),
+        "c": Evidence(node="c", collected_at=200.0, ranks=[_rank(2, 41, None, None, 197.0)]),
+    }
+    assert not find_hang(group_ranks(documents)[("", "j")]["default"], 1.0, CONFIG).hung
+
+
+def test_hang_after_ddp_issued_several_buckets_blames_the_rank_behind_the_frontier() -> None:
+    # DDP: every rank issued bucket 40; the healthy ones went on to issue 41-43 and now wait; rank 1 was
+    # stopped (SIGSTOP) right after issuing 40, so it is pending too, but behind the frontier.
+    documents = {
+        "a": Evidence(node="a", collected_at=200.0, ranks=[_rank(0, 43, 40, 185.0, 185.5)]),
+        "b": Evidence(node="b", collected_at=200.0, ranks=[_rank(1, 40, 40, 185.0, 185.0)]),
+        "c": Evidence(node="c", collected_at=200.0, ranks=[_rank(2, 43, 40, 185.1, 185.4)]),
+    }
+    report = find_hang(group_ranks(documents)[("", "j")]["default"], 1.0, CONFIG)
+    assert [(f.reason, f.node) for f in report.findings] == [("Hang", "b")]

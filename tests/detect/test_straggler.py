@@ -1,0 +1,85 @@
+"""The straggler detector blames the rank that arrives late and waits little, never its victims."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from controller.detect import DetectionConfig, DetectionEngine
+from controller.detect.ranks import group_ranks
+from controller.detect.straggler import find_stragglers, leave_one_out_median
+from controller.model import Verdict
+from tests.detect.helpers import documents, lockstep_ranks
+
+CONFIG = DetectionConfig()
+
+
+def _findings(nodes: int, per_node: int, **kwargs: object) -> list:
+    docs = documents(lockstep_ranks(nodes, per_node, 60.0, **kwargs), 60.0, nodes)  # type: ignore[arg-type]
+    groups = [g for job in group_ranks({n: d for n, d in docs.items() if d}).values() for g in job.values()]
+    return [f for g in groups for f in find_stragglers(g, 1.0, CONFIG).findings]
+
+
+def test_leave_one_out_median_is_the_median_of_the_other_ranks() -> None:
+    values = np.array([[1.0, 5.0], [2.0, 2.0], [3.0, 1.0], [4.0, 4.0]])
+    expected = np.array([[np.median(np.delete(values[:, c], r)) for c in range(2)] for r in range(4)])
+    assert np.allclose(leave_one_out_median(values), expected)
+
+
+def test_straggler_that_arrives_late_is_blamed_not_its_victims() -> None:
+    findings = _findings(4, 8, late_node=2, late_seconds=0.2)
+    assert [f.node for f in findings] == ["n2"]
+    assert findings[0].reason == "Straggler"
+    assert findings[0].evidence["peers"] == ["n0", "n1", "n3"]
+
+
+def test_one_slow_gpu_is_found_among_the_ranks_of_its_node() -> None:
+    findings = _findings(4, 8, late_node=1, late_rank=13, late_seconds=0.2)
+    assert [f.node for f in findings] == ["n1"]
+    assert findings[0].evidence["ranks"] == [13]
+
+
+def test_two_rank_job_blames_the_late_rank() -> None:
+    findings = _findings(2, 1, late_node=0, late_seconds=0.15)
+    assert [f.node for f in findings] == ["n0"]
+
+
+def test_clock_ahead_looks_late_but_waits_like_everyone_and_is_not_blamed() -> None:
+    assert _findings(4, 8, clock_offsets={3: 0.08}) == []
+
+
+def test_straggler_with_clock_behind_is_still_found_from_waits() -> None:
+    findings = _findings(4, 8, late_node=1, late_seconds=0.2, clock_offsets={1: -0.25})
+    assert [f.node for f in findings] == ["n1"]
+    assert findings[0].evidence["culprits"][0]["method"] == "clock-free"
+
+
+def test_whole_job_slowing_down_blames_nobody() -> None:
+    assert _findings(4, 8, world_slowdown=1.6) == []
+
+
+def _run(cycles: int, build, nodes: int, cycle: float = 5.0, engine: DetectionEngine | None = None):  # type: ignore[no-untyped-def]
+    engine = engine or DetectionEngine()
+    results = []
+    for i in range(1, cycles + 1):
+        t = i * cycle
+        results.append(engine.step(build(t), t))
+    return results
+
+
+def test_persistent_straggler_becomes_faulty_and_its_victims_stay_healthy() -> None:
+    results = _run(
+        16, lambda t: documents(lockstep_ranks(4, 8, t, late_node=2, late_seconds=0.2, seed=1), t, 4), 4
+    )
+    final = results[-1].verdicts
+    assert final["n2"].verdict is Verdict.FAULTY and final["n2"].reason == "Straggler"
+    assert all(final[n].verdict is Verdict.HEALTHY for n in ("n0", "n1", "n3"))
+    assert final["n2"].findings[0].evidence["ranks"] == list(range(16, 24))
+
+
+def test_one_late_window_gives_no_verdict() -> None:
+    def build(t: float):  # type: ignore[no-untyped-def]
+        late = 2 if t == 50.0 else None
+        return documents(lockstep_ranks(4, 8, t, late_node=late, late_seconds=0.3, seed=2), t, 4)
+
+    results = _run(16, build, 4)
+    assert all(v.verdict is Verdict.HEALTHY for r in results for v in r.verdicts.values())
