@@ -36,21 +36,40 @@ from torch.nn.parallel import DistributedDataParallel
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nproc", type=int, default=2, help="ranks to spawn locally when not launched with RANK set")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--nproc", type=int, default=2, help="ranks to spawn locally when not launched with RANK set"
+    )
     parser.add_argument("--steps", type=int, default=100, help="training steps; 0 = run until killed")
     parser.add_argument("--hidden", type=int, default=256, help="width of the MLP's hidden layers")
     parser.add_argument("--layers", type=int, default=4, help="hidden layers of the MLP")
     parser.add_argument("--batch", type=int, default=32, help="samples per rank per step")
-    parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket_cap_mb: smaller = more all-reduces")
-    parser.add_argument("--step-seconds", type=float, default=0.0,
-                        help="pace steps to at least this period (idle time counts as compute)")
-    parser.add_argument("--extra-allreduces", type=int, default=0,
-                        help="tiny torch.distributed.all_reduce calls per step (a collective flood)")
-    parser.add_argument("--slowdown-file", default=os.environ.get("DDP_JOB_SLOWDOWN_FILE", ""),
-                        help="file of `RANK FACTOR` lines read during the run (env DDP_JOB_SLOWDOWN_FILE)")
+    parser.add_argument(
+        "--bucket-mb", type=float, default=25.0, help="DDP bucket_cap_mb: smaller = more all-reduces"
+    )
+    parser.add_argument(
+        "--step-seconds",
+        type=float,
+        default=0.0,
+        help="pace steps to at least this period (idle time counts as compute)",
+    )
+    parser.add_argument(
+        "--extra-allreduces",
+        type=int,
+        default=0,
+        help="tiny torch.distributed.all_reduce calls per step (a collective flood)",
+    )
+    parser.add_argument(
+        "--slowdown-file",
+        default=os.environ.get("DDP_JOB_SLOWDOWN_FILE", ""),
+        help="file of `RANK FACTOR` lines read during the run (env DDP_JOB_SLOWDOWN_FILE)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per rank")
-    parser.add_argument("--log-every", type=int, default=0, help="rank 0 logs every N steps (0 = only the summary)")
+    parser.add_argument(
+        "--log-every", type=int, default=0, help="rank 0 logs every N steps (0 = only the summary)"
+    )
     parser.add_argument("--pid-dir", default="", help="write rank<R>.pid files here")
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the summary statistics")
     parser.add_argument("--seed", type=int, default=0)
@@ -128,8 +147,17 @@ def train(args: argparse.Namespace) -> None:
         step_seconds.append(time.perf_counter() - started)
         step += 1
         if rank == 0 and args.log_every and step % args.log_every == 0:
-            print(json.dumps({"event": "step", "step": step, "loss": round(loss.item(), 4),
-                              "step_seconds": round(step_seconds[-1], 6)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "event": "step",
+                        "step": step,
+                        "loss": round(loss.item(), 4),
+                        "step_seconds": round(step_seconds[-1], 6),
+                    }
+                ),
+                flush=True,
+            )
     dist.barrier()
     if rank == 0:
         measured = step_seconds[args.warmup :] or step_seconds
