@@ -330,8 +330,13 @@ def _node_findings(
     """One finding per culprit node, unless so many nodes look late that the whole group is the problem."""
     nodes = group.nodes
     culprit_nodes = sorted({c.node for c in culprits})
-    if not culprit_nodes or len(culprit_nodes) > config.max_culprit_share * len(nodes):
+    if not culprit_nodes:
         return []
+    if len(nodes) > 1 and len(culprit_nodes) > config.max_culprit_share * len(nodes):
+        return []
+    late_ranks = {r for c in culprits for r in c.ranks}
+    if len(nodes) == 1 and len(late_ranks) > config.max_culprit_share * len(group.entries):
+        return []  # a one-node job: compare its GPUs; all of them late is the job, not the node
     namespace, job = group.job
     findings = []
     for node in culprit_nodes:

@@ -83,3 +83,8 @@ def test_one_late_window_gives_no_verdict() -> None:
 
     results = _run(16, build, 4)
     assert all(v.verdict is Verdict.HEALTHY for r in results for v in r.verdicts.values())
+
+
+def test_slow_gpu_in_a_one_node_job_blames_that_node() -> None:
+    findings = _findings(1, 8, late_node=0, late_rank=5, late_seconds=0.2)
+    assert [(f.node, f.evidence["ranks"]) for f in findings] == [("n0", [5])]
