@@ -74,3 +74,12 @@ def test_config_loads_from_yaml_and_rejects_unknown_keys(tmp_path: Path) -> None
     bad.write_text("hang_minimum: 5\n")
     with pytest.raises(ValueError, match="hang_minimum"):
         DetectionConfig.from_yaml(bad)
+
+
+def test_healthy_verdicts_name_their_node_cycle_after_cycle() -> None:
+    engine = DetectionEngine()
+    for t in (50.0, 55.0, 60.0):
+        result = engine.step(documents(lockstep_ranks(2, 2, t), t, 3), t)
+    assert {n: (v.node, v.verdict) for n, v in result.verdicts.items()} == {
+        n: (n, Verdict.HEALTHY) for n in ("n0", "n1", "n2")
+    }
