@@ -11,9 +11,10 @@ import asyncio
 import logging
 import signal
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_option(group: argparse._ArgumentGroup, path: tuple[str, ...], field: FieldInfo) -> None:
     env = ENV_PREFIX + "__".join(path).upper()
     dest = ".".join(path)
-    help_text = f"{field.description or ''} [{env}]"
+    help_text = f"{field.description or ''} [{env}]".replace("%", "%%")  # argparse formats help with %
     default = field.get_default(call_default_factory=True)
     if path[-1] == "enabled" and len(path) == 2:
         group.add_argument(
@@ -83,7 +84,9 @@ def _add_option(group: argparse._ArgumentGroup, path: tuple[str, ...], field: Fi
         return
     flag = "--" + ".".join(part.replace("_", "-") for part in path)
     shown = "" if default in ("", None) else f" (default: {default})"
-    group.add_argument(flag, dest=dest, metavar="VALUE", default=argparse.SUPPRESS, help=help_text + shown)
+    choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Literal else ()
+    metavar = "{" + ",".join(map(str, choices)) + "}" if choices else "VALUE"
+    group.add_argument(flag, dest=dest, metavar=metavar, default=argparse.SUPPRESS, help=help_text + shown)
 
 
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from agent.collectors.runner import CollectorRunner
+from agent.exposition import negotiate
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ async def _first_collection(app: web.Application) -> None:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    encoder, content_type = negotiate(request.headers.get("Accept", ""))
     registry = request.app[REGISTRY_KEY]
     body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -61,8 +61,9 @@ class NetworkSettings(BaseModel):
         default=Path("/sys"), description="Where sysfs is mounted; in a container mount the host's /sys here."
     )
     exclude_interfaces: str = Field(
-        default="",
-        description="Regular expression of interface names to leave out (e.g. '^(veth|cali)'); empty keeps all.",
+        default="^(veth|cali|lxc|cilium|flannel|cni|docker|vxlan)",
+        description="Regular expression of interface names to leave out: by default the per-pod and overlay "
+        "devices of container networking, which come and go with pods; empty keeps all.",
     )
     xmit_wait_bytes_per_tick: float = Field(
         default=8.0,

@@ -1,17 +1,19 @@
 """Agent overhead: CPU share of one core, RSS and scrape latency, side by side with prometheus-node-exporter.
 
-Both exporters run on this machine in the same run and are scraped once a second for --seconds. The agent reads
-a fixture sysfs tree with --nics ConnectX RoCE ports (copied from tests/fixtures) and, when the fake NVML library
-is built (`make fake-nvml`) and the NVML collector exists, 8 fake GPUs. Budget: < 1% of a core, < 60 MB RSS,
-scrape < 10 ms.
+Both exporters run on this machine in the same run and are scraped once a second for --seconds, with the Accept
+header Prometheus sends. The agent reads a fixture sysfs tree with --nics ConnectX RoCE ports (copied from
+tests/fixtures), 8 fake GPUs when the fake NVML library is built (`make fake-nvml`), and --ranks probe senders
+(one process each, the probe's own Recorder and Sender) issuing --collectives-per-second each into its socket.
+Budget: < 1% of a core, < 60 MB RSS, scrape < 10 ms.
 
-    python benchmarks/agent_overhead.py [--seconds 30] [--nics 8]
+    python benchmarks/agent_overhead.py [--seconds 30] [--nics 8] [--ranks 8] [--collectives-per-second 500]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -30,6 +32,11 @@ FIXTURE_SYSFS = REPO / "tests" / "fixtures" / "sysfs" / "gpu-node"
 FIXTURE_PROCFS = REPO / "tests" / "fixtures" / "procfs" / "gpu-node"
 FAKE_NVML = REPO / "build" / "fake-nvml" / "libnvidia-ml.so.1"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+# what Prometheus 2.x sends: each exporter answers in the best format it has (the agent: OpenMetrics)
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 
 @dataclass
@@ -40,6 +47,7 @@ class Measurement:
     latencies_seconds: list[float]
     body_bytes: int
     series: int
+    body: str
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies_seconds)
@@ -83,20 +91,38 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0
 def measure(name: str, process: subprocess.Popen[bytes], url: str, seconds: float) -> Measurement:
     """Scrape `url` once a second; CPU share is the process's CPU time over wall time in the window."""
     proc = psutil.Process(process.pid)
-    urllib.request.urlopen(url, timeout=10).read()  # warm-up scrape, outside the window
+    request = urllib.request.Request(url, headers={"Accept": PROMETHEUS_ACCEPT})
+    urllib.request.urlopen(request, timeout=10).read()  # warm-up scrape, outside the window
     cpu_start, wall_start = sum(proc.cpu_times()[:2]), time.monotonic()
     latencies: list[float] = []
     body = b""
     while time.monotonic() - wall_start < seconds:
         tick = time.monotonic()
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
         latencies.append(time.monotonic() - tick)
         time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
     cpu = sum(proc.cpu_times()[:2]) - cpu_start
     wall = time.monotonic() - wall_start
     series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
-    return Measurement(name, cpu / wall, proc.memory_info().rss, latencies, len(body), series)
+    return Measurement(name, cpu / wall, proc.memory_info().rss, latencies, len(body), series, body.decode())
+
+
+def probe_load(socket_dir: str, rank: int, world_size: int, per_second: float) -> None:
+    """Run one rank's probe: issue and complete `per_second` all-reduces per second until killed."""
+    from agent.probe.identity import Identity
+    from agent.probe.recorder import Recorder
+    from agent.probe.transport import Sender
+    from agent.probe.wire import Op
+
+    recorder = Recorder()
+    identity = Identity(job="bench/job", rank=rank, world_size=world_size, local_rank=rank, pod="", namespace="")
+    Sender(recorder, identity, socket_dir).start()
+    interval, next_at = 1.0 / per_second, time.monotonic()
+    while True:
+        recorder.complete(recorder.issue("default", Op.all_reduce, 64 << 20))
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.monotonic()))
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -109,60 +135,71 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="measurement window per exporter (s)")
     parser.add_argument("--nics", type=int, default=8, help="RoCE ports in the generated sysfs tree")
+    parser.add_argument("--ranks", type=int, default=8, help="training ranks sending probe records")
+    parser.add_argument("--collectives-per-second", type=float, default=500.0, help="per rank")
+    parser.add_argument(
+        "--agent-arg", action="append", default=[], help="extra agent flag, e.g. --agent-arg=--no-collector.periodicity"
+    )
+    parser.add_argument("--probe-load", nargs=3, metavar=("SOCKET_DIR", "RANK", "WORLD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe_load:
+        socket_dir, rank, world = args.probe_load
+        probe_load(socket_dir, int(rank), int(world), args.collectives_per_second)
+        return 0
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    agent_args = ["--host.procfs-root", str(FIXTURE_PROCFS), "--node-name", "bench"]
-    gpus = "none"
-    if FAKE_NVML.exists() and (REPO / "agent" / "collectors" / "nvml.py").exists():
-        env["LD_LIBRARY_PATH"] = f"{FAKE_NVML.parent}:{env.get('LD_LIBRARY_PATH', '')}"
-        gpus = "8 (fake NVML)"
-    else:
-        agent_args.append("--no-collector.nvml")
+    gpus = "8 (fake NVML)" if FAKE_NVML.exists() else "none (run `make fake-nvml`)"
 
     with tempfile.TemporaryDirectory(prefix="lockstep-bench-") as tmp:
         sysfs = sysfs_with_nics(Path(tmp) / "sys", args.nics)
+        socket_dir = Path(tmp) / "run"
+        socket_dir.mkdir()
         agent_port, exporter_port = free_port(), free_port()
+        agent_args = [
+            "--listen", f"127.0.0.1:{agent_port}",
+            "--node-name", "bench",
+            "--network.sysfs-root", str(sysfs),
+            "--host.procfs-root", str(FIXTURE_PROCFS),
+            "--periodicity.sysfs-net", str(sysfs / "class" / "net"),
+            "--collective.socket-dir", str(socket_dir),
+        ]  # fmt: skip
+        agent_args += ["--nvml.library-path", str(FAKE_NVML)] if FAKE_NVML.exists() else ["--no-collector.nvml"]
+        agent_args += args.agent_arg
         agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent",
-                "--listen",
-                f"127.0.0.1:{agent_port}",
-                "--network.sysfs-root",
-                str(sysfs),
-            ]
-            + agent_args,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "agent", *agent_args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         exporter = subprocess.Popen(
             [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{exporter_port}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        senders = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--probe-load", str(socket_dir), str(rank), str(args.ranks),
+                 "--collectives-per-second", str(args.collectives_per_second)],
+                env=env,
+            )  # fmt: skip
+            for rank in range(args.ranks)
+        ]
         try:
             agent_url = f"http://127.0.0.1:{agent_port}/metrics"
             exporter_url = f"http://127.0.0.1:{exporter_port}/metrics"
             wait_ready(f"http://127.0.0.1:{agent_port}/readyz", agent)
             wait_ready(exporter_url, exporter)
             print(
-                f"agent: {args.nics} RoCE ports + fixture netdevs, GPUs: {gpus}; scraping each 1/s for {args.seconds:g} s"
+                f"agent: {args.nics} RoCE ports + fixture netdevs, GPUs: {gpus}, {args.ranks} ranks x "
+                f"{args.collectives_per_second:g} collectives/s; scraping each exporter 1/s for {args.seconds:g} s"
             )
             results = [
                 measure("lockstep-agent", agent, agent_url, args.seconds),
                 measure("node-exporter", exporter, exporter_url, args.seconds),
             ]
         finally:
-            stop(agent)
-            stop(exporter)
+            for process in [agent, exporter, *senders]:
+                stop(process)
 
     print(f"{'':16}{'CPU % core':>11}{'RSS MB':>9}{'p50 ms':>9}{'p99 ms':>9}{'series':>8}{'body kB':>9}")
     for m in results:
@@ -185,6 +222,11 @@ def main() -> int:
     }
     print("budget: " + ", ".join(f"{k}: {'ok' if ok else 'OVER'}" for k, ok in budget.items()))
     print(f"mean scrape latency agent {statistics.mean(agent_m.latencies_seconds) * 1e3:.2f} ms")
+    durations = [
+        f"{name} {float(seconds) * 1e3:.1f} ms"
+        for name, seconds in re.findall(r'^lockstep_collector_duration_seconds\{collector="([^"]+)"\} (\S+)$', agent_m.body, re.M)
+    ]
+    print("collector durations in the last scrape: " + ", ".join(durations))
     return 0
 
 

@@ -4,7 +4,10 @@ An HTTP server the official `kubernetes` client talks to, as `lockstep-controlle
 (+status), pods (+status, eviction), events, configmaps and coordination.k8s.io Leases, with resourceVersion and
 uid, 409 Conflict on stale writes, JSON / merge / strategic-merge patch, label and field selectors, list + watch
 (chunked stream) and Status objects for errors. It records every request (verb, resource, subresource, namespace)
-and injects faults (next N matching requests fail with a code, hang, or meet a concurrent writer).
+and injects faults (next N matching requests fail with a code, hang, or meet a concurrent writer), in process
+or over HTTP (`POST /_emulator/faults`, `GET /_emulator/requests`).
+Simplifications: no authentication or admission; objects keep the status they are created with (there is no
+kubelet to fill in a pod's phase and IP); resourceVersion history for watches holds the last 10,000 changes.
 
 Run: `python -m controller.kube_emulator --listen 127.0.0.1:0 --kubeconfig-out FILE` (prints the kubeconfig path).
 """
@@ -18,6 +21,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -66,14 +70,7 @@ KINDS = {
             "pods",
             "Pod",
             True,
-            (
-                *_META,
-                "spec.nodeName",
-                "status.phase",
-                "status.podIP",
-                "spec.schedulerName",
-                "spec.restartPolicy",
-            ),
+            (*_META, "spec.nodeName", "status.phase", "status.podIP", "spec.schedulerName", "spec.restartPolicy"),
             ("status", "eviction"),
         ),
         Kind(
@@ -304,9 +301,7 @@ def _pointer_add(doc: Any, path: str, value: Any, replace: bool) -> Any:
 
 # --------------------------------------------------------------------------------------------------- selectors
 
-_LABEL_TERM = re.compile(
-    r"^\s*(!?)\s*([\w./-]+)\s*(?:(==|=|!=)\s*([\w./-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$"
-)
+_LABEL_TERM = re.compile(r"^\s*(!?)\s*([\w./-]+)\s*(?:(==|=|!=)\s*([\w./-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$")
 
 
 def _split_terms(selector: str) -> list[str]:
@@ -389,7 +384,8 @@ class Store:
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str, str, str], Obj] = {}
         self._revision = 0
-        self.changes: list[tuple[int, str, Kind, Obj]] = []  # (rv, ADDED|MODIFIED|DELETED, kind, object)
+        # (rv, ADDED|MODIFIED|DELETED, kind, object, the object before the change or None)
+        self.changes: list[tuple[int, str, Kind, Obj, Obj | None]] = []
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -399,9 +395,7 @@ class Store:
         with self._lock:
             obj = self._objects.get((kind.group, kind.resource, namespace, name))
             if obj is None:
-                raise ApiError(
-                    404, "NotFound", f'{kind.qualified} "{name}" not found', self._details(kind, name)
-                )
+                raise ApiError(404, "NotFound", f'{kind.qualified} "{name}" not found', self._details(kind, name))
             return copy.deepcopy(obj)
 
     def list(self, kind: Kind, namespace: str = "") -> tuple[builtins.list[Obj], str]:
@@ -424,10 +418,7 @@ class Store:
             key = (kind.group, kind.resource, namespace, name)
             if key in self._objects:
                 raise ApiError(
-                    409,
-                    "AlreadyExists",
-                    f'{kind.qualified} "{name}" already exists',
-                    self._details(kind, name),
+                    409, "AlreadyExists", f'{kind.qualified} "{name}" already exists', self._details(kind, name)
                 )
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now_rfc3339())
             if kind.namespaced:
@@ -435,9 +426,7 @@ class Store:
             obj.update(apiVersion=kind.api_version, kind=kind.kind)
             return self._commit(kind, key, obj, "ADDED")
 
-    def update(
-        self, kind: Kind, namespace: str, name: str, change: Callable[[Obj], Obj], subresource: str = ""
-    ) -> Obj:
+    def update(self, kind: Kind, namespace: str, name: str, change: Callable[[Obj], Obj], subresource: str = "") -> Obj:
         """Apply `change` to the stored object; 409 if the result carries a resourceVersion that is not current."""
         with self._lock:
             current = self.get(kind, namespace, name)
@@ -460,20 +449,15 @@ class Store:
                 merged = {**new, "status": current.get("status", {})}
             else:
                 merged = new
-            immutable = {
-                k: current["metadata"][k]
-                for k in ("uid", "creationTimestamp", "namespace", "name")
-                if k in current["metadata"]
-            }
+            immutable = {k: current["metadata"][k] for k in ("uid", "creationTimestamp", "namespace", "name")
+                         if k in current["metadata"]}
             merged["metadata"] = {**(merged.get("metadata") or {}), **immutable}
             merged.update(apiVersion=kind.api_version, kind=kind.kind)
-            comparable = (
-                {**merged, "metadata": {**merged["metadata"], "resourceVersion": None}},
-                {**current, "metadata": {**current["metadata"], "resourceVersion": None}},
-            )
+            comparable = ({**merged, "metadata": {**merged["metadata"], "resourceVersion": None}},
+                          {**current, "metadata": {**current["metadata"], "resourceVersion": None}})
             if comparable[0] == comparable[1]:
                 return current  # a no-op write does not bump resourceVersion
-            return self._commit(kind, (kind.group, kind.resource, namespace, name), merged, "MODIFIED")
+            return self._commit(kind, (kind.group, kind.resource, namespace, name), merged, "MODIFIED", current)
 
     def delete(self, kind: Kind, namespace: str, name: str) -> Obj:
         with self._lock:
@@ -481,18 +465,20 @@ class Store:
             del self._objects[(kind.group, kind.resource, namespace, name)]
             self._revision += 1
             obj["metadata"]["resourceVersion"] = str(self._revision)
-            self._record_change("DELETED", kind, obj)
+            self._record_change("DELETED", kind, obj, obj)
             return obj
 
-    def _commit(self, kind: Kind, key: tuple[str, str, str, str], obj: Obj, change: str) -> Obj:
+    def _commit(
+        self, kind: Kind, key: tuple[str, str, str, str], obj: Obj, change: str, before: Obj | None = None
+    ) -> Obj:
         self._revision += 1
         obj["metadata"]["resourceVersion"] = str(self._revision)
         self._objects[key] = copy.deepcopy(obj)
-        self._record_change(change, kind, obj)
+        self._record_change(change, kind, obj, before)
         return copy.deepcopy(obj)
 
-    def _record_change(self, change: str, kind: Kind, obj: Obj) -> None:
-        self.changes.append((self._revision, change, kind, copy.deepcopy(obj)))
+    def _record_change(self, change: str, kind: Kind, obj: Obj, before: Obj | None) -> None:
+        self.changes.append((self._revision, change, kind, copy.deepcopy(obj), before))
         del self.changes[:-10_000]
         for loop, event in self._waiters:
             loop.call_soon_threadsafe(event.set)
@@ -501,12 +487,10 @@ class Store:
     def _details(kind: Kind, name: str) -> Obj:
         return {"name": name, "group": kind.group, "kind": kind.resource}
 
-    def changes_after(self, revision: int) -> builtins.list[tuple[int, str, Kind, Obj]]:
+    def changes_after(self, revision: int) -> builtins.list[tuple[int, str, Kind, Obj, Obj | None]]:
         with self._lock:
             if self.changes and revision < self.changes[0][0] - 1:
-                raise ApiError(
-                    410, "Expired", f"too old resource version: {revision} ({self.changes[0][0] - 1})"
-                )
+                raise ApiError(410, "Expired", f"too old resource version: {revision} ({self.changes[0][0] - 1})")
             return [change for change in self.changes if change[0] > revision]
 
     def waiter(self) -> asyncio.Event:
@@ -583,20 +567,11 @@ class Emulator:
         return self.store.create(KINDS[("", "nodes")], "", node)
 
     def add_pod(
-        self,
-        namespace: str,
-        name: str,
-        node: str,
-        ip: str,
-        labels: dict[str, str] | None = None,
-        port: int = 9445,
+        self, namespace: str, name: str, node: str, ip: str, labels: dict[str, str] | None = None, port: int = 9445
     ) -> Obj:
         pod = {
             "metadata": {"name": name, "labels": labels or {}},
-            "spec": {
-                "nodeName": node,
-                "containers": [{"name": "main", "ports": [{"name": "http", "containerPort": port}]}],
-            },
+            "spec": {"nodeName": node, "containers": [{"name": "main", "ports": [{"name": "http", "containerPort": port}]}]},
             "status": {"phase": "Running", "podIP": ip},
         }
         return self.store.create(KINDS[("", "pods")], namespace, pod)
@@ -608,10 +583,16 @@ class Emulator:
         return self.store.list(KINDS[(group, resource)], namespace)[0]
 
     def change(
-        self, resource: str, name: str, change: Callable[[Obj], Obj], namespace: str = "", group: str = ""
+        self,
+        resource: str,
+        name: str,
+        change: Callable[[Obj], Obj],
+        namespace: str = "",
+        group: str = "",
+        subresource: str = "",
     ) -> Obj:
         """Another writer: change a stored object as another client would (bumps resourceVersion)."""
-        return self.store.update(KINDS[(group, resource)], namespace, name, change)
+        return self.store.update(KINDS[(group, resource)], namespace, name, change, subresource)
 
     def patch_node(self, name: str, change: Callable[[Obj], Obj]) -> Obj:
         return self.change("nodes", name, change)
@@ -635,8 +616,11 @@ class Emulator:
         }
 
     def write_kubeconfig(self, path: str) -> str:
-        with open(path, "w") as handle:
+        """Written whole or not at all (temp file + rename): a reader polling for the file never sees half of it."""
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as handle:
             yaml.safe_dump(self.kubeconfig(), handle)
+        os.replace(temporary, path)
         return path
 
     # --- serving -------------------------------------------------------------------------------------------
@@ -644,6 +628,7 @@ class Emulator:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_get("/version", self._version)
         app.router.add_get("/_emulator/requests", self._requests)
+        app.router.add_post("/_emulator/faults", self._add_fault)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
 
@@ -687,20 +672,23 @@ class Emulator:
     async def _requests(self, request: web.Request) -> web.Response:
         return web.json_response([r.__dict__ for r in self.store.requests])
 
+    async def _add_fault(self, request: web.Request) -> web.Response:
+        """Fault injection for an emulator in another process: POST a JSON Fault (without `before`)."""
+        try:
+            body = await request.json()
+            fault = Fault(**{k: v for k, v in body.items() if k != "before"})
+        except (json.JSONDecodeError, TypeError) as error:
+            return web.json_response(ApiError(400, "BadRequest", str(error)).status(), status=400)
+        self.inject(fault)
+        return web.json_response({"injected": body}, status=201)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
             kind, namespace, name, subresource = _route(request.path)
             watch = request.query.get("watch") in ("true", "1")
             verb = _verb(request.method, bool(name), watch)
-            record = Request(
-                verb,
-                kind.group,
-                kind.resource,
-                subresource,
-                namespace,
-                name,
-                request.headers.get("Content-Type", "").split(";")[0] if request.can_read_body else "",
-            )
+            record = Request(verb, kind.group, kind.resource, subresource, namespace, name,
+                             request.headers.get("Content-Type", "").split(";")[0] if request.can_read_body else "")
             fault = self.store.record(record)
             if fault is not None:
                 if fault.hang_seconds:
@@ -717,19 +705,10 @@ class Emulator:
         except ApiError as error:
             return web.json_response(error.status(), status=error.code)
         except json.JSONDecodeError as error:
-            return web.json_response(
-                ApiError(400, "BadRequest", f"invalid JSON: {error}").status(), status=400
-            )
+            return web.json_response(ApiError(400, "BadRequest", f"invalid JSON: {error}").status(), status=400)
 
     def _dispatch(
-        self,
-        request: web.Request,
-        verb: str,
-        kind: Kind,
-        namespace: str,
-        name: str,
-        subresource: str,
-        body: Any,
+        self, request: web.Request, verb: str, kind: Kind, namespace: str, name: str, subresource: str, body: Any
     ) -> tuple[int, Obj]:
         store = self.store
         if verb == "list":
@@ -737,24 +716,14 @@ class Emulator:
             fields = field_selector(request.query.get("fieldSelector", ""), kind)
             items, revision = store.list(kind, namespace)
             items = [o for o in items if labels(o["metadata"].get("labels") or {}) and fields(o)]
-            return 200, {
-                "kind": f"{kind.kind}List",
-                "apiVersion": kind.api_version,
-                "metadata": {"resourceVersion": revision},
-                "items": items,
-            }
+            return 200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
+                         "metadata": {"resourceVersion": revision}, "items": items}
         if verb == "get":
             return 200, store.get(kind, namespace, name)
         if verb == "create" and subresource == "eviction":
             store.get(kind, namespace, name)
             store.delete(kind, namespace, name)
-            return 201, {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Success",
-                "code": 201,
-            }
+            return 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
         if not isinstance(body, (dict, list)):
             raise ApiError(400, "BadRequest", "the request needs a JSON body")
         if verb == "create":
@@ -769,9 +738,7 @@ class Emulator:
             patch_type = _PATCH_TYPES.get(request.headers.get("Content-Type", "").split(";")[0])
             if patch_type is None:
                 raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {request.content_type}")
-            return 200, store.update(
-                kind, namespace, name, lambda obj: _apply_patch(patch_type, obj, body), subresource
-            )
+            return 200, store.update(kind, namespace, name, lambda obj: _apply_patch(patch_type, obj, body), subresource)
         if verb == "delete":
             return 200, store.delete(kind, namespace, name)
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
@@ -796,13 +763,16 @@ class Emulator:
                 await response.write(json.dumps({"type": change, "object": obj}).encode() + b"\n")
             while time.monotonic() < deadline:
                 event.clear()
-                for rv, change, changed_kind, obj in self.store.changes_after(revision):
+                for rv, change, changed_kind, obj, before in self.store.changes_after(revision):
                     revision = rv
-                    meta = obj["metadata"]
-                    if changed_kind != kind or (namespace and meta.get("namespace") != namespace):
+                    if changed_kind != kind or (namespace and obj["metadata"].get("namespace") != namespace):
                         continue
-                    if labels(meta.get("labels") or {}) and fields(obj):
-                        await response.write(json.dumps({"type": change, "object": obj}).encode() + b"\n")
+                    # With selectors, an object that starts or stops matching is ADDED or DELETED for this watch.
+                    now = change != "DELETED" and labels(obj["metadata"].get("labels") or {}) and fields(obj)
+                    was = before is not None and labels(before["metadata"].get("labels") or {}) and fields(before)
+                    seen = {(True, True): "MODIFIED", (True, False): "ADDED", (False, True): "DELETED"}.get((now, was))
+                    if seen is not None:
+                        await response.write(json.dumps({"type": seen, "object": obj}).encode() + b"\n")
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(event.wait(), max(0.0, min(1.0, deadline - time.monotonic())))
         except (ConnectionResetError, asyncio.CancelledError):
@@ -816,12 +786,7 @@ class Emulator:
 def _verb(method: str, named: bool, watch: bool) -> str:
     if method == "GET":
         return "watch" if watch else ("get" if named else "list")
-    verbs = {
-        "POST": "create",
-        "PUT": "update",
-        "PATCH": "patch",
-        "DELETE": "delete" if named else "deletecollection",
-    }
+    verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete" if named else "deletecollection"}
     if method not in verbs:
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
     return verbs[method]
@@ -847,12 +812,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Kubernetes API EMULATOR for tests and the demo (not a real apiserver): nodes, pods, events, "
         "configmaps, leases; resourceVersion, 409s, patches, selectors, watch.",
     )
-    parser.add_argument(
-        "--listen", default="127.0.0.1:0", help="HOST:PORT to bind (port 0 picks a free port)"
-    )
-    parser.add_argument(
-        "--kubeconfig-out", default="", help="write a kubeconfig pointing at the emulator here"
-    )
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to bind (port 0 picks a free port)")
+    parser.add_argument("--kubeconfig-out", default="", help="write a kubeconfig pointing at the emulator here")
     parser.add_argument("--nodes", type=int, default=0, help="create this many nodes named node-0.. at start")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -865,10 +826,8 @@ def main(argv: list[str] | None = None) -> int:
         url = await emulator.start(host or "127.0.0.1", int(port or 0))
         if args.kubeconfig_out:
             emulator.write_kubeconfig(args.kubeconfig_out)
-        print(
-            f"kubernetes API emulator listening on {url}; kubeconfig: {args.kubeconfig_out or '(not written)'}",
-            flush=True,
-        )
+        print(f"kubernetes API emulator listening on {url}; kubeconfig: {args.kubeconfig_out or '(not written)'}",
+              flush=True)
         await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -14,18 +14,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.evidence import Evidence
 from controller import policy
+from controller.detect.engine import DetectionEngine, DetectionResult
 from controller.fetch import EvidenceFetcher, Target
 from controller.kube import ClusterView, Kube, KubeError, NotLeader
 from controller.leader import LeaderElector
 from controller.model import NodeVerdict, Verdict
 from controller.settings import ControllerSettings
-
-if TYPE_CHECKING:
-    from controller.detect.engine import DetectionEngine, DetectionResult
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +40,7 @@ class Snapshot:
     cluster: ClusterView = field(default_factory=lambda: ClusterView({}, {}))
     breaker: policy.BreakerState = field(default_factory=policy.BreakerState)
     blocked: dict[str, str] = field(default_factory=dict)
-    planned: dict[str, str] = field(
-        default_factory=dict
-    )  # node -> action planned this cycle (done unless dry-run)
+    planned: dict[str, str] = field(default_factory=dict)  # node -> action planned this cycle (done unless dry-run)
     agent_urls: dict[str, str] = field(default_factory=dict)  # node -> agent URL
     phase_seconds: dict[str, float] = field(default_factory=dict)
     error: str = ""
@@ -58,6 +54,7 @@ class Counters:
     action_failures: Counter[str] = field(default_factory=Counter)  # by action
     cycles: int = 0
     cycle_failures: int = 0
+    discovery_failures: int = 0  # cycles that could not read the cluster (ran on the last known state)
 
 
 class ControllerLoop:
@@ -80,6 +77,9 @@ class ControllerLoop:
         self.counters = Counters()
         self.memory = policy.Memory()
         self._local_breaker = policy.BreakerState()  # dry-run / no Kubernetes: the breaker lives here only
+        self._reported: set[str] = set()  # dry-run actions already logged
+        self._discovered: tuple[list[Target], ClusterView, policy.BreakerState] = ([], ClusterView({}, {}),
+                                                                                   policy.BreakerState())
 
     def may_write(self) -> bool:
         """The write guard checked right before every write."""
@@ -110,14 +110,17 @@ class ControllerLoop:
             phases[phase] = now_mono - mark
             mark = now_mono
 
-        if self.kube is None or self.settings.agent_urls:
-            targets = [Target(url) for url in self.settings.agent_urls]
-        else:
-            targets = [Target(a.url, a.node) for a in await asyncio.to_thread(self.kube.agents)]
-        cluster = await asyncio.to_thread(self.kube.cluster) if self.kube is not None else ClusterView({}, {})
-        breaker = (
-            await asyncio.to_thread(self.kube.breaker) if self.kube is not None else policy.BreakerState()
-        )
+        discovery_error = ""
+        try:
+            targets, cluster, breaker = await asyncio.to_thread(self._discover)
+            self._discovered = (targets, cluster, breaker)
+        except KubeError as error:
+            # The API is down: keep pulling evidence from the agents we knew and keep verdicts current; act on
+            # nothing until the cluster can be read again.
+            log.error("cannot read the cluster (%s); using the last known agents and nodes, not acting", error)
+            self.counters.discovery_failures += 1
+            targets, cluster, breaker = self._discovered
+            discovery_error = f"cannot read the cluster: {error}"
         if self._local_breaker.open and not breaker.open and (self.settings.dry_run or self.kube is None):
             breaker = self._local_breaker
         lap("discover")
@@ -134,7 +137,7 @@ class ControllerLoop:
         lap("detect")
 
         decision = policy.decide(verdicts, cluster.nodes, breaker, self.memory, self.settings.safety, now)
-        acting = self.may_write()
+        acting = not discovery_error and self.may_write()
         if acting or self.settings.dry_run or self.kube is None:
             self.memory = decision.memory
         self._local_breaker = decision.breaker
@@ -143,14 +146,13 @@ class ControllerLoop:
 
         if acting:
             await asyncio.to_thread(self._act, decision, cluster, now)
-            if (
-                decision.actions and self.kube is not None
-            ):  # show what the cluster holds now, not before acting
+            if decision.actions and self.kube is not None:  # show what the cluster holds now, not before acting
                 cluster = await asyncio.to_thread(self.kube.cluster)
-        elif decision.actions and (self.settings.dry_run or self.kube is None):
-            for action in decision.actions:
-                if not isinstance(action, policy.Notify):
-                    log.info("dry-run: would %s", _describe(action))
+        elif self.settings.dry_run or self.kube is None:
+            would = {_describe(a) for a in decision.actions if not isinstance(a, policy.Notify)}
+            for description in sorted(would - self._reported):  # each planned action once, not every cycle
+                log.info("dry-run: would %s", description)
+            self._reported = would
         lap("act")
 
         self.counters.cycles += 1
@@ -165,8 +167,16 @@ class ControllerLoop:
             planned=planned,
             agent_urls={h.node: url for url, h in health.items() if h.node},
             phase_seconds=phases,
+            error=discovery_error,
         )
         return self.snapshot
+
+    def _discover(self) -> tuple[list[Target], ClusterView, policy.BreakerState]:
+        """Where the agents are, the selected nodes and the breaker (in a worker thread: blocking API calls)."""
+        if self.kube is None:
+            return [Target(url) for url in self.settings.agent_urls], ClusterView({}, {}), policy.BreakerState()
+        targets = [Target(a.url, a.node) for a in self.kube.agents()]
+        return targets, self.kube.cluster(), self.kube.breaker()
 
     # ----------------------------------------------------------------------------------------------- acting
     def _act(self, decision: policy.Decision, cluster: ClusterView, now: float) -> None:
@@ -210,13 +220,7 @@ class ControllerLoop:
             if kube.cordon(action.node, action.reason, evidence, verdict.since or now, guard):
                 self.counters.cordons[action.reason] += 1
                 log.warning("cordoned %s: %s", action.node, policy.summary(verdict))
-                self._event(
-                    kube,
-                    action.node,
-                    "LockstepCordoned",
-                    f"cordoned and tainted: {policy.summary(verdict)}",
-                    True,
-                )
+                self._event(kube, action.node, "LockstepCordoned", f"cordoned and tainted: {policy.summary(verdict)}", True)
                 kube.set_condition(action.node, False, action.reason, policy.summary(verdict), guard)
         elif isinstance(action, policy.Release):
             person = action.cause == "person"
@@ -225,24 +229,24 @@ class ControllerLoop:
                 self.counters.releases[action.cause] += 1
                 how = "a person released it" if person else "healthy for the probation period"
                 log.warning("released %s (held for %s): %s", action.node, reason, how)
-                self._event(
-                    kube, action.node, "LockstepReleased", f"released (held for {reason}): {how}", False
-                )
+                self._event(kube, action.node, "LockstepReleased", f"released (held for {reason}): {how}", False)
                 kube.set_condition(action.node, True, "Released", how, guard)
         elif isinstance(action, policy.ForgetRelease):
             kube.forget_release(action.node, guard)
         elif isinstance(action, policy.Notify):
             self._event(kube, action.node, action.event_reason, action.message, True)
         elif isinstance(action, policy.OpenBreaker):
-            log.error(
-                "circuit breaker OPEN: %s; no cordons until a person runs `lockstep release --breaker`",
-                action.reason,
-            )
+            log.error("circuit breaker OPEN: %s; no cordons until a person runs `lockstep release --breaker`", action.reason)
             kube.open_breaker(action.reason, action.nodes, now, guard)
 
     def _event(self, kube: Kube, node: str, reason: str, message: str, warning: bool) -> None:
-        kube.event(node, reason, message, warning, self.may_write)
-        self.counters.events[reason] += 1
+        """Events are best effort: a failed one is counted and logged, and never stops the writes after it."""
+        try:
+            kube.event(node, reason, message, warning, self.may_write)
+            self.counters.events[reason] += 1
+        except KubeError as error:
+            self.counters.action_failures["Event"] += 1
+            log.error("could not emit %s for %s: %s", reason, node, error)
 
 
 def _describe(action: Any) -> str:

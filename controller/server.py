@@ -78,9 +78,7 @@ def build_app(loop: ControllerLoop) -> web.Application:
         allowed = max(30.0, 3 * loop.settings.interval_seconds)
         if completed and time.time() - completed < allowed:
             return web.Response(text="ready\n")
-        return web.Response(
-            status=503, text=f"not ready: no cycle completed in {allowed:.0f} s {loop.snapshot.error}\n"
-        )
+        return web.Response(status=503, text=f"not ready: no cycle completed in {allowed:.0f} s {loop.snapshot.error}\n")
 
     async def nodes(request: web.Request) -> web.Response:
         snapshot = loop.snapshot
@@ -89,18 +87,20 @@ def build_app(loop: ControllerLoop) -> web.Application:
                 "completed_at": snapshot.completed_at,
                 "dry_run": loop.settings.dry_run,
                 "leader": loop.leader is None or loop.leader.is_leader(),
+                "error": loop.snapshot.error,
                 "breaker": to_plain(snapshot.breaker),
                 "nodes": node_reports(loop),
+                "agents": [
+                    {"url": url, "node": health.node, "error": health.last_error}
+                    for url, health in sorted(loop.fetcher.health.items())
+                ],
             }
         )
 
     async def jobs(request: web.Request) -> web.Response:
         result = loop.snapshot.result
         return web.json_response(
-            {
-                "completed_at": loop.snapshot.completed_at,
-                "jobs": to_plain(list(result.jobs)) if result else [],
-            }
+            {"completed_at": loop.snapshot.completed_at, "jobs": to_plain(list(result.jobs)) if result else []}
         )
 
     app = web.Application()

@@ -25,6 +25,8 @@ NET_STATISTICS = (
     "tx_dropped",
 )
 
+IFF_UP = 0x1  # `flags` bit: administratively up
+
 # hw_counters files that are settings, not counters.
 HW_COUNTER_SETTINGS = frozenset({"lifespan"})
 
@@ -48,6 +50,7 @@ class InterfaceReading:
     physical: bool  # backed by a device (has a `device` link), not a veth, bridge or loopback
     arp_type: int | None  # ARPHRD_*: 1 Ethernet, 32 InfiniBand (IPoIB), 772 loopback
     operstate: str
+    admin_up: bool | None  # IFF_UP in `flags`: False when someone set the interface down on purpose
     mtu_bytes: int | None
     speed_bits_per_second: float | None
     carrier_changes: int | None
@@ -63,7 +66,7 @@ class RdmaPortReading:
     link_layer: str  # "InfiniBand" or "Ethernet" (RoCE)
     state: int | None  # 4 = ACTIVE
     state_name: str
-    phys_state: int | None  # 5 = LinkUp
+    phys_state: int | None  # 5 = LinkUp, 3 = Disabled (switched off on purpose)
     phys_state_name: str
     rate_bits_per_second: float | None
     netdevs: tuple[str, ...]
@@ -102,11 +105,13 @@ class SysfsNet:
         found: list[ReadProblem] = []
         reader = _Reader(self._root, found)
         speed_mbps = reader.integer(f"{base}/speed", missing_ok=True, einval_ok=True)
+        flags = reader.integer(f"{base}/flags", missing_ok=True)
         reading = InterfaceReading(
             name=name,
             physical=os.path.exists(f"{base}/device"),
             arp_type=reader.integer(f"{base}/type"),
             operstate=reader.text(f"{base}/operstate") or "unknown",
+            admin_up=None if flags is None else bool(flags & IFF_UP),
             mtu_bytes=reader.integer(f"{base}/mtu"),
             speed_bits_per_second=speed_mbps * 1e6 if speed_mbps is not None and speed_mbps > 0 else None,
             carrier_changes=reader.integer(f"{base}/carrier_changes", missing_ok=True, einval_ok=True),

@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from agent.settings import AgentSettings
 
 
+class SourceUnavailable(RuntimeError):
+    """The collector's source is absent or down (no NVML library, driver not loaded): an expected state, not a bug.
+
+    The collector logs it once when it changes; the runner reports success 0 for the call without a traceback.
+    """
+
+
 class Collector(abc.ABC):
     """Reads one source (NVML, sysfs, the probe socket) and reports it.
 

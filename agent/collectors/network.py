@@ -110,6 +110,7 @@ RDMA_ERROR_COUNTERS = (
     "excessive_buffer_overrun_errors",
 )
 RDMA_STATE_ACTIVE = 4
+RDMA_PHYS_STATE_DISABLED = 3
 ARPHRD_ETHER = 1
 ARPHRD_INFINIBAND = 32
 
@@ -122,7 +123,7 @@ class NicSample:
 
     kind: NicKind
     up: bool
-    carried_traffic: bool
+    disabled: bool  # switched off on purpose (interface admin down, RDMA port phys_state Disabled)
     link_speed_bits_per_second: float | None
     tx_bytes: int
     rx_bytes: int
@@ -151,12 +152,12 @@ class NetworkCollector(Collector):
     ) -> None:
         self.sysfs = sysfs
         self.exclude = re.compile(exclude_interfaces) if exclude_interfaces else None
-        self.window_seconds = window_seconds
         self.xmit_wait_bytes_per_tick = xmit_wait_bytes_per_tick
         self.read_errors = ReadErrors(self.name)
         self._lock = threading.Lock()
         self._window: RollingWindow[Mapping[str, NicSample]] = RollingWindow(window_seconds)
         self._max_speed: dict[str, float] = {}  # highest link speed seen per NIC since the agent started
+        self._seen_up: set[str] = set()  # NICs this agent has seen up: only those can go down
         self._since: dict[tuple[str, str], float] = {}  # (signal kind, NIC) -> Unix s the condition began
 
     @classmethod
@@ -204,6 +205,7 @@ class NetworkCollector(Collector):
         samples = {i.name: _interface_sample(i) for i in interfaces} | {p.name: _port_sample(p) for p in ports}
         self._window.add(samples)
         with self._lock:
+            self._seen_up.update(name for name, sample in samples.items() if sample.up)
             for name, sample in samples.items():
                 if sample.link_speed_bits_per_second is not None:
                     seen = self._max_speed.get(name, 0.0)
@@ -247,16 +249,23 @@ class NetworkCollector(Collector):
         )
 
     def _hard_signals(self, now: Snapshot, base: Snapshot, physical: set[str]) -> list[HardSignal]:
-        """Link down (after carrying traffic), flapping in the window, speed below the port's best."""
+        """Link lost (seen up before, not switched off), flapping in the window, speed below the port's best.
+
+        A port that was down since the agent started, or that someone disabled, is no signal: unused ports and
+        maintenance must never look like faults.
+        """
         signals: list[HardSignal] = []
+        window = now.monotonic - base.monotonic
         for name, current in now.value.items():
             if name not in physical:
                 continue
             before = base.value.get(name)
-            flaps = current.carrier_changes - before.carrier_changes if before else 0
+            flaps = max(current.carrier_changes - before.carrier_changes, 0) if before else 0
+            with self._lock:
+                lost = not current.up and not current.disabled and name in self._seen_up
             conditions: list[tuple[HardSignalKind, bool, str, float]] = [
-                ("nic_link_down", not current.up and current.carried_traffic, "link is down", 1.0),
-                ("nic_link_flap", flaps > 0, f"{flaps} carrier changes in {self.window_seconds:g} s", float(flaps)),
+                ("nic_link_down", lost, "link lost", 1.0),
+                ("nic_link_flap", flaps > 0, f"{flaps} link state changes in {window:.0f} s", float(flaps)),
             ]
             best = self._max_speed.get(name)
             speed = current.link_speed_bits_per_second
@@ -296,7 +305,7 @@ def _interface_sample(reading: InterfaceReading) -> NicSample:
     return NicSample(
         kind=kinds.get(reading.arp_type, "other"),
         up=reading.operstate in ("up", "unknown"),
-        carried_traffic=stats.get("rx_bytes", 0) + stats.get("tx_bytes", 0) > 0,
+        disabled=reading.admin_up is False,
         link_speed_bits_per_second=reading.speed_bits_per_second,
         tx_bytes=stats.get("tx_bytes", 0),
         rx_bytes=stats.get("rx_bytes", 0),
@@ -315,7 +324,7 @@ def _port_sample(reading: RdmaPortReading) -> NicSample:
     return NicSample(
         kind="roce" if reading.link_layer == "Ethernet" else "infiniband",
         up=reading.state == RDMA_STATE_ACTIVE,
-        carried_traffic=tx_bytes + rx_bytes > 0,
+        disabled=reading.phys_state == RDMA_PHYS_STATE_DISABLED,
         link_speed_bits_per_second=reading.rate_bits_per_second,
         tx_bytes=tx_bytes,
         rx_bytes=rx_bytes,

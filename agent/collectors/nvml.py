@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -30,7 +30,7 @@ from agent.backends.nvml import (
     PcieThroughput,
     XidEvent,
 )
-from agent.collectors.base import Collector
+from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import EvidencePart, GpuEvidence, HardSignal, HardSignalKind
 
 if TYPE_CHECKING:
@@ -165,6 +165,20 @@ def throttle_kinds(reasons: Sequence[str]) -> dict[HardSignalKind, list[str]]:
     return kinds
 
 
+def _context(s: GpuSnapshot) -> str:
+    """What a person wants next to a throttle reason: temperatures, power against its limit, the SM clock."""
+    parts = []
+    if s.temperature_celsius is not None:
+        parts.append(f"GPU {s.temperature_celsius:.0f} °C")
+    if s.memory_temperature_celsius is not None:
+        parts.append(f"HBM {s.memory_temperature_celsius:.0f} °C")
+    if s.power_watts is not None and s.power_limit_watts is not None:
+        parts.append(f"{s.power_watts:.0f} W of {s.power_limit_watts:.0f} W")
+    if s.sm_clock_hertz is not None:
+        parts.append(f"SM clock {s.sm_clock_hertz / 1e6:.0f} MHz")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _device(gpu: GpuIdentity) -> str:
     return gpu.uuid or f"GPU {gpu.index}"
 
@@ -182,21 +196,36 @@ class _Reading:
     snapshots: list[GpuSnapshot]
     vanished: list[GpuIdentity]
     signals: list[HardSignal]
+    driver_version: str
 
 
 class XidLog:
-    """XID events: totals per (GPU, code) since the agent started, and the events of the last window_seconds."""
+    """XID events: totals per (GPU, code) since the agent started, and the events of the last window_seconds.
+
+    Events in the window are kept as per-second buckets, so an XID storm costs memory per second, not per event.
+    """
 
     def __init__(self, window_seconds: float) -> None:
         self._window_seconds = window_seconds
         self._lock = threading.Lock()
-        self._events: deque[XidEvent] = deque()
+        # (index, uuid, code) -> buckets [second, first at, last at, count], oldest first
+        self._recent: dict[tuple[int, str, int], deque[list[float]]] = {}
+        self._gpus: dict[tuple[int, str, int], GpuIdentity] = {}
         self._totals: Counter[tuple[int, str, int]] = Counter()
 
-    def record(self, event: XidEvent) -> None:
+    def record(self, event: XidEvent) -> int:
+        """Add one event; returns how many of this (GPU, code) there have been since the agent started."""
+        key = (event.gpu.index, event.gpu.uuid, event.code)
         with self._lock:
-            self._events.append(event)
-            self._totals[(event.gpu.index, event.gpu.uuid, event.code)] += 1
+            buckets = self._recent.setdefault(key, deque())
+            if buckets and buckets[-1][0] == int(event.at):
+                buckets[-1][2] = event.at
+                buckets[-1][3] += 1
+            else:
+                buckets.append([int(event.at), event.at, event.at, 1])
+            self._gpus[key] = event.gpu
+            self._totals[key] += 1
+            return self._totals[key]
 
     def totals(self) -> dict[tuple[int, str, int], int]:
         with self._lock:
@@ -204,25 +233,27 @@ class XidLog:
 
     def signals(self, now: float) -> list[HardSignal]:
         """One signal per (GPU, code) seen within the window, with how many and when first and last."""
+        signals = []
         with self._lock:
-            while self._events and self._events[0].at < now - self._window_seconds:
-                self._events.popleft()
-            events = list(self._events)
-        grouped: dict[tuple[str, int], list[XidEvent]] = {}
-        for event in events:
-            grouped.setdefault((_device(event.gpu), event.code), []).append(event)
-        return [
-            HardSignal(
-                kind="xid",
-                device=device,
-                xid=code,
-                detail=f"XID {code} on GPU {same[-1].gpu.index} ({same[-1].gpu.pci_bus_id or 'unknown bus id'})",
-                count=len(same),
-                first_seen=same[0].at,
-                last_seen=same[-1].at,
-            )
-            for (device, code), same in grouped.items()
-        ]
+            for key, buckets in list(self._recent.items()):
+                while buckets and buckets[0][2] < now - self._window_seconds:
+                    buckets.popleft()
+                if not buckets:
+                    del self._recent[key]
+                    continue
+                gpu, code = self._gpus[key], key[2]
+                signals.append(
+                    HardSignal(
+                        kind="xid",
+                        device=_device(gpu),
+                        xid=code,
+                        detail=f"XID {code} on GPU {gpu.index} ({gpu.pci_bus_id or 'unknown bus id'})",
+                        count=sum(bucket[3] for bucket in buckets),
+                        first_seen=buckets[0][1],
+                        last_seen=buckets[-1][2],
+                    )
+                )
+        return signals
 
 
 class NvmlCollector(Collector):
@@ -285,14 +316,16 @@ class NvmlCollector(Collector):
                 self._stop.wait(1.0)
                 continue
             if event is not None:
-                log.warning(
-                    "XID %d on GPU %d (%s, %s)",
-                    event.code,
-                    event.gpu.index,
-                    event.gpu.uuid,
-                    event.gpu.pci_bus_id,
-                )
-                self._xids.record(event)
+                total = self._xids.record(event)
+                if math.log10(total).is_integer():  # the 1st, 10th, 100th ...: a storm does not flood the log
+                    log.warning(
+                        "XID %d on GPU %d (%s, %s): %d since the agent started",
+                        event.code,
+                        event.gpu.index,
+                        event.gpu.uuid,
+                        event.gpu.pci_bus_id,
+                        total,
+                    )
 
     def _sample_pcie(self) -> bool:
         samples = self._backend.read_pcie_throughput()
@@ -308,9 +341,10 @@ class NvmlCollector(Collector):
         with self._lock:
             try:
                 snapshots = self._backend.read()
+                driver_version = self._backend.driver_version()
             except NvmlUnavailable as error:
                 self._note_status(f"NVML unavailable: {error}; the agent runs on without GPU metrics")
-                raise
+                raise SourceUnavailable(str(error)) from error
             self._note_status(
                 f"NVML sees {len(snapshots)} GPUs" if snapshots else "NVML sees no GPUs on this node"
             )
@@ -333,7 +367,12 @@ class NvmlCollector(Collector):
                 )
                 for key, c in conditions.items()
             ]
-        return _Reading(snapshots=snapshots, vanished=vanished, signals=signals + self._xids.signals(now))
+        return _Reading(
+            snapshots=snapshots,
+            vanished=vanished,
+            signals=signals + self._xids.signals(now),
+            driver_version=driver_version,
+        )
 
     def _note_status(self, status: str) -> None:
         if status != self._status:
@@ -395,7 +434,7 @@ class NvmlCollector(Collector):
             found.append(_Condition("pcie_degraded", gpu, detail))
         if s.clock_event_reasons:
             for kind, reasons in throttle_kinds(active_reasons(s.clock_event_reasons)).items():
-                found.append(_Condition(kind, gpu, f"clock event reasons: {', '.join(reasons)}"))
+                found.append(_Condition(kind, gpu, f"clock event reasons: {', '.join(reasons)}{_context(s)}"))
         return found
 
     def _pcie_degraded(self, s: GpuSnapshot) -> bool:
@@ -445,7 +484,10 @@ class NvmlCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         reading = self._refresh()
         families = _GpuFamilies()
-        count = GaugeMetricFamily("lockstep_gpus", "GPUs NVML enumerates (nvmlDeviceGetCount_v2).")
+        count = GaugeMetricFamily(
+            "lockstep_gpus",
+            "GPUs this agent reads: nvmlDeviceGetCount_v2 less those it has no permission to open.",
+        )
         count.add_metric([], len(reading.snapshots))
         lost = families.gauge(
             "lockstep_gpu_lost",
@@ -459,7 +501,13 @@ class NvmlCollector(Collector):
                 self._add_gpu(families, labels, s)
         for gpu in reading.vanished:
             lost.add_metric(_labels(gpu), 1.0)
-        return [count, *families.all(), *self._xid_families(), self._error_family()]
+        driver = GaugeMetricFamily(
+            "lockstep_nvml_driver_info",
+            "The NVIDIA driver version (nvmlSystemGetDriverVersion); always 1.",
+            labels=["driver_version"],
+        )
+        driver.add_metric([reading.driver_version], 1.0)
+        return [count, driver, *families.all(), *self._xid_families(), self._error_family()]
 
     def _add_gpu(self, families: _GpuFamilies, labels: list[str], s: GpuSnapshot) -> None:
         for metric, attribute, help_text in _GAUGES:
@@ -533,11 +581,11 @@ class NvmlCollector(Collector):
             return
         tx = families.gauge(
             "lockstep_gpu_pcie_transmit_bytes_per_second",
-            "PCIe transmit throughput over NVML's 20 ms sample, KiB/s x 1024 (nvmlDeviceGetPcieThroughput TX).",
+            "PCIe transmit throughput over NVML's 20 ms measurement, taken in the background (nvmlDeviceGetPcieThroughput TX, KB/s x 1024).",
         )
         rx = families.gauge(
             "lockstep_gpu_pcie_receive_bytes_per_second",
-            "PCIe receive throughput over NVML's 20 ms sample, KiB/s x 1024 (nvmlDeviceGetPcieThroughput RX).",
+            "PCIe receive throughput over NVML's 20 ms measurement, taken in the background (nvmlDeviceGetPcieThroughput RX, KB/s x 1024).",
         )
         families.add(tx, labels, sample.tx_bytes_per_second)
         families.add(rx, labels, sample.rx_bytes_per_second)
@@ -563,6 +611,9 @@ class NvmlCollector(Collector):
         return errors
 
 
+_F = TypeVar("_F", GaugeMetricFamily, CounterMetricFamily)
+
+
 def _labels(gpu: GpuIdentity) -> list[str]:
     return [str(gpu.index), gpu.uuid, gpu.model, gpu.pci_bus_id]
 
@@ -574,21 +625,16 @@ class _GpuFamilies:
         self._families: dict[str, Metric] = {}
 
     def gauge(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> GaugeMetricFamily:
-        family = self._families.get(name)
-        if family is None:
-            family = self._families[name] = GaugeMetricFamily(
-                name, help_text, labels=[*GPU_LABELS, *extra_labels]
-            )
-        assert isinstance(family, GaugeMetricFamily)
-        return family
+        return self._family(GaugeMetricFamily, name, help_text, extra_labels)
 
     def counter(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> CounterMetricFamily:
+        return self._family(CounterMetricFamily, name, help_text, extra_labels)
+
+    def _family(self, kind: type[_F], name: str, help_text: str, extra_labels: Sequence[str]) -> _F:
         family = self._families.get(name)
         if family is None:
-            family = self._families[name] = CounterMetricFamily(
-                name, help_text, labels=[*GPU_LABELS, *extra_labels]
-            )
-        assert isinstance(family, CounterMetricFamily)
+            family = self._families[name] = kind(name, help_text, labels=[*GPU_LABELS, *extra_labels])
+        assert isinstance(family, kind)
         return family
 
     @staticmethod

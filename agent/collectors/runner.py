@@ -20,48 +20,56 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from agent import __version__
 from agent.collectors import COLLECTORS, CollectorSpec
-from agent.collectors.base import Collector
+from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import Evidence, EvidencePart
 from agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Outcome:
-    """What one collector call produced: its result if it succeeded in time, and how long it took (s)."""
+    """What one collector call produced: its result if it succeeded in time, how long it took (s), or why not."""
 
     succeeded: bool
     duration_seconds: float
     result: object = None
+    error: BaseException | None = None
 
 
 class _Call:
-    """One collector method running on the pool; a second caller while it is still running joins it.
+    """One collector method running in its own daemon thread; a second caller while it still runs joins it.
 
-    Joining (instead of starting the method again) serialises calls per collector and method, and keeps a
-    hung collector from piling up threads: at most one call per collector and method is ever in flight.
+    Joining (instead of starting the method again) serialises calls per collector and method, and keeps a hung
+    collector from piling up threads: at most one call per collector and method is ever in flight. Daemon
+    threads let the agent exit even while a collector hangs in a driver call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self._name = name
         self._lock = threading.Lock()
         self._future: concurrent.futures.Future[Outcome] | None = None
 
-    def start(
-        self, pool: concurrent.futures.Executor, name: str, fn: Callable[[], object]
-    ) -> concurrent.futures.Future[Outcome]:
+    def start(self, fn: Callable[[], object]) -> concurrent.futures.Future[Outcome]:
         with self._lock:
             if self._future is None or self._future.done():
-                self._future = pool.submit(_timed, name, fn)
+                future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+                thread = threading.Thread(
+                    target=lambda: future.set_result(_timed(fn)),
+                    name=f"collector-{self._name}",
+                    daemon=True,
+                )
+                thread.start()
+                self._future = future
             return self._future
 
 
-def _timed(name: str, fn: Callable[[], object]) -> Outcome:
+def _timed(fn: Callable[[], object]) -> Outcome:
     start = time.perf_counter()
     try:
         result = fn()
-    except Exception:
-        log.exception("collector %s failed", name)
-        return Outcome(succeeded=False, duration_seconds=time.perf_counter() - start)
+    except Exception as error:
+        return Outcome(succeeded=False, duration_seconds=time.perf_counter() - start, error=error)
     return Outcome(succeeded=True, duration_seconds=time.perf_counter() - start, result=result)
 
 
@@ -84,12 +92,10 @@ class CollectorRunner:
         self.broken = sorted(set(broken))
         self.node_name = node_name
         self.timeout_seconds = timeout_seconds
-        # two calls per collector may be in flight at once: collect() and evidence()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(2, 2 * len(self.collectors)), thread_name_prefix="collector"
-        )
-        self._collect_calls = {name: _Call() for name in self.collectors}
-        self._evidence_calls = {name: _Call() for name in self.collectors}
+        self._failing: set[str] = set()  # collectors whose last run failed: logged once until they recover
+        self._failing_lock = threading.Lock()
+        self._collect_calls = {name: _Call(name) for name in self.collectors}
+        self._evidence_calls = {name: _Call(name) for name in self.collectors}
 
     @classmethod
     def from_settings(cls, settings: AgentSettings, table: Iterable[CollectorSpec] = COLLECTORS) -> CollectorRunner:
@@ -128,7 +134,6 @@ class CollectorRunner:
                 collector.close()
             except Exception:
                 log.exception("collector %s failed to close", name)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def collect(self) -> Iterator[Metric]:
         """prometheus_client Collector interface: every collector's families plus success and duration."""
@@ -181,7 +186,7 @@ class CollectorRunner:
         """Run `method` on every collector at once; each gets the same deadline, counted from now."""
         deadline = time.monotonic() + self.timeout_seconds
         futures = {
-            name: calls[name].start(self._pool, name, functools.partial(method, collector))
+            name: calls[name].start(functools.partial(method, collector))
             for name, collector in self.collectors.items()
         }
         outcomes: dict[str, Outcome] = {}
@@ -189,9 +194,27 @@ class CollectorRunner:
             try:
                 outcomes[name] = future.result(timeout=max(0.0, deadline - time.monotonic()))
             except concurrent.futures.TimeoutError:
-                log.warning("collector %s did not finish within %.1f s; left out", name, self.timeout_seconds)
-                outcomes[name] = Outcome(succeeded=False, duration_seconds=self.timeout_seconds)
+                error = TimeoutError(f"did not finish within {self.timeout_seconds:g} s; left out")
+                outcomes[name] = Outcome(succeeded=False, duration_seconds=self.timeout_seconds, error=error)
+            self._log_change(name, outcomes[name])
         return outcomes
+
+    def _log_change(self, name: str, outcome: Outcome) -> None:
+        """Log a collector's failure once (with its traceback) and its recovery, not every scrape."""
+        with self._failing_lock:
+            first = not outcome.succeeded and name not in self._failing
+            recovered = outcome.succeeded and name in self._failing
+            (self._failing.add if not outcome.succeeded else self._failing.discard)(name)
+        error = outcome.error
+        if first and isinstance(error, SourceUnavailable):  # expected; the collector logged it once
+            log.debug("collector %s: %s", name, error)
+        elif first and error is not None:
+            traceback = error if error.__traceback__ is not None else None
+            log.warning("collector %s failed: %s (success 0 until it recovers)", name, error, exc_info=traceback)
+        elif not outcome.succeeded:
+            log.debug("collector %s still failing: %s", name, error)
+        elif recovered:
+            log.info("collector %s recovered", name)
 
     def _drop(self, name: str) -> None:
         self.collectors.pop(name)

@@ -42,7 +42,7 @@ def main() -> None:
     rank = dist.get_rank()
     torch.manual_seed(rank)
     model = nn.Sequential(nn.Linear(args.width, args.width), nn.ReLU(), nn.Linear(args.width, args.width))
-    ddp = DistributedDataParallel(model, bucket_cap_mb=0.25)
+    ddp = DistributedDataParallel(model)  # the model fits one gradient bucket: one all-reduce per step
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01)
     inputs, targets = torch.randn(32, args.width), torch.randn(32, args.width)
     print(f"rank {rank} of {dist.get_world_size()} training", flush=True)

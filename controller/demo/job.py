@@ -4,18 +4,42 @@ namespace, with the Lockstep probe switched on and a per-rank slowdown file the 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import site
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.demo.cluster import Node, free_port
+from controller.demo.paths import PROBE_PTH
 from controller.demo.processes import Child, ProcessSet
 
 log = logging.getLogger(__name__)
 
 WORKER_MODULE = "controller.demo.ddp_worker"
 SLOWDOWN_ENV = "LOCKSTEP_DEMO_SLOWDOWN_FILE"
+
+
+def probe_bootstrap_env(env: dict[str, str], work_dir: Path) -> str:
+    """Switch the probe on in `env` the way a user does (LOCKSTEP_PROBE=1, no code change); returns how.
+
+    An installed lockstep has put `lockstep-probe.pth` into site-packages. Running from a checkout, the demo
+    puts the same file in a site directory of its own, added through a `sitecustomize` on PYTHONPATH.
+    """
+    env["LOCKSTEP_PROBE"] = "1"
+    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    if any((Path(d) / PROBE_PTH.name).exists() for d in site_dirs):
+        return "installed lockstep-probe.pth"
+    site_dir = work_dir / "probe-site"
+    site_dir.mkdir(exist_ok=True)
+    shutil.copy(PROBE_PTH, site_dir / PROBE_PTH.name)
+    (site_dir / "sitecustomize.py").write_text(
+        "import os, site\nsite.addsitedir(os.path.dirname(os.path.abspath(__file__)))\n"
+    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site_dir), env.get("PYTHONPATH", "")) if p)
+    return f"lockstep-probe.pth from this checkout ({site_dir})"
 
 
 @dataclass
@@ -25,7 +49,7 @@ class TrainingJob:
     name: str
     nodes: list[Node]
     processes: ProcessSet
-    base_env: Mapping[str, str]
+    base_env: Mapping[str, str]  # with the probe switched on (probe_bootstrap_env)
     compute_seconds: float = 0.2
     ranks: dict[int, Child] = field(default_factory=dict)
     generation: int = 0
@@ -60,7 +84,6 @@ class TrainingJob:
                     "MASTER_ADDR": master.ip,
                     "MASTER_PORT": str(port),
                     "GLOO_SOCKET_IFNAME": node.interface,
-                    "LOCKSTEP_PROBE": "1",
                     "LOCKSTEP_SOCKET_DIR": str(node.socket_dir),
                     "LOCKSTEP_JOB": self.name,
                     "NODE_NAME": node.name,

@@ -21,12 +21,11 @@ from kubernetes import config as kube_config
 from controller.demo.cluster import Cluster
 from controller.demo.faults import Fault, write_nvml_config
 from controller.demo.http import get_json
-from controller.demo.job import TrainingJob
+from controller.demo.job import TrainingJob, probe_bootstrap_env
 from controller.demo.observe import Observer
+from controller.demo.paths import FAKE_NVML_DIR, REPO
 from controller.demo.processes import ProcessSet
 from controller.demo.services import (
-    FAKE_NVML_DIR,
-    REPO,
     Controller,
     Emulator,
     Prometheus,
@@ -37,6 +36,7 @@ from controller.demo.services import (
     start_prometheus,
     wait_ready,
 )
+from controller.demo.stale import sweep_stale_runs
 from controller.demo.timeline import Timeline
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,9 @@ class DemoRun:
         options = self.options
         for note in check_prerequisites(options):
             self.timeline.say(f"note: {note}")
+        if options.use_namespaces:
+            for prefix in sweep_stale_runs():
+                self.timeline.say(f"note: removed what the killed demo run {prefix} left behind")
         self.cluster = Cluster(options.nodes, self.work_dir, options.use_namespaces)
         self.cluster.build()
         cluster = self.cluster
@@ -265,14 +268,16 @@ class DemoRun:
     def start_job(self) -> None:
         assert self.cluster is not None
         ranked = self.cluster.nodes[: self.options.nodes - self.options.idle_nodes]
+        job_env = dict(self.env)
+        probe = probe_bootstrap_env(job_env, self.work_dir)
         self.job = TrainingJob(
-            f"{self.cluster.prefix}-ddp", ranked, self.processes, self.env, self.options.compute_seconds
+            f"{self.cluster.prefix}-ddp", ranked, self.processes, job_env, self.options.compute_seconds
         )
         self.job.start()
         self.timeline.add(
             "job",
-            f"DDP job {self.job.name} started: {self.job.world_size} ranks (gloo, CPU, probe on), rank i on node{''}i, "
-            f"rendezvous {ranked[0].ip}",
+            f"DDP job {self.job.name} started: {self.job.world_size} ranks (torch.distributed, gloo, CPU), rank r on "
+            f"node r, MASTER_ADDR {ranked[0].ip}; probe on (LOCKSTEP_PROBE=1, {probe})",
         )
         if self.options.idle_nodes:
             idle = ", ".join(n.name for n in self.cluster.nodes[len(ranked) :])
@@ -362,6 +367,17 @@ class DemoRun:
             if target is not None and self._acted_on(target):
                 break
         return self.detection(fault, injected_at)
+
+    def watch_alerts(self, timeout_seconds: float) -> None:
+        """With Prometheus running, keep watching until an alert starts firing (rules evaluate every 2 s)."""
+        if self.prometheus is None:
+            return
+        fired_before = sum(1 for e in self.timeline.events if e.kind == "alert")
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            self.observe(POLL_INTERVAL_SECONDS)
+            if sum(1 for e in self.timeline.events if e.kind == "alert") > fired_before:
+                return
 
     def _acted_on(self, node: str) -> bool:
         assert self.observer is not None

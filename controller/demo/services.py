@@ -14,13 +14,10 @@ import yaml
 
 from controller.demo.cluster import Cluster, Node, free_port
 from controller.demo.http import responds, wait_until
+from controller.demo.paths import ALERT_RULES, FAKE_NVML_DIR
 from controller.demo.processes import Child, ProcessSet
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[2]
-FAKE_NVML_DIR = REPO / "build" / "fake-nvml"
-ALERT_RULES = REPO / "helm" / "lockstep" / "files" / "alerts.yaml"  # the chart's PrometheusRule source
 
 
 def agent_config(node: Node) -> dict[str, object]:

@@ -63,14 +63,17 @@ def sysfs_copy(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_agent(subprocess_env: dict[str, str], python: str, tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start `python -m agent` with extra arguments; returns its base URL once /readyz says ready."""
+    """Start `python -m agent` with extra arguments; returns its base URL once /readyz says ready.
+
+    Its probe socket lives in the test's directory, so agents of parallel tests never share one.
+    """
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str) -> str:
         port = free_port()
         log = open(tmp_path / f"agent-{port}.log", "wb")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
-            [python, "-m", "agent", "--listen", f"127.0.0.1:{port}", *args],
+            [python, "-m", "agent", "--listen", f"127.0.0.1:{port}", "--collective.socket-dir", str(tmp_path), *args],
             env=subprocess_env,
             stdout=log,
             stderr=subprocess.STDOUT,

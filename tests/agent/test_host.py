@@ -1,4 +1,4 @@
-"""Host collector: TCP retransmits and segments from /proc/net/snmp, the boot id; bad procfs is counted."""
+"""Host collector: TCP retransmits and segments from /proc/1/net/snmp, the boot id; bad procfs is counted."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def procfs_copy(tmp_path: Path) -> Path:
 
 
 def set_tcp(root: Path, out_segments: int, retransmitted: int) -> None:
-    snmp = root / "net/snmp"
+    snmp = root / "1/net/snmp"
     lines = snmp.read_text().splitlines()
     header = next(line.split() for line in lines if line.startswith("Tcp:"))
     index_out, index_retrans = header.index("OutSegs"), header.index("RetransSegs")
@@ -55,11 +55,11 @@ def test_evidence_gives_retransmit_and_segment_rates_over_the_window(procfs_copy
 
 
 def test_a_malformed_snmp_file_fails_the_run_and_is_counted(procfs_copy: Path) -> None:
-    (procfs_copy / "net/snmp").write_text("Tcp: RtoAlgorithm OutSegs\nTcp: 1\n")
+    (procfs_copy / "1/net/snmp").write_text("Tcp: RtoAlgorithm OutSegs\nTcp: 1\n")
     collector = HostCollector(Procfs(procfs_copy))
-    with pytest.raises(Exception, match="net/snmp"):
+    with pytest.raises(Exception, match="1/net/snmp"):
         list(collector.collect())
-    assert collector.read_errors.counts == {"net/snmp": 1}
+    assert collector.read_errors.counts == {"1/net/snmp": 1}
 
 
 def test_the_real_procfs_of_this_machine_is_read() -> None:

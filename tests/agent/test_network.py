@@ -154,12 +154,12 @@ def test_evidence_reports_rates_over_the_window_for_physical_nics_and_rdma_ports
     assert "veth3f2a9c1" not in {n.name for n in second.nics}, "virtual interfaces stay out of the evidence"
 
 
-def test_a_flapping_port_and_a_link_that_went_down_after_traffic_are_hard_signals(sysfs_copy: Path) -> None:
+def test_a_flapping_port_and_a_link_that_was_lost_are_hard_signals(sysfs_copy: Path) -> None:
     collector = NetworkCollector(SysfsNet(sysfs_copy), window_seconds=60)
     assert collector.evidence().hard_signals == []
     bump(sysfs_copy / "class/infiniband/mlx5_1/ports/1/counters/link_downed", 3)
     bump(sysfs_copy / "class/net/ens1f0np0/carrier_changes", 2)
-    (sysfs_copy / "class/net/eno1/operstate").write_text("down\n")
+    (sysfs_copy / "class/net/eno1/operstate").write_text("down\n")  # carrier lost, still administratively up
     (sysfs_copy / "class/net/eno1/speed").write_text("-1\n")
     signals = {(s.kind, s.device): s for s in collector.evidence().hard_signals}
     assert set(signals) == {
@@ -174,6 +174,21 @@ def test_a_flapping_port_and_a_link_that_went_down_after_traffic_are_hard_signal
     again = {(s.kind, s.device): s for s in collector.evidence().hard_signals}
     assert again[("nic_link_down", "eno1")].first_seen == down_since, "a condition keeps the time it began"
     assert again[("nic_link_down", "eno1")].last_seen > down_since
+
+
+def test_ports_switched_off_on_purpose_or_down_since_start_are_no_signal(sysfs_copy: Path) -> None:
+    port = sysfs_copy / "class/infiniband/mlx5_0/ports/1"
+    (port / "state").write_text("1: DOWN\n")  # an unused port, down before the agent started
+    (port / "phys_state").write_text("2: Polling\n")
+    collector = NetworkCollector(SysfsNet(sysfs_copy), window_seconds=60)
+    collector.evidence()
+    (sysfs_copy / "class/net/eno1/operstate").write_text("down\n")
+    (sysfs_copy / "class/net/eno1/flags").write_text("0x1002\n")  # `ip link set eno1 down`: maintenance
+    (sysfs_copy / "class/infiniband/mlx5_1/ports/1/state").write_text("1: DOWN\n")
+    (sysfs_copy / "class/infiniband/mlx5_1/ports/1/phys_state").write_text("3: Disabled\n")
+    evidence = collector.evidence()
+    assert evidence.hard_signals == []
+    assert not nic(evidence.nics, "eno1").up and not nic(evidence.nics, "mlx5_1/1").up
 
 
 def test_a_port_that_renegotiated_to_a_lower_rate_is_speed_degraded(sysfs_copy: Path) -> None:

@@ -83,3 +83,45 @@ def test_an_interface_deleted_while_the_agent_runs_disappears_from_its_metrics(s
     body = http_get(url + "/metrics")[2]
     assert veth.host_side not in body
     assert 'lockstep_collector_success{collector="network"} 1.0' in body
+
+
+def tcp_retransmitted(url: str) -> float:
+    for family in text_string_to_metric_families(http_get(url + "/metrics")[2]):
+        for sample in family.samples:
+            if sample.name == "lockstep_host_tcp_retransmitted_segments_total":
+                return sample.value
+    raise AssertionError("no TCP retransmit counter")
+
+
+def test_a_link_shaped_with_tc_tbf_shows_up_as_tcp_retransmits(start_agent, veth: VethPair, python: str) -> None:
+    """The demo's slow-link fault: a token bucket that drops what exceeds it makes TCP resend."""
+    url = start_agent("--no-collector.nvml", "--node-name", "tbf-test")
+    subprocess.run(
+        ["tc", "qdisc", "add", "dev", veth.host_side, "root", "tbf", "rate", "2mbit", "burst", "8kb", "limit", "16kb"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", veth.namespace, python, "-c",
+         "import socket; s = socket.create_server(('0.0.0.0', 5001)); c, _ = s.accept()\n"
+         "while c.recv(65536): pass"],
+    )  # fmt: skip
+    try:
+        before = tcp_retransmitted(url)
+        connections: list[socket.socket] = []
+
+        def connect() -> bool:
+            try:
+                connections.append(socket.create_connection((veth.peer_address, 5001), timeout=30))
+            except ConnectionRefusedError:  # the server is still starting
+                return False
+            return True
+
+        wait_until(connect, timeout=30, what="the server in the namespace to listen")
+        with connections[0] as client:
+            client.sendall(b"x" * 1_500_000)  # ~6 s at 2 Mbit/s, far more than the bucket holds
+        wait_until(lambda: tcp_retransmitted(url) > before, timeout=30, what="TCP retransmits to rise")
+    finally:
+        server.kill()
+        server.wait()

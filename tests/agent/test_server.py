@@ -122,7 +122,7 @@ async def test_a_raising_collector_reports_failure_and_the_others_are_still_serv
 async def test_a_hanging_collector_times_out_without_stalling_the_scrape_or_piling_up_threads(
     serve_collectors, hanging: Hanging
 ) -> None:
-    url = await serve_collectors([hanging, Static("alpha")], timeout_seconds=0.5)
+    url = await serve_collectors([hanging, Static("alpha")], timeout_seconds=2.0)
     for _ in range(3):
         status, _, body = await asyncio.wait_for(fetch(url + "/metrics"), timeout=20)
         assert status == 200
@@ -214,3 +214,28 @@ def test_a_collector_whose_constructor_fails_is_marked_broken_not_fatal() -> Non
         assert runner.broken == ["periodicity"]
     finally:
         runner.close()
+
+
+def test_a_failing_collector_is_logged_once_and_its_recovery_once(caplog: pytest.LogCaptureFixture) -> None:
+    class Flaky(Static):
+        failing = True
+
+        def collect(self) -> Iterable[Metric]:
+            if self.failing:
+                raise RuntimeError("sensor on fire")
+            return super().collect()
+
+    flaky = Flaky("flaky")
+    runner = CollectorRunner([flaky], node_name="n", timeout_seconds=5)
+    with caplog.at_level("INFO", logger="agent.collectors.runner"):
+        for _ in range(3):
+            list(runner.collect())
+        flaky.failing = False
+        list(runner.collect())
+        list(runner.collect())
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "collector flaky failed: sensor on fire (success 0 until it recovers)",
+        "collector flaky recovered",
+    ]
+    assert caplog.records[0].exc_info is not None, "the first failure carries its traceback"

@@ -129,7 +129,7 @@ def test_a_port_already_in_use_exits_1_with_a_message(subprocess_env: dict[str, 
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [python, "-m", "agent", "--listen", f"127.0.0.1:{port}", "--no-collector.nvml"],
+            [python, "-m", "agent", "--listen", f"127.0.0.1:{port}", "--no-collector.nvml", "--no-collector.collective"],
             env=subprocess_env,
             capture_output=True,
             text=True,

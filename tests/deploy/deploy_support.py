@@ -50,11 +50,13 @@ ALL_FEATURES: dict[str, Any] = {
     "commonLabels": {"owner": "platform"},
     "serviceAccount": {"agent": {"annotations": {"x": "y"}}, "controller": {"annotations": {"x": "y"}}},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-    "podMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "dashboards": {"enabled": True, "namespace": "monitoring"},
     "networkPolicy": {"enabled": True},
+    "rbac": {"create": True, "operatorRole": True},
 }
+# The Prometheus operator's alternative: PodMonitors instead of ServiceMonitors.
+POD_MONITORS: dict[str, Any] = {"serviceMonitor": {"enabled": False}, "podMonitor": {"enabled": True}}
 
 
 def render(values: dict[str, Any] | None = None, release: str = RELEASE) -> dict[str, str]:
@@ -77,13 +79,13 @@ def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objs if o["kind"] == kind]
 
 
+def all_rules() -> list[dict[str, Any]]:
+    """Every alerting and recording rule of the shipped rules file."""
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
 def alert_rules() -> list[dict[str, Any]]:
-    return [
-        rule
-        for group in yaml.safe_load(ALERTS.read_text())["groups"]
-        for rule in group["rules"]
-        if "alert" in rule
-    ]
+    return [rule for rule in all_rules() if "alert" in rule]
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
@@ -115,20 +117,24 @@ def grafana_to_promql(expr: str, rate_interval: str = "5m") -> str:
     )
 
 
-_METRIC = re.compile(r"\b(lockstep_[a-z0-9_]+|up)\b")
+# Metrics from other exporters a dashboard may use, with their source (not exported by Lockstep itself).
+EXTERNAL_METRICS = {"kube_node_spec_taint": "kube-state-metrics (kube-prometheus-stack)"}
+
+# Not inside a recording rule's name (`level:metric:operations`) nor part of a longer word.
+_METRIC = re.compile(r"(?<![:\w])(lockstep_[a-z0-9_]+|up|kube_[a-z0-9_]+)(?![:\w])")
 
 
 def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (label names never start with `lockstep_`)."""
+    """Exported metric names a PromQL expression selects (label names never start with `lockstep_`)."""
     return set(_METRIC.findall(expr))
 
 
 def referenced_metrics() -> dict[str, set[str]]:
     """Metric name -> where it is used: the one list of names the dashboards and alert rules rely on."""
     used: dict[str, set[str]] = {}
-    for rule in alert_rules():
+    for rule in all_rules():
         for name in metric_names(rule["expr"]):
-            used.setdefault(name, set()).add(f"alert {rule['alert']}")
+            used.setdefault(name, set()).add(f"rule {rule.get('alert') or rule['record']}")
     for board, title, expr in dashboard_queries():
         for name in metric_names(expr):
             used.setdefault(name, set()).add(f"{board}: {title}")

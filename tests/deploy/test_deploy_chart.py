@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tarfile
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -15,16 +17,23 @@ from deploy_support import (
     CHART,
     DASHBOARDS,
     NAMESPACE,
+    POD_MONITORS,
+    REPO,
     by_kind,
     objects,
     render,
 )
 
+from agent import __main__ as agent_main
+from agent.settings import load_settings
+from controller import __main__ as controller_main
+from controller import settings as controller_settings
+
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.utils.latest_version())
 OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
-CASES = {"default values": None, "every optional feature on": ALL_FEATURES}
+CASES = {"default values": None, "every optional feature on": ALL_FEATURES, "pod monitors": POD_MONITORS}
 
 
 @pytest.mark.parametrize("values", CASES.values(), ids=CASES.keys())
@@ -53,8 +62,13 @@ def test_every_core_object_is_valid_kubernetes_in_strict_mode(
 # structure the operator requires (monitoring.coreos.com/v1, the fields its CRDs mark required and their types).
 def test_prometheus_operator_resources_have_the_structure_the_operator_requires() -> None:
     objs = objects(ALL_FEATURES)
-    monitors = by_kind(objs, "ServiceMonitor") + by_kind(objs, "PodMonitor")
-    assert {m["metadata"]["name"] for m in monitors} == {"lockstep-agent", "lockstep-controller"}
+    service_monitors, pod_monitors = (
+        by_kind(objs, "ServiceMonitor"),
+        by_kind(objects(POD_MONITORS), "PodMonitor"),
+    )
+    for monitors in (service_monitors, pod_monitors):
+        assert {m["metadata"]["name"] for m in monitors} == {"lockstep-agent", "lockstep-controller"}
+    monitors = service_monitors + pod_monitors
     for monitor in monitors:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         spec = monitor["spec"]
@@ -112,7 +126,9 @@ def test_prometheus_rule_carries_exactly_the_alerts_file_with_the_chosen_runbook
         )
     )
     assert rule["spec"] == expected
-    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    urls = [
+        r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r
+    ]
     assert urls and all(u.startswith(base + "#") for u in urls)
 
 
@@ -197,18 +213,16 @@ def test_controller_runs_as_non_root_without_capabilities() -> None:
     assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
-# The verbs lockstep-controller uses; see the kube helper's recorded requests (tests/deploy/test_deploy_rbac.py).
-EXPECTED_CLUSTER_RULES = {
-    ("", "nodes"): {"get", "list", "watch", "patch"},
-    ("", "nodes/status"): {"patch"},
-    ("", "pods"): {"list", "watch"},
-    ("", "events"): {"create"},
-    ("events.k8s.io", "events"): {"create"},
-}
-EXPECTED_NAMESPACED_RULES = {
-    ("coordination.k8s.io", "leases"): {"get", "create", "update"},
-    ("", "configmaps"): {"get", "create", "patch"},
-}
+# The verbs lockstep-controller uses, recorded by the Kubernetes API emulator (pinned by tests/kube/test_rbac_verbs.py).
+RBAC_VERBS = REPO / "controller" / "rbac_verbs.json"
+NAMESPACED = {
+    ("coordination.k8s.io", "leases"),
+    ("", "configmaps"),
+}  # the Lease and the breaker, release namespace
+
+
+def recorded(who: str) -> dict[tuple[str, str], set[str]]:
+    return granted({"rules": json.loads(RBAC_VERBS.read_text())[who]})
 
 
 def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -220,12 +234,13 @@ def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     return verbs
 
 
-def test_rbac_grants_exactly_the_verbs_the_controller_uses_and_no_wildcards() -> None:
+def test_rbac_grants_exactly_the_verbs_the_controller_was_recorded_using() -> None:
     objs = objects()
     (cluster_role,) = by_kind(objs, "ClusterRole")
     (role,) = by_kind(objs, "Role")
-    assert granted(cluster_role) == EXPECTED_CLUSTER_RULES
-    assert granted(role) == EXPECTED_NAMESPACED_RULES
+    used = recorded("controller")
+    assert granted(cluster_role) == {key: verbs for key, verbs in used.items() if key not in NAMESPACED}
+    assert granted(role) == {key: verbs for key, verbs in used.items() if key in NAMESPACED}
     assert role["metadata"]["namespace"] == NAMESPACE
     (binding,) = by_kind(objs, "ClusterRoleBinding")
     assert binding["subjects"] == [
@@ -233,6 +248,15 @@ def test_rbac_grants_exactly_the_verbs_the_controller_uses_and_no_wildcards() ->
     ]
     assert "*" not in json.dumps([cluster_role["rules"], role["rules"]])
     assert not by_kind(objects({"rbac": {"create": False}}), "ClusterRole")
+
+
+def test_the_lease_and_breaker_the_role_covers_live_in_the_namespace_the_controller_uses() -> None:
+    objs = objects()
+    (role,) = by_kind(objs, "Role")
+    config_map = next(c for c in by_kind(objs, "ConfigMap") if c["metadata"]["name"] == "lockstep-controller")
+    config = yaml.safe_load(config_map["data"]["controller.yaml"])
+    assert config["kube"]["namespace"] == role["metadata"]["namespace"] == NAMESPACE
+    assert config["kube"]["agent_namespace"] == NAMESPACE
 
 
 def test_network_policy_admits_only_prometheus_and_the_controller_to_the_agents() -> None:
@@ -348,3 +372,93 @@ def test_notes_tell_what_to_do_next() -> None:
         and "lockstep release --breaker" in acting
         and "lockstep.dev/managed=false" in acting
     )
+
+
+@pytest.mark.parametrize("values", CASES.values(), ids=CASES.keys())
+def test_rendered_settings_files_are_accepted_by_the_real_agent_and_controller(
+    values: dict[str, Any] | None, tmp_path: Path
+) -> None:
+    maps = {c["metadata"]["name"]: c["data"] for c in by_kind(objects(values), "ConfigMap")}
+    agent_file = yaml.safe_load(maps["lockstep-agent"]["agent.yaml"])
+    agent = load_settings(agent_file, {"node_name": "gpu-1"})
+    assert agent.network.sysfs_root == Path("/host/sys") and agent.host.procfs_root == Path("/host/proc")
+    assert agent.collective.socket_dir == "/run/lockstep" and agent.collective.proc_root == "/host/proc"
+    assert agent.periodicity.sysfs_net == "/host/sys/class/net"
+
+    (tmp_path / "controller.yaml").write_text(maps["lockstep-controller"]["controller.yaml"])
+    controller = controller_settings.load(str(tmp_path / "controller.yaml"))
+    assert controller.kube.namespace == NAMESPACE and controller.leader.enabled
+    assert controller.safety.max_cordoned_nodes == 2 and controller.safety.breaker_nodes == 3
+    assert controller.dry_run is (values or {}).get("controller", {}).get("dryRun", True)
+
+
+def test_a_typo_in_agent_config_fails_the_agent_with_the_setting_named() -> None:
+    config = yaml.safe_load(
+        next(
+            c
+            for c in by_kind(objects({"agent": {"config": {"nvml": {"enabeld": False}}}}), "ConfigMap")
+            if c["metadata"]["name"] == "lockstep-agent"
+        )["data"]["agent.yaml"]
+    )
+    with pytest.raises(ValueError, match="nvml.enabeld"):
+        load_settings(config, {})
+
+
+def test_the_daemons_accept_the_flags_the_chart_passes() -> None:
+    (daemonset,) = by_kind(objects(ALL_FEATURES), "DaemonSet")
+    (deployment,) = by_kind(objects(), "Deployment")
+    agent_args = [
+        a.replace("$(NODE_NAME)", "gpu-1")
+        for a in daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
+    ]
+    parsed = agent_main.build_parser().parse_args(agent_args)
+    assert (
+        parsed.config == Path("/etc/lockstep/agent.yaml") or str(parsed.config) == "/etc/lockstep/agent.yaml"
+    )
+    controller_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    parsed = controller_main.build_parser().parse_args(controller_args)
+    assert parsed.dry_run is True and parsed.config == "/etc/lockstep/controller.yaml"
+
+
+def test_both_kinds_of_monitor_at_once_fail_with_the_fix_named() -> None:
+    with pytest.raises(helm.HelmError, match="enable one, or Prometheus scrapes every agent twice"):
+        render({"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}})
+
+
+def test_a_renew_deadline_not_shorter_than_the_lease_fails() -> None:
+    with pytest.raises(helm.HelmError, match="must be shorter than leaseDurationSeconds"):
+        render({"controller": {"leaderElection": {"leaseDurationSeconds": 10, "renewDeadlineSeconds": 10}}})
+
+
+def test_operator_roles_grant_what_lockstep_release_was_recorded_using_and_are_bound_to_no_one() -> None:
+    objs = objects({"rbac": {"operatorRole": True}})
+    roles = [
+        o
+        for o in objs
+        if o["kind"] in ("ClusterRole", "Role") and o["metadata"]["name"] == "lockstep-operator"
+    ]
+    grants: dict[tuple[str, str], set[str]] = {}
+    for role in roles:
+        for key, verbs in granted(role).items():
+            grants.setdefault(key, set()).update(verbs)
+    assert grants == recorded("operator")
+    bindings = by_kind(objs, "ClusterRoleBinding") + by_kind(objs, "RoleBinding")
+    assert all(b["roleRef"]["name"] != "lockstep-operator" for b in bindings)
+    assert not [o for o in objects() if o["metadata"]["name"] == "lockstep-operator"]
+
+
+def test_packaged_chart_carries_dashboards_and_rules_but_not_the_generator(tmp_path: Path) -> None:
+    archive = helm.package(CHART, destination=tmp_path)
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {
+        "lockstep/files/alerts.yaml",
+        "lockstep/values.schema.json",
+        "lockstep/templates/NOTES.txt",
+    } <= names
+    assert {f"lockstep/dashboards/{p.name}" for p in DASHBOARDS.glob("*.json")} <= names
+    assert not [n for n in names if n.endswith(".py")]
+    with helm.Chart.load(archive) as chart:
+        assert chart.render(name="lockstep", namespace=NAMESPACE)[
+            "lockstep/templates/dashboards.yaml"
+        ].strip()

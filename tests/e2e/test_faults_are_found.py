@@ -34,7 +34,7 @@ def assert_only_target_acted_on(run_fault: RunFault, fault: Fault, reason_words:
 
 
 def test_critical_xid_on_one_gpu_cordons_its_node_within_15_seconds(run_fault: RunFault) -> None:
-    assert_only_target_acted_on(run_fault, Xid(target_rank=2, xid=79), ("xid",))
+    assert_only_target_acted_on(run_fault, Xid(target_rank=2, xid=79), ("xid", "gpu"))
 
 
 def test_hung_rank_is_localised_to_its_node_not_the_peers_waiting_for_it(run_fault: RunFault) -> None:

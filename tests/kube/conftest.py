@@ -1,5 +1,9 @@
-"""Fixtures for the controller's Kubernetes side: the API emulator, a Kube client on it, fake agents, and a
-scripted stand-in for the detection engine (until controller/detect/engine.py lands on main)."""
+"""Fixtures for the controller's Kubernetes side: the API emulator, a Kube client on it, real HTTP agents serving
+evidence (with hard signals a test injects) and controller loops running the real detection engine.
+
+`ScriptedEngine` has the engine's step() signature and returns verdicts a test scripts; it is used only where a
+test needs a verdict the evidence cannot cheaply produce (a node healthy for an hour, a different finding on the
+same node, a fabric-only finding)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.evidence import Evidence
+from agent.evidence import Evidence, HardSignal
+from controller.detect.engine import DetectionEngine
 from controller.fetch import EvidenceFetcher
 from controller.kube import Kube, load_api_client
 from controller.kube_emulator import Emulator
@@ -87,19 +92,32 @@ def faulty(node: str, reason: str = "CriticalXid", severity: Severity = Severity
     return NodeVerdict(node, Verdict.FAULTY, confidence, reason, (finding,), since or time.time())
 
 
-def evidence_for(node: str) -> Evidence:
-    return Evidence(node=node, collected_at=time.time(), agent_version="test")
+def evidence_for(node: str, hard_signals: tuple[HardSignal, ...] = ()) -> Evidence:
+    return Evidence(node=node, collected_at=time.time(), agent_version="test", hard_signals=list(hard_signals))
+
+
+def gpu_fell_off_the_bus() -> HardSignal:
+    now = time.time()
+    return HardSignal(kind="xid", device="GPU-0", xid=79, detail="XID 79", first_seen=now - 1, last_seen=now)
 
 
 class FakeAgents:
-    """Real HTTP agents (aiohttp) serving /api/v1/evidence per node; a node can be made unreachable."""
+    """Real HTTP agents (aiohttp) serving fresh /api/v1/evidence per node, with the hard signals a test sets;
+    a node's agent can be killed (connection refused from then on)."""
 
     def __init__(self) -> None:
         self.runners: dict[str, web.AppRunner] = {}
         self.urls: dict[str, str] = {}
+        self.signals: dict[str, tuple[HardSignal, ...]] = {}
+
+    def break_gpu(self, *nodes: str) -> None:
+        for node in nodes:
+            self.signals[node] = (gpu_fell_off_the_bus(),)
+
     async def start(self, node: str) -> str:
         async def evidence(request: web.Request) -> web.Response:
-            return web.Response(text=evidence_for(node).model_dump_json(), content_type="application/json")
+            document = evidence_for(node, self.signals.get(node, ()))
+            return web.Response(text=document.model_dump_json(), content_type="application/json")
 
         app = web.Application()
         app.router.add_get("/api/v1/evidence", evidence)
@@ -150,8 +168,15 @@ class Cluster:
         return names
 
     def loop(
-        self, dry_run: bool = False, leader: bool = False, identity: str = "", node_selector: str = "", **safety: Any
+        self,
+        dry_run: bool = False,
+        leader: bool = False,
+        identity: str = "",
+        node_selector: str = "",
+        scripted: bool = False,
+        **safety: Any,
     ) -> ControllerLoop:
+        """A controller replica on the cluster: the real detection engine, or the cluster's ScriptedEngine."""
         settings = ControllerSettings(
             dry_run=dry_run,
             interval_seconds=0.2,
@@ -163,7 +188,8 @@ class Cluster:
         )
         kube = Kube(load_api_client(self.kubeconfig), settings.kube)
         elector = LeaderElector(kube, settings.leader) if leader else None
-        loop = ControllerLoop(settings, self.engine, EvidenceFetcher(settings.fetch), kube, elector)  # type: ignore[arg-type]
+        engine: Any = self.engine if scripted else DetectionEngine()
+        loop = ControllerLoop(settings, engine, EvidenceFetcher(settings.fetch), kube, elector)
         self.loops.append(loop)
         return loop
 

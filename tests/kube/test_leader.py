@@ -9,7 +9,7 @@ from controller.kube_emulator import Emulator, Fault
 from controller.leader import LeaderElector
 from controller.settings import LeaderSettings
 
-from .conftest import Cluster, faulty
+from .conftest import Cluster
 
 
 class Clock:
@@ -99,7 +99,7 @@ async def test_a_replica_that_loses_its_lease_stops_acting(cluster: Cluster) -> 
     assert first.leader is not None and second.leader is not None
     first.leader.step()
     second.leader.step()
-    cluster.engine.script["node-1"] = faulty("node-1")
+    cluster.agents.break_gpu("node-1")
     await first.cycle()
     await second.cycle()
     writers = {r.name for r in cluster.emulator.writes() if r.resource == "nodes"}
@@ -109,7 +109,7 @@ async def test_a_replica_that_loses_its_lease_stops_acting(cluster: Cluster) -> 
     take_lease(cluster.emulator, "second")
     first.leader.step()
     before = len(cluster.emulator.writes())
-    cluster.engine.script["node-2"] = faulty("node-2")
+    cluster.agents.break_gpu("node-2")
     await first.cycle()
     assert len(cluster.emulator.writes()) == before
     assert not first.may_write()

@@ -17,7 +17,7 @@ from controller.kube import ANNOTATION_RELEASED_REASON, TAINT_KEY
 from controller.loop import ControllerLoop
 from controller.server import build_app
 
-from .conftest import Cluster, faulty
+from .conftest import Cluster
 
 
 async def serve(loop: ControllerLoop) -> tuple[web.AppRunner, str]:
@@ -32,7 +32,7 @@ async def serve(loop: ControllerLoop) -> tuple[web.AppRunner, str]:
 async def served(cluster: Cluster) -> AsyncIterator[tuple[Cluster, ControllerLoop, str]]:
     await cluster.add_nodes(4)
     await cluster.agents.kill("node-3")
-    cluster.engine.script["node-1"] = faulty("node-1")
+    cluster.agents.break_gpu("node-1")
     loop = cluster.loop(max_cordoned_ratio=1.0)
     runner, url = await serve(loop)
     yield cluster, loop, url
@@ -87,7 +87,7 @@ async def test_metrics_pass_promtool_and_carry_verdicts_cordons_and_timings(
     assert status == 200
     assert 'lockstep_node_verdict{node="node-1",verdict="faulty"} 1.0' in text
     assert 'lockstep_node_verdict{node="node-3",verdict="unknown"} 1.0' in text
-    assert 'lockstep_controller_cordons_total{reason="CriticalXid"} 1.0' in text
+    assert 'lockstep_controller_cordons_total{reason="GpuLost"} 1.0' in text
     assert 'lockstep_controller_cycle_duration_seconds{phase="fetch"}' in text
     assert "lockstep_controller_agents_reachable 3.0" in text
     assert "lockstep_controller_breaker_open 0.0" in text
@@ -104,15 +104,16 @@ async def test_status_prints_a_table_of_nodes_and_explain_the_evidence_chain(
     code, out = await lockstep(capsys, "status", "--controller", url)
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("node-1 "))
-    assert "FAULTY" in row and "CriticalXid" in row and "cordoned+tainted by Lockstep" in row
+    assert "FAULTY" in row and "GpuLost" in row and "cordoned+tainted by Lockstep" in row
     assert "unknown" in next(line for line in out.splitlines() if line.startswith("node-3 "))
 
     code, out = await lockstep(capsys, "explain", "node-1", "--controller", url)
     assert code == 0
     assert "node node-1: FAULTY" in out
     assert "hard evidence (acts at once)" in out
-    assert "Peers compared: node-0, node-2" in out
-    assert "xid: 79" in out and "window_seconds: 30" in out
+    assert "What was seen: node-1 GPU-0: XID 79" in out
+    assert "Signal: xid" in out
+    assert "xid: 79" in out and "why: XID 79: GPU has fallen off the bus" in out
 
     code, out = await lockstep(capsys, "explain", "node-3", "--controller", url)
     assert "never a fault" in out
@@ -131,7 +132,7 @@ async def test_release_goes_through_the_kubernetes_api_and_is_remembered(
     node = cluster.emulator.node("node-1")
     assert not node["spec"].get("unschedulable")
     assert not [t for t in node["spec"].get("taints") or [] if t["key"] == TAINT_KEY]
-    assert node["metadata"]["annotations"][ANNOTATION_RELEASED_REASON] == "CriticalXid"
+    assert node["metadata"]["annotations"][ANNOTATION_RELEASED_REASON] == "GpuLost"
     await loop.cycle()
     assert not cluster.emulator.node("node-1")["spec"].get("unschedulable"), "not re-cordoned for the same finding"
 
@@ -141,8 +142,7 @@ async def test_release_goes_through_the_kubernetes_api_and_is_remembered(
 
 async def test_release_breaker_closes_the_breaker_in_the_cluster(cluster: Cluster, capsys: Any) -> None:
     await cluster.add_nodes(6)
-    for index in range(6):
-        cluster.engine.script[f"node-{index}"] = faulty(f"node-{index}")
+    cluster.agents.break_gpu(*(f"node-{index}" for index in range(6)))
     loop = cluster.loop(breaker_nodes=3)
     await loop.cycle()
     assert loop.snapshot.breaker.open
@@ -153,3 +153,27 @@ async def test_release_breaker_closes_the_breaker_in_the_cluster(cluster: Cluste
     await loop.cycle()
     assert not loop.snapshot.breaker.open
     assert (await lockstep(capsys, "release"))[0] == 2
+
+
+def test_explain_names_the_signal_the_peers_and_the_windows_of_a_statistical_finding() -> None:
+    from controller.operator_cli import explain
+
+    node = {
+        "node": "gpu-3", "verdict": "faulty", "confidence": 0.91, "reason": "Straggler", "since": 1_700_000_000,
+        "kubernetes": {"managed": True}, "held_by_lockstep": False, "blocked": "node cap: Lockstep holds 3 of at most 3",
+        "agent_url": "http://10.0.0.3:9445", "evidence_age_seconds": 1.5,
+        "findings": [{
+            "detector": "straggler", "reason": "Straggler", "severity": "statistical", "confidence": 0.91,
+            "job": "llama", "summary": "rank 3 arrives 41 ms late at every all-reduce and waits 2 ms; peers wait 40 ms",
+            "nodes": ["gpu-3", "gpu-0", "gpu-1"], "observed_at": 1_700_000_100,
+            "evidence": {"signal": "collective lateness and wait", "peers": ["gpu-0", "gpu-1"],
+                         "windows": 5, "window_seconds": 10.0, "lateness_seconds": 0.041234},
+        }],
+    }
+    text = explain(node)
+    assert "node gpu-3: FAULTY (confidence 0.91)" in text
+    assert "Not cordoned although faulty: node cap" in text
+    assert "1. Straggler in job llama: statistical evidence (acts only when it persists)" in text
+    assert "Signal: collective lateness and wait" in text
+    assert "Peers compared: gpu-0, gpu-1" in text
+    assert "windows: 5" in text and "lateness_seconds: 0.04123" in text

@@ -727,26 +727,26 @@ nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvml
     return leave(NVML_SUCCESS);
 }
 
-nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power) {
-    BEGIN_DEVICE("nvmlDeviceGetPowerUsage", device);
-    if (!power) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    *power = g->power_mw;
-    return leave(NVML_SUCCESS);
-}
+/* Functions that return one value of the GPU's config through a pointer. */
+#define GETTER(function, type, field)                                        \
+    nvmlReturn_t function(nvmlDevice_t device, type *value) {                \
+        BEGIN_DEVICE(#function, device);                                     \
+        if (!value) return leave(NVML_ERROR_INVALID_ARGUMENT);               \
+        *value = g->field;                                                   \
+        return leave(NVML_SUCCESS);                                          \
+    }
 
-nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int *limit) {
-    BEGIN_DEVICE("nvmlDeviceGetEnforcedPowerLimit", device);
-    if (!limit) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    *limit = g->power_limit_mw;
-    return leave(NVML_SUCCESS);
-}
-
-nvmlReturn_t nvmlDeviceGetPowerManagementLimit(nvmlDevice_t device, unsigned int *limit) {
-    BEGIN_DEVICE("nvmlDeviceGetPowerManagementLimit", device);
-    if (!limit) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    *limit = g->power_limit_mw;
-    return leave(NVML_SUCCESS);
-}
+GETTER(nvmlDeviceGetPowerUsage, unsigned int, power_mw)
+GETTER(nvmlDeviceGetEnforcedPowerLimit, unsigned int, power_limit_mw)
+GETTER(nvmlDeviceGetPowerManagementLimit, unsigned int, power_limit_mw)
+GETTER(nvmlDeviceGetCurrentClocksEventReasons, unsigned long long, clock_event_reasons)
+GETTER(nvmlDeviceGetCurrentClocksThrottleReasons, unsigned long long, clock_event_reasons)
+GETTER(nvmlDeviceGetCurrPcieLinkGeneration, unsigned int, pcie_generation)
+GETTER(nvmlDeviceGetMaxPcieLinkGeneration, unsigned int, pcie_max_generation)
+GETTER(nvmlDeviceGetGpuMaxPcieLinkGeneration, unsigned int, pcie_max_generation)
+GETTER(nvmlDeviceGetCurrPcieLinkWidth, unsigned int, pcie_width)
+GETTER(nvmlDeviceGetMaxPcieLinkWidth, unsigned int, pcie_max_width)
+GETTER(nvmlDeviceGetPcieReplayCounter, unsigned int, pcie_replays)
 
 nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy) {
     BEGIN_DEVICE("nvmlDeviceGetTotalEnergyConsumption", device);
@@ -766,20 +766,6 @@ nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, nvmlClockType_t type, u
     case NVML_CLOCK_VIDEO: *clock = 1755; break;
     default: return leave(NVML_ERROR_INVALID_ARGUMENT);
     }
-    return leave(NVML_SUCCESS);
-}
-
-nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t device, unsigned long long *clocksEventReasons) {
-    BEGIN_DEVICE("nvmlDeviceGetCurrentClocksEventReasons", device);
-    if (!clocksEventReasons) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    *clocksEventReasons = g->clock_event_reasons;
-    return leave(NVML_SUCCESS);
-}
-
-nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device, unsigned long long *clocksThrottleReasons) {
-    BEGIN_DEVICE("nvmlDeviceGetCurrentClocksThrottleReasons", device);
-    if (!clocksThrottleReasons) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    *clocksThrottleReasons = g->clock_event_reasons;
     return leave(NVML_SUCCESS);
 }
 
@@ -834,20 +820,6 @@ nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned int *corrRo
     return leave(NVML_SUCCESS);
 }
 
-#define UINT_GETTER(function, field)                                         \
-    nvmlReturn_t function(nvmlDevice_t device, unsigned int *value) {        \
-        BEGIN_DEVICE(#function, device);                                     \
-        if (!value) return leave(NVML_ERROR_INVALID_ARGUMENT);               \
-        *value = g->field;                                                   \
-        return leave(NVML_SUCCESS);                                          \
-    }
-
-UINT_GETTER(nvmlDeviceGetCurrPcieLinkGeneration, pcie_generation)
-UINT_GETTER(nvmlDeviceGetMaxPcieLinkGeneration, pcie_max_generation)
-UINT_GETTER(nvmlDeviceGetGpuMaxPcieLinkGeneration, pcie_max_generation)
-UINT_GETTER(nvmlDeviceGetCurrPcieLinkWidth, pcie_width)
-UINT_GETTER(nvmlDeviceGetMaxPcieLinkWidth, pcie_max_width)
-UINT_GETTER(nvmlDeviceGetPcieReplayCounter, pcie_replays)
 
 nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t device, nvmlPcieUtilCounter_t counter, unsigned int *value) {
     BEGIN_DEVICE("nvmlDeviceGetPcieThroughput", device);

@@ -13,7 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-# The training job label on collective metrics (kept as `job` by honor_labels; see the chart's serviceMonitor).
+# Agent metrics carry the node as a target label (the monitors' relabeling); collective metrics carry the
+# training job as `job` (kept by honor_labels; see the chart's serviceMonitor).
 NODE = 'node=~"$node"'
 JOB = 'job=~"$job"'
 
@@ -22,7 +23,6 @@ JOB = 'job=~"$job"'
 class Query:
     expr: str
     legend: str = ""
-    instant: bool = False
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Panel:
     title: str
     queries: tuple[Query, ...]
     unit: str
-    kind: str = "timeseries"  # timeseries | stat | table | bargauge
+    kind: str = "timeseries"  # timeseries | stat | table
     description: str = ""
     width: int = 12
     height: int = 8
@@ -38,8 +38,8 @@ class Panel:
     overrides: list[dict[str, object]] = field(default_factory=list)
 
 
-def q(expr: str, legend: str = "", instant: bool = False) -> Query:
-    return Query(expr, legend, instant)
+def q(expr: str, legend: str = "") -> Query:
+    return Query(expr, legend)
 
 
 def _datasource_variable() -> dict[str, object]:
@@ -73,14 +73,15 @@ def _query_variable(name: str, label: str, query: str) -> dict[str, object]:
 
 
 def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, object]:
+    instant = panel.kind in ("stat", "table")  # the latest value; time series query a range
     targets = [
         {
             "datasource": DATASOURCE,
             "expr": query.expr,
             "legendFormat": query.legend or "__auto",
             "refId": chr(ord("A") + i),
-            "instant": query.instant or panel.kind in ("stat", "table", "bargauge"),
-            "range": not (query.instant or panel.kind in ("stat", "table", "bargauge")),
+            "instant": instant,
+            "range": not instant,
         }
         for i, query in enumerate(panel.queries)
     ]
@@ -185,7 +186,7 @@ def cluster_overview() -> dict[str, object]:
     return dashboard(
         "lockstep-cluster",
         "Lockstep / Cluster overview",
-        "Nodes by verdict, cordoned nodes and why, GPUs by health, XIDs, the circuit breaker and the controller.",
+        "Nodes by verdict, cordons and why, GPUs by health, XIDs, the circuit breaker and the controller.",
         [],
         [
             (
@@ -201,7 +202,7 @@ def cluster_overview() -> dict[str, object]:
                     ),
                     Panel(
                         "Circuit breaker open",
-                        (q("max(lockstep_breaker_open)", "open"),),
+                        (q("max(lockstep_controller_breaker_open)", "open"),),
                         "bool_yes_no",
                         kind="stat",
                         width=4,
@@ -210,38 +211,71 @@ def cluster_overview() -> dict[str, object]:
                         "Reset with `lockstep release --breaker`.",
                     ),
                     Panel(
-                        "Controller leader",
+                        "Controller leaders",
                         (q("sum(lockstep_controller_leader)", "leaders"),),
                         "none",
                         kind="stat",
                         width=4,
-                        thresholds=(("red", None), ("green", 1.0), ("red", 2.0)),
+                        thresholds=(("red", None), ("green", 1.0)),
+                        description="Replicas that may act (hold the Lease). In dry-run every replica reports 1 and none writes.",
                     ),
                     Panel(
                         "Agents reachable",
-                        (q("sum(lockstep_agents_reachable)", "reachable"),),
+                        (
+                            q("max(lockstep_controller_agents_reachable)", "reachable"),
+                            q("max(lockstep_controller_agents)", "known"),
+                        ),
                         "none",
                         kind="stat",
                         width=4,
                     ),
                     Panel(
-                        "Nodes cordoned by Lockstep",
-                        (q("sum(lockstep_node_cordoned)", "cordoned"),),
+                        "Faulty nodes held back by safety limits",
+                        (q("max(lockstep_controller_blocked_nodes)", "blocked"),),
                         "none",
                         kind="stat",
                         width=4,
                         thresholds=RED_AT_1,
                     ),
                     Panel(
-                        "Non-healthy nodes and why",
+                        "Nodes that are not healthy",
                         (
-                            q('max by (node, verdict) (lockstep_node_verdict{verdict!="healthy"}) == 1', ""),
-                            q("max by (node, reason) (lockstep_node_cordoned) == 1", ""),
+                            q(
+                                'max by (node, verdict) (lockstep_node_verdict{verdict!="healthy"}) == 1',
+                                "{{node}} {{verdict}}",
+                            ),
+                        ),
+                        "none",
+                        kind="table",
+                        width=12,
+                        description="Every node whose verdict is suspect, faulty or unknown; `lockstep explain NODE` says why.",
+                    ),
+                    Panel(
+                        "Cordons by reason (24 h)",
+                        (
+                            q(
+                                "sum by (reason) (increase(lockstep_controller_cordons_total[24h]))",
+                                "{{reason}}",
+                            ),
+                        ),
+                        "none",
+                        kind="table",
+                        width=12,
+                        description="Why Lockstep cordoned nodes: the reason is also the value of the lockstep.dev/unhealthy taint.",
+                    ),
+                    Panel(
+                        "Nodes tainted by Lockstep, and why (kube-state-metrics)",
+                        (
+                            q(
+                                'max by (node, value) (kube_node_spec_taint{key="lockstep.dev/unhealthy"})',
+                                "{{node}}: {{value}}",
+                            ),
                         ),
                         "none",
                         kind="table",
                         width=24,
-                        description="Every node whose verdict is not healthy, and the reason Lockstep cordoned it.",
+                        description="The nodes that carry the lockstep.dev/unhealthy=<reason> taint now, read from the "
+                        "cluster by kube-state-metrics (part of kube-prometheus-stack). Empty without it.",
                     ),
                     Panel(
                         "Verdicts over time",
@@ -251,13 +285,20 @@ def cluster_overview() -> dict[str, object]:
                         overrides=VERDICT_COLORS,
                     ),
                     Panel(
-                        "Cordons and releases",
+                        "Cordons, releases and events",
                         (
                             q(
-                                "sum by (reason) (increase(lockstep_cordons_total[$__rate_interval]))",
+                                "sum by (reason) (increase(lockstep_controller_cordons_total[$__rate_interval]))",
                                 "cordon {{reason}}",
                             ),
-                            q("sum(increase(lockstep_releases_total[$__rate_interval]))", "releases"),
+                            q(
+                                "sum by (cause) (increase(lockstep_controller_releases_total[$__rate_interval]))",
+                                "release {{cause}}",
+                            ),
+                            q(
+                                "sum by (reason) (increase(lockstep_controller_events_total[$__rate_interval]))",
+                                "event {{reason}}",
+                            ),
                         ),
                         "none",
                         width=12,
@@ -270,9 +311,10 @@ def cluster_overview() -> dict[str, object]:
                     Panel(
                         "GPUs by health",
                         (
-                            q("count(lockstep_gpu_temperature_celsius)", "reporting"),
+                            q("count(lockstep_gpu_lost == 0)", "reachable"),
                             q("sum(lockstep_gpu_lost)", "lost"),
-                            q('count(lockstep_gpu_remapped_rows{state="failure"} > 0)', "row-remap failure"),
+                            q("sum(lockstep_gpu_row_remap_failure)", "row-remap failure"),
+                            q("sum(lockstep_gpu_row_remap_pending)", "row remap pending"),
                         ),
                         "none",
                         kind="stat",
@@ -287,15 +329,14 @@ def cluster_overview() -> dict[str, object]:
                             ),
                         ),
                         "none",
-                        kind="timeseries",
                         width=12,
                     ),
                     Panel(
-                        "Top XID nodes (last hour)",
+                        "GPUs with XIDs (last hour)",
                         (
                             q(
-                                "topk(10, sum by (node, xid) (increase(lockstep_gpu_xid_errors_total[1h]))) > 0",
-                                "",
+                                "topk(20, sum by (node, gpu, xid) (increase(lockstep_gpu_xid_errors_total[1h])))",
+                                "{{node}} GPU {{gpu}} XID {{xid}}",
                             ),
                         ),
                         "none",
@@ -303,7 +344,7 @@ def cluster_overview() -> dict[str, object]:
                         width=12,
                     ),
                     Panel(
-                        "GPU utilisation (cluster mean)",
+                        "GPU utilisation across the cluster",
                         (
                             q("avg(lockstep_gpu_utilization_ratio)", "mean"),
                             q("min(lockstep_gpu_utilization_ratio)", "min"),
@@ -317,16 +358,36 @@ def cluster_overview() -> dict[str, object]:
                 "Controller",
                 [
                     Panel(
-                        "Detection cycle duration",
-                        (q("max(lockstep_cycle_duration_seconds)", "cycle"),),
+                        "Cycle duration by phase",
+                        (q("max by (phase) (lockstep_controller_cycle_duration_seconds)", "{{phase}}"),),
                         "s",
-                        width=12,
+                        width=8,
                     ),
                     Panel(
-                        "Evidence age (oldest per node)",
-                        (q("topk(10, max by (node) (lockstep_evidence_age_seconds))", "{{node}}"),),
+                        "Evidence age (oldest nodes)",
+                        (
+                            q(
+                                "topk(10, max by (node) (lockstep_controller_evidence_age_seconds))",
+                                "{{node}}",
+                            ),
+                        ),
                         "s",
-                        width=12,
+                        width=8,
+                    ),
+                    Panel(
+                        "Evidence pulls failing and API errors",
+                        (
+                            q(
+                                "sum by (kind) (rate(lockstep_controller_fetch_errors_total[$__rate_interval]))",
+                                "fetch {{kind}}",
+                            ),
+                            q(
+                                "sum by (verb, code) (rate(lockstep_controller_api_errors_total[$__rate_interval]))",
+                                "API {{verb}} {{code}}",
+                            ),
+                        ),
+                        "ops",
+                        width=8,
                     ),
                 ],
             ),
@@ -335,7 +396,8 @@ def cluster_overview() -> dict[str, object]:
 
 
 def node_detail() -> dict[str, object]:
-    gpu = f"{{{NODE}}}"
+    sel = f"{{{NODE}}}"
+    gpu = "{{node}} GPU {{gpu}}"
     return dashboard(
         "lockstep-node",
         "Lockstep / Node detail",
@@ -347,7 +409,12 @@ def node_detail() -> dict[str, object]:
                 [
                     Panel(
                         "Collectors succeeding",
-                        (q(f"min by (collector) (lockstep_collector_success{gpu})", "{{collector}}"),),
+                        (
+                            q(
+                                f"min by (node, collector) (lockstep_collector_success{sel})",
+                                "{{node}} {{collector}}",
+                            ),
+                        ),
                         "bool_yes_no",
                         kind="stat",
                         width=12,
@@ -357,8 +424,8 @@ def node_detail() -> dict[str, object]:
                         "Collector duration",
                         (
                             q(
-                                f"max by (collector) (lockstep_collector_duration_seconds{gpu})",
-                                "{{collector}}",
+                                f"max by (node, collector) (lockstep_collector_duration_seconds{sel})",
+                                "{{node}} {{collector}}",
                             ),
                         ),
                         "s",
@@ -370,115 +437,143 @@ def node_detail() -> dict[str, object]:
                 "GPUs",
                 [
                     Panel(
-                        "GPU utilisation",
-                        (q(f"lockstep_gpu_utilization_ratio{gpu}", "{{node}} GPU {{gpu}}"),),
-                        "percentunit",
+                        "GPU utilisation", (q(f"lockstep_gpu_utilization_ratio{sel}", gpu),), "percentunit"
                     ),
+                    Panel("GPU memory used", (q(f"lockstep_gpu_memory_used_bytes{sel}", gpu),), "bytes"),
                     Panel(
-                        "GPU memory used",
-                        (q(f"lockstep_gpu_memory_used_bytes{gpu}", "{{node}} GPU {{gpu}}"),),
-                        "bytes",
-                    ),
-                    Panel(
-                        "GPU temperature",
-                        (q(f"lockstep_gpu_temperature_celsius{gpu}", "{{node}} GPU {{gpu}}"),),
+                        "Temperature",
+                        (
+                            q(f"lockstep_gpu_temperature_celsius{sel}", gpu),
+                            q(f"lockstep_gpu_memory_temperature_celsius{sel}", gpu + " memory"),
+                        ),
                         "celsius",
                     ),
                     Panel(
-                        "Power draw", (q(f"lockstep_gpu_power_watts{gpu}", "{{node}} GPU {{gpu}}"),), "watt"
-                    ),
-                    Panel(
-                        "Energy rate",
+                        "Power draw and limit",
                         (
-                            q(
-                                f"rate(lockstep_gpu_energy_joules_total{gpu}[$__rate_interval])",
-                                "{{node}} GPU {{gpu}}",
-                            ),
+                            q(f"lockstep_gpu_power_watts{sel}", gpu),
+                            q(f"lockstep_gpu_power_limit_watts{sel}", gpu + " limit"),
                         ),
                         "watt",
                     ),
                     Panel(
-                        "SM clock", (q(f"lockstep_gpu_sm_clock_hertz{gpu}", "{{node}} GPU {{gpu}}"),), "hertz"
+                        "Energy rate",
+                        (q(f"rate(lockstep_gpu_energy_joules_total{sel}[$__rate_interval])", gpu),),
+                        "watt",
+                        description="Average power from the energy counter (nvmlDeviceGetTotalEnergyConsumption).",
                     ),
                     Panel(
-                        "Throttle (clock event) reasons",
-                        (q(f"lockstep_gpu_clock_event_active{gpu} == 1", "{{node}} GPU {{gpu}} {{reason}}"),),
+                        "Clocks",
+                        (
+                            q(f"lockstep_gpu_sm_clock_hertz{sel}", gpu + " SM"),
+                            q(f"lockstep_gpu_memory_clock_hertz{sel}", gpu + " memory"),
+                        ),
+                        "hertz",
+                    ),
+                    Panel(
+                        "Clock event (throttle) reasons active",
+                        (q(f"lockstep_gpu_clock_event_reason_active{sel} == 1", gpu + " {{reason}}"),),
                         "none",
+                        description="Thermal and power-brake slowdowns are hard evidence; sw_power_cap is normal under load.",
                     ),
                     Panel(
-                        "ECC errors (rate)",
+                        "ECC errors (volatile, rate)",
                         (
                             q(
-                                f"sum by (node, gpu, type) (rate(lockstep_gpu_ecc_errors_total{gpu}[$__rate_interval]))",
-                                "{{node}} GPU {{gpu}} {{type}}",
+                                f'sum by (node, gpu, error) (rate(lockstep_gpu_ecc_errors_total{{{NODE},counter="volatile"}}[$__rate_interval]))',
+                                gpu + " {{error}}",
                             ),
                         ),
                         "ops",
                     ),
                     Panel(
-                        "Remapped rows",
-                        (q(f"lockstep_gpu_remapped_rows{gpu}", "{{node}} GPU {{gpu}} {{state}}"),),
+                        "Remapped rows and remap state",
+                        (
+                            q(f"lockstep_gpu_remapped_rows{sel}", gpu + " {{cause}}"),
+                            q(f"lockstep_gpu_row_remap_pending{sel}", gpu + " pending"),
+                            q(f"lockstep_gpu_row_remap_failure{sel}", gpu + " failure"),
+                        ),
                         "none",
                     ),
                     Panel(
                         "XID errors",
                         (
                             q(
-                                f"sum by (node, gpu, xid) (increase(lockstep_gpu_xid_errors_total{gpu}[$__rate_interval]))",
-                                "{{node}} GPU {{gpu}} XID {{xid}}",
+                                f"sum by (node, gpu, xid) (increase(lockstep_gpu_xid_errors_total{sel}[$__rate_interval]))",
+                                gpu + " XID {{xid}}",
                             ),
                         ),
                         "none",
                     ),
                     Panel(
-                        "PCIe link width",
-                        (q(f"lockstep_gpu_pcie_link_width{gpu}", "{{node}} GPU {{gpu}}"),),
+                        "GPU lost", (q(f"lockstep_gpu_lost{sel}", gpu),), "bool_yes_no", thresholds=RED_AT_1
+                    ),
+                    Panel(
+                        "PCIe link width (current vs max)",
+                        (
+                            q(f"lockstep_gpu_pcie_link_width{sel}", gpu),
+                            q(f"lockstep_gpu_pcie_link_max_width{sel}", gpu + " max"),
+                        ),
                         "none",
+                        description="A width below the maximum is a degraded PCIe link.",
+                    ),
+                    Panel(
+                        "PCIe throughput",
+                        (
+                            q(f"lockstep_gpu_pcie_transmit_bytes_per_second{sel}", gpu + " tx"),
+                            q(f"lockstep_gpu_pcie_receive_bytes_per_second{sel}", gpu + " rx"),
+                        ),
+                        "Bps",
                     ),
                     Panel(
                         "PCIe replays (rate)",
-                        (
-                            q(
-                                f"rate(lockstep_gpu_pcie_replays_total{gpu}[$__rate_interval])",
-                                "{{node}} GPU {{gpu}}",
-                            ),
-                        ),
+                        (q(f"rate(lockstep_gpu_pcie_replays_total{sel}[$__rate_interval])", gpu),),
                         "ops",
                     ),
                     Panel(
                         "NVLink links up",
-                        (q(f"sum by (node, gpu) (lockstep_gpu_nvlink_up{gpu})", "{{node}} GPU {{gpu}}"),),
+                        (q(f"sum by (node, gpu) (lockstep_gpu_nvlink_up{sel})", gpu),),
                         "none",
+                    ),
+                    Panel(
+                        "NVLink errors (rate)",
+                        (
+                            q(
+                                f"sum by (node, gpu, counter) (rate(lockstep_gpu_nvlink_errors_total{sel}[$__rate_interval]))",
+                                gpu + " {{counter}}",
+                            ),
+                        ),
+                        "ops",
                     ),
                 ],
             ),
             (
-                "NICs",
+                "NICs and host",
                 [
                     Panel(
                         "Interface throughput",
                         (
                             q(
-                                f"rate(lockstep_network_receive_bytes_total{gpu}[$__rate_interval])",
+                                f"rate(lockstep_net_receive_bytes_total{sel}[$__rate_interval])",
                                 "{{node}} {{interface}} rx",
                             ),
                             q(
-                                f"rate(lockstep_network_transmit_bytes_total{gpu}[$__rate_interval])",
+                                f"rate(lockstep_net_transmit_bytes_total{sel}[$__rate_interval])",
                                 "{{node}} {{interface}} tx",
                             ),
                         ),
                         "Bps",
                     ),
                     Panel(
-                        "Interface errors and drops",
+                        "Interface errors",
                         (
                             q(
-                                f"rate(lockstep_network_receive_errors_total{gpu}[$__rate_interval])",
-                                "{{node}} {{interface}} rx errors",
+                                f"rate(lockstep_net_receive_errors_total{sel}[$__rate_interval])",
+                                "{{node}} {{interface}} rx",
                             ),
                             q(
-                                f"rate(lockstep_network_transmit_errors_total{gpu}[$__rate_interval])",
-                                "{{node}} {{interface}} tx errors",
+                                f"rate(lockstep_net_transmit_errors_total{sel}[$__rate_interval])",
+                                "{{node}} {{interface}} tx",
                             ),
                         ),
                         "pps",
@@ -487,7 +582,7 @@ def node_detail() -> dict[str, object]:
                         "Carrier changes",
                         (
                             q(
-                                f"increase(lockstep_network_carrier_changes_total{gpu}[$__rate_interval])",
+                                f"increase(lockstep_net_carrier_changes_total{sel}[$__rate_interval])",
                                 "{{node}} {{interface}}",
                             ),
                         ),
@@ -495,8 +590,19 @@ def node_detail() -> dict[str, object]:
                     ),
                     Panel(
                         "Link speed",
-                        (q(f"lockstep_network_speed_bits_per_second{gpu}", "{{node}} {{interface}}"),),
-                        "bps",
+                        (q(f"lockstep_net_link_speed_bytes_per_second{sel}", "{{node}} {{interface}}"),),
+                        "Bps",
+                    ),
+                    Panel(
+                        "TCP retransmissions",
+                        (
+                            q(
+                                f"rate(lockstep_host_tcp_retransmitted_segments_total{sel}[$__rate_interval])",
+                                "{{node}}",
+                            ),
+                        ),
+                        "pps",
+                        width=24,
                     ),
                 ],
             ),
@@ -506,11 +612,13 @@ def node_detail() -> dict[str, object]:
 
 def job_collectives() -> dict[str, object]:
     sel = f"{{{JOB}}}"
+    rank = "{{job}} rank {{rank}}"
     return dashboard(
         "lockstep-jobs",
         "Lockstep / Job collective health",
-        "Per-rank view of each training job's collectives: the rank that arrives late and waits little is the "
-        "straggler; its peers arrive early and wait long. A hang shows as time since progress growing on every rank.",
+        "Per-rank view of each training job's collectives (the in-process probe): the straggler arrives late and "
+        "waits little while its peers wait long; a hang shows as time since progress growing and a rank whose "
+        "sequence number lags.",
         ["job"],
         [
             (
@@ -518,7 +626,7 @@ def job_collectives() -> dict[str, object]:
                 [
                     Panel(
                         "Step period by rank",
-                        (q(f"lockstep_collective_step_period_seconds{sel}", "{{job}} rank {{rank}}"),),
+                        (q(f"lockstep_collective_step_period_seconds{sel}", rank + " pg {{process_group}}"),),
                         "s",
                         description="Period of the job's collective pattern (one training step), per rank.",
                     ),
@@ -526,8 +634,8 @@ def job_collectives() -> dict[str, object]:
                         "Collectives per second by rank",
                         (
                             q(
-                                f"sum by (job, rank) (rate(lockstep_collectives_total{sel}[$__rate_interval]))",
-                                "{{job}} rank {{rank}}",
+                                f"sum by (job, rank) (rate(lockstep_collective_collectives_total{sel}[$__rate_interval]))",
+                                rank,
                             ),
                         ),
                         "ops",
@@ -536,23 +644,43 @@ def job_collectives() -> dict[str, object]:
                         "Wait share by rank",
                         (
                             q(
-                                f"sum by (job, rank) (rate(lockstep_collective_wait_seconds_total{sel}[$__rate_interval]))",
-                                "{{job}} rank {{rank}}",
+                                f"sum by (job, rank) (rate(lockstep_collective_wait_seconds_sum{sel}[$__rate_interval]))",
+                                rank,
                             ),
                         ),
                         "percentunit",
-                        description="Share of time a rank spends waiting inside collectives for its peers. The straggler waits least.",
+                        description="Share of time a rank waits inside collectives for its peers. The straggler waits least.",
                     ),
                     Panel(
-                        "Lateness by rank",
+                        "Mean wait per collective by rank",
                         (
                             q(
-                                f"max by (job, rank) (lockstep_collective_lateness_seconds{sel})",
-                                "{{job}} rank {{rank}}",
+                                f"sum by (job, rank) (rate(lockstep_collective_wait_seconds_sum{sel}[$__rate_interval])) / "
+                                f"sum by (job, rank) (rate(lockstep_collective_wait_seconds_count{sel}[$__rate_interval]))",
+                                rank,
                             ),
                         ),
                         "s",
-                        description="How late a rank arrives at a collective behind the first rank of the same sequence number.",
+                    ),
+                    Panel(
+                        "Wait p90 by rank",
+                        (
+                            q(
+                                f"histogram_quantile(0.9, sum by (job, rank, le) (rate(lockstep_collective_wait_seconds_bucket{sel}[$__rate_interval])))",
+                                rank,
+                            ),
+                        ),
+                        "s",
+                    ),
+                    Panel(
+                        "Collective bytes per second by rank",
+                        (
+                            q(
+                                f"sum by (job, rank) (rate(lockstep_collective_bytes_total{sel}[$__rate_interval]))",
+                                rank,
+                            ),
+                        ),
+                        "Bps",
                     ),
                 ],
             ),
@@ -561,13 +689,40 @@ def job_collectives() -> dict[str, object]:
                 [
                     Panel(
                         "Seconds since progress by rank",
-                        (q(f"lockstep_collective_seconds_since_progress{sel}", "{{job}} rank {{rank}}"),),
+                        (q(f"lockstep_collective_seconds_since_progress{sel}", rank),),
                         "s",
+                        width=8,
                     ),
                     Panel(
                         "Oldest pending collective by rank",
-                        (q(f"lockstep_collective_pending_age_seconds{sel}", "{{job}} rank {{rank}}"),),
+                        (q(f"lockstep_collective_pending_age_seconds{sel}", rank),),
                         "s",
+                        width=8,
+                    ),
+                    Panel(
+                        "Sequence lag behind the leading rank",
+                        (
+                            q(
+                                f"max by (job, process_group) (lockstep_collective_last_seq{sel}) - on (job, process_group) group_right "
+                                f"lockstep_collective_last_seq{sel}",
+                                rank + " pg {{process_group}}",
+                            ),
+                        ),
+                        "none",
+                        width=8,
+                        description="In a hang, the ranks whose sequence number lags are the suspects.",
+                    ),
+                    Panel(
+                        "Probe records dropped",
+                        (
+                            q(
+                                f"sum by (job, rank) (rate(lockstep_collective_probe_dropped_records_total{sel}[$__rate_interval]))",
+                                rank,
+                            ),
+                        ),
+                        "ops",
+                        width=24,
+                        description="Records the probe could not hand to the agent (agent away or too slow).",
                     ),
                 ],
             ),
@@ -577,6 +732,7 @@ def job_collectives() -> dict[str, object]:
 
 def network() -> dict[str, object]:
     sel = f"{{{NODE}}}"
+    port = "{{node}} {{device}}/{{port}}"
     return dashboard(
         "lockstep-network",
         "Lockstep / Network",
@@ -591,11 +747,11 @@ def network() -> dict[str, object]:
                         (
                             q(
                                 f"rate(lockstep_rdma_port_receive_bytes_total{sel}[$__rate_interval])",
-                                "{{node}} {{device}}/{{port}} rx",
+                                port + " rx",
                             ),
                             q(
                                 f"rate(lockstep_rdma_port_transmit_bytes_total{sel}[$__rate_interval])",
-                                "{{node}} {{device}}/{{port}} tx",
+                                port + " tx",
                             ),
                         ),
                         "Bps",
@@ -604,36 +760,41 @@ def network() -> dict[str, object]:
                         "Transmit wait (congestion)",
                         (
                             q(
-                                f"rate(lockstep_rdma_port_transmit_wait_total{sel}[$__rate_interval])",
-                                "{{node}} {{device}}/{{port}}",
+                                f"rate(lockstep_rdma_port_transmit_wait_ticks_total{sel}[$__rate_interval])",
+                                port,
                             ),
                         ),
-                        "ops",
+                        "none",
+                        description="Ticks the port had data to send but no credits (counters/port_xmit_wait), per second.",
                     ),
                     Panel(
                         "Link errors",
                         (
                             q(
                                 f"rate(lockstep_rdma_port_symbol_errors_total{sel}[$__rate_interval])",
-                                "{{node}} {{device}}/{{port}} symbol",
+                                port + " symbol",
+                            ),
+                            q(
+                                f"rate(lockstep_rdma_port_link_error_recoveries_total{sel}[$__rate_interval])",
+                                port + " recovery",
+                            ),
+                            q(
+                                f"rate(lockstep_rdma_port_receive_errors_total{sel}[$__rate_interval])",
+                                port + " receive",
                             ),
                             q(
                                 f"increase(lockstep_rdma_port_link_downed_total{sel}[$__rate_interval])",
-                                "{{node}} {{device}}/{{port}} link downed",
+                                port + " link downed",
                             ),
                         ),
-                        "none",
+                        "ops",
                     ),
                     Panel(
                         "RoCE congestion notifications",
                         (
                             q(
-                                f"rate(lockstep_rdma_port_cnp_sent_total{sel}[$__rate_interval])",
-                                "{{node}} {{device}}/{{port}} CNP sent",
-                            ),
-                            q(
-                                f"rate(lockstep_rdma_port_cnp_handled_total{sel}[$__rate_interval])",
-                                "{{node}} {{device}}/{{port}} CNP handled",
+                                f'sum by (node, device, port, counter) (rate(lockstep_rdma_port_transport_events_total{{{NODE},counter=~"np_cnp_sent|rp_cnp_handled|np_ecn_marked_roce_packets"}}[$__rate_interval]))',
+                                port + " {{counter}}",
                             ),
                         ),
                         "ops",
@@ -642,20 +803,17 @@ def network() -> dict[str, object]:
                         "Retransmissions and timeouts",
                         (
                             q(
-                                f"rate(lockstep_rdma_port_out_of_sequence_total{sel}[$__rate_interval])",
-                                "{{node}} {{device}}/{{port}} out of sequence",
-                            ),
-                            q(
-                                f"rate(lockstep_rdma_port_local_ack_timeout_errors_total{sel}[$__rate_interval])",
-                                "{{node}} {{device}}/{{port}} ack timeout",
+                                f'sum by (node, device, port, counter) (rate(lockstep_rdma_port_transport_events_total{{{NODE},counter=~"local_ack_timeout_err|packet_seq_err|implied_nak_seq_err|roce_adp_retrans|out_of_sequence|rnr_nak_retry_err"}}[$__rate_interval]))',
+                                port + " {{counter}}",
                             ),
                         ),
                         "ops",
                     ),
                     Panel(
-                        "Port rate",
-                        (q(f"lockstep_rdma_port_rate_bits_per_second{sel}", "{{node}} {{device}}/{{port}}"),),
-                        "bps",
+                        "Port rate and state",
+                        (q(f"lockstep_rdma_port_rate_bytes_per_second{sel}", port),),
+                        "Bps",
+                        description="Negotiated rate (rate); a drop below its peers' is a degraded link.",
                     ),
                 ],
             ),
@@ -666,11 +824,11 @@ def network() -> dict[str, object]:
                         "Interface throughput",
                         (
                             q(
-                                f"rate(lockstep_network_receive_bytes_total{sel}[$__rate_interval])",
+                                f"rate(lockstep_net_receive_bytes_total{sel}[$__rate_interval])",
                                 "{{node}} {{interface}} rx",
                             ),
                             q(
-                                f"rate(lockstep_network_transmit_bytes_total{sel}[$__rate_interval])",
+                                f"rate(lockstep_net_transmit_bytes_total{sel}[$__rate_interval])",
                                 "{{node}} {{interface}} tx",
                             ),
                         ),
@@ -680,15 +838,30 @@ def network() -> dict[str, object]:
                         "Drops",
                         (
                             q(
-                                f"rate(lockstep_network_receive_drops_total{sel}[$__rate_interval])",
+                                f"rate(lockstep_net_receive_drops_total{sel}[$__rate_interval])",
                                 "{{node}} {{interface}} rx",
                             ),
                             q(
-                                f"rate(lockstep_network_transmit_drops_total{sel}[$__rate_interval])",
+                                f"rate(lockstep_net_transmit_drops_total{sel}[$__rate_interval])",
                                 "{{node}} {{interface}} tx",
                             ),
                         ),
                         "pps",
+                    ),
+                    Panel(
+                        "Interfaces up",
+                        (q(f"lockstep_net_up{sel}", "{{node}} {{interface}}"),),
+                        "bool_yes_no",
+                    ),
+                    Panel(
+                        "Carrier changes",
+                        (
+                            q(
+                                f"increase(lockstep_net_carrier_changes_total{sel}[$__rate_interval])",
+                                "{{node}} {{interface}}",
+                            ),
+                        ),
+                        "none",
                     ),
                 ],
             ),

@@ -76,12 +76,14 @@ capabilities:
   drop: ["ALL"]
 {{- end }}
 
-{{/* The agent's settings file (AgentSettings): host mounts and log level, then agent.config over them. */}}
+{{/* The agent's settings file (AgentSettings): host mounts, socket dir and log level, then agent.config over them. */}}
 {{- define "lockstep.agentConfig" -}}
 {{- $base := dict
   "log_level" .Values.agent.logLevel
   "network" (dict "sysfs_root" "/host/sys")
-  "host" (dict "procfs_root" "/host/proc") }}
+  "host" (dict "procfs_root" "/host/proc")
+  "periodicity" (dict "sysfs_net" "/host/sys/class/net")
+  "collective" (dict "socket_dir" .Values.agent.socketDir "proc_root" "/host/proc") }}
 {{- toYaml (mergeOverwrite $base (deepCopy .Values.agent.config)) }}
 {{- end }}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends.nvml import NvmlUnavailable
+from agent.collectors.base import SourceUnavailable
 from agent.collectors.nvml import NvmlCollector
 from tests.agent.nvml.conftest import FakeNvmlConfig
 from tests.agent.nvml.nvml_support import scrape
@@ -122,9 +122,9 @@ def test_nvml_init_failure_fails_the_collector_says_so_once_and_recovers_when_th
     collector = make_collector(start=True)
     with caplog.at_level(logging.INFO, logger="agent.collectors.nvml"):
         for _ in range(3):
-            with pytest.raises(NvmlUnavailable, match="driver not loaded"):
+            with pytest.raises(SourceUnavailable, match="driver not loaded"):
                 collector.collect()
-        with pytest.raises(NvmlUnavailable):
+        with pytest.raises(SourceUnavailable):
             collector.evidence()
         assert len([r for r in caplog.records if "NVML unavailable" in r.getMessage()]) == 1
         fake_nvml.write({})
@@ -138,7 +138,7 @@ def test_device_count_failing_mid_run_fails_the_scrape_and_recovers(
     collector = make_collector()
     assert scrape(collector).value("lockstep_gpus") == 8
     fake_nvml.write({"errors": {"nvmlDeviceGetCount_v2": "UNKNOWN"}})
-    with pytest.raises(NvmlUnavailable, match="nvmlDeviceGetCount_v2"):
+    with pytest.raises(SourceUnavailable, match="nvmlDeviceGetCount_v2"):
         collector.collect()
     fake_nvml.write({})
     assert scrape(collector).value("lockstep_gpus") == 8
@@ -148,7 +148,7 @@ def test_a_configured_library_that_does_not_exist_makes_nvml_unavailable(
     make_collector: Callable[..., NvmlCollector], tmp_path: Path
 ) -> None:
     collector = make_collector(library_path=str(tmp_path / "libnvidia-ml.so.1"))
-    with pytest.raises(NvmlUnavailable, match="does not exist"):
+    with pytest.raises(SourceUnavailable, match="does not exist"):
         collector.collect()
 
 
@@ -178,7 +178,7 @@ def test_xid_events_unavailable_do_not_stop_the_metrics(
 AGENT_WITHOUT_NVML = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-from agent.backends.nvml import NvmlUnavailable
+from agent.collectors.base import SourceUnavailable
 from agent.collectors.nvml import NvmlCollector
 from agent.settings import AgentSettings
 
@@ -188,7 +188,7 @@ for _ in range(3):
     try:
         collector.collect()
         print("collected")
-    except NvmlUnavailable as error:
+    except SourceUnavailable as error:
         print("unavailable:", error)
 collector.close()
 print("closed")
@@ -212,3 +212,40 @@ def test_without_any_nvml_library_the_collector_reports_unavailable_and_the_proc
     )
     assert lines[3] == "closed"
     assert done.stderr.count("NVML unavailable") == 1
+
+
+def test_a_gpu_whose_name_nvml_cannot_give_is_still_read_and_not_lost(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write({"gpus": {"3": {"errors": {"nvmlDeviceGetName": "NOT_SUPPORTED"}}}})
+    collector = make_collector()
+    result = scrape(collector)
+    assert result.value("lockstep_gpu_lost", **GPU3) == 0
+    assert result.samples("lockstep_gpu_power_watts", **GPU3)[0][0]["model"] == ""
+    assert collector.evidence().hard_signals == []
+
+
+def test_a_gpu_the_agent_may_not_open_is_left_out_and_never_called_lost(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write({"gpus": {"3": {"errors": {"nvmlDeviceGetHandleByIndex_v2": "NO_PERMISSION"}}}})
+    collector = make_collector()
+    result = scrape(collector)
+    assert result.value("lockstep_gpus") == 7
+    assert result.samples("lockstep_gpu_lost", gpu="3") == []
+    assert collector.evidence().hard_signals == []
+
+
+def test_one_read_without_a_handle_is_a_glitch_and_a_second_one_makes_the_gpu_lost(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    collector = make_collector()
+    scrape(collector)
+    fake_nvml.write({"gpus": {"3": {"errors": {"nvmlDeviceGetHandleByIndex_v2": "UNKNOWN"}}}})
+    first = scrape(collector)
+    assert first.value("lockstep_gpu_lost", **GPU3) == 0
+    assert first.value("lockstep_gpu_power_watts", **GPU3) is None
+    [signal] = [s for s in collector.evidence().hard_signals if s.kind == "gpu_lost"]  # the second read
+    assert signal.device == GPU3["uuid"] and "Unknown Error" in signal.detail
+    fake_nvml.write({})
+    assert scrape(collector).value("lockstep_gpu_lost", **GPU3) == 0

@@ -89,7 +89,7 @@ def test_thermal_throttling_sets_its_reasons_and_is_a_thermal_not_a_power_signal
     assert active == {"sw_thermal_slowdown", "hw_thermal_slowdown", "hw_slowdown"}
     assert result.value("lockstep_gpu_temperature_celsius", **GPU3) == 94
     [signal] = signals_of(collector, "thermal_throttle")
-    assert signal.device == UUID3 and "hw_thermal_slowdown" in signal.detail
+    assert signal.device == UUID3 and "hw_thermal_slowdown" in signal.detail and "94 °C" in signal.detail
     assert signals_of(collector, "power_throttle") == []
 
 

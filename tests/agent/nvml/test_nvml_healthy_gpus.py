@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.collectors.nvml import NvmlCollector
+from tests.agent.nvml.conftest import FakeNvmlConfig
 from tests.agent.nvml.nvml_support import scrape, wait_until
 
 GPU0 = {"gpu": "0", "uuid": "GPU-5f0e6a3c-1000-4b1d-8e2f-a1b2c3d40000"}
@@ -67,6 +68,13 @@ def test_values_are_in_base_units(make_collector: Callable[..., NvmlCollector]) 
     assert result.value("lockstep_gpu_memory_clock_hertz", **GPU0) == 2619e6
     assert result.value("lockstep_gpu_pcie_link_generation", **GPU0) == 5
     assert result.value("lockstep_gpu_pcie_link_width", **GPU0) == 16
+
+
+def test_the_driver_version_is_exported_as_info(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write({"driver_version": "570.124.06"})
+    assert scrape(make_collector()).value("lockstep_nvml_driver_info", driver_version="570.124.06") == 1
 
 
 def test_energy_counter_grows_with_time(make_collector: Callable[..., NvmlCollector]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from agent.collectors.nvml import NvmlCollector
+from agent.backends.nvml import GpuIdentity, XidEvent
+from agent.collectors.nvml import NvmlCollector, XidLog
 from tests.agent.nvml.conftest import FakeNvmlConfig
 from tests.agent.nvml.nvml_support import scrape, wait_until
 
@@ -91,3 +92,31 @@ def test_close_stops_the_event_thread_promptly(make_collector: Callable[..., Nvm
     [thread] = set(event_threads()) - before
     collector.close()
     assert not thread.is_alive()
+
+
+def test_an_xid_storm_is_counted_exactly_and_ages_out_of_the_window_by_the_second() -> None:
+    gpu = GpuIdentity(index=3, uuid=UUID3, pci_bus_id="00000000:5D:00.0")
+    xids = XidLog(window_seconds=60)
+    for i in range(20_000):  # 10,000 per second for two seconds
+        xids.record(XidEvent(gpu=gpu, code=13, at=1000.0 + i / 10_000))
+    [storm] = xids.signals(now=1002.0)
+    assert (
+        storm.count == 20_000 and storm.first_seen == 1000.0 and storm.last_seen == 1000.0 + 19_999 / 10_000
+    )
+    [tail] = xids.signals(now=1061.5)  # the first second has left the window
+    assert tail.count == 10_000 and tail.first_seen == 1001.0
+    assert xids.signals(now=1062.5) == []
+    assert xids.totals() == {(3, UUID3, 13): 20_000}
+
+
+def test_a_gpu_that_cannot_register_for_events_does_not_cost_the_others_their_xids(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    no_events = {"errors": {"nvmlDeviceRegisterEvents": "NOT_SUPPORTED"}}
+    fake_nvml.write({"gpus": {"2": no_events}})
+    collector = make_collector(start=True)
+    scrape(collector)
+    fake_nvml.write({"gpus": {"2": {**no_events, "xid": [48]}, "3": {"xid": [48]}}})
+    wait_until(lambda: xid_totals(collector), what="the XID of GPU 3")
+    assert xid_totals(collector) == {("3", "48"): 1}
+    assert scrape(collector).value("lockstep_gpus") == 8

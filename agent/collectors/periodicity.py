@@ -1,0 +1,162 @@
+"""Periodicity collector: zero-touch view of collective traffic for jobs without the probe.
+
+A background thread samples every interface's byte counters (agent/backends/nic_bytes.py) at `sample_hz`;
+on scrape and evidence pull the rate history of the last `window_seconds` goes through the pure estimator
+(agent/collectors/period_estimate.py): period, burst throughput, mean, regularity per interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from agent.backends.nic_bytes import ByteCounters, interfaces
+from agent.collectors.base import Collector
+from agent.collectors.period_estimate import TrafficPattern, estimate
+from agent.evidence import EvidencePart, TrafficPeriodicity
+from agent.settings import PeriodicitySettings
+
+if TYPE_CHECKING:
+    from agent.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+RESCAN_SECONDS = 5.0  # how often new or vanished interfaces are noticed
+
+
+class PeriodicityCollector(Collector):
+    """Samples rx+tx byte counters of the selected interfaces from start() to close()."""
+
+    name = "periodicity"
+
+    def __init__(self, settings: PeriodicitySettings) -> None:
+        self.settings = settings
+        self.interval_seconds = 1.0 / settings.sample_hz
+        self._capacity = int(settings.window_seconds * settings.sample_hz) + 1
+        self._history: dict[str, deque[tuple[float, int]]] = {}  # iface -> (monotonic s, rx+tx bytes)
+        self._counters: dict[str, ByteCounters] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings) -> PeriodicityCollector:
+        return cls(settings.periodicity)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="periodicity-sampler", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        for counters in self._counters.values():
+            counters.close()
+        self._counters.clear()
+
+    def _rescan(self) -> None:
+        wanted = set(interfaces(self.settings.sysfs_net, self.settings.interfaces, self.settings.exclude))
+        for name in set(self._counters) - wanted:
+            self._counters.pop(name).close()
+        for name in wanted - set(self._counters):
+            try:
+                self._counters[name] = ByteCounters(self.settings.sysfs_net, name)
+            except OSError:
+                log.debug("cannot open the byte counters of %s", name)
+        with self._lock:
+            for name in set(self._history) - set(self._counters):
+                del self._history[name]
+
+    def _run(self) -> None:
+        next_rescan = 0.0
+        next_sample = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_rescan:
+                self._rescan()
+                next_rescan = now + RESCAN_SECONDS
+            self.sample(now)
+            next_sample += self.interval_seconds
+            if next_sample < time.monotonic():  # fell behind (a stalled host): skip, do not burst
+                next_sample = time.monotonic() + self.interval_seconds
+            self._stop.wait(max(0.0, next_sample - time.monotonic()))
+
+    def sample(self, now: float) -> None:
+        """Read every interface's counters once (one sampling tick)."""
+        for name, counters in list(self._counters.items()):
+            try:
+                value = counters.read()
+            except (OSError, ValueError):
+                continue  # interface going away; the next rescan drops it
+            with self._lock:
+                history = self._history.setdefault(name, deque(maxlen=self._capacity))
+                history.append((now, value))
+
+    def patterns(self) -> dict[str, tuple[TrafficPattern, float]]:
+        """Interface -> (pattern, window s) from the rate history held now."""
+        with self._lock:
+            histories = {name: list(history) for name, history in self._history.items()}
+        result = {}
+        for name, history in histories.items():
+            if len(history) < 3:
+                continue
+            times = np.array([t for t, _ in history])
+            counts = np.array([c for _, c in history], dtype=float)
+            steps = np.diff(times)
+            deltas = np.diff(counts)
+            valid = (steps > 0) & (deltas >= 0)  # a counter reset (interface re-created) is no traffic
+            rates = np.where(valid, deltas / np.where(steps > 0, steps, 1.0), 0.0)
+            pattern = estimate(rates, float(np.median(steps)), self.settings.min_bytes_per_second)
+            result[name] = (pattern, float(times[-1] - times[0]))
+        return result
+
+    def evidence(self) -> EvidencePart:
+        return EvidencePart(
+            periodicity=[
+                TrafficPeriodicity(
+                    interface=name,
+                    period_seconds=pattern.period_seconds,
+                    burst_bytes_per_second=pattern.burst_bytes_per_second,
+                    mean_bytes_per_second=pattern.mean_bytes_per_second,
+                    regularity=pattern.regularity,
+                    window_seconds=window,
+                )
+                for name, (pattern, window) in sorted(self.patterns().items())
+                if pattern.mean_bytes_per_second >= self.settings.min_bytes_per_second
+            ]
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        source = "from rx_bytes+tx_bytes in /sys/class/net/<interface>/statistics sampled at >= 10 Hz"
+        period = GaugeMetricFamily(
+            "lockstep_traffic_period_seconds", f"Dominant period of the traffic bursts, s, {source}; absent when aperiodic.",
+            labels=["interface"],
+        )  # fmt: skip
+        burst = GaugeMetricFamily(
+            "lockstep_traffic_burst_bytes_per_second", f"Throughput inside bursts (90th percentile of busy samples), {source}.",
+            labels=["interface"],
+        )  # fmt: skip
+        mean = GaugeMetricFamily(
+            "lockstep_traffic_mean_bytes_per_second", f"Mean throughput over the window, {source}.", labels=["interface"]
+        )
+        regularity = GaugeMetricFamily(
+            "lockstep_traffic_regularity_ratio", f"Autocorrelation at the period, 0..1 (1 = perfectly periodic), {source}.",
+            labels=["interface"],
+        )  # fmt: skip
+        for name, (pattern, _) in sorted(self.patterns().items()):
+            if pattern.period_seconds is not None:
+                period.add_metric([name], pattern.period_seconds)
+            burst.add_metric([name], pattern.burst_bytes_per_second)
+            mean.add_metric([name], pattern.mean_bytes_per_second)
+            regularity.add_metric([name], pattern.regularity)
+        return [period, burst, mean, regularity]

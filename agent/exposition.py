@@ -1,0 +1,123 @@
+"""Encodes a scrape for `/metrics`: byte for byte what prometheus_client writes, several times faster.
+
+prometheus_client escapes every metric and label name character by character on every sample, which costs more
+than reading all the sysfs files of a scrape. Here a name is checked once (cached) and then written as is; only
+label values and HELP texts are escaped. Anything unusual (histograms, timestamps, exemplars, a name that needs
+escaping, a non-default escaping scheme) goes through prometheus_client itself. Tests compare both outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import exposition
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.utils import floatToGoString
+
+_LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_PLAIN_ESCAPINGS = (openmetrics.UNDERSCORES, openmetrics.ALLOWUTF8)  # identical output for legacy names
+_FAST_TYPES = frozenset({"counter", "gauge", "unknown"})
+
+Encoder = Callable[["MetricSource"], bytes]
+
+
+class MetricSource(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+def negotiate(accept: str) -> tuple[Encoder, str]:
+    """The encoder and content type for an Accept header (prometheus_client's negotiation)."""
+    encoder, content_type = exposition.choose_encoder(accept)
+    func = getattr(encoder, "func", encoder)
+    keywords = getattr(encoder, "keywords", {})
+    if keywords.get("escaping", openmetrics.UNDERSCORES) in _PLAIN_ESCAPINGS and keywords.get("version", "1.0.0") == "1.0.0":
+        if func is exposition.generate_latest:
+            return encode_text, content_type
+        if func is openmetrics.generate_latest:
+            return encode_openmetrics, content_type
+    return encoder, content_type
+
+
+def encode_text(source: MetricSource) -> bytes:
+    """Prometheus text format 0.0.4."""
+    output: list[str] = []
+    for metric in source.collect():
+        if not _fast(metric):
+            output.append(exposition.generate_latest(_One(metric)).decode())
+            continue
+        exposed = metric.name + "_total" if metric.type == "counter" else metric.name
+        kind = "untyped" if metric.type == "unknown" else metric.type
+        help_text = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        output.append(f"# HELP {exposed} {help_text}\n# TYPE {exposed} {kind}\n")
+        output.extend(_sample_lines(metric))
+    return "".join(output).encode()
+
+
+def encode_openmetrics(source: MetricSource) -> bytes:
+    """OpenMetrics 1.0.0."""
+    output: list[str] = []
+    for metric in source.collect():
+        if not _fast(metric):
+            output.append(openmetrics.generate_latest(_One(metric)).decode().removesuffix("# EOF\n"))
+            continue
+        output.append(f"# HELP {metric.name} {_escape(metric.documentation)}\n# TYPE {metric.name} {metric.type}\n")
+        if metric.unit:
+            output.append(f"# UNIT {metric.name} {metric.unit}\n")
+        output.extend(_sample_lines(metric))
+    output.append("# EOF\n")
+    return "".join(output).encode()
+
+
+def _sample_lines(metric: Metric) -> Iterator[str]:
+    for sample in metric.samples:
+        if sample.labels:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+            yield f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}\n"
+        else:
+            yield f"{sample.name} {floatToGoString(sample.value)}\n"
+
+
+def _fast(metric: Metric) -> bool:
+    """True if writing the family directly gives exactly prometheus_client's output."""
+    if metric.type not in _FAST_TYPES or not _legacy_name(metric.name):
+        return False
+    expected = metric.name + "_total" if metric.type == "counter" else metric.name
+    for sample in metric.samples:
+        if (
+            sample.name != expected  # e.g. a counter's _created sample: the library places those
+            or sample.timestamp is not None
+            or sample.exemplar is not None
+            or sample.native_histogram is not None
+            or not all(_legacy_label(k) for k in sample.labels)
+        ):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _legacy_name(name: str) -> bool:
+    return _LEGACY_NAME.match(name) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _legacy_label(name: str) -> bool:
+    return _LEGACY_LABEL.match(name) is not None and not name.startswith("__")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class _One:
+    """One family as a registry, for prometheus_client's encoders."""
+
+    def __init__(self, metric: Metric) -> None:
+        self._metric = metric
+
+    def collect(self) -> Iterable[Metric]:
+        return [self._metric]

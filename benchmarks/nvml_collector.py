@@ -1,0 +1,117 @@
+"""NVML collector cost on 8 fake GPUs, against its floor: the bare pynvml calls it makes, in the same process.
+
+Prints CPU ms per call of: the bare pynvml loop (same calls, no error handling, no snapshot objects), the backend's
+read(), the collector's collect(), collect() encoded as the agent serves /metrics, and evidence(); and each as a ratio to the
+bare loop. Builds the fake NVML first (`make fake-nvml`).
+
+    python benchmarks/nvml_collector.py [--rounds 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+FAKE_NVML = REPO / "build" / "fake-nvml" / "libnvidia-ml.so.1"
+
+
+def cpu_ms_per_call(fn: Callable[[], object], rounds: int) -> float:
+    for _ in range(3):
+        fn()
+    start = time.process_time()
+    for _ in range(rounds):
+        fn()
+    return (time.process_time() - start) / rounds * 1e3
+
+
+def bare_pynvml_read() -> None:
+    """The NVML calls the backend makes for 8 GPUs with 18 NVLinks each, straight through pynvml."""
+    import pynvml as n
+
+    for index in range(n.nvmlDeviceGetCount()):
+        h = n.nvmlDeviceGetHandleByIndex(index)
+        n.nvmlDeviceGetPciInfo(h)
+        n.nvmlDeviceGetUUID(h)
+        n.nvmlDeviceGetName(h)
+        n.nvmlDeviceGetUtilizationRates(h)
+        n.nvmlDeviceGetMemoryInfo(h)
+        n.nvmlDeviceGetTemperatureV(h, n.NVML_TEMPERATURE_GPU)
+        n.nvmlDeviceGetFieldValues(h, [n.NVML_FI_DEV_MEMORY_TEMP])
+        n.nvmlDeviceGetPowerUsage(h)
+        n.nvmlDeviceGetEnforcedPowerLimit(h)
+        n.nvmlDeviceGetTotalEnergyConsumption(h)
+        n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)
+        n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)
+        n.nvmlDeviceGetCurrentClocksEventReasons(h)
+        for error_type in (0, 1):
+            for counter_type in (0, 1):
+                n.nvmlDeviceGetTotalEccErrors(h, error_type, counter_type)
+        n.nvmlDeviceGetRetiredPages(h, 0)
+        n.nvmlDeviceGetRetiredPages(h, 1)
+        n.nvmlDeviceGetRetiredPagesPendingStatus(h)
+        n.nvmlDeviceGetRemappedRows(h)
+        n.nvmlDeviceGetCurrPcieLinkGeneration(h)
+        n.nvmlDeviceGetMaxPcieLinkGeneration(h)
+        n.nvmlDeviceGetCurrPcieLinkWidth(h)
+        n.nvmlDeviceGetMaxPcieLinkWidth(h)
+        n.nvmlDeviceGetPcieReplayCounter(h)
+        for link in range(18):
+            n.nvmlDeviceGetNvLinkState(h, link)
+            for counter in range(5):
+                n.nvmlDeviceGetNvLinkErrorCounter(h, link, counter)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=200, help="calls measured per line")
+    args = parser.parse_args()
+    subprocess.run(
+        ["make", "-C", str(REPO), "fake-nvml", f"PYTHON={sys.executable}"], check=True, capture_output=True
+    )
+
+    import pynvml
+
+    from agent.backends.nvml import NvmlBackend
+    from agent.collectors.nvml import NvmlCollector
+    from agent.exposition import encode_text
+    from agent.settings import NvmlSettings
+
+    ctypes.CDLL(str(FAKE_NVML))
+    pynvml.nvmlInit()
+    settings = NvmlSettings(library_path=str(FAKE_NVML), pcie_throughput_interval_seconds=0)
+    backend = NvmlBackend(library_path=settings.library_path)
+    collector = NvmlCollector(backend, settings)
+
+    series = sum(1 for line in encode_text(collector).decode().splitlines() if not line.startswith("#"))
+
+    bare = cpu_ms_per_call(bare_pynvml_read, args.rounds)
+    rows = [
+        ("bare pynvml calls (floor)", bare),
+        ("backend.read()", cpu_ms_per_call(backend.read, args.rounds)),
+        ("collector.collect()", cpu_ms_per_call(lambda: list(collector.collect()), args.rounds)),
+        ("collect + /metrics encoding", cpu_ms_per_call(lambda: encode_text(collector), args.rounds)),
+        ("collector.evidence()", cpu_ms_per_call(collector.evidence, args.rounds)),
+    ]
+    print(
+        f"NVML collector, 8 fake H100s x 18 NVLinks, {series} series, CPU ms per call over {args.rounds} calls"
+    )
+    print(f"{'':28s} {'CPU ms':>8s} {'x floor':>8s}")
+    for name, ms in rows:
+        print(f"{name:28s} {ms:8.2f} {ms / bare:8.2f}")
+    collector.close()
+    pynvml.nvmlShutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

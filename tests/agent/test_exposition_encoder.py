@@ -1,0 +1,83 @@
+"""The agent's fast /metrics encoder writes exactly what prometheus_client writes, for both formats."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, exposition
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.process_collector import ProcessCollector
+
+from agent.backends.procfs import Procfs
+from agent.backends.sysfs import SysfsNet
+from agent.collectors.host import HostCollector
+from agent.collectors.network import NetworkCollector
+from agent.exposition import encode_openmetrics, encode_text, negotiate
+from tests.agent.conftest import PROCFS_GPU_NODE, SYSFS_GPU_NODE
+
+
+class Frozen:
+    """A registry-like source that returns the same families on every collect()."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def awkward_families() -> list[Metric]:
+    gauge = GaugeMetricFamily("lockstep_test_gauge", 'help with "quotes", a \\ and\na newline', labels=["a", "b"])
+    gauge.add_metric(['va"lue', "back\\slash"], 1.5)
+    gauge.add_metric(["new\nline", "ünïcode"], float("inf"))
+    gauge.add_metric(["x", "y"], -0.0)
+    gauge.add_metric(["big", "small"], 1e-300)
+    counter = CounterMetricFamily("lockstep_test_events", "plain help", labels=["z", "a"])
+    counter.add_metric(["1", "2"], 12345678901234.0)
+    with_created = CounterMetricFamily("lockstep_test_created", "has created", created=1700000000.5)
+    with_created.add_metric([], 3)
+    timestamped = GaugeMetricFamily("lockstep_test_stamped", "timestamped")
+    timestamped.add_metric([], 1.0, timestamp=1700000000.25)
+    unit = GaugeMetricFamily("lockstep_test_temperature_celsius", "with unit", unit="celsius")
+    unit.add_metric([], 41.0)
+    return [gauge, counter, with_created, timestamped, unit]
+
+
+def library_families() -> list[Metric]:
+    """Families built by prometheus_client's own metric classes: histograms, info, counters with _created."""
+    registry = CollectorRegistry()
+    Histogram("lockstep_test_latency_seconds", "histogram", registry=registry).observe(0.3)
+    Info("lockstep_test_build", "info", registry=registry).info({"version": "1"})
+    Counter("lockstep_test_requests", "counter", ["code"], registry=registry).labels("200").inc()
+    ProcessCollector(registry=registry)
+    return list(registry.collect())
+
+
+def fixture_node_families() -> list[Metric]:
+    network = NetworkCollector(SysfsNet(SYSFS_GPU_NODE))
+    host = HostCollector(Procfs(PROCFS_GPU_NODE))
+    return [*network.collect(), *host.collect()]
+
+
+@pytest.mark.parametrize("families", [fixture_node_families, awkward_families, library_families])
+def test_fast_text_encoding_is_identical_to_prometheus_client(families) -> None:
+    source = Frozen(families())
+    assert encode_text(source) == exposition.generate_latest(source)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("families", [fixture_node_families, awkward_families, library_families])
+def test_fast_openmetrics_encoding_is_identical_to_prometheus_client(families) -> None:
+    source = Frozen(families())
+    assert encode_openmetrics(source) == openmetrics.generate_latest(source)  # type: ignore[arg-type]
+
+
+def test_prometheus_servers_accept_header_gets_the_fast_openmetrics_encoder() -> None:
+    prometheus_accept = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+        "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
+    encoder, content_type = negotiate(prometheus_accept)
+    assert encoder is encode_openmetrics and content_type.startswith("application/openmetrics-text")
+    assert negotiate("")[0] is encode_text
+    dots, _ = negotiate("application/openmetrics-text;version=1.0.0;escaping=dots")
+    assert dots not in (encode_text, encode_openmetrics), "other escapings go through prometheus_client"

@@ -1,0 +1,121 @@
+"""Zero-touch periodicity: the period and bursts of a real gloo job's traffic, from NIC byte counters alone.
+
+Two ranks in two network namespaces talk over veth pairs and a bridge made by the test; the collector samples
+the host ends of the veths, as the agent samples a node's NICs. The job runs without the probe.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.collectors.period_estimate import estimate
+from agent.collectors.periodicity import PeriodicityCollector
+from agent.settings import PeriodicitySettings
+
+from .jobs import DDP_JOB, wait_for
+
+
+def square_pulses(period_seconds: float, interval_seconds: float, seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds / interval_seconds)) * interval_seconds
+    return np.where(t % period_seconds < 0.1, 1e9, 1e6) + rng.normal(0, 1e7, len(t)).clip(-1e6, None)
+
+
+@pytest.mark.parametrize("period", [0.4, 0.75, 1.5, 3.0])
+def test_estimator_finds_the_period_of_bursty_traffic_not_a_multiple(period: float) -> None:
+    pattern = estimate(square_pulses(period, 0.05, 30), 0.05, 1e5)
+    assert pattern.period_seconds == pytest.approx(period, rel=0.05)
+    assert pattern.regularity > 0.5
+    assert pattern.burst_bytes_per_second == pytest.approx(1e9, rel=0.1)  # the rate inside a burst, not the mean
+    assert pattern.mean_bytes_per_second < pattern.burst_bytes_per_second / 2
+
+
+def test_estimator_reports_no_period_for_noise_or_idle_links() -> None:
+    rng = np.random.default_rng(1)
+    assert estimate(np.abs(rng.normal(5e8, 1e8, 600)), 0.05, 1e5).period_seconds is None
+    assert estimate(np.full(600, 10.0), 0.05, 1e5).period_seconds is None
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def two_namespaces() -> Iterator[tuple[list[str], list[str], list[str]]]:
+    """(namespaces, host-side veth names, rank addresses) on a fresh bridge; all removed afterwards."""
+    tag = secrets.token_hex(2)
+    bridge, namespaces = f"lspbr{tag}", [f"lsp{tag}n{i}" for i in range(2)]
+    host_ends, inner_ends = [f"lsp{tag}h{i}" for i in range(2)], [f"lsp{tag}v{i}" for i in range(2)]
+    subnet = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
+    addresses = [f"{subnet}.{i + 1}" for i in range(2)]
+    try:
+        ip("link", "add", bridge, "type", "bridge")
+        ip("link", "set", bridge, "up")
+        for ns, host, inner, address in zip(namespaces, host_ends, inner_ends, addresses, strict=True):
+            ip("netns", "add", ns)
+            ip("link", "add", host, "type", "veth", "peer", "name", inner)
+            ip("link", "set", inner, "netns", ns)
+            ip("link", "set", host, "master", bridge)
+            ip("link", "set", host, "up")
+            ip("-n", ns, "addr", "add", f"{address}/24", "dev", inner)
+            ip("-n", ns, "link", "set", inner, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        yield namespaces, host_ends, addresses
+    finally:
+        for ns in namespaces:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        for link in [*host_ends, bridge]:
+            subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=30)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_period_and_bursts_of_a_gloo_job_across_namespaces_are_seen_on_the_nics(
+    two_namespaces, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    namespaces, host_ends, addresses = two_namespaces
+    step_seconds = 0.6
+    collector = PeriodicityCollector(PeriodicitySettings(interfaces=host_ends, exclude=[], sample_hz=20, window_seconds=20))
+    procs = []
+    try:
+        collector.start()
+        for rank, ns in enumerate(namespaces):
+            env = {**subprocess_env, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": addresses[0],
+                   "MASTER_PORT": "29517", "GLOO_SOCKET_IFNAME": f"lsp{ns[3:7]}v{rank}"}  # fmt: skip
+            env.pop("LOCKSTEP_PROBE", None)
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, str(DDP_JOB), "--steps", "0", "--hidden", "1024",
+                 "--step-seconds", str(step_seconds)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            ))  # fmt: skip
+
+        def periodic() -> bool:
+            found = {p.interface: p for p in collector.evidence().periodicity}
+            return all(name in found and found[name].period_seconds for name in host_ends) and all(
+                p.window_seconds > 12 for p in found.values()
+            )
+
+        wait_for(periodic, 180, "a period on both links", interval=1.0)
+        found = {p.interface: p for p in collector.evidence().periodicity}
+        metrics = {m.name: m for m in collector.collect()}
+    finally:
+        collector.close()
+        for proc in procs:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=30)
+    for name in host_ends:
+        pattern = found[name]
+        assert pattern.period_seconds == pytest.approx(step_seconds, rel=0.2)
+        assert pattern.regularity > 0.4
+        assert pattern.burst_bytes_per_second > 3 * pattern.mean_bytes_per_second
+        assert pattern.mean_bytes_per_second > 1e6  # the gradients (17 MB a step) really crossed this link
+    periods = {s.labels["interface"]: s.value for s in metrics["lockstep_traffic_period_seconds"].samples}
+    assert set(periods) == set(host_ends)

@@ -1,0 +1,59 @@
+"""Per-rank window statistics of the collective collector, on plain records."""
+
+from __future__ import annotations
+
+from agent.collectors.rank_window import RankWindow, repeat_length
+from agent.probe.wire import Kind, Op, Record
+
+
+def rec(seq: int, issued: float, wait: float | None, op: Op = Op.all_reduce, nbytes: int = 1000,
+        kind: Kind = Kind.COMPLETE) -> Record:  # fmt: skip
+    return Record(kind=kind, op=op, rank=0, world_size=2, local_rank=0, seq=seq, bytes=nbytes, issued_at=issued,
+                  completed_at=None if wait is None else issued + wait, dropped_total=0, job="j", group="default",
+                  pod="", namespace="")  # fmt: skip
+
+
+def ddp_like_window(steps: int, period: float, t0: float = 1000.0) -> RankWindow:
+    """Three buckets per step (sizes 100, 200, 300) issued 10 ms apart, each waiting 5 ms."""
+    window = RankWindow("j", 0, "default", max_samples=4096)
+    seq = 0
+    for step in range(steps):
+        for bucket, size in enumerate((100, 200, 300)):
+            window.add(rec(seq, t0 + step * period + bucket * 0.01, 0.005, nbytes=size), pid=1)
+            seq += 1
+    return window
+
+
+def test_step_period_is_the_repeat_of_the_collective_pattern_not_the_gap_between_buckets() -> None:
+    window = ddp_like_window(steps=20, period=0.25)
+    assert repeat_length([(s.op, s.bytes) for s in window.samples]) == 3
+    evidence = window.evidence(now=1000.0 + 20 * 0.25, window_seconds=60, max_samples=10, dropped_records=0)
+    assert evidence.step_period_seconds is not None and abs(evidence.step_period_seconds - 0.25) < 1e-6
+    assert evidence.collectives_in_window == 60 and len(evidence.samples) == 10
+    assert evidence.wait_seconds_p50 is not None and abs(evidence.wait_seconds_p50 - 0.005) < 1e-6
+    assert evidence.compute_gap_seconds_p50 is not None and abs(evidence.compute_gap_seconds_p50 - 0.005) < 1e-6
+    assert evidence.last_seq == 59 and evidence.pending_seq is None
+
+
+def test_a_collective_pending_for_long_is_reported_until_it_or_a_later_one_completes() -> None:
+    window = ddp_like_window(steps=2, period=0.25)
+    window.add(rec(6, 2000.0, None, kind=Kind.ISSUE), pid=1)
+    evidence = window.evidence(now=2010.0, window_seconds=3600, max_samples=0, dropped_records=0)
+    assert (evidence.pending_seq, evidence.pending_op, evidence.pending_since) == (6, "all_reduce", 2000.0)
+    window.add(rec(7, 2011.0, 0.01), pid=1)  # a later collective of the group completed: so did seq 6
+    assert window.evidence(now=2012.0, window_seconds=3600, max_samples=0, dropped_records=0).pending_seq is None
+
+
+def test_no_step_period_without_a_repeating_pattern() -> None:
+    window = RankWindow("j", 0, "default", max_samples=64)
+    for seq in range(20):
+        window.add(rec(seq, 1000.0 + seq * 0.1, 0.001, nbytes=seq * 7 + 1), pid=1)
+    assert window.evidence(now=1003.0, window_seconds=60, max_samples=0, dropped_records=0).step_period_seconds is None
+
+
+def test_window_memory_is_bounded_by_max_samples() -> None:
+    window = RankWindow("j", 0, "default", max_samples=16)
+    for seq in range(1000):
+        window.add(rec(seq, 1000.0 + seq * 0.01, 0.001), pid=1)
+    assert len(window.samples) == 16 and len(window.completed_seqs) == 16
+    assert window.knows(999) and not window.knows(100)

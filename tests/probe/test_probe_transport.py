@@ -1,0 +1,60 @@
+"""The probe's sender: packs what the recorder holds, reports long-pending collectives, counts what it loses."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from agent.probe import wire
+from agent.probe.identity import Identity
+from agent.probe.recorder import Recorder
+from agent.probe.transport import Sender
+
+IDENTITY = Identity(job="job-x", rank=1, world_size=4, local_rank=1, pod="pod-1", namespace="ml")
+
+
+def receive_all(sock: socket.socket) -> list[wire.Record]:
+    records = []
+    sock.setblocking(False)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return records
+        records += [wire.decode(data, offset) for offset in range(0, len(data), wire.RECORD_BYTES)]
+
+
+def test_sender_delivers_completed_and_long_pending_collectives_with_the_rank_identity(tmp_path: Path) -> None:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "probe.sock"))
+    recorder = Recorder()
+    sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=0.05)
+    for _ in range(100):
+        recorder.complete(recorder.issue("default", wire.Op.all_reduce, 4096))
+    stuck = recorder.issue("default", wire.Op.broadcast, 64)
+    sender.flush()
+    first = receive_all(receiver)
+    time.sleep(0.06)
+    sender.flush()
+    sender.flush()  # a pending collective is reported once, not on every flush
+    second = receive_all(receiver)
+    completes = [r for r in first if r.kind == wire.Kind.COMPLETE]
+    assert [r.seq for r in completes] == list(range(100))
+    assert all(r.job == "job-x" and r.rank == 1 and r.world_size == 4 and r.pod == "pod-1" for r in first)
+    assert all(r.completed_at is not None and r.completed_at >= r.issued_at for r in completes)
+    issues = [r for r in second if r.kind == wire.Kind.ISSUE]
+    assert [(r.seq, r.op) for r in issues] == [(stuck[1], wire.Op.broadcast)]
+    assert sender.dropped == 0
+    receiver.close()
+
+
+def test_sender_without_an_agent_drops_and_counts_and_never_raises(tmp_path: Path) -> None:
+    recorder = Recorder(capacity=50)
+    sender = Sender(recorder, IDENTITY, str(tmp_path / "missing"))
+    for _ in range(80):  # 30 more than the recorder holds
+        recorder.complete(recorder.issue("default", wire.Op.all_reduce, 8))
+    sender.flush()
+    assert recorder.dropped == 30
+    assert sender.dropped >= 80  # 30 never queued, 50 + a heartbeat not delivered
+    assert len(recorder.completed) == 0  # memory is released even when nothing can be sent
