@@ -2,6 +2,8 @@
 PYTHON ?= python3
 FAKE_NVML_DIR := build/fake-nvml
 
+DEPS_STAMP := build/.deps-installed
+
 .PHONY: help install demo test lint typecheck pytest fake-nvml bench clean
 
 help:
@@ -11,21 +13,25 @@ help:
 	@echo "make fake-nvml   build the fake libnvidia-ml.so.1 used by tests and the demo"
 	@echo "make bench       run the benchmarks in benchmarks/"
 
-install:
-	$(PYTHON) -m pip install -e '.[test]'
+# Debian packages and the Python package with test extras; re-run when pyproject.toml changes.
+install: $(DEPS_STAMP)
 
-demo: fake-nvml
+$(DEPS_STAMP): pyproject.toml tools/install-deps.sh
+	PYTHON=$(PYTHON) bash tools/install-deps.sh
+	mkdir -p $(dir $@) && touch $@
+
+demo: $(DEPS_STAMP) fake-nvml
 	$(PYTHON) -m controller.cli demo
 
-lint:
+lint: $(DEPS_STAMP)
 	$(PYTHON) -m ruff check .
 	lint-imports
 
-typecheck:
+typecheck: $(DEPS_STAMP)
 	$(PYTHON) -m mypy
 
 # pytest exit code 5 means no test ran: that is a failure, not a pass.
-pytest:
+pytest: $(DEPS_STAMP)
 	$(PYTHON) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test: lint typecheck pytest

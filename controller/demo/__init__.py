@@ -13,6 +13,7 @@ import sys
 import time
 from types import FrameType
 
+from controller.demo.cluster import ClusterError
 from controller.demo.faults import FAULTS, Fault, FaultError
 from controller.demo.scenario import DemoOptions, DemoRun, Detection, PrerequisiteError
 from controller.demo.timeline import Timeline
@@ -171,9 +172,12 @@ def run(args: argparse.Namespace) -> int:
             demo.observe(args.fault_at)
             injected_at = demo.inject(fault)
             detection = demo.watch_fault(fault, injected_at, timeout)
-            if detection.found and detection.target is not None:
-                demo.watch_alerts(detection.target, ALERT_WAIT_SECONDS)
-            print_summary(timeline, detection, timeout)
+            if detection.found:
+                demo.watch_alerts(ALERT_WAIT_SECONDS)
+            firing = (
+                sorted(k for k, v in demo.observer.alerts.items() if v == "firing") if demo.observer else []
+            )
+            print_summary(timeline, detection, timeout, firing if demo.prometheus else None)
             if args.keep:
                 keep_running(demo)
     except PrerequisiteError as error:
@@ -182,6 +186,12 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nlockstep demo: interrupted; everything it started has been removed", file=sys.stderr)
         return 130
+    except ClusterError as error:
+        print(
+            f"lockstep demo: could not build the cluster: {error}\n(without network namespaces: --localhost)",
+            file=sys.stderr,
+        )
+        return 1
     except (RuntimeError, TimeoutError, OSError) as error:
         print(f"lockstep demo: failed: {error}", file=sys.stderr)
         return 1
@@ -196,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
 
-def print_summary(timeline: Timeline, detection: Detection, timeout: float) -> None:
+def print_summary(timeline: Timeline, detection: Detection, timeout: float, alerts: list[str] | None) -> None:
+    """The run in a few lines; `alerts` are the firing Prometheus alerts (None: Prometheus not running)."""
     say = timeline.say
     say("")
     say("summary")
@@ -224,6 +235,8 @@ def print_summary(timeline: Timeline, detection: Detection, timeout: float) -> N
             f"  time to detect     {f'{ttd:.1f} s' if ttd is not None else f'not within {timeout:g} s'} ({budget})"
         )
     say(f"  innocent blamed    {', '.join(detection.innocent_blamed) or 'none'}")
+    if alerts is not None:
+        say(f"  alerts firing      {', '.join(alerts) or 'none'}")
     if detection.innocent_suspects:
         say(f"  innocent suspects  {', '.join(detection.innocent_suspects)} (never acted on)")
     say(f"  result             {'PASS' if detection.passed else 'FAIL'}")

@@ -17,10 +17,11 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.demo.stale import NETNS_ETC, record_owner
+
 log = logging.getLogger(__name__)
 
 NAME_PREFIX = "lsdemo-"
-NETNS_ETC = Path("/etc/netns")
 AGENT_PORT = 9445  # the agent's default port; each namespace has its own port space
 
 
@@ -105,6 +106,7 @@ class Cluster:
     _made_namespaces: list[str] = field(default_factory=list)
     _made_links: list[str] = field(default_factory=list)
     _made_etc: list[Path] = field(default_factory=list)
+    _owner_record: Path | None = None
 
     @property
     def prefix(self) -> str:
@@ -120,6 +122,7 @@ class Cluster:
             for tool in ("ip", "tc"):
                 if shutil.which(tool) is None:
                     raise ClusterError(f"`{tool}` not found: install the Debian package iproute2")
+            self._owner_record = record_owner(self.prefix, self.work_dir)
             self._build_bridge()
         for index in range(self.node_count):
             self.nodes.append(self._build_node(index))
@@ -196,4 +199,7 @@ class Cluster:
         for etc in self._made_etc:
             shutil.rmtree(etc, ignore_errors=True)
         self._made_etc.clear()
+        if self._owner_record is not None and not leftovers:
+            self._owner_record.unlink(missing_ok=True)
+            self._owner_record = None
         return leftovers

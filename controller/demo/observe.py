@@ -133,9 +133,11 @@ class Observer:
             return
         current = {}
         for alert in document.get("data", {}).get("alerts", []):
-            labels = alert.get("labels", {})
-            where = labels.get("node") or labels.get("instance") or labels.get("job_name") or ""
-            current[f"{labels.get('alertname', '?')}{{{where}}}"] = str(alert.get("state", "?"))
+            labels = dict(alert.get("labels", {}))
+            name = labels.pop("alertname", "?")
+            labels.pop("severity", None)
+            where = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+            current[f"{name}{{{where}}}"] = str(alert.get("state", "?"))
         # Pending alerts wait out their `for:`; only firing ones (and their end) are news.
         for key, state in current.items():
             if state == "firing" and self.alerts.get(key) != "firing":

@@ -36,6 +36,7 @@ from controller.demo.services import (
     start_prometheus,
     wait_ready,
 )
+from controller.demo.stale import sweep_stale_runs
 from controller.demo.timeline import Timeline
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,9 @@ class DemoRun:
         options = self.options
         for note in check_prerequisites(options):
             self.timeline.say(f"note: {note}")
+        if options.use_namespaces:
+            for prefix in sweep_stale_runs():
+                self.timeline.say(f"note: removed what the killed demo run {prefix} left behind")
         self.cluster = Cluster(options.nodes, self.work_dir, options.use_namespaces)
         self.cluster.build()
         cluster = self.cluster
@@ -364,16 +368,16 @@ class DemoRun:
                 break
         return self.detection(fault, injected_at)
 
-    def watch_alerts(self, node: str, timeout_seconds: float) -> None:
-        """With Prometheus running, keep watching until an alert about `node` fires (rules evaluate every 2 s)."""
-        assert self.observer is not None
+    def watch_alerts(self, timeout_seconds: float) -> None:
+        """With Prometheus running, keep watching until an alert starts firing (rules evaluate every 2 s)."""
         if self.prometheus is None:
             return
+        fired_before = sum(1 for e in self.timeline.events if e.kind == "alert")
         deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline and not any(
-            node in key and state == "firing" for key, state in self.observer.alerts.items()
-        ):
+        while time.monotonic() < deadline:
             self.observe(POLL_INTERVAL_SECONDS)
+            if sum(1 for e in self.timeline.events if e.kind == "alert") > fired_before:
+                return
 
     def _acted_on(self, node: str) -> bool:
         assert self.observer is not None

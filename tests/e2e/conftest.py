@@ -68,10 +68,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.section("lockstep end-to-end: measured times to detect")
     for d in MEASURED:
-        ttd = f"{d.time_to_detect_seconds:.1f} s" if d.time_to_detect_seconds is not None else "not detected"
+        if d.target is None:
+            blamed = ", ".join(d.innocent_blamed) or "nobody"
+            terminalreporter.write_line(f"{d.fault:<13} negative control: blamed {blamed}")
+            continue
+        ttd = f"{d.time_to_detect_seconds:.1f} s" if d.time_to_detect_seconds is not None else "never"
         suspect = f"{d.first_suspect_seconds:.1f} s" if d.first_suspect_seconds is not None else "-"
         terminalreporter.write_line(
-            f"{d.fault:<10} target {d.target}: first suspect {suspect}, acted on {ttd} (budget {d.budget_seconds:g} s), reason {d.reason or '-'}"
+            f"{d.fault:<13} first suspect {suspect:>7}, faulty + cordoned + tainted {ttd:>7} "
+            f"(budget {d.budget_seconds:g} s), reason {d.reason or '-'}, innocent blamed {len(d.innocent_blamed)}"
         )
     TIMES_FILE.parent.mkdir(exist_ok=True)
     TIMES_FILE.write_text(
@@ -79,6 +84,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             [
                 {
                     "fault": d.fault,
+                    "target": d.target,
+                    "innocent_blamed": list(d.innocent_blamed),
                     "first_suspect_seconds": d.first_suspect_seconds,
                     "time_to_detect_seconds": d.time_to_detect_seconds,
                     "budget_seconds": d.budget_seconds,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.demo.stale import sweep_stale_runs
+
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(180)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,9 +41,10 @@ def leftovers(prefix: str) -> list[str]:
     return found
 
 
-def test_sigterm_while_training_leaves_no_namespace_link_or_process(
-    python: str, subprocess_env: dict[str, str]
-) -> None:
+def start_demo_until_training(
+    python: str, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """Run `lockstep demo` until its job starts; returns the process, its run prefix and its output so far."""
     argv = [
         python,
         "-m",
@@ -56,20 +59,27 @@ def test_sigterm_while_training_leaves_no_namespace_link_or_process(
         "600",
     ]
     demo = subprocess.Popen(
-        argv, cwd=REPO, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert demo.stdout is not None
     prefix, output = None, []
     deadline = time.monotonic() + 120
+    for line in demo.stdout:
+        output.append(line)
+        if prefix is None and (match := re.search(r"(lsdemo-[0-9a-f]{4})-node0", line)):
+            prefix = match.group(1)
+        if " job " in line or time.monotonic() > deadline:
+            break
+    assert prefix is not None, "".join(output)
+    assert leftovers(prefix), "the demo's cluster should exist while it runs"
+    return demo, prefix, output
+
+
+def test_sigterm_while_training_leaves_no_namespace_link_or_process(
+    python: str, subprocess_env: dict[str, str]
+) -> None:
+    demo, prefix, output = start_demo_until_training(python, subprocess_env)
     try:
-        for line in demo.stdout:
-            output.append(line)
-            if prefix is None and (match := re.search(r"(lsdemo-[0-9a-f]{4})-node0", line)):
-                prefix = match.group(1)
-            if " job " in line or time.monotonic() > deadline:
-                break
-        assert prefix is not None, "".join(output)
-        assert leftovers(prefix), "the demo's cluster should exist while it runs"
         demo.send_signal(signal.SIGTERM)
         output.append(demo.communicate(timeout=60)[0])
     finally:
@@ -77,3 +87,21 @@ def test_sigterm_while_training_leaves_no_namespace_link_or_process(
             demo.kill()
     assert demo.returncode == 130, "".join(output)
     assert leftovers(prefix) == []
+
+
+def test_leftovers_of_a_killed_demo_are_swept_by_the_next_run_and_live_runs_are_not(
+    python: str, subprocess_env: dict[str, str]
+) -> None:
+    killed, killed_prefix, _ = start_demo_until_training(python, subprocess_env)
+    killed.kill()
+    killed.wait(timeout=30)
+    assert leftovers(killed_prefix), "SIGKILL gives the demo no chance to clean up"
+    alive, alive_prefix, _ = start_demo_until_training(python, subprocess_env)  # sweeps when it starts
+    try:
+        assert leftovers(killed_prefix) == []
+        assert alive_prefix not in sweep_stale_runs()
+        assert leftovers(alive_prefix), "a running demo must be left alone"
+    finally:
+        alive.send_signal(signal.SIGTERM)
+        alive.communicate(timeout=60)
+    assert leftovers(alive_prefix) == []
