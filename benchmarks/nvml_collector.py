@@ -1,7 +1,7 @@
 """NVML collector cost on 8 fake GPUs, against its floor: the bare pynvml calls it makes, in the same process.
 
 Prints CPU ms per call of: the bare pynvml loop (same calls, no error handling, no snapshot objects), the backend's
-read(), the collector's collect(), a full Prometheus exposition of it, and evidence(); and each as a ratio to the
+read(), the collector's collect(), collect() encoded as the agent serves /metrics, and evidence(); and each as a ratio to the
 bare loop. Builds the fake NVML first (`make fake-nvml`).
 
     python benchmarks/nvml_collector.py [--rounds 200]
@@ -80,10 +80,10 @@ def main() -> int:
     )
 
     import pynvml
-    from prometheus_client import CollectorRegistry, generate_latest
 
     from agent.backends.nvml import NvmlBackend
     from agent.collectors.nvml import NvmlCollector
+    from agent.exposition import encode_text
     from agent.settings import NvmlSettings
 
     ctypes.CDLL(str(FAKE_NVML))
@@ -92,20 +92,14 @@ def main() -> int:
     backend = NvmlBackend(library_path=settings.library_path)
     collector = NvmlCollector(backend, settings)
 
-    class Exposition:
-        def collect(self) -> object:
-            return collector.collect()
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Exposition())  # type: ignore[arg-type]
-    series = sum(1 for line in generate_latest(registry).decode().splitlines() if not line.startswith("#"))
+    series = sum(1 for line in encode_text(collector).decode().splitlines() if not line.startswith("#"))
 
     bare = cpu_ms_per_call(bare_pynvml_read, args.rounds)
     rows = [
         ("bare pynvml calls (floor)", bare),
         ("backend.read()", cpu_ms_per_call(backend.read, args.rounds)),
         ("collector.collect()", cpu_ms_per_call(lambda: list(collector.collect()), args.rounds)),
-        ("collect + text exposition", cpu_ms_per_call(lambda: generate_latest(registry), args.rounds)),
+        ("collect + /metrics encoding", cpu_ms_per_call(lambda: encode_text(collector), args.rounds)),
         ("collector.evidence()", cpu_ms_per_call(collector.evidence, args.rounds)),
     ]
     print(

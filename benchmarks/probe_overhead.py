@@ -5,7 +5,7 @@ in this process) and without, and prints the median step time of each run, the r
 adjacent pair, its median and spread. Target (DESIGN.md): within 1%. Also prints the probe's hot-path cost per
 collective measured in-process.
 
-    python benchmarks/probe_overhead.py [--pairs 5] [--nproc 2] [--steps 300] [--hidden 512]
+    python benchmarks/probe_overhead.py [--pairs 8] [--nproc 2] [--steps 300] [--hidden 1024] [--bucket-mb 25]
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=8, help="interleaved (without, with) probe run pairs")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--bucket-mb", type=float, default=1.0, help="DDP bucket size: smaller = more collectives")
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket size (DDP's default 25 MB)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="lockstep-bench-") as tmp:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 import pydantic
@@ -68,15 +69,18 @@ async def serve(settings: ControllerSettings, engine: DetectionEngine) -> None:
     mode = "agent list (no Kubernetes)" if kube is None else ("dry-run" if settings.dry_run else "acting")
     log.info("lockstep-controller listening on %s:%s; mode: %s", bound[0], bound[1], mode)
 
-    stop = asyncio.Event()
+    stop, stop_watching = asyncio.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    if kube is not None and settings.kube.watch:
+        kube.watch(stop_watching, settings.kube.watch_seconds)
     tasks = [asyncio.create_task(loop.run(stop))]
     if leader is not None:
         tasks.append(asyncio.create_task(leader.run(stop)))
     try:
         await asyncio.gather(*tasks)
     finally:
+        stop_watching.set()
         await fetcher.close()
         await runner.cleanup()
         log.info("lockstep-controller stopped")

@@ -1,7 +1,7 @@
 """The only code talking to the Kubernetes API (official `kubernetes` client), behind a narrow interface.
 
-Reads: the selected nodes (as policy `NodeState`s), the agent pods (where to pull evidence), the circuit breaker,
-the leader Lease. Writes: one conditional merge patch per node change (cordon + taint + annotations land together
+Reads: the selected nodes (as policy `NodeState`s), the agent pods (where to pull evidence) — listed, or kept by
+a watch — the circuit breaker, the leader Lease. Writes: one conditional merge patch per node change (cordon + taint + annotations land together
 or not at all, guarded by resourceVersion and retried on 409), the LockstepHealthy condition, Events, the breaker
 ConfigMap and the Lease. Every API call has a timeout, retries 5xx/429/timeouts with backoff, and is counted.
 """
@@ -20,10 +20,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from controller.policy import BreakerState, NodeState
@@ -48,6 +48,7 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 Obj = dict[str, Any]
+T = TypeVar("T")
 
 
 class KubeError(Exception):
@@ -59,7 +60,11 @@ class KubeError(Exception):
 
 
 class Conflict(KubeError):
-    """409: someone else wrote the object first (stale resourceVersion, or it already exists)."""
+    """409: someone else wrote the object first (stale resourceVersion, or it already exists).
+
+    `after_timeout`: an earlier attempt of the same call timed out, so the "someone else" may be that attempt."""
+
+    after_timeout = False
 
 
 class NotLeader(Exception):
@@ -180,12 +185,14 @@ class Kube:
         self._core = client.CoreV1Api(api)
         self._coordination = client.CoordinationV1Api(api)
         self._sleep = sleep
-        self._lock = threading.Lock()
+        self._nodes: Informer[tuple[NodeState, str | None]] | None = None
+        self._agents: Informer[AgentEndpoint | None] | None = None
 
     # --------------------------------------------------------------------------------------------- plumbing
     def _call(self, verb: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
         """Call the API; retry 5xx, 429, timeouts and connection errors with backoff; return the JSON body."""
         delay = self.settings.api_backoff_seconds
+        timed_out = False
         for attempt in range(1, self.settings.api_attempts + 1):
             try:
                 response = method(
@@ -196,14 +203,16 @@ class Kube:
                 code = error.status or 0
                 if code == 409:
                     self.stats.conflicts[verb] += 1
-                    raise Conflict(f"{verb}: 409 {_message(error)}", 409) from error
+                    conflict = Conflict(f"{verb}: 409 {_message(error)}", 409)
+                    conflict.after_timeout = timed_out
+                    raise conflict from error
                 self.stats.errors[(verb, str(code))] += 1
                 if code not in RETRYABLE_STATUS:
                     raise KubeError(f"{verb}: HTTP {code} {_message(error)}", code) from error
                 failure, status = f"HTTP {code}", code
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 self.stats.errors[(verb, "timeout")] += 1
-                failure, status = f"{type(error).__name__}: {error}", None
+                failure, status, timed_out = f"{type(error).__name__}: {error}", None, True
             if attempt == self.settings.api_attempts:
                 raise KubeError(f"{verb}: {failure} after {attempt} attempts", status)
             self.stats.retries[verb] += 1
@@ -214,70 +223,95 @@ class Kube:
 
     def _modify_node(self, name: str, change: Callable[[Obj], Obj | None], guard: Callable[[], bool]) -> bool:
         """Read-modify-write: `change(node)` returns a merge patch (or None: nothing to do), which is sent with the
-        node's resourceVersion so it lands only on the state it was computed from; on 409 read again."""
+        node's resourceVersion so it lands only on the state it was computed from; on 409 read again.
+        True if the change was made (also when a timed-out attempt turns out to have made it)."""
+        maybe_ours = False
         for _ in range(self.settings.conflict_attempts):
             node = self._call("get nodes", self._core.read_node, name)
             patch = change(node)
             if patch is None:
-                return False
+                return maybe_ours
             patch.setdefault("metadata", {})["resourceVersion"] = node["metadata"]["resourceVersion"]
             if not guard():
                 raise NotLeader(f"not acting on node {name}: not the leader")
             try:
                 self._call("patch nodes", self._core.patch_node, name, patch, _content_type=MERGE_PATCH)
                 return True
-            except Conflict:
+            except Conflict as conflict:
+                maybe_ours = conflict.after_timeout
                 log.info("node %s changed while we wrote it (409); reading it again", name)
         raise KubeError(f"node {name}: still conflicting after {self.settings.conflict_attempts} attempts")
 
     # ------------------------------------------------------------------------------------------------ reads
-    def cluster(self) -> ClusterView:
-        """The nodes selected by the node label selector."""
-        # resourceVersion "0": served from the apiserver's watch cache, not etcd (cheap on big clusters). Slightly
-        # stale is fine: every write re-reads the node and is conditional on its resourceVersion.
-        listing = self._call(
-            "list nodes", self._core.list_node, label_selector=self.settings.node_selector or None, resource_version="0"
-        )
-        nodes, topology = {}, {}
-        for item in listing.get("items") or []:
-            state = node_state(item)
-            nodes[state.name] = state
-            group = ((item.get("metadata") or {}).get("labels") or {}).get(self.settings.topology_label)
-            if group:
-                topology[state.name] = group
-        return ClusterView(nodes, topology)
+    def _node_list(self) -> tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """The list call for the selected nodes. resourceVersion "0": served from the apiserver's watch cache, not
+        etcd; slightly stale is fine because every write re-reads the node and is conditional on its version."""
+        kwargs = {"label_selector": self.settings.node_selector or None, "resource_version": "0"}
+        return "nodes", self._core.list_node, (), kwargs
 
-    def agents(self) -> list[AgentEndpoint]:
-        """The running pods of the agent DaemonSet: node name and pod IP give each agent's URL."""
+    def _agent_list(self) -> tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         kwargs = {
             "label_selector": self.settings.agent_label_selector,
             "field_selector": "status.phase=Running",
             "resource_version": "0",
         }
         if self.settings.agent_namespace:
-            listing = self._call(
-                "list pods", self._core.list_namespaced_pod, self.settings.agent_namespace, **kwargs
-            )
-        else:
-            listing = self._call("list pods", self._core.list_pod_for_all_namespaces, **kwargs)
-        endpoints = []
-        for pod in listing.get("items") or []:
-            node = (pod.get("spec") or {}).get("nodeName")
-            ip = (pod.get("status") or {}).get("podIP")
-            if not node or not ip:
-                continue
-            port = next(
-                (
-                    p.get("containerPort")
-                    for c in (pod.get("spec") or {}).get("containers") or []
-                    for p in c.get("ports") or []
-                    if p.get("name") == "http"
-                ),
-                self.settings.agent_port,
-            )
-            host = f"[{ip}]" if ":" in ip else ip
-            endpoints.append(AgentEndpoint(node, f"http://{host}:{port}"))
-        return sorted(endpoints, key=lambda e: e.node)
+            return "pods", self._core.list_namespaced_pod, (self.settings.agent_namespace,), kwargs
+        return "pods", self._core.list_pod_for_all_namespaces, (), kwargs
+
+    def _node_entry(self, node: Obj) -> tuple[NodeState, str | None]:
+        group = ((node.get("metadata") or {}).get("labels") or {}).get(self.settings.topology_label)
+        return node_state(node), group
+
+    def _agent_entry(self, pod: Obj) -> AgentEndpoint | None:
+        """Node name and pod IP give the agent's URL; the port is the container port named 'http'."""
+        node = (pod.get("spec") or {}).get("nodeName")
+        ip = (pod.get("status") or {}).get("podIP")
+        if not node or not ip:
+            return None
+        port = next(
+            (
+                p.get("containerPort")
+                for c in (pod.get("spec") or {}).get("containers") or []
+                for p in c.get("ports") or []
+                if p.get("name") == "http"
+            ),
+            self.settings.agent_port,
+        )
+        host = f"[{ip}]" if ":" in ip else ip
+        return AgentEndpoint(node, f"http://{host}:{port}")
+
+    def _items(self, listing: tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> list[Obj]:
+        resource, method, args, kwargs = listing
+        return list(self._call(f"list {resource}", method, *args, **kwargs).get("items") or [])
+
+    def cluster(self) -> ClusterView:
+        """The nodes selected by the node label selector (from the watch cache once `watch()` runs)."""
+        entries = self._nodes.entries() if self._nodes is not None else None
+        if entries is None:
+            entries = [self._node_entry(item) for item in self._items(self._node_list())]
+        nodes = {state.name: state for state, _ in entries}
+        topology = {state.name: group for state, group in entries if group}
+        return ClusterView(nodes, topology)
+
+    def agents(self) -> list[AgentEndpoint]:
+        """The running pods of the agent DaemonSet (from the watch cache once `watch()` runs)."""
+        entries = self._agents.entries() if self._agents is not None else None
+        if entries is None:
+            entries = [self._agent_entry(pod) for pod in self._items(self._agent_list())]
+        return sorted((e for e in entries if e is not None), key=lambda e: e.node)
+
+    def watch(self, stop: threading.Event, watch_seconds: float = 300.0) -> list[threading.Thread]:
+        """Keep nodes and agent pods in memory (list once, then watch) instead of listing them every cycle."""
+        self._nodes = Informer(self, self._node_list(), self._node_entry, watch_seconds)
+        self._agents = Informer(self, self._agent_list(), self._agent_entry, watch_seconds)
+        threads = [
+            threading.Thread(target=informer.run, args=(stop,), name=f"watch-{informer.resource}", daemon=True)
+            for informer in (self._nodes, self._agents)
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
 
     def breaker(self) -> BreakerState:
         try:
@@ -469,3 +503,76 @@ def _message(error: ApiException) -> str:
         return str(json.loads(error.body or "{}").get("message", error.reason))
     except (ValueError, AttributeError):
         return str(error.reason)
+
+
+class Informer(Generic[T]):
+    """List once, then watch from the list's resourceVersion; relist after 410 Gone or an error. Keeps
+    `transform(object)` per object, so a cycle reads the current state of a big cluster without listing it."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        listing: tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]],
+        transform: Callable[[Obj], T],
+        watch_seconds: float,
+    ) -> None:
+        self.kube = kube
+        self.resource, self._method, self._args, self._kwargs = listing
+        self._transform = transform
+        self._watch_seconds = watch_seconds
+        self._lock = threading.Lock()
+        self._entries: dict[str, T] = {}
+        self._version: str | None = None  # resourceVersion to watch from; None = list first
+        self.synced = False
+        self.relists = 0
+
+    def entries(self) -> list[T] | None:
+        """The current entries, or None before the first list succeeded (callers then list themselves)."""
+        with self._lock:
+            return list(self._entries.values()) if self.synced else None
+
+    def run(self, stop: threading.Event) -> None:
+        delay = self.kube.settings.api_backoff_seconds
+        while not stop.is_set():
+            try:
+                if self._version is None:
+                    self._relist()
+                self._watch(stop)
+                delay = self.kube.settings.api_backoff_seconds
+            except (KubeError, ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, KeyError) as error:
+                status = getattr(error, "status", None)
+                self.kube.stats.errors[(f"watch {self.resource}", str(status or "timeout"))] += 1
+                log.log(logging.INFO if status == 410 else logging.WARNING,
+                        "watch of %s ended (%s); listing again in %.1f s", self.resource, error, delay)
+                self._version = None
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _relist(self) -> None:
+        listing = self.kube._call(f"list {self.resource}", self._method, *self._args, **self._kwargs)
+        entries = {_key(item): self._transform(item) for item in listing.get("items") or []}
+        with self._lock:
+            self._entries, self.synced = entries, True
+        self._version = str((listing.get("metadata") or {}).get("resourceVersion") or "") or None
+        self.relists += 1
+
+    def _watch(self, stop: threading.Event) -> None:
+        kwargs = {**self._kwargs, "resource_version": self._version, "timeout_seconds": int(self._watch_seconds)}
+        stream = watch.Watch().stream(
+            self._method, *self._args, deserialize=False, _request_timeout=self._watch_seconds + 30, **kwargs
+        )
+        for event in stream:
+            obj = event["object"]
+            with self._lock:
+                if event["type"] == "DELETED":
+                    self._entries.pop(_key(obj), None)
+                elif event["type"] in ("ADDED", "MODIFIED"):
+                    self._entries[_key(obj)] = self._transform(obj)
+            self._version = obj["metadata"]["resourceVersion"]
+            if stop.is_set():
+                return
+
+
+def _key(obj: Obj) -> str:
+    meta = obj["metadata"]
+    return f"{meta.get('namespace', '')}/{meta['name']}"

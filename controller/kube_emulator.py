@@ -384,7 +384,8 @@ class Store:
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str, str, str], Obj] = {}
         self._revision = 0
-        self.changes: list[tuple[int, str, Kind, Obj]] = []  # (rv, ADDED|MODIFIED|DELETED, kind, object)
+        # (rv, ADDED|MODIFIED|DELETED, kind, object, the object before the change or None)
+        self.changes: list[tuple[int, str, Kind, Obj, Obj | None]] = []
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -456,7 +457,7 @@ class Store:
                           {**current, "metadata": {**current["metadata"], "resourceVersion": None}})
             if comparable[0] == comparable[1]:
                 return current  # a no-op write does not bump resourceVersion
-            return self._commit(kind, (kind.group, kind.resource, namespace, name), merged, "MODIFIED")
+            return self._commit(kind, (kind.group, kind.resource, namespace, name), merged, "MODIFIED", current)
 
     def delete(self, kind: Kind, namespace: str, name: str) -> Obj:
         with self._lock:
@@ -464,18 +465,20 @@ class Store:
             del self._objects[(kind.group, kind.resource, namespace, name)]
             self._revision += 1
             obj["metadata"]["resourceVersion"] = str(self._revision)
-            self._record_change("DELETED", kind, obj)
+            self._record_change("DELETED", kind, obj, obj)
             return obj
 
-    def _commit(self, kind: Kind, key: tuple[str, str, str, str], obj: Obj, change: str) -> Obj:
+    def _commit(
+        self, kind: Kind, key: tuple[str, str, str, str], obj: Obj, change: str, before: Obj | None = None
+    ) -> Obj:
         self._revision += 1
         obj["metadata"]["resourceVersion"] = str(self._revision)
         self._objects[key] = copy.deepcopy(obj)
-        self._record_change(change, kind, obj)
+        self._record_change(change, kind, obj, before)
         return copy.deepcopy(obj)
 
-    def _record_change(self, change: str, kind: Kind, obj: Obj) -> None:
-        self.changes.append((self._revision, change, kind, copy.deepcopy(obj)))
+    def _record_change(self, change: str, kind: Kind, obj: Obj, before: Obj | None) -> None:
+        self.changes.append((self._revision, change, kind, copy.deepcopy(obj), before))
         del self.changes[:-10_000]
         for loop, event in self._waiters:
             loop.call_soon_threadsafe(event.set)
@@ -484,7 +487,7 @@ class Store:
     def _details(kind: Kind, name: str) -> Obj:
         return {"name": name, "group": kind.group, "kind": kind.resource}
 
-    def changes_after(self, revision: int) -> builtins.list[tuple[int, str, Kind, Obj]]:
+    def changes_after(self, revision: int) -> builtins.list[tuple[int, str, Kind, Obj, Obj | None]]:
         with self._lock:
             if self.changes and revision < self.changes[0][0] - 1:
                 raise ApiError(410, "Expired", f"too old resource version: {revision} ({self.changes[0][0] - 1})")
@@ -580,10 +583,16 @@ class Emulator:
         return self.store.list(KINDS[(group, resource)], namespace)[0]
 
     def change(
-        self, resource: str, name: str, change: Callable[[Obj], Obj], namespace: str = "", group: str = ""
+        self,
+        resource: str,
+        name: str,
+        change: Callable[[Obj], Obj],
+        namespace: str = "",
+        group: str = "",
+        subresource: str = "",
     ) -> Obj:
         """Another writer: change a stored object as another client would (bumps resourceVersion)."""
-        return self.store.update(KINDS[(group, resource)], namespace, name, change)
+        return self.store.update(KINDS[(group, resource)], namespace, name, change, subresource)
 
     def patch_node(self, name: str, change: Callable[[Obj], Obj]) -> Obj:
         return self.change("nodes", name, change)
@@ -754,13 +763,16 @@ class Emulator:
                 await response.write(json.dumps({"type": change, "object": obj}).encode() + b"\n")
             while time.monotonic() < deadline:
                 event.clear()
-                for rv, change, changed_kind, obj in self.store.changes_after(revision):
+                for rv, change, changed_kind, obj, before in self.store.changes_after(revision):
                     revision = rv
-                    meta = obj["metadata"]
-                    if changed_kind != kind or (namespace and meta.get("namespace") != namespace):
+                    if changed_kind != kind or (namespace and obj["metadata"].get("namespace") != namespace):
                         continue
-                    if labels(meta.get("labels") or {}) and fields(obj):
-                        await response.write(json.dumps({"type": change, "object": obj}).encode() + b"\n")
+                    # With selectors, an object that starts or stops matching is ADDED or DELETED for this watch.
+                    now = change != "DELETED" and labels(obj["metadata"].get("labels") or {}) and fields(obj)
+                    was = before is not None and labels(before["metadata"].get("labels") or {}) and fields(before)
+                    seen = {(True, True): "MODIFIED", (True, False): "ADDED", (False, True): "DELETED"}.get((now, was))
+                    if seen is not None:
+                        await response.write(json.dumps({"type": seen, "object": obj}).encode() + b"\n")
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(event.wait(), max(0.0, min(1.0, deadline - time.monotonic())))
         except (ConnectionResetError, asyncio.CancelledError):

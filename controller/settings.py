@@ -46,6 +46,10 @@ class KubeSettings(BaseModel):
         default="topology.kubernetes.io/zone",
         description="Node label naming the switch/rack/zone; many suspects behind one value is a fabric problem.",
     )
+    watch: bool = Field(
+        default=True, description="Keep nodes and agent pods by list + watch; off = list them every cycle (small clusters)."
+    )
+    watch_seconds: float = Field(default=300.0, gt=0, description="Length of one watch request before it is renewed.")
     api_timeout_seconds: float = Field(default=10.0, gt=0, description="Per API request; a hung apiserver costs at most this.")
     api_attempts: int = Field(default=4, ge=1, description="Attempts per API call on 5xx, 429 and timeouts (backoff between).")
     api_backoff_seconds: float = Field(default=0.5, ge=0, description="First retry delay; doubles per attempt.")

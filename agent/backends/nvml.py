@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import threading
 import time
@@ -63,6 +64,10 @@ CLOCK_EVENT_REASONS = (  # name -> nvmlClocksEventReason* bit
     ("display_clock_setting", pynvml.nvmlClocksEventReasonDisplayClockSetting),
 )
 _EVENT_SET_REBUILD_SECONDS = 30.0  # how often to retry registering a reachable GPU the event set lacks
+_NVLINK_REDISCOVER_SECONDS = 300.0  # how often to look again for NVLinks on a GPU that showed none
+_HANDLE_ERRORS_BEFORE_LOST = (
+    2  # reads in a row without a handle (other than GPU_IS_LOST) that make a GPU lost
+)
 _KIB = 1024  # nvmlDeviceGetPcieThroughput reports KB/s with 1 KB granularity
 _MHZ = 1e6
 
@@ -176,18 +181,6 @@ def _error_name(error: pynvml.NVMLError) -> str:
     return type(error).__name__.removeprefix("NVMLError_") or str(error.value)
 
 
-def _identify(index: int) -> tuple[Any, GpuIdentity]:
-    """Handle and identity of the GPU at index; raises pynvml.NVMLError."""
-    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    identity = GpuIdentity(
-        index=index,
-        uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
-        model=_text(pynvml.nvmlDeviceGetName(handle)),
-        pci_bus_id=_text(pynvml.nvmlDeviceGetPciInfo(handle).busId),
-    )
-    return handle, identity
-
-
 def _handle_key(handle: Any) -> int | None:
     return ctypes.cast(handle, ctypes.c_void_p).value
 
@@ -214,8 +207,10 @@ class NvmlBackend:
         self._failed_at = 0.0
         self._driver_version = ""
         self._identities: dict[int, GpuIdentity] = {}  # last known identity by index, for GPUs lost later
+        self._handle_failures: Counter[int] = Counter()  # index -> reads in a row without a handle
+        self._no_permission_logged: set[int] = set()
         self._handles: dict[str, Any] = {}  # uuid -> handle of the GPUs reachable in the last read
-        self._nvlinks: dict[str, tuple[int, ...]] = {}  # uuid -> links that exist
+        self._nvlinks: dict[str, tuple[tuple[int, ...], float]] = {}  # uuid -> (links that exist, when found)
         self._absent_logged: set[tuple[str, str]] = set()
         self._errors_logged: set[tuple[str, str, str]] = set()
         self._errors: Counter[tuple[str, str]] = Counter()
@@ -224,6 +219,7 @@ class NvmlBackend:
         self._event_uuids: set[str] = set()  # GPUs registered in the event set
         self._event_set_built_at = 0.0
         self._event_set_failed_at: float | None = None
+        self._event_problems: set[str] = set()  # problems with XID events logged so far
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -327,23 +323,64 @@ class NvmlBackend:
                 count = pynvml.nvmlDeviceGetCount()
             except pynvml.NVMLError as error:
                 raise self._give_up(f"nvmlDeviceGetCount_v2 failed: {error}") from error
-            read = [self._read_gpu(index) for index in range(count)]
+            read = [r for r in (self._read_gpu(index) for index in range(count)) if r is not None]
             self._handles = {
                 snapshot.identity.uuid: handle for snapshot, handle in read if handle is not None
             }
             return [snapshot for snapshot, _ in read]
 
-    def _read_gpu(self, index: int) -> tuple[GpuSnapshot, Any]:
+    def _identify(self, index: int) -> tuple[Any, GpuIdentity]:
+        """Handle and identity of the GPU at index. Raises pynvml.NVMLError if there is no handle, _GpuLost if
+        the GPU is lost; an identity field NVML cannot give is left empty (the uuid then reads "GPU <index>")."""
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        gpu = f"GPU {index}"
+        uuid = self._call(gpu, pynvml.nvmlDeviceGetUUID, handle)
+        model = self._call(gpu, pynvml.nvmlDeviceGetName, handle)
+        pci = self._call(gpu, pynvml.nvmlDeviceGetPciInfo, handle)
+        return handle, GpuIdentity(
+            index=index,
+            uuid=_text(uuid or ""),
+            model=_text(model or ""),
+            pci_bus_id="" if pci is None else _text(pci.busId),
+        )
+
+    def _read_gpu(self, index: int) -> tuple[GpuSnapshot, Any] | None:
+        """The GPU's snapshot and handle (None if unreachable); None to leave out a GPU this agent may not see."""
+        known = self._identities.get(index, GpuIdentity(index=index, uuid=""))
         try:
-            handle, identity = _identify(index)
+            handle, identity = self._identify(index)
         except pynvml.NVMLError as error:
-            known = self._identities.get(index, GpuIdentity(index=index, uuid=""))
-            return GpuSnapshot(identity=known, lost_reason=f"no handle for GPU {index}: {error}"), None
+            return self._no_handle(index, known, error)
+        except _GpuLost as lost:
+            return GpuSnapshot(identity=known, lost_reason=str(lost)), None
+        self._handle_failures.pop(index, None)
         self._identities[index] = identity
         try:
             return self._read_fields(identity, handle), handle
         except _GpuLost as lost:
             return GpuSnapshot(identity=identity, lost_reason=str(lost)), None
+
+    def _no_handle(
+        self, index: int, known: GpuIdentity, error: pynvml.NVMLError
+    ) -> tuple[GpuSnapshot, Any] | None:
+        """No handle for a GPU NVML counts. NO_PERMISSION: not this agent's to see (nvmlDeviceGetCount_v2 counts
+        GPUs the caller may not open), so left out, never "lost". GPU_IS_LOST: lost. Anything else: lost once it
+        repeats, so one glitch does not make a lost GPU."""
+        if error.value == pynvml.NVML_ERROR_NO_PERMISSION:
+            if index not in self._no_permission_logged:
+                self._no_permission_logged.add(index)
+                log.info(
+                    "GPU %d: no permission to open it (is its device in this container?); leaving it out",
+                    index,
+                )
+            return None
+        self._handle_failures[index] += 1
+        if (
+            error.value == pynvml.NVML_ERROR_GPU_IS_LOST
+            or self._handle_failures[index] >= _HANDLE_ERRORS_BEFORE_LOST
+        ):
+            return GpuSnapshot(identity=known, lost_reason=f"no handle for GPU {index}: {error}"), None
+        return GpuSnapshot(identity=known), None
 
     def _read_fields(self, gpu: GpuIdentity, handle: Any) -> GpuSnapshot:
         def call(
@@ -429,7 +466,9 @@ class NvmlBackend:
         return None
 
     def _read_nvlinks(self, gpu: str, handle: Any) -> tuple[NvLinkSnapshot, ...]:
-        links = self._nvlinks.get(gpu) or self._discover_nvlinks(gpu, handle)
+        links, found_at = self._nvlinks.get(gpu, ((), -math.inf))
+        if not links and self._monotonic() - found_at >= _NVLINK_REDISCOVER_SECONDS:
+            links = self._discover_nvlinks(gpu, handle)
         result = []
         for link in links:
             state = self._call(gpu, pynvml.nvmlDeviceGetNvLinkState, handle, link)
@@ -443,7 +482,8 @@ class NvmlBackend:
         return tuple(result)
 
     def _discover_nvlinks(self, gpu: str, handle: Any) -> tuple[int, ...]:
-        """Links whose state NVML reports; remembered once found (a GPU without NVLink has none)."""
+        """Links whose state NVML reports. Remembered; a GPU without any (PCIe cards) is asked again only every
+        _NVLINK_REDISCOVER_SECONDS, not with NVML_NVLINK_MAX_LINKS calls on every read."""
         links = []
         for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
             try:
@@ -453,9 +493,8 @@ class NvmlBackend:
                     raise _GpuLost("nvmlDeviceGetNvLinkState: GPU is lost") from error
                 continue
             links.append(link)
-        if links:
-            self._nvlinks[gpu] = tuple(links)
-        else:
+        self._nvlinks[gpu] = (tuple(links), self._monotonic())
+        if not links:
             with self._accounting_lock:
                 self._log_absent_once(gpu, "nvmlDeviceGetNvLinkState", "no link answers")
         return tuple(links)
@@ -495,7 +534,9 @@ class NvmlBackend:
                 if error.value == pynvml.NVML_ERROR_TIMEOUT:
                     return None
                 # GPU_IS_LOST (a registered GPU fell off) or worse: re-register the GPUs that are still there.
-                log.info("nvmlEventSetWait: %s; registering the GPUs for XID events again", error)
+                self._note_event_problem(
+                    f"nvmlEventSetWait: {error}; registering the GPUs for XID events again"
+                )
                 with self._lock:
                     self._free_event_set()
                 time.sleep(timeout_seconds)
@@ -524,13 +565,20 @@ class NvmlBackend:
             try:
                 self._event_set = pynvml.nvmlEventSetCreate()
             except pynvml.NVMLError as error:
-                log.info("XID events unavailable (nvmlEventSetCreate: %s); retrying later", error)
+                self._note_event_problem(
+                    f"XID events unavailable (nvmlEventSetCreate: {error}); retrying later"
+                )
                 self._event_set_failed_at = self._monotonic()
                 return None
             self._event_set_failed_at = None
             self._event_set_built_at = self._monotonic()
             self._register_all()
             return self._event_set
+
+    def _note_event_problem(self, problem: str) -> None:
+        """Log a problem with XID events at info the first time, at debug when it repeats."""
+        log.log(logging.DEBUG if problem in self._event_problems else logging.INFO, "%s", problem)
+        self._event_problems.add(problem)
 
     def _register_all(self) -> None:
         try:
@@ -539,11 +587,13 @@ class NvmlBackend:
             raise self._give_up(f"nvmlDeviceGetCount_v2 failed: {error}") from error
         for index in range(count):
             try:
-                handle, gpu = _identify(index)
+                handle, gpu = self._identify(index)
                 pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._event_set)
+            except _GpuLost:
+                continue  # reported as gpu_lost by read()
             except pynvml.NVMLError as error:
-                lost = error.value == pynvml.NVML_ERROR_GPU_IS_LOST  # reported as gpu_lost already
-                log.log(logging.DEBUG if lost else logging.INFO, "GPU %d: no XID events (%s)", index, error)
+                if error.value != pynvml.NVML_ERROR_GPU_IS_LOST:  # a lost GPU is reported as gpu_lost already
+                    self._note_event_problem(f"GPU {index}: no XID events ({error})")
                 continue
             self._event_uuids.add(gpu.uuid)
             self._event_gpus[_handle_key(handle)] = gpu

@@ -484,7 +484,10 @@ class NvmlCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         reading = self._refresh()
         families = _GpuFamilies()
-        count = GaugeMetricFamily("lockstep_gpus", "GPUs NVML enumerates (nvmlDeviceGetCount_v2).")
+        count = GaugeMetricFamily(
+            "lockstep_gpus",
+            "GPUs this agent reads: nvmlDeviceGetCount_v2 less those it has no permission to open.",
+        )
         count.add_metric([], len(reading.snapshots))
         lost = families.gauge(
             "lockstep_gpu_lost",
@@ -578,11 +581,11 @@ class NvmlCollector(Collector):
             return
         tx = families.gauge(
             "lockstep_gpu_pcie_transmit_bytes_per_second",
-            "PCIe transmit throughput over NVML's 20 ms sample, KiB/s x 1024 (nvmlDeviceGetPcieThroughput TX).",
+            "PCIe transmit throughput over NVML's 20 ms measurement, taken in the background (nvmlDeviceGetPcieThroughput TX, KB/s x 1024).",
         )
         rx = families.gauge(
             "lockstep_gpu_pcie_receive_bytes_per_second",
-            "PCIe receive throughput over NVML's 20 ms sample, KiB/s x 1024 (nvmlDeviceGetPcieThroughput RX).",
+            "PCIe receive throughput over NVML's 20 ms measurement, taken in the background (nvmlDeviceGetPcieThroughput RX, KB/s x 1024).",
         )
         families.add(tx, labels, sample.tx_bytes_per_second)
         families.add(rx, labels, sample.rx_bytes_per_second)

@@ -10,9 +10,10 @@ import bisect
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from agent.evidence import CollectiveSample, RankEvidence
-from agent.probe.wire import OP_CLASS, Op, Record
+from agent.probe.wire import OP_CLASS, Kind, Op, Record
 
 # Upper bounds (s) of the wait histogram: 100 us .. 60 s, covering gloo on loopback to a stuck peer.
 WAIT_BUCKETS_SECONDS: tuple[float, ...] = (
@@ -41,17 +42,13 @@ class OpTotals:
                 self.wait_buckets[index] += 1
 
 
-@dataclass(frozen=True)
-class Completed:
+class Completed(NamedTuple):
     seq: int
     op: Op
     bytes: int
     issued_at: float
     completed_at: float | None
-
-    @property
-    def wait_seconds(self) -> float | None:
-        return None if self.completed_at is None else self.completed_at - self.issued_at
+    wait_seconds: float | None  # completed_at - issued_at
 
 
 def repeat_length(signature: list[tuple[Op, int]], max_length: int = 256) -> int | None:
@@ -98,6 +95,7 @@ class RankWindow:
         self.last_seq = -1
         self.last_issued_at = 0.0
         self.last_progress_at = 0.0
+        self._period_cache: tuple[tuple[int, int, int], float | None] = ((-1, -1, -1), None)
 
     def knows(self, seq: int) -> bool:
         """Whether `seq` already completed in this window (a duplicate or replayed record)."""
@@ -107,26 +105,36 @@ class RankWindow:
         return self.samples[0].seq if len(self.samples) == self.samples.maxlen else -1
 
     def add(self, record: Record, pid: int) -> None:
-        self.world_size = record.world_size
-        self.local_rank = record.local_rank
-        self.pod, self.namespace, self.pid = record.pod, record.namespace, pid
-        self.last_seq = max(self.last_seq, record.seq)
-        self.last_issued_at = max(self.last_issued_at, record.issued_at)
-        self.last_progress_at = max(self.last_progress_at, record.issued_at, record.completed_at or 0.0)
-        if record.completed_at is None and record.kind.name == "ISSUE":
+        if pid != self.pid:
+            self.world_size, self.local_rank = record.world_size, record.local_rank
+            self.pod, self.namespace, self.pid = record.pod, record.namespace, pid
+        if record.seq > self.last_seq:
+            self.last_seq = record.seq
+        if record.issued_at > self.last_issued_at:
+            self.last_issued_at = record.issued_at
+        completed_at = record.completed_at
+        progress = record.issued_at if completed_at is None else completed_at
+        if progress > self.last_progress_at:
+            self.last_progress_at = progress
+        if record.kind is Kind.ISSUE:
             if len(self.pending) >= self.max_pending:
                 self.pending.pop(min(self.pending))
             self.pending[record.seq] = (record.op, record.issued_at)
             return
         # one process group runs its collectives in issue order: completing seq s completes all before it
-        for seq in [seq for seq in self.pending if seq <= record.seq]:
-            del self.pending[seq]
+        if self.pending:
+            for seq in [seq for seq in self.pending if seq <= record.seq]:
+                del self.pending[seq]
         if len(self.samples) == self.samples.maxlen:
             self.completed_seqs.discard(self.samples[0].seq)
-        sample = Completed(record.seq, record.op, record.bytes, record.issued_at, record.completed_at)
-        self.samples.append(sample)
+        wait = None if completed_at is None else completed_at - record.issued_at
+        self.samples.append(Completed(record.seq, record.op, record.bytes, record.issued_at, completed_at, wait))
         self.completed_seqs.add(record.seq)
-        self.totals.setdefault(OP_CLASS[record.op], OpTotals()).add(record.bytes, sample.wait_seconds)
+        op_class = OP_CLASS[record.op]
+        totals = self.totals.get(op_class)
+        if totals is None:
+            totals = self.totals[op_class] = OpTotals()
+        totals.add(record.bytes, wait)
 
     def in_window(self, now: float, window_seconds: float) -> list[Completed]:
         """Samples issued within the last `window_seconds`, in sequence order."""
@@ -135,8 +143,15 @@ class RankWindow:
 
     def step_period_seconds(self, window: list[Completed]) -> float | None:
         """Period of the rank's collective pattern: median time between a collective and the same one a
-        pattern repeat later (one training step for DDP)."""
+        pattern repeat later (one training step for DDP). Cached until the window changes."""
         window = window[-512:]
+        key = (len(window), window[0].seq, window[-1].seq) if window else (0, 0, 0)
+        if self._period_cache[0] != key:
+            self._period_cache = (key, self._step_period(window))
+        return self._period_cache[1]
+
+    @staticmethod
+    def _step_period(window: list[Completed]) -> float | None:
         k = repeat_length([(s.op, s.bytes) for s in window])
         if k is None:
             return None

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import types
+from collections.abc import Callable
 
 from agent.probe.identity import identify
 from agent.probe.patch import (
@@ -37,8 +38,9 @@ DEFAULT_SOCKET_DIR = "/run/lockstep"
 class Probe:
     """One per process: the recorder the wrappers feed and the sender that starts with the process group."""
 
-    def __init__(self, socket_dir: str) -> None:
+    def __init__(self, socket_dir: str, ddp_hook: bool = True) -> None:
         self.socket_dir = socket_dir
+        self.ddp_hook = ddp_hook
         self.recorder = Recorder()
         self.groups = GroupNames()
         self.sender: Sender | None = None
@@ -46,8 +48,10 @@ class Probe:
 
     def patch(self) -> None:
         """Patch torch.distributed now if it is imported, else as soon as it is."""
-        callbacks = {C10D: self._patch_c10d, DDP_MODULE: self._patch_ddp}
-        later = {}
+        callbacks: dict[str, Callable[[types.ModuleType], None]] = {C10D: self._patch_c10d}
+        if self.ddp_hook:
+            callbacks[DDP_MODULE] = self._patch_ddp
+        later: dict[str, Callable[[types.ModuleType], None]] = {}
         for name, callback in callbacks.items():
             module = sys.modules.get(name)
             if module is not None:
@@ -64,7 +68,7 @@ class Probe:
             self.activate("")
 
     def _patch_ddp(self, ddp_module: types.ModuleType) -> None:
-        patch_ddp(ddp_module)
+        patch_ddp(ddp_module, self.recorder, self.groups)
 
     def activate(self, init_method: str) -> None:
         """The default process group is up: learn who we are and (re)start sending."""
@@ -101,12 +105,16 @@ def installed() -> Probe | None:
     return _probe
 
 
-def install(socket_dir: str | None = None) -> Probe:
+def install(socket_dir: str | None = None, ddp_hook: bool | None = None) -> Probe:
     """Install the probe in this process (idempotent). `socket_dir` defaults to $LOCKSTEP_SOCKET_DIR, then
-    /run/lockstep. Never raises for a missing agent: records are dropped and counted until it appears."""
+    /run/lockstep. `ddp_hook` (default: on unless LOCKSTEP_PROBE_DDP=0) registers the timing communication hook
+    on DDP models whose user registered none: it makes DDP's all-reduces visible at the cost of a Python call
+    per gradient bucket. Never raises for a missing agent: records are dropped and counted until it appears."""
     global _probe
     if _probe is None:
-        _probe = Probe(socket_dir or os.environ.get("LOCKSTEP_SOCKET_DIR") or DEFAULT_SOCKET_DIR)
+        if ddp_hook is None:
+            ddp_hook = os.environ.get("LOCKSTEP_PROBE_DDP", "1").strip().lower() not in ("0", "false", "no", "off")
+        _probe = Probe(socket_dir or os.environ.get("LOCKSTEP_SOCKET_DIR") or DEFAULT_SOCKET_DIR, ddp_hook)
         _probe.patch()
         atexit.register(_probe.stop)
         os.register_at_fork(after_in_child=_probe.forget_after_fork)

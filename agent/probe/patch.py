@@ -1,5 +1,5 @@
-"""Where the probe meets PyTorch: wrappers around the torch.distributed collectives, a DDP communication
-hook that routes DDP's all-reduces through them, and the import hook that applies both when torch loads.
+"""Where the probe meets PyTorch: wrappers around the torch.distributed collectives, a timing DDP
+communication hook for DDP's bucket all-reduces, and the import hook that applies both when torch loads.
 
 Every wrapper does the smallest possible work on the training thread (Recorder.issue/complete) and lets the
 wrapped call behave exactly as before: same arguments, same return value, same exceptions.
@@ -129,16 +129,43 @@ def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupN
     return wrapped
 
 
-def patch_ddp(ddp_module: types.ModuleType) -> None:
-    """Route DDP's bucket all-reduces through Python, where the collective wrappers record them.
+def timed_allreduce_hook(recorder: Recorder, group: str) -> Callable[[Any, Any], Any]:
+    """DDP communication hook doing what `default_hooks.allreduce_hook` (and DDP's C++ default) does — average
+    the bucket across ranks — and recording it. Completion is recorded in the same `then` callback that hands
+    the result to DDP, so the probe adds no thread hand-off of its own."""
+    from torch.distributed import distributed_c10d as c10d
+
+    all_reduce = getattr(c10d.all_reduce, "__wrapped__", c10d.all_reduce)  # unwrapped: recorded here, once
+
+    def lockstep_allreduce_hook(process_group, bucket):  # no annotations: DDP validates them against its types
+        pg: Any = process_group if process_group is not None else c10d.group.WORLD
+        tensor = bucket.buffer()
+        token = recorder.issue(group, Op.all_reduce, nbytes(tensor))
+        tensor.div_(pg.size())
+        try:
+            fut = all_reduce(tensor, group=pg, async_op=True).get_future()
+        except BaseException:
+            recorder.abandon(token)
+            raise
+
+        def done(fut: Any) -> Any:
+            recorder.complete(token)
+            return fut.value()[0]
+
+        return fut.then(done)
+
+    return lockstep_allreduce_hook
+
+
+def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNames) -> None:
+    """Make DDP's bucket all-reduces visible to the probe.
 
     Without a communication hook DDP's C++ reducer calls the process group directly and nothing in Python
-    sees it. With a Python hook — the user's, or `default_hooks.allreduce_hook`, which does exactly what the
-    C++ default does — every bucket goes through torch.distributed.all_reduce(async_op=True). DDP accepts
-    one hook per model, so the default is installed only at the first forward, after the user had their
-    chance to register one (conventionally right after construction). A builtin C++ hook
-    (`_register_builtin_comm_hook`), or a user hook calling the process group's methods directly, bypasses
-    Python: those all-reduces go unrecorded.
+    sees it. So at the first forward, unless the user registered a hook, the probe registers
+    `timed_allreduce_hook` (DDP takes one hook per model; users register theirs right after construction).
+    A user's Python hook is left alone: the torch.distributed collectives it calls are recorded by the
+    wrappers. Unseen: builtin C++ hooks (`_register_builtin_comm_hook`) and hooks that call process-group
+    methods directly.
     """
     ddp_cls = ddp_module.DistributedDataParallel
     if getattr(ddp_cls.__init__, _PATCHED, False):
@@ -164,11 +191,10 @@ def patch_ddp(ddp_module: types.ModuleType) -> None:
         if module.__dict__.get("_lockstep_hooked"):
             return
         try:
-            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-            module.register_comm_hook(module.process_group, default_hooks.allreduce_hook)
+            hook = timed_allreduce_hook(recorder, groups.name(module.process_group))
+            module.register_comm_hook(module.process_group, hook)
         except Exception:
-            log.debug("lockstep probe: cannot install the default DDP comm hook", exc_info=True)
+            log.debug("lockstep probe: cannot install the DDP comm hook", exc_info=True)
 
     @functools.wraps(original_init)
     def init(self: Any, *args: Any, **kwargs: Any) -> None:

@@ -8,8 +8,8 @@ recognised per record. Changing a field means a new VERSION.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 MAGIC = b"LKSP"
 VERSION = 1
@@ -68,8 +68,7 @@ RECORD_BYTES = RECORD.size
 MAX_RECORDS_PER_DATAGRAM = 28  # 28 * 284 B < 8 KiB, well under the Unix datagram limit
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One decoded record. Times are Unix seconds on the sender's clock (same node as the agent)."""
 
     kind: Kind
@@ -104,8 +103,19 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
+_KINDS: dict[int, Kind] = {int(k): k for k in Kind}
+_OPS: dict[int, Op] = {int(o): o for o in Op}
+_TEXTS: dict[bytes, str] = {}  # raw field -> text: jobs, groups and pods repeat in every record
+
+
 def _text(raw: bytes) -> str:
-    return raw.rstrip(b"\0").decode("utf-8", "strict")
+    text = _TEXTS.get(raw)
+    if text is None:
+        text = raw.rstrip(b"\0").decode("utf-8", "strict")
+        if len(_TEXTS) >= 4096:
+            _TEXTS.clear()
+        _TEXTS[raw] = text
+    return text
 
 
 def decode(buf: bytes | memoryview, offset: int = 0) -> Record:
@@ -118,11 +128,13 @@ def decode(buf: bytes | memoryview, offset: int = 0) -> Record:
         raise DecodeError("bad_magic")
     if version != VERSION:
         raise DecodeError("bad_version")
+    kind_ = _KINDS.get(kind)
+    op_ = _OPS.get(op)
+    if kind_ is None or op_ is None:
+        raise DecodeError("malformed")
     try:
-        kind_ = Kind(kind)
-        op_ = Op(op)
         texts = (_text(job), _text(group), _text(pod), _text(namespace))
-    except (ValueError, UnicodeDecodeError):
+    except UnicodeDecodeError:
         raise DecodeError("malformed") from None
     if not texts[0] or rank < 0 or world_size <= 0 or rank >= world_size:
         raise DecodeError("malformed")
@@ -131,21 +143,9 @@ def decode(buf: bytes | memoryview, offset: int = 0) -> Record:
     if kind_ == Kind.COMPLETE and 0 < completed_at < issued_at:
         raise DecodeError("malformed")
     return Record(
-        kind=kind_,
-        op=op_,
-        rank=rank,
-        world_size=world_size,
-        local_rank=local_rank if local_rank >= 0 else None,
-        seq=seq,
-        bytes=nbytes,
-        issued_at=issued_at,
-        completed_at=completed_at if completed_at > 0 else None,
-        dropped_total=dropped,
-        job=texts[0],
-        group=texts[1] or "default",
-        pod=texts[2],
-        namespace=texts[3],
-    )
+        kind_, op_, rank, world_size, local_rank if local_rank >= 0 else None, seq, nbytes, issued_at,
+        completed_at if completed_at > 0 else None, dropped, texts[0], texts[1] or "default", texts[2], texts[3],
+    )  # fmt: skip
 
 
 def encode(record: Record) -> bytes:

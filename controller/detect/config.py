@@ -99,7 +99,8 @@ class DetectionConfig:
     restart_grace_seconds: float = 30.0
     """After a job restarts or rescales, compare its ranks only after this long: warm-up is uneven."""
     idle_after_step_multiple: float = 3.0
-    """No rank issued a collective for this many step periods: the job is idle (checkpoint, evaluation)."""
+    """No rank issued a collective for this many step periods (and at least `hang_min_seconds`): the job is
+    idle (checkpoint, evaluation)."""
 
     confidence_floor: float = 0.5
     """Confidence of a statistical finding that just passes its thresholds; stronger evidence scores higher."""

@@ -250,15 +250,14 @@ class DetectionEngine:
         return gone
 
     def _idle(self, groups: Mapping[str, RankGroup], steps: Mapping[str, float | None]) -> bool:
-        """No rank of any group has issued a collective for several step periods, and none is waiting."""
+        """No rank of any group issued a collective for several step periods (at least `hang_min_seconds`),
+        and none is waiting in one: a pause of the whole job (checkpoint, evaluation), not a fault."""
         for name, group in groups.items():
-            step = steps[name]
-            if not step:
-                return False
+            quiet = max(
+                self.config.idle_after_step_multiple * (steps[name] or 0.0), self.config.hang_min_seconds
+            )
             for e in group.entries:
-                if e.rank.pending_seq is not None:
-                    return False
-                if e.collected_at - e.rank.last_progress_at < self.config.idle_after_step_multiple * step:
+                if e.rank.pending_seq is not None or e.collected_at - e.rank.last_progress_at < quiet:
                     return False
         return True
 

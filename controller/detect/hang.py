@@ -1,4 +1,5 @@
-"""Hang: progress stops. Peers wait in collective N; the suspects never entered it (their sequence lags).
+"""Hang: progress stops. Peers wait in collective N; the suspects lag behind them (never entered it, or did not
+issue the collectives their peers issued next).
 
 Works on each agent's own clock only (`collected_at - pending_since`, `collected_at - last_progress_at`), so
 clock offsets between nodes and documents of different ages do not matter. Reports after a few step periods
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.detect.config import DetectionConfig
-from controller.detect.ranks import RankGroup
+from controller.detect.ranks import RankEntry, RankGroup
 from controller.model import Finding, Severity
 
 DETECTOR = "hang"
@@ -25,6 +26,12 @@ class HangReport:
     stuck_seq: int | None = None
     waited_seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
+
+
+def _issued(entry: RankEntry) -> int:
+    """Highest sequence number the rank issued (whether `last_seq` counts a pending one or not)."""
+    pending = entry.rank.pending_seq
+    return max(entry.rank.last_seq, pending if pending is not None else -1)
 
 
 def hang_threshold_seconds(step_period: float | None, config: DetectionConfig) -> float:
@@ -55,15 +62,18 @@ def find_hang(
     ]
     if not waiting:
         return HangReport()
-    stuck = max(e.rank.pending_seq for e in waiting if e.rank.pending_seq is not None)
+    stuck = min(e.rank.pending_seq for e in waiting if e.rank.pending_seq is not None)
     waited = max(e.collected_at - (e.rank.pending_since or e.collected_at) for e in waiting)
     report = HangReport(hung=True, stuck_seq=stuck, waited_seconds=waited)
+    # Healthy ranks run ahead until they block, so after `threshold` they all stand at the same frontier (the
+    # highest sequence number issued). A rank behind it that made no progress either is holding them up —
+    # whether it never entered collective N (stopped in compute) or entered it but not the ones its peers
+    # issued next (DDP issues several buckets before waiting for any).
+    front = max(_issued(e) for e in group.entries)
     laggards = [
         e
         for e in group.entries
-        if (e.rank.pending_seq is None or e.rank.pending_seq < stuck)
-        and e.rank.last_seq < stuck
-        and e.collected_at - e.rank.last_progress_at >= threshold / 2
+        if _issued(e) < front and e.collected_at - e.rank.last_progress_at >= threshold / 2
     ]
     suspects: dict[str, list[dict[str, object]]] = {}
     for e in laggards:
@@ -84,6 +94,7 @@ def find_hang(
         "namespace": namespace,
         "process_group": group.process_group,
         "stuck_seq": stuck,
+        "front_seq": front,
         "waited_seconds": round(waited, 3),
         "threshold_seconds": round(threshold, 3),
         "waiting_ranks": sorted(e.rank.rank for e in waiting),
@@ -98,7 +109,8 @@ def find_hang(
                     severity=Severity.STATISTICAL,
                     summary=(
                         f"job {job} stuck {waited:.0f} s in collective {stuck}: rank "
-                        f"{', '.join(str(r['rank']) for r in ranks)} on {node} never entered it"
+                        f"{', '.join(str(r['rank']) for r in ranks)} on {node} stopped behind its peers "
+                        f"(they issued up to {front})"
                     ),
                     confidence=0.9,
                     job=job,

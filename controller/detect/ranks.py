@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.evidence import Evidence, RankEvidence
+from agent.evidence import CollectiveSample, Evidence, RankEvidence
 
 JobKey = tuple[str, str]
 """(namespace, job name): two namespaces may run jobs of the same name."""
@@ -59,22 +59,23 @@ def group_ranks(evidence: Mapping[str, Evidence]) -> dict[JobKey, dict[str, Rank
 
 
 def estimate_step_period(group: RankGroup) -> float | None:
-    """The group's step period (s): the ranks' own estimate where the agent gives one, else from samples.
-
-    From samples: the median time between successive collectives of the same (op, bytes) signature is one
-    step when each signature occurs once per step (DDP buckets); the longest such period is the step.
-    """
+    """The group's step period (s): the agents' own estimate, but never below the mean time between two
+    collectives of a rank (a step holds at least one collective). The agent finds the step as the repeat of
+    the (op, bytes) pattern, which collapses to one bucket when every bucket has the same size; the floor
+    catches that (it is then a lower bound: thresholds relative to the step get stricter, never looser in
+    time for hangs, which are clamped to at least `hang_min_seconds`)."""
+    floors = [gap for entry in group.entries[:3] if (gap := _mean_gap(entry.rank.samples)) is not None]
     reported = [e.rank.step_period_seconds for e in group.entries if e.rank.step_period_seconds]
-    if reported:
-        return float(np.median(reported))
-    best: float | None = None
-    for entry in group.entries[:3]:
-        by_signature: dict[tuple[str, int], list[float]] = {}
-        for sample in entry.rank.samples:
-            by_signature.setdefault((sample.op, sample.bytes), []).append(sample.arrival)
-        for arrivals in by_signature.values():
-            if len(arrivals) >= 3:
-                period = float(np.median(np.diff(np.sort(arrivals))))
-                if period > 0 and (best is None or period > best):
-                    best = period
-    return best
+    floor = float(np.median(floors)) if floors else None
+    step = float(np.median(reported)) if reported else None
+    if step is None or (floor is not None and floor > step):
+        return floor
+    return step
+
+
+def _mean_gap(samples: list[CollectiveSample], min_samples: int = 4) -> float | None:
+    """Mean time between successive collectives of one rank (s)."""
+    if len(samples) < min_samples:
+        return None
+    span = samples[-1].arrival - samples[0].arrival
+    return span / (len(samples) - 1) if span > 0 else None

@@ -202,7 +202,7 @@ def _rank_evidence(track: RankTrack, run: Incarnation, t: float, offset: float) 
         collectives_in_window=in_window,
         collectives_per_second=in_window / WINDOW_SECONDS,
         step_period_seconds=float(np.median(np.diff(step_starts))) if len(step_starts) >= 3 else None,
-        last_seq=done - 1,
+        last_seq=issued - 1,  # as the agent: the highest sequence number issued (pending included)
         last_progress_at=last_progress + offset,
         pending_seq=done if pending else None,
         pending_op="allreduce" if pending else None,

@@ -117,8 +117,11 @@ def grafana_to_promql(expr: str, rate_interval: str = "5m") -> str:
     )
 
 
+# Metrics from other exporters a dashboard may use, with their source (not exported by Lockstep itself).
+EXTERNAL_METRICS = {"kube_node_spec_taint": "kube-state-metrics (kube-prometheus-stack)"}
+
 # Not inside a recording rule's name (`level:metric:operations`) nor part of a longer word.
-_METRIC = re.compile(r"(?<![:\w])(lockstep_[a-z0-9_]+|up)(?![:\w])")
+_METRIC = re.compile(r"(?<![:\w])(lockstep_[a-z0-9_]+|up|kube_[a-z0-9_]+)(?![:\w])")
 
 
 def metric_names(expr: str) -> set[str]:

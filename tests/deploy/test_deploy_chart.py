@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -444,3 +445,20 @@ def test_operator_roles_grant_what_lockstep_release_was_recorded_using_and_are_b
     bindings = by_kind(objs, "ClusterRoleBinding") + by_kind(objs, "RoleBinding")
     assert all(b["roleRef"]["name"] != "lockstep-operator" for b in bindings)
     assert not [o for o in objects() if o["metadata"]["name"] == "lockstep-operator"]
+
+
+def test_packaged_chart_carries_dashboards_and_rules_but_not_the_generator(tmp_path: Path) -> None:
+    archive = helm.package(CHART, destination=tmp_path)
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {
+        "lockstep/files/alerts.yaml",
+        "lockstep/values.schema.json",
+        "lockstep/templates/NOTES.txt",
+    } <= names
+    assert {f"lockstep/dashboards/{p.name}" for p in DASHBOARDS.glob("*.json")} <= names
+    assert not [n for n in names if n.endswith(".py")]
+    with helm.Chart.load(archive) as chart:
+        assert chart.render(name="lockstep", namespace=NAMESPACE)[
+            "lockstep/templates/dashboards.yaml"
+        ].strip()

@@ -111,6 +111,8 @@ def test_build_stage_replayed_builds_a_wheel_with_both_daemons_and_the_probe(tmp
     assert {"agent/__init__.py", "agent/evidence.py", "controller/__init__.py", "controller/cli.py"} <= names
     for script in ("lockstep-agent", "lockstep-controller", "lockstep"):
         assert f"{script} = " in entry_points
-    # The probe ships inside the same distribution: `pip install lockstep` in a training image is enough.
+    # The probe ships inside the same distribution: `pip install lockstep` in a training image is enough, and
+    # its .pth bootstrap lands at the root of site-packages, where LOCKSTEP_PROBE=1 switches it on.
     probe_files = {n for n in (REPO / "agent").rglob("*.py") if "probe" in n.parts}
     assert {str(p.relative_to(REPO)) for p in probe_files} <= names
+    assert "lockstep-probe.pth" in names

@@ -94,3 +94,15 @@ def test_short_waits_are_not_a_hang() -> None:
         "c": Evidence(node="c", collected_at=200.0, ranks=[_rank(2, 41, None, None, 197.0)]),
     }
     assert not find_hang(group_ranks(documents)[("", "j")]["default"], 1.0, CONFIG).hung
+
+
+def test_hang_after_ddp_issued_several_buckets_blames_the_rank_behind_the_frontier() -> None:
+    # DDP: every rank issued bucket 40; the healthy ones went on to issue 41-43 and now wait; rank 1 was
+    # stopped (SIGSTOP) right after issuing 40, so it is pending too, but behind the frontier.
+    documents = {
+        "a": Evidence(node="a", collected_at=200.0, ranks=[_rank(0, 43, 40, 185.0, 185.5)]),
+        "b": Evidence(node="b", collected_at=200.0, ranks=[_rank(1, 40, 40, 185.0, 185.0)]),
+        "c": Evidence(node="c", collected_at=200.0, ranks=[_rank(2, 43, 40, 185.1, 185.4)]),
+    }
+    report = find_hang(group_ranks(documents)[("", "j")]["default"], 1.0, CONFIG)
+    assert [(f.reason, f.node) for f in report.findings] == [("Hang", "b")]

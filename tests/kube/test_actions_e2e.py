@@ -195,6 +195,8 @@ async def test_api_500s_and_timeouts_mid_action_leave_no_half_applied_state(clus
     assert node["spec"]["unschedulable"] is True and len(ours(node)) == 1
     assert node["metadata"]["annotations"][ANNOTATION_REASON] == "GpuLost"
     assert condition(node) == "False"
+    assert loop.counters.cordons["GpuLost"] == 1, "the timed-out write that landed counts as our cordon, once"
+    assert len(events(cluster, "LockstepCordoned")) == 1
     assert loop.kube is not None and loop.kube.stats.errors[("patch nodes", "500")] >= 1
     assert loop.kube.stats.retries["patch nodes"] >= 1
 

@@ -194,3 +194,15 @@ def test_injected_faults_hit_only_matching_requests_and_every_request_is_recorde
     assert core.read_node("n1", _preload_content=False).status == 200
     assert [(r.verb, r.resource) for r in emulator.store.requests] == [
         ("get", "nodes"), ("list", "nodes"), ("get", "nodes")]
+
+
+def test_a_watch_with_a_selector_sees_an_object_that_stops_matching_as_deleted(
+    emulator: Emulator, core: client.CoreV1Api
+) -> None:
+    emulator.add_node("n1", {"pool": "gpu"})
+    listed = raw(core.list_node(_preload_content=False))["metadata"]["resourceVersion"]
+    emulator.patch_node("n1", lambda n: {**n, "metadata": {**n["metadata"], "labels": {"pool": "cpu"}}})
+    emulator.patch_node("n1", lambda n: {**n, "metadata": {**n["metadata"], "labels": {"pool": "gpu"}}})
+    events = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
+        core.list_node, label_selector="pool=gpu", resource_version=listed, timeout_seconds=1)]
+    assert events == [("DELETED", "n1"), ("ADDED", "n1")]

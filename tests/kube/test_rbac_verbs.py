@@ -6,8 +6,10 @@ deliberate change with `LOCKSTEP_UPDATE_GOLDEN=1 python -m pytest tests/kube/tes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,11 @@ async def test_the_recorded_verbs_are_exactly_the_ones_in_rbac_verbs_json(cluste
     await cluster.add_nodes(8)
     loop = cluster.loop(leader=True, identity="a", auto_release_after_seconds=60, release_memory_seconds=60,
                         breaker_nodes=4, max_cordoned_ratio=1.0, scripted=True)
-    assert loop.leader is not None
+    assert loop.leader is not None and loop.kube is not None
+    stop = threading.Event()
+    watchers = loop.kube.watch(stop, watch_seconds=1)  # nodes and agent pods: list + watch
+    while loop.kube._nodes is None or not loop.kube._nodes.synced or not loop.kube._agents.synced:  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
     loop.leader.step()  # create the lease
     loop.leader.step()  # renew it (update)
     cluster.engine.script.update({"node-0": faulty("node-0"), "node-1": faulty("node-1"),
@@ -54,8 +60,11 @@ async def test_the_recorded_verbs_are_exactly_the_ones_in_rbac_verbs_json(cluste
                             namespace="lockstep")
     await loop.cycle()  # opens again: configmap patched
     loop.leader.release()
+    stop.set()
     controller_rules = rules(cluster.emulator.store.requests)
 
+    for watcher in watchers:  # the watches end (watch_seconds) and see stop
+        await asyncio.to_thread(watcher.join, 30)
     del cluster.emulator.store.requests[:]
     assert cli.main(["release", "node-3", "--kubeconfig", cluster.kubeconfig]) in (0, 1)
     assert cli.main(["release", "--breaker", "--kubeconfig", cluster.kubeconfig]) == 0

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ def record(seq: int = 0, rank: int = 0, job: str = "job-a", **fields: object) ->
         bytes=1024, issued_at=now - 0.01, completed_at=now, dropped_total=0, job=job, group="default", pod="",
         namespace="",
     )  # fmt: skip
-    return replace(base, **fields)  # type: ignore[arg-type]
+    return base._replace(**fields)
 
 
 def send(socket_dir: Path, payload: bytes) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-# The training job label on collective metrics (kept as `job` by honor_labels; see the chart's serviceMonitor).
+# Agent metrics carry the node as a target label (the monitors' relabeling); collective metrics carry the
+# training job as `job` (kept by honor_labels; see the chart's serviceMonitor).
 NODE = 'node=~"$node"'
 JOB = 'job=~"$job"'
 
@@ -22,7 +23,6 @@ JOB = 'job=~"$job"'
 class Query:
     expr: str
     legend: str = ""
-    instant: bool = False
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Panel:
     title: str
     queries: tuple[Query, ...]
     unit: str
-    kind: str = "timeseries"  # timeseries | stat | table | bargauge
+    kind: str = "timeseries"  # timeseries | stat | table
     description: str = ""
     width: int = 12
     height: int = 8
@@ -38,8 +38,8 @@ class Panel:
     overrides: list[dict[str, object]] = field(default_factory=list)
 
 
-def q(expr: str, legend: str = "", instant: bool = False) -> Query:
-    return Query(expr, legend, instant)
+def q(expr: str, legend: str = "") -> Query:
+    return Query(expr, legend)
 
 
 def _datasource_variable() -> dict[str, object]:
@@ -73,14 +73,15 @@ def _query_variable(name: str, label: str, query: str) -> dict[str, object]:
 
 
 def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, object]:
+    instant = panel.kind in ("stat", "table")  # the latest value; time series query a range
     targets = [
         {
             "datasource": DATASOURCE,
             "expr": query.expr,
             "legendFormat": query.legend or "__auto",
             "refId": chr(ord("A") + i),
-            "instant": query.instant or panel.kind in ("stat", "table", "bargauge"),
-            "range": not (query.instant or panel.kind in ("stat", "table", "bargauge")),
+            "instant": instant,
+            "range": not instant,
         }
         for i, query in enumerate(panel.queries)
     ]
@@ -261,6 +262,20 @@ def cluster_overview() -> dict[str, object]:
                         kind="table",
                         width=12,
                         description="Why Lockstep cordoned nodes: the reason is also the value of the lockstep.dev/unhealthy taint.",
+                    ),
+                    Panel(
+                        "Nodes tainted by Lockstep, and why (kube-state-metrics)",
+                        (
+                            q(
+                                'max by (node, value) (kube_node_spec_taint{key="lockstep.dev/unhealthy"})',
+                                "{{node}}: {{value}}",
+                            ),
+                        ),
+                        "none",
+                        kind="table",
+                        width=24,
+                        description="The nodes that carry the lockstep.dev/unhealthy=<reason> taint now, read from the "
+                        "cluster by kube-state-metrics (part of kube-prometheus-stack). Empty without it.",
                     ),
                     Panel(
                         "Verdicts over time",

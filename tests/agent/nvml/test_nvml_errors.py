@@ -212,3 +212,40 @@ def test_without_any_nvml_library_the_collector_reports_unavailable_and_the_proc
     )
     assert lines[3] == "closed"
     assert done.stderr.count("NVML unavailable") == 1
+
+
+def test_a_gpu_whose_name_nvml_cannot_give_is_still_read_and_not_lost(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write({"gpus": {"3": {"errors": {"nvmlDeviceGetName": "NOT_SUPPORTED"}}}})
+    collector = make_collector()
+    result = scrape(collector)
+    assert result.value("lockstep_gpu_lost", **GPU3) == 0
+    assert result.samples("lockstep_gpu_power_watts", **GPU3)[0][0]["model"] == ""
+    assert collector.evidence().hard_signals == []
+
+
+def test_a_gpu_the_agent_may_not_open_is_left_out_and_never_called_lost(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write({"gpus": {"3": {"errors": {"nvmlDeviceGetHandleByIndex_v2": "NO_PERMISSION"}}}})
+    collector = make_collector()
+    result = scrape(collector)
+    assert result.value("lockstep_gpus") == 7
+    assert result.samples("lockstep_gpu_lost", gpu="3") == []
+    assert collector.evidence().hard_signals == []
+
+
+def test_one_read_without_a_handle_is_a_glitch_and_a_second_one_makes_the_gpu_lost(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    collector = make_collector()
+    scrape(collector)
+    fake_nvml.write({"gpus": {"3": {"errors": {"nvmlDeviceGetHandleByIndex_v2": "UNKNOWN"}}}})
+    first = scrape(collector)
+    assert first.value("lockstep_gpu_lost", **GPU3) == 0
+    assert first.value("lockstep_gpu_power_watts", **GPU3) is None
+    [signal] = [s for s in collector.evidence().hard_signals if s.kind == "gpu_lost"]  # the second read
+    assert signal.device == GPU3["uuid"] and "Unknown Error" in signal.detail
+    fake_nvml.write({})
+    assert scrape(collector).value("lockstep_gpu_lost", **GPU3) == 0

@@ -107,3 +107,16 @@ def test_an_xid_storm_is_counted_exactly_and_ages_out_of_the_window_by_the_secon
     assert tail.count == 10_000 and tail.first_seen == 1001.0
     assert xids.signals(now=1062.5) == []
     assert xids.totals() == {(3, UUID3, 13): 20_000}
+
+
+def test_a_gpu_that_cannot_register_for_events_does_not_cost_the_others_their_xids(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    no_events = {"errors": {"nvmlDeviceRegisterEvents": "NOT_SUPPORTED"}}
+    fake_nvml.write({"gpus": {"2": no_events}})
+    collector = make_collector(start=True)
+    scrape(collector)
+    fake_nvml.write({"gpus": {"2": {**no_events, "xid": [48]}, "3": {"xid": [48]}}})
+    wait_until(lambda: xid_totals(collector), what="the XID of GPU 3")
+    assert xid_totals(collector) == {("3", "48"): 1}
+    assert scrape(collector).value("lockstep_gpus") == 8
