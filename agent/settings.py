@@ -91,11 +91,11 @@ class HostSettings(BaseModel):
     procfs_root: Path = Field(
         default=Path("/proc"), description="Where procfs is mounted; in a container mount the host's /proc here."
     )
-    tcp_namespace_pid: Literal["self", "1"] = Field(
-        default="self",
-        description="Whose network namespace the TCP retransmit counters come from: 'self' = the agent's (on the "
-        "host, with hostNetwork); '1' = the host's init, for an agent pod with its own network namespace and the "
-        "host's /proc at procfs_root.",
+    tcp_namespace_pid: Literal["1", "self"] = Field(
+        default="1",
+        description="Whose network namespace the TCP retransmit counters come from: '1' = the node's (PID 1 of "
+        "the host's /proc at procfs_root: right on the host, and in a pod with or without hostNetwork); 'self' = "
+        "the agent's own, for an agent started inside another network namespace with the real /proc.",
     )
 
 

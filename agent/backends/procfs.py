@@ -1,9 +1,9 @@
 """The only code that reads host facts from procfs: TCP segment counters (`<pid>/net/snmp`) and the boot id.
 
 The root is injectable so tests read fixture trees; a file that is missing or malformed raises ProcfsError.
-TCP counters are per network namespace, so the caller says whose namespace to read: `self` (the agent's: right
-on the host, with hostNetwork, in the demo's per-node namespaces) or `1` (the host's init, through the host's
-/proc mounted into an agent pod that has a network namespace of its own).
+TCP counters are per network namespace, so the caller says whose namespace to read: `1` (the node's init:
+right on the host and, through the host's /proc, in an agent pod with or without hostNetwork) or `self` (the
+agent's own, for an agent started inside another network namespace).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class TcpSegments:
 
 
 class Procfs:
-    def __init__(self, root: Path, network_namespace_pid: str = "self") -> None:
+    def __init__(self, root: Path, network_namespace_pid: str = "1") -> None:
         self.root = root
         self._snmp = f"{network_namespace_pid}/net/snmp"
 
