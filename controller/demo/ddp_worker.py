@@ -3,6 +3,8 @@
 Started once per node by `controller.demo.job` with the usual torch.distributed environment (RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT). Each step spends `--compute-seconds` in "device compute" (a sleep, as a GPU
 kernel leaves the CPU idle) multiplied by the factor in the slowdown file, then all-reduces the gradients.
+Unlike `tools/ddp_job.py` (real CPU compute, optional pacing that absorbs a slowdown), a straggler here is
+exactly "this rank's device compute takes x times longer", and four ranks fit on two cores.
 """
 
 from __future__ import annotations

@@ -93,6 +93,8 @@ class SlowLink(Fault):
     help = "limit what one node sends with `tc tbf` on its interface (a degraded link or NIC; needs root)"
     budget_seconds = 60.0
     rate: str = "8mbit"
+    # A shallow queue, as on a degraded port: bursts beyond it are dropped, so the node's TCP retransmits.
+    queue_latency: str = "20ms"
 
     def inject(self, cluster: Cluster, job: TrainingJob) -> str:
         node = self.target_node(job)
@@ -101,7 +103,7 @@ class SlowLink(Fault):
         # tbf shapes egress: the node's own sends are slow and dropped past the queue (TCP retransmits on it),
         # as with a degraded NIC or cable; the qdisc goes with the namespace at teardown.
         argv = [*node.exec_prefix(), "tc", "qdisc", "replace", "dev", node.interface, "root", "tbf"]
-        argv += ["rate", self.rate, "burst", "32kbit", "latency", "100ms"]
+        argv += ["rate", self.rate, "burst", "32kbit", "latency", self.queue_latency]
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
             raise FaultError(f"`{' '.join(argv)}` failed: {result.stderr.strip()}")
