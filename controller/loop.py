@@ -213,11 +213,10 @@ class ControllerLoop:
         for name, state in cluster.nodes.items():
             if not state.managed or name in conditioned:
                 continue
-            holds = state.owned and not state.released_by_person
             try:
-                if holds and state.condition_healthy != "False":
+                if state.held and state.condition_healthy != "False":
                     kube.set_condition(name, False, state.owned_reason, "held by Lockstep", guard)
-                elif not holds and state.condition_healthy == "False":
+                elif not state.held and state.condition_healthy == "False":
                     kube.set_condition(name, True, "Released", "not held by Lockstep", guard)
             except NotLeader:
                 return

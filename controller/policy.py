@@ -40,6 +40,11 @@ class NodeState:
         """Lockstep's mark is on the node, but a person took its taint off or uncordoned it."""
         return self.owned and (not self.tainted or (self.cordoned_by_lockstep and not self.unschedulable))
 
+    @property
+    def held(self) -> bool:
+        """Lockstep holds the node now: its mark and taint are on, and no person took them off."""
+        return self.owned and not self.released_by_person
+
 
 @dataclass(frozen=True)
 class BreakerState:
@@ -153,7 +158,7 @@ def decide(
     # People first: a node released by a person is cleaned up and remembered, whatever the breaker says.
     person_released = {name for name, state in managed.items() if state.released_by_person}
     actions += [Release(name, "person", managed[name].owned_reason) for name in sorted(person_released)]
-    held = {name for name, state in managed.items() if state.owned and name not in person_released}
+    held = {name for name, state in managed.items() if state.held}
 
     faulty_now = {name for name in managed if name in verdicts and cordonable(verdicts[name])}
     turned = sorted(faulty_now - memory.faulty - held)

@@ -51,7 +51,7 @@ def node_reports(loop: ControllerLoop) -> list[dict[str, Any]]:
                 "summary": policy.summary(verdict) if verdict else "",
                 "findings": to_plain(verdict.findings) if verdict else [],
                 "kubernetes": to_plain(state) if state else None,
-                "held_by_lockstep": bool(state and state.owned and not state.released_by_person),
+                "held_by_lockstep": bool(state and state.held),
                 "blocked": snapshot.blocked.get(name, ""),
                 "planned": snapshot.planned.get(name, ""),
                 "agent_url": snapshot.agent_urls.get(name, ""),
