@@ -91,6 +91,12 @@ class HostSettings(BaseModel):
     procfs_root: Path = Field(
         default=Path("/proc"), description="Where procfs is mounted; in a container mount the host's /proc here."
     )
+    tcp_namespace_pid: Literal["self", "1"] = Field(
+        default="self",
+        description="Whose network namespace the TCP retransmit counters come from: 'self' = the agent's (on the "
+        "host, with hostNetwork); '1' = the host's init, for an agent pod with its own network namespace and the "
+        "host's /proc at procfs_root.",
+    )
 
 
 class CollectiveSettings(BaseModel):

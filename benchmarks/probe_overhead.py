@@ -1,11 +1,16 @@
-"""Probe overhead on a real DDP job: training step time with the probe vs without, interleaved repetitions.
+"""Probe overhead on a real DDP job (gloo, CPU): training step time with the probe vs without.
 
-Runs tools/ddp_job.py (gloo, CPU) alternately with LOCKSTEP_PROBE=1 (records sent to a live collective collector
-in this process) and without, and prints the median step time of each run, the ratio probe/no-probe per
-adjacent pair, its median and spread. Target (DESIGN.md): within 1%. Also prints the probe's hot-path cost per
-collective measured in-process.
+Two measurements, both against a live collective collector in this process:
 
-    python benchmarks/probe_overhead.py [--pairs 8] [--nproc 2] [--steps 300] [--hidden 1024] [--bucket-mb 25]
+1. same processes, interleaved steps (robust on a shared machine): every rank of a 2-rank DDP job holds two
+   identical models, one whose all-reduces the probe records (its DDP hook) and one on DDP's plain C++ path,
+   and alternates steps between them; ratio of median step times, and its spread over blocks of steps;
+2. separate runs of tools/ddp_job.py with and without LOCKSTEP_PROBE=1 in ABBA order (end to end, including
+   the probe's sender thread; sensitive to load drift between runs).
+
+Also prints the probe's hot-path cost per collective. Target (DESIGN.md): step time within 1%.
+
+    python benchmarks/probe_overhead.py [--interleaved-steps 600] [--pairs 4] [--steps 300] [--hidden 1024]
 """
 
 from __future__ import annotations
@@ -39,6 +44,70 @@ def hot_path_microseconds(n: int = 200_000) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
+def _interleaved_rank(rank: int, world: int, port: int, socket_dir: str, steps: int, hidden: int, bucket_mb: float,
+                      out: str) -> None:  # fmt: skip
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    import agent.probe
+
+    agent.probe.install(socket_dir)
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        layers: list[nn.Module] = [nn.Linear(64, hidden), nn.ReLU()]
+        for _ in range(4):
+            layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+        return DistributedDataParallel(nn.Sequential(*layers, nn.Linear(hidden, 10)), bucket_cap_mb=bucket_mb)
+
+    probed, plain = model(), model()
+    plain.__dict__["_lockstep_hooked"] = True  # as if the user had registered a builtin hook: probe stays out
+    inputs = torch.randn(32, 64)
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    for step in range(steps):
+        order = (("with", probed), ("without", plain)) if step % 2 else (("without", plain), ("with", probed))
+        for name, ddp in order:
+            started = time.perf_counter()
+            ddp(inputs).sum().backward()
+            times[name].append(time.perf_counter() - started)
+    if rank == 0:
+        Path(out).write_text(json.dumps(times))
+    dist.destroy_process_group()
+
+
+def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str, object]:
+    import socket as socket_module
+
+    import torch.multiprocessing as mp
+
+    with socket_module.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = str(Path(tmp, "interleaved.json"))
+    mp.spawn(_interleaved_rank, args=(2, port, socket_dir, args.interleaved_steps, args.hidden, args.bucket_mb, out),
+             nprocs=2, join=True)  # fmt: skip
+    times = json.loads(Path(out).read_text())
+    warm = 20
+    with_, without = times["with"][warm:], times["without"][warm:]
+    blocks = 10
+    size = len(with_) // blocks
+    block_ratios = [statistics.median(with_[i * size : (i + 1) * size]) / statistics.median(without[i * size : (i + 1) * size])
+                    for i in range(blocks)]  # fmt: skip
+    return {
+        "steps_each": len(with_),
+        "step_seconds_median_without": statistics.median(without),
+        "step_seconds_median_with": statistics.median(with_),
+        "ratio": statistics.median(with_) / statistics.median(without),
+        "ratio_over_blocks": {"median": statistics.median(block_ratios), "min": min(block_ratios),
+                              "max": max(block_ratios), "stdev": statistics.stdev(block_ratios)},
+    }  # fmt: skip
+
+
 def run_job(env: dict[str, str], args: argparse.Namespace) -> tuple[float, float]:
     """(median, min) step time of one run, s."""
     out = subprocess.run(
@@ -52,7 +121,8 @@ def run_job(env: dict[str, str], args: argparse.Namespace) -> tuple[float, float
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=8, help="interleaved (without, with) probe run pairs")
+    parser.add_argument("--interleaved-steps", type=int, default=600, help="steps per model in measurement 1")
+    parser.add_argument("--pairs", type=int, default=4, help="interleaved (without, with) probe run pairs")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--hidden", type=int, default=1024)
@@ -72,9 +142,15 @@ def main() -> int:
         base["LOCKSTEP_SOCKET_DIR"] = str(socket_dir)
         without, with_probe = [], []
         try:
+            same_process = interleaved(args, str(socket_dir), tmp)
+            print("interleaved in the same processes:", json.dumps(same_process), flush=True)
             for pair in range(args.pairs):
-                without.append(run_job(base, args))
-                with_probe.append(run_job({**base, "LOCKSTEP_PROBE": "1"}, args))
+                if pair % 2:  # ABBA order: drifting machine load favours neither side
+                    with_probe.append(run_job({**base, "LOCKSTEP_PROBE": "1"}, args))
+                    without.append(run_job(base, args))
+                else:
+                    without.append(run_job(base, args))
+                    with_probe.append(run_job({**base, "LOCKSTEP_PROBE": "1"}, args))
                 print(f"pair {pair + 1}: median step without {without[-1][0] * 1e3:.3f} ms, with {with_probe[-1][0] * 1e3:.3f} ms, "
                       f"ratio {with_probe[-1][0] / without[-1][0]:.4f}", flush=True)  # fmt: skip
             records = collector.state.accepted
@@ -82,8 +158,8 @@ def main() -> int:
             collector.close()
     # the machine may be shared: the min step time is the least disturbed estimate of the intrinsic cost
     summary: dict[str, object] = {"benchmark": "probe_overhead", "nproc": args.nproc, "steps": args.steps,
-                                  "hidden": args.hidden, "pairs": args.pairs}  # fmt: skip
-    for index, name in ((0, "median"), (1, "min")):
+                                  "hidden": args.hidden, "bucket_mb": args.bucket_mb, "pairs": args.pairs}  # fmt: skip
+    for index, name in ((0, "median"), (1, "min")) if args.pairs else ():
         ratios = [w[index] / wo[index] for w, wo in zip(with_probe, without, strict=True)]
         summary[f"step_seconds_{name}_without"] = statistics.median(wo[index] for wo in without)
         summary[f"step_seconds_{name}_with"] = statistics.median(w[index] for w in with_probe)
@@ -91,6 +167,7 @@ def main() -> int:
             "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
             "stdev": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
         }  # fmt: skip
+    summary["interleaved_same_processes"] = same_process
     summary["records_received"] = records
     summary["hot_path_us_per_collective"] = hot_path_microseconds()
     print(json.dumps(summary, indent=1))

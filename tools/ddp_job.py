@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pace steps to at least this period (idle time counts as compute)")
     parser.add_argument("--extra-allreduces", type=int, default=0,
                         help="tiny torch.distributed.all_reduce calls per step (a collective flood)")
+    parser.add_argument("--subgroup-allreduces", type=int, default=0,
+                        help="tiny all-reduces per step in a process group of the first half of the ranks (rounded up) "
+                        "(every rank calls them, as torch requires; for the others they do nothing)")
     parser.add_argument("--slowdown-file", default=os.environ.get("DDP_JOB_SLOWDOWN_FILE", ""),
                         help="file of `RANK FACTOR` lines read during the run (env DDP_JOB_SLOWDOWN_FILE)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per rank")
@@ -99,6 +102,7 @@ def train(args: argparse.Namespace) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     if args.pid_dir:
+        Path(args.pid_dir).mkdir(parents=True, exist_ok=True)
         Path(args.pid_dir, f"rank{rank}.pid").write_text(str(os.getpid()))
     torch.manual_seed(args.seed)
     model = DistributedDataParallel(build_model(args), bucket_cap_mb=args.bucket_mb)
@@ -108,6 +112,7 @@ def train(args: argparse.Namespace) -> None:
     inputs = torch.randn(args.batch, 64, generator=generator)
     targets = torch.randint(0, 10, (args.batch,), generator=generator)
     tiny = torch.zeros(1)
+    subgroup = dist.new_group(list(range((world + 1) // 2))) if args.subgroup_allreduces else None
     slowdown = Slowdown(args.slowdown_file, rank)
     step_seconds: list[float] = []
     step = 0
@@ -120,6 +125,8 @@ def train(args: argparse.Namespace) -> None:
         compute = time.perf_counter() - started
         for _ in range(args.extra_allreduces):
             dist.all_reduce(tiny)
+        for _ in range(args.subgroup_allreduces):
+            dist.all_reduce(tiny, group=subgroup)
         factor = slowdown.current()
         if factor > 1.0:
             time.sleep((factor - 1.0) * compute)

@@ -1,16 +1,15 @@
-"""The only code that reads host facts from procfs: TCP segment counters (`1/net/snmp`) and the boot id.
+"""The only code that reads host facts from procfs: TCP segment counters (`<pid>/net/snmp`) and the boot id.
 
 The root is injectable so tests read fixture trees; a file that is missing or malformed raises ProcfsError.
-TCP counters are per network namespace: the node's are those of PID 1 (`<root>/1/net/snmp`), which is right
-both for an agent on the host and for one in a pod with the host's /proc mounted, with or without hostNetwork.
+TCP counters are per network namespace, so the caller says whose namespace to read: `self` (the agent's: right
+on the host, with hostNetwork, in the demo's per-node namespaces) or `1` (the host's init, through the host's
+/proc mounted into an agent pod that has a network namespace of its own).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-SNMP = "1/net/snmp"  # the node's network namespace: that of PID 1
 
 
 class ProcfsError(Exception):
@@ -24,22 +23,23 @@ class ProcfsError(Exception):
 
 @dataclass(frozen=True)
 class TcpSegments:
-    """Cumulative TCP segment counters of the host's network namespace (`/proc/1/net/snmp`, Tcp: line)."""
+    """Cumulative TCP segment counters of the host's network namespace (`/proc/<pid>/net/snmp`, Tcp: line)."""
 
     out_segments: int  # OutSegs: segments sent, retransmissions excluded
     retransmitted_segments: int  # RetransSegs
 
 
 class Procfs:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, network_namespace_pid: str = "self") -> None:
         self.root = root
+        self._snmp = f"{network_namespace_pid}/net/snmp"
 
     def tcp_segments(self) -> TcpSegments:
-        fields = self._snmp_section(SNMP, "Tcp")
+        fields = self._snmp_section(self._snmp, "Tcp")
         try:
             return TcpSegments(out_segments=int(fields["OutSegs"]), retransmitted_segments=int(fields["RetransSegs"]))
         except (KeyError, ValueError) as error:
-            raise ProcfsError(SNMP, f"no usable Tcp OutSegs/RetransSegs ({error})") from None
+            raise ProcfsError(self._snmp, f"no usable Tcp OutSegs/RetransSegs ({error})") from None
 
     def boot_id(self) -> str:
         return self._read("sys/kernel/random/boot_id").strip()

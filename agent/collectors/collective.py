@@ -77,6 +77,7 @@ class CollectiveState:
         """Apply every record of one datagram; count each bad one under its reason."""
         data = datagram.data
         size = wire.RECORD_BYTES
+        now = self.clock()
         with self.lock:
             if datagram.truncated or len(data) % size or not data:
                 self.invalid["truncated"] += 1  # the torn tail; whole records before it still count
@@ -86,14 +87,13 @@ class CollectiveState:
                 except wire.DecodeError as exc:
                     self.invalid[exc.reason] += 1
                     continue
-                reason = self._apply(record, datagram.pid)
+                reason = self._apply(record, datagram.pid, now)
                 if reason is None:
                     self.accepted += 1
                 else:
                     self.invalid[reason] += 1
 
-    def _apply(self, record: wire.Record, pid: int | None) -> str | None:
-        now = self.clock()
+    def _apply(self, record: wire.Record, pid: int | None, now: float) -> str | None:
         if abs(record.issued_at - now) > self.settings.max_clock_skew_seconds:
             return "out_of_window"
         reason, changed_hands = self.trust.admit(record.job, record.rank, pid)
@@ -104,7 +104,10 @@ class CollectiveState:
         if changed_hands:
             self._forget(rank_key)
         sender = self.senders.get(rank_key)
-        if sender is None or sender.pid != pid:
+        if sender is not None and sender.pid != pid:  # a new process for the rank (restarted container): new state
+            self._forget(rank_key)
+            sender = None
+        if sender is None:
             sender = self.senders[rank_key] = Sender(pid, now)
         sender.last_heard = now
         sender.dropped_total = max(sender.dropped_total, record.dropped_total)
@@ -116,11 +119,11 @@ class CollectiveState:
             if len(self.windows) >= self.settings.max_ranks:
                 return "too_many_ranks"
             window = self.windows[key] = RankWindow(*key, max_samples=self.settings.max_samples_per_rank)
-        if window.knows(record.seq):
-            return "duplicate"
-        if record.seq < window.oldest_seq():
-            if record.issued_at <= window.last_issued_at:
-                return "out_of_window"
+        known, too_old = window.knows(record.seq), record.seq < window.oldest_seq()
+        if known or too_old:
+            if record.issued_at <= window.last_issued_at:  # a replay carries the old issue time
+                return "duplicate" if known else "out_of_window"
+            # an old sequence number issued now: the process group was created anew (same process)
             window = self.windows[key] = RankWindow(*key, max_samples=self.settings.max_samples_per_rank)
             log.info("job %s rank %d group %s restarted its sequence numbers", *key)
         window.add(record, pid)

@@ -1,6 +1,6 @@
 """Host collector: the few host facts the controller and dashboards need that node_exporter lacks.
 
-TCP retransmits (from the node's `/proc/1/net/snmp` through `agent.backends.procfs`) show a slow or lossy path even where
+TCP retransmits (from `/proc/<pid>/net/snmp` through `agent.backends.procfs`) show a slow or lossy path even where
 NIC counters stay clean (a shaped or congested link); the boot id tells the controller a node rebooted.
 """
 
@@ -31,17 +31,21 @@ class HostCollector(Collector):
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> HostCollector:
-        return cls(Procfs(settings.host.procfs_root), window_seconds=settings.evidence_window_seconds)
+        section = settings.host
+        return cls(
+            Procfs(section.procfs_root, network_namespace_pid=section.tcp_namespace_pid),
+            window_seconds=settings.evidence_window_seconds,
+        )
 
     def collect(self) -> Iterable[Metric]:
         tcp = self._read_tcp()
         out = CounterMetricFamily(
             "lockstep_host_tcp_out_segments",
-            "TCP segments sent, retransmissions excluded (/proc/1/net/snmp Tcp OutSegs).",
+            "TCP segments sent, retransmissions excluded (/proc/<pid>/net/snmp Tcp OutSegs).",
         )
         retransmitted = CounterMetricFamily(
             "lockstep_host_tcp_retransmitted_segments",
-            "TCP segments retransmitted: a lossy or shaped path (/proc/1/net/snmp Tcp RetransSegs).",
+            "TCP segments retransmitted: a lossy or shaped path (/proc/<pid>/net/snmp Tcp RetransSegs).",
         )
         out.add_metric([], float(tcp.out_segments))
         retransmitted.add_metric([], float(tcp.retransmitted_segments))

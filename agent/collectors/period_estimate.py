@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_REGULARITY = 0.3  # autocorrelation below this at the best lag: no period worth reporting
-HARMONIC_SHARE = 0.6  # the first peak within 60% of the best is the fundamental: sampling jitter
-# (bursts landing in one 50 ms sample or the next) lowers it, while multiples of the period score higher
+HARMONIC_SHARE = 0.6  # the period is the shortest lag whose multiples up to the best peak all reach 60% of it:
+# sampling jitter (a burst landing in one 50 ms sample or the next) lowers single peaks of the true period
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,26 @@ def autocorrelation(x: np.ndarray) -> np.ndarray:
     return (acf / (n - np.arange(n))) / (acf[0] / n)
 
 
+def _repeats(acf: np.ndarray, lag: int, best_lag: int, threshold: float) -> bool:
+    """Whether the series repeats every `lag` samples: the autocorrelation is high at the lag and at each of its
+    multiples up to the best peak (within a sample of jitter). A sub-structure of a step, such as two bursts
+    less than a step apart, is high at its own lag but not at its multiples."""
+    period = _refine(acf, lag)
+    for k in range(1, int((best_lag + 0.5) / period) + 1):
+        multiple = int(round(k * period))
+        if acf[max(0, multiple - 1) : multiple + 2].max() < threshold:
+            return False
+    return True
+
+
+def _refine(acf: np.ndarray, lag: int) -> float:
+    """The peak's position with sub-sample precision (parabola through the lag and its neighbours)."""
+    y0, y1, y2 = acf[lag - 1], acf[lag], acf[lag + 1]
+    denominator = y0 - 2 * y1 + y2
+    offset = 0.5 * (y0 - y2) / denominator if denominator < 0 else 0.0
+    return float(lag) + float(np.clip(offset, -0.5, 0.5))
+
+
 def estimate(rates: np.ndarray, interval_seconds: float, min_mean_bytes_per_second: float) -> TrafficPattern:
     """Pattern of `rates` (bytes/s, one sample per `interval_seconds`). Periods between 2 samples and a third of
     the series are found; idle or aperiodic traffic gets period None."""
@@ -54,17 +74,17 @@ def estimate(rates: np.ndarray, interval_seconds: float, min_mean_bytes_per_seco
     lags = np.arange(max(start, 2), max_lag)
     if len(lags) == 0:
         return TrafficPattern(None, 0.0, burst, mean)
-    peaks = [lag for lag in lags if acf[lag] >= acf[lag - 1] and acf[lag] >= acf[lag + 1]]
+    # choose on the biased autocorrelation, which fades with the lag: a far lag that few samples overlap
+    # (and a drifting step time decorrelates) must not outrank the step itself
+    n = len(rates)
+    biased = acf * (n - np.arange(n)) / n
+    peaks = [int(lag) for lag in lags if biased[lag] >= biased[lag - 1] and biased[lag] >= biased[lag + 1]]
     if not peaks:
         return TrafficPattern(None, 0.0, burst, mean)
-    best = max(acf[lag] for lag in peaks)
-    lag = next(lag for lag in peaks if acf[lag] >= HARMONIC_SHARE * best)
+    best_lag = max(peaks, key=lambda lag: biased[lag])
+    threshold = HARMONIC_SHARE * biased[best_lag]
+    lag = next((lag for lag in peaks if _repeats(biased, lag, best_lag, threshold)), best_lag)
     regularity = float(np.clip(acf[lag], 0.0, 1.0))
     if regularity < MIN_REGULARITY:
         return TrafficPattern(None, regularity, burst, mean)
-    # parabolic interpolation around the peak for sub-sample precision
-    y0, y1, y2 = acf[lag - 1], acf[lag], acf[lag + 1]
-    denominator = y0 - 2 * y1 + y2
-    offset = 0.5 * (y0 - y2) / denominator if denominator < 0 else 0.0
-    period = (lag + float(np.clip(offset, -0.5, 0.5))) * interval_seconds
-    return TrafficPattern(float(period), regularity, burst, mean)
+    return TrafficPattern(_refine(acf, lag) * interval_seconds, regularity, burst, mean)

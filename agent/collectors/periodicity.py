@@ -116,7 +116,11 @@ class PeriodicityCollector(Collector):
             deltas = np.diff(counts)
             valid = (steps > 0) & (deltas >= 0)  # a counter reset (interface re-created) is no traffic
             rates = np.where(valid, deltas / np.where(steps > 0, steps, 1.0), 0.0)
-            pattern = estimate(rates, float(np.median(steps)), self.settings.min_bytes_per_second)
+            try:
+                pattern = estimate(rates, float(np.median(steps)), self.settings.min_bytes_per_second)
+            except (ValueError, FloatingPointError, IndexError):  # one odd series must not hide the others
+                log.exception("periodicity estimate failed for %s", name)
+                continue
             result[name] = (pattern, float(times[-1] - times[0]))
         return result
 

@@ -60,11 +60,14 @@ class GroupNames:
     def __init__(self) -> None:
         self.default_name = "0"
 
-    def name(self, group: Any) -> str:
+    def name(self, group: Any) -> str | None:
+        """The group's name, or None when this rank is not a member (the call is a no-op: nothing to record)."""
         if group is None:
             return "default"
-        name = str(getattr(group, "group_name", "") or "")
-        return "default" if name in ("", self.default_name) else name
+        name = getattr(group, "group_name", None)
+        if not isinstance(name, str) or not name:
+            return None  # GroupMember.NON_GROUP_MEMBER and other non-groups
+        return "default" if name == self.default_name else name
 
 
 def _arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
@@ -91,12 +94,16 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = None
         try:
-            data = _arg(args, kwargs, data_index, data_param or "", None)
             group = groups.name(_arg(args, kwargs, group_index, "group", None))
-            token = recorder.issue(group, op, nbytes(data) if data is not None else 0)
-            is_async = bool(_arg(args, kwargs, async_index, "async_op", False))
+            if group is not None:
+                data = _arg(args, kwargs, data_index, data_param or "", None)
+                is_async = bool(_arg(args, kwargs, async_index, "async_op", False))
+                token = recorder.issue(group, op, nbytes(data) if data is not None else 0)
         except Exception:
+            log.debug("lockstep probe: not recording %s", fn.__name__, exc_info=True)
+        if token is None:  # not a member of the group, or the arguments puzzled us: just the call
             return fn(*args, **kwargs)
         try:
             result = fn(*args, **kwargs)
@@ -191,7 +198,7 @@ def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNam
         if module.__dict__.get("_lockstep_hooked"):
             return
         try:
-            hook = timed_allreduce_hook(recorder, groups.name(module.process_group))
+            hook = timed_allreduce_hook(recorder, groups.name(module.process_group) or "default")
             module.register_comm_hook(module.process_group, hook)
         except Exception:
             log.debug("lockstep probe: cannot install the DDP comm hook", exc_info=True)

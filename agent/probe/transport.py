@@ -102,23 +102,27 @@ class Sender:
             records.append(self._pack(wire.Kind.COMPLETE, token, completed_at))
         pending = self.recorder.pending.copy()
         self._reported_pending &= pending.keys()
+        newly_pending = []
         for key, token in pending.items():
             if key not in self._reported_pending and now - token[4] >= self.pending_report_seconds:
-                self._reported_pending.add(key)
+                newly_pending.append(key)
                 records.append(self._pack(wire.Kind.ISSUE, token, 0.0))
         if now - self._last_heartbeat >= self.heartbeat_seconds:
             self._last_heartbeat = now
             records.append(self._pack(wire.Kind.HEARTBEAT, ("", 0, wire.Op.unknown, 0, now), 0.0))
         step = wire.MAX_RECORDS_PER_DATAGRAM
-        for start in range(0, len(records), step):
-            self._send(records[start : start + step])
+        delivered = [self._send(records[start : start + step]) for start in range(0, len(records), step)]
+        if all(delivered):  # else report them again next flush: a restarted agent still learns of the hang
+            self._reported_pending.update(newly_pending)
 
-    def _send(self, records: list[bytes]) -> None:
+    def _send(self, records: list[bytes]) -> bool:
         try:
             self._sock.sendto(b"".join(records), self.path)
             self.sent_records += len(records)
+            return True
         except OSError as exc:  # agent absent (ENOENT, ECONNREFUSED), slow (EAGAIN), forbidden (EACCES)
             self.send_errors += 1
             self._dropped_in_transport += len(records)
             if self.send_errors == 1:
                 log.info("lockstep probe: agent socket %s unavailable (%s); counting dropped records", self.path, exc)
+            return False

@@ -99,7 +99,13 @@ def find_hang(
         "threshold_seconds": round(threshold, 3),
         "waiting_ranks": sorted(e.rank.rank for e in waiting),
     }
-    if suspects and len(suspects) <= config.max_culprit_share * len(nodes):
+    suspect_ranks = sum(len(ranks) for ranks in suspects.values())
+    few = (
+        len(suspects) <= config.max_culprit_share * len(nodes)
+        if len(nodes) > 1
+        else suspect_ranks <= config.max_culprit_share * len(group.entries)  # one node: compare its ranks
+    )
+    if suspects and few:
         for node, ranks in sorted(suspects.items()):
             report.findings.append(
                 Finding(

@@ -54,10 +54,10 @@ def _finding(evidence: Evidence, signal: HardSignal, config: DetectionConfig) ->
         entry = XID_TABLE.get(signal.xid) if signal.xid is not None else None
         if entry is None or entry.action is XidAction.APPLICATION:
             return None
-        reason, why = entry.reason, f"XID {entry.code}: {entry.why}"
+        reason, why = "CriticalXid", f"XID {entry.code}: {entry.why}"
         detail["xid"] = entry.code
         if entry.action is XidAction.SUSPECT:
-            confidence = WATCH_CONFIDENCE
+            reason, confidence = "XidWarning", WATCH_CONFIDENCE
     elif signal.kind in ("thermal_throttle", "power_throttle"):
         active_seconds = evidence.collected_at - signal.first_seen
         limit = (

@@ -50,10 +50,9 @@ def link_figures(evidence: Evidence, config: DetectionConfig) -> LinkFigures:
         for nic in evidence.nics
         if nic.up and (nic.tx_bytes_per_second > 0 or nic.rx_bytes_per_second > 0)
     ]
-    host = getattr(evidence, "host", None)
-    sent = getattr(host, "tcp_out_segments_per_second", None) if host is not None else None
-    resent = getattr(host, "tcp_retransmit_segments_per_second", None) if host is not None else None
-    tcp_ratio = resent / sent if sent and resent is not None and sent > 0 else np.nan
+    host = evidence.host
+    sent = host.tcp_out_segments_per_second if host is not None else 0.0
+    tcp_ratio = host.tcp_retransmit_segments_per_second / sent if host is not None and sent > 0 else np.nan
     waits = [nic.xmit_wait_ratio for nic in nics if nic.xmit_wait_ratio is not None]
     speeds = [nic.link_speed_bits_per_second for nic in nics if nic.link_speed_bits_per_second]
     bursts = [

@@ -19,7 +19,7 @@ import numpy as np
 
 from controller.detect.align import Stack, align
 from controller.detect.config import DetectionConfig
-from controller.detect.ranks import RankEntry, RankGroup
+from controller.detect.ranks import RankGroup
 from controller.model import Finding, Severity
 
 DETECTOR = "straggler"
@@ -193,28 +193,22 @@ def _judge_stack(
         peer_median(stack.wait) - stack.wait
     )  # how much less than its peers each rank waited
     jitters = (jitter_of(lateness), jitter_of(deficit))
-    entries = [[g.entries[row] for row in rows] for g, rows in zip(groups, stack.rows.tolist(), strict=True)]
-    gaps = np.array(
-        [
-            [np.nan if e.rank.compute_gap_seconds_p50 is None else e.rank.compute_gap_seconds_p50 for e in es]
-            for es in entries
-        ]
-    )
+    gaps = stack.compute_gaps
     gaps_known = ~np.isnan(gaps).any(axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):
-        excess = gaps - leave_one_out_median(gaps[..., None])[..., 0]
+        excess = gaps - peer_median(gaps[..., None])[..., 0]
         gaps_ok = ~gaps_known | (excess >= config.straggler_lateness_floor_seconds)
     verdict = _judge(lateness, deficit, waits_known, gaps_ok, threshold, jitters, config)
     wait_median = np.median(stack.wait, axis=-1)
-    pooled = _judge_nodes(entries, lateness, deficit, waits_known, threshold, jitters, config)
-    for g, (group, report, es) in enumerate(zip(groups, reports, entries, strict=True)):
-        rank_ids = [e.rank.rank for e in es]
+    pooled = _judge_nodes(stack, lateness, deficit, waits_known, threshold, jitters, config)
+    rank_lists = stack.ranks.tolist()
+    for g, (group, report, rank_ids) in enumerate(zip(groups, reports, rank_lists, strict=True)):
         report.lateness_seconds = dict(zip(rank_ids, verdict.lateness[g].tolist(), strict=True))
         if waits_known[g, 0]:
             report.wait_seconds = dict(zip(rank_ids, wait_median[g].tolist(), strict=True))
         culprits = [
             _Culprit(
-                es[i].node,
+                stack.node_names[stack.node_codes[g, i]],
                 verdict.strength(g, i),
                 (rank_ids[i],),
                 {"rank": rank_ids[i], **verdict.detail(g, i)},
@@ -238,7 +232,7 @@ def _judge_stack(
 
 
 def _judge_nodes(
-    entries: list[list[RankEntry]],
+    stack: Stack,
     lateness: np.ndarray,
     deficit: np.ndarray,
     waits_known: np.ndarray,
@@ -249,20 +243,15 @@ def _judge_nodes(
     """Pool each node's ranks into one row, for groups whose nodes each hold the same number (>1) of
     consecutive ranks (the usual layout); returns culprit nodes per group index."""
     groups, ranks, width = lateness.shape
-    codes: dict[str, int] = {}
-    node_codes = np.array([[codes.setdefault(e.node, len(codes)) for e in es] for es in entries])
-    run = np.where(
-        (node_codes != node_codes[:, :1]).any(axis=1),
-        np.argmax(node_codes != node_codes[:, :1], axis=1),
-        ranks,
-    )
+    codes = stack.node_codes
+    differs = codes != codes[:, :1]
+    run = np.where(differs.any(axis=1), np.argmax(differs, axis=1), ranks)  # ranks on the first node
     out: dict[int, list[_Culprit]] = {}
-    for k in np.unique(run):
-        k = int(k)
+    for k in np.unique(run).tolist():
         if k < 2 or ranks % k or ranks // k < 2:
             continue
         members = np.flatnonzero(run == k)
-        blocks = node_codes[members].reshape(len(members), ranks // k, k)
+        blocks = codes[members].reshape(len(members), ranks // k, k)
         members = members[(blocks == blocks[..., :1]).all(axis=(1, 2))]
         if not len(members):
             continue
@@ -278,11 +267,11 @@ def _judge_nodes(
         )
         for j, i in zip(*np.nonzero(pooled.late), strict=True):
             g = int(members[j])
-            block = entries[g][i * k : (i + 1) * k]
-            ranks_of_node = tuple(e.rank.rank for e in block)
+            ranks_of_node = tuple(stack.ranks[g, i * k : (i + 1) * k].tolist())
             detail = {"ranks": list(ranks_of_node), "pooled": True, **pooled.detail(int(j), int(i))}
+            node = stack.node_names[stack.node_codes[g, i * k]]
             out.setdefault(g, []).append(
-                _Culprit(block[0].node, pooled.strength(int(j), int(i)), ranks_of_node, detail)
+                _Culprit(node, pooled.strength(int(j), int(i)), ranks_of_node, detail)
             )
     return out
 
@@ -341,8 +330,13 @@ def _node_findings(
     """One finding per culprit node, unless so many nodes look late that the whole group is the problem."""
     nodes = group.nodes
     culprit_nodes = sorted({c.node for c in culprits})
-    if not culprit_nodes or len(culprit_nodes) > config.max_culprit_share * len(nodes):
+    if not culprit_nodes:
         return []
+    if len(nodes) > 1 and len(culprit_nodes) > config.max_culprit_share * len(nodes):
+        return []
+    late_ranks = {r for c in culprits for r in c.ranks}
+    if len(nodes) == 1 and len(late_ranks) > config.max_culprit_share * len(group.entries):
+        return []  # a one-node job: compare its GPUs; all of them late is the job, not the node
     namespace, job = group.job
     findings = []
     for node in culprit_nodes:

@@ -39,6 +39,11 @@ class _NodeMemory:
     )  # key -> (seen, finding)
     verdict: Verdict = Verdict.HEALTHY
     since: float = 0.0
+    healthy: NodeVerdict = field(default_factory=lambda: NodeVerdict(node="", verdict=Verdict.HEALTHY))
+
+    @classmethod
+    def fresh(cls, node: str, now: float) -> _NodeMemory:
+        return cls(since=now, healthy=NodeVerdict(node=node, verdict=Verdict.HEALTHY, since=now))
 
 
 class VerdictKeeper:
@@ -55,7 +60,7 @@ class VerdictKeeper:
 
     def unknown(self, node: str, now: float) -> NodeVerdict:
         """No fresh evidence: unknown (statistical streaks pause; hard memory is kept)."""
-        memory = self._nodes.setdefault(node, _NodeMemory(since=now))
+        memory = self._nodes.get(node) or self._nodes.setdefault(node, _NodeMemory.fresh(node, now))
         if memory.verdict is not Verdict.UNKNOWN:
             memory.verdict, memory.since = Verdict.UNKNOWN, now
         return NodeVerdict(node=node, verdict=Verdict.UNKNOWN, since=memory.since)
@@ -63,7 +68,13 @@ class VerdictKeeper:
     def update(self, node: str, findings: list[Finding], fresh_window: bool, now: float) -> NodeVerdict:
         """Fold this cycle's findings for `node` in; `fresh_window` says whether its evidence is new."""
         config = self.config
-        memory = self._nodes.setdefault(node, _NodeMemory(since=now))
+        memory = self._nodes.get(node)
+        if memory is None:
+            memory = self._nodes[node] = _NodeMemory.fresh(node, now)
+        elif (
+            not findings and not memory.streaks and not memory.held_hard and memory.verdict is Verdict.HEALTHY
+        ):
+            return memory.healthy  # the common case at 10,000 nodes: nothing to fold in, nothing changes
         for f in findings:
             if f.severity is Severity.HARD:
                 memory.held_hard[(f.reason, str(f.evidence.get("device", "")))] = (now, f)
@@ -108,6 +119,7 @@ class VerdictKeeper:
         verdict, confidence = (graded[0][0], graded[0][1]) if graded else (Verdict.HEALTHY, 0.0)
         if verdict is not memory.verdict:
             memory.verdict, memory.since = verdict, now
+            memory.healthy = NodeVerdict(node=node, verdict=Verdict.HEALTHY, since=now)
         return NodeVerdict(
             node=node,
             verdict=verdict,

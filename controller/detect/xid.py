@@ -2,7 +2,9 @@
 
 Data with a reason per code, after NVIDIA's Xid catalog (docs.nvidia.com/deploy/xid-errors, resolution buckets
 RESET_GPU / RESTART_BM / CONTACT_SUPPORT vs RESTART_APP / CHECK_APP). Codes not listed are ignored: an unknown
-code is not evidence enough to take a node out of service.
+code is not evidence enough to take a node out of service. The finding's reason is `CriticalXid` (or
+`XidWarning` for a warning sign) whatever the code, so taints and alerts say where the evidence came from; the
+code and its meaning travel in the evidence.
 """
 
 from __future__ import annotations
@@ -21,52 +23,31 @@ class XidAction(str, enum.Enum):
 class XidClass:
     code: int
     action: XidAction
-    reason: str  # CamelCase, for the taint value
     why: str
 
 
 XID_TABLE: dict[int, XidClass] = {
     entry.code: entry
     for entry in (
-        XidClass(
-            13, XidAction.APPLICATION, "GraphicsEngineException", "usually an application bug (bad kernel)"
-        ),
-        XidClass(31, XidAction.APPLICATION, "GpuMemoryPageFault", "illegal memory access by the workload"),
-        XidClass(43, XidAction.APPLICATION, "GpuStoppedProcessing", "channel aborted after a workload error"),
-        XidClass(
-            45,
-            XidAction.APPLICATION,
-            "PreemptiveCleanup",
-            "channel teardown when processes exit or are killed",
-        ),
-        XidClass(68, XidAction.APPLICATION, "VideoDecoderException", "NVDEC exception, workload side"),
-        XidClass(48, XidAction.FAULTY, "CriticalXid", "double-bit ECC error: uncorrectable memory error"),
-        XidClass(
-            61, XidAction.FAULTY, "CriticalXid", "internal micro-controller breakpoint: GPU reset needed"
-        ),
-        XidClass(62, XidAction.FAULTY, "CriticalXid", "internal micro-controller halt: GPU reset needed"),
-        XidClass(
-            63,
-            XidAction.SUSPECT,
-            "RowRemapPending",
-            "ECC page retirement or row remap recorded; reset to apply",
-        ),
-        XidClass(64, XidAction.FAULTY, "RowRemapFailure", "ECC page retirement or row remap failed"),
-        XidClass(74, XidAction.FAULTY, "NvlinkDown", "NVLink error: link or NVSwitch fault"),
-        XidClass(79, XidAction.FAULTY, "GpuLost", "GPU has fallen off the bus"),
-        XidClass(
-            92, XidAction.SUSPECT, "HighSingleBitEcc", "correctable ECC error rate high: predicts failure"
-        ),
-        XidClass(
-            94, XidAction.FAULTY, "UncorrectableEcc", "contained uncorrectable ECC error: GPU reset needed"
-        ),
-        XidClass(95, XidAction.FAULTY, "UncorrectableEcc", "uncontained uncorrectable ECC error: node reset"),
-        XidClass(109, XidAction.FAULTY, "CriticalXid", "context switch timeout: GPU reset needed"),
-        XidClass(119, XidAction.FAULTY, "CriticalXid", "GSP RPC timeout: GPU wedged, reset needed"),
-        XidClass(120, XidAction.FAULTY, "CriticalXid", "GSP error: GPU reset needed"),
-        XidClass(140, XidAction.FAULTY, "UncorrectableEcc", "unrecovered ECC error"),
-        XidClass(
-            154, XidAction.FAULTY, "CriticalXid", "GPU recovery action changed: reset or reboot required"
-        ),
+        XidClass(13, XidAction.APPLICATION, "usually an application bug (bad kernel)"),
+        XidClass(31, XidAction.APPLICATION, "illegal memory access by the workload"),
+        XidClass(43, XidAction.APPLICATION, "channel aborted after a workload error"),
+        XidClass(45, XidAction.APPLICATION, "channel teardown when processes exit or are killed"),
+        XidClass(68, XidAction.APPLICATION, "NVDEC exception, workload side"),
+        XidClass(48, XidAction.FAULTY, "double-bit ECC error: uncorrectable memory error"),
+        XidClass(61, XidAction.FAULTY, "internal micro-controller breakpoint: GPU reset needed"),
+        XidClass(62, XidAction.FAULTY, "internal micro-controller halt: GPU reset needed"),
+        XidClass(63, XidAction.SUSPECT, "ECC page retirement or row remap recorded; reset to apply"),
+        XidClass(64, XidAction.FAULTY, "ECC page retirement or row remap failed"),
+        XidClass(74, XidAction.FAULTY, "NVLink error: link or NVSwitch fault"),
+        XidClass(79, XidAction.FAULTY, "GPU has fallen off the bus"),
+        XidClass(92, XidAction.SUSPECT, "correctable ECC error rate high: predicts failure"),
+        XidClass(94, XidAction.FAULTY, "contained uncorrectable ECC error: GPU reset needed"),
+        XidClass(95, XidAction.FAULTY, "uncontained uncorrectable ECC error: node reset"),
+        XidClass(109, XidAction.FAULTY, "context switch timeout: GPU reset needed"),
+        XidClass(119, XidAction.FAULTY, "GSP RPC timeout: GPU wedged, reset needed"),
+        XidClass(120, XidAction.FAULTY, "GSP error: GPU reset needed"),
+        XidClass(140, XidAction.FAULTY, "unrecovered ECC error"),
+        XidClass(154, XidAction.FAULTY, "GPU recovery action changed: reset or reboot required"),
     )
 }

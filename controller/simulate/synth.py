@@ -13,6 +13,7 @@ from agent.evidence import (
     CollectiveSample,
     Evidence,
     HardSignal,
+    HostEvidence,
     NicEvidence,
     RankEvidence,
     TrafficPeriodicity,
@@ -66,7 +67,8 @@ class Agents:
             agent_version="simulated",
             collectors={"collective": True, "network": True, "nvml": True},
             hard_signals=self._hard_signals(node, t, offset, faults),
-            nics=[self._nic(node, busy, faults)],
+            nics=[nic := self._nic(node, busy, faults)],
+            host=self._host(node, nic, faults),
             periodicity=self._periodicity(node, busy, faults),
             ranks=ranks,
         )
@@ -102,6 +104,16 @@ class Agents:
             retransmits_per_second=self._lossy(node, faults) * float(self.rng.uniform(0.7, 1.3))
             + float(self.rng.poisson(0.5)),
             xmit_wait_ratio=float(self.rng.uniform(0.0, 0.05)),
+            window_seconds=WINDOW_SECONDS,
+        )
+
+    def _host(self, node: int, nic: NicEvidence, faults: list[FaultSpec]) -> HostEvidence:
+        """TCP segment rates: a shaped or lossy link makes the kernel retransmit (tc tbf drops, lossy paths)."""
+        sent = nic.tx_bytes_per_second / 1448 + 50.0  # MSS-sized segments plus background traffic
+        return HostEvidence(
+            tcp_out_segments_per_second=sent,
+            tcp_retransmit_segments_per_second=sent * 0.03 * bool(self._lossy(node, faults))
+            + float(self.rng.poisson(0.2)),
             window_seconds=WINDOW_SECONDS,
         )
 

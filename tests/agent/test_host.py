@@ -1,4 +1,4 @@
-"""Host collector: TCP retransmits and segments from /proc/1/net/snmp, the boot id; bad procfs is counted."""
+"""Host collector: TCP retransmits and segments from /proc/<pid>/net/snmp, the boot id; bad procfs is counted."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def procfs_copy(tmp_path: Path) -> Path:
 
 
 def set_tcp(root: Path, out_segments: int, retransmitted: int) -> None:
-    snmp = root / "1/net/snmp"
+    snmp = root / "self/net/snmp"
     lines = snmp.read_text().splitlines()
     header = next(line.split() for line in lines if line.startswith("Tcp:"))
     index_out, index_retrans = header.index("OutSegs"), header.index("RetransSegs")
@@ -55,13 +55,27 @@ def test_evidence_gives_retransmit_and_segment_rates_over_the_window(procfs_copy
 
 
 def test_a_malformed_snmp_file_fails_the_run_and_is_counted(procfs_copy: Path) -> None:
-    (procfs_copy / "1/net/snmp").write_text("Tcp: RtoAlgorithm OutSegs\nTcp: 1\n")
+    (procfs_copy / "self/net/snmp").write_text("Tcp: RtoAlgorithm OutSegs\nTcp: 1\n")
     collector = HostCollector(Procfs(procfs_copy))
-    with pytest.raises(Exception, match="1/net/snmp"):
+    with pytest.raises(Exception, match="self/net/snmp"):
         list(collector.collect())
-    assert collector.read_errors.counts == {"1/net/snmp": 1}
+    assert collector.read_errors.counts == {"self/net/snmp": 1}
 
 
 def test_the_real_procfs_of_this_machine_is_read() -> None:
     samples = {s.name: s.value for f in HostCollector(Procfs(Path("/proc"))).collect() for s in f.samples}
     assert samples["lockstep_host_tcp_out_segments_total"] > 0
+
+
+def test_the_host_namespace_can_be_read_through_pid_1_for_an_agent_pod_with_its_own_network(procfs_copy: Path) -> None:
+    (procfs_copy / "1").mkdir()
+    shutil.copytree(procfs_copy / "self/net", procfs_copy / "1/net")
+    set_tcp(procfs_copy, 5, 3)  # only self/net/snmp changes
+    own = HostCollector(Procfs(procfs_copy, network_namespace_pid="self"))
+    host = HostCollector(Procfs(procfs_copy, network_namespace_pid="1"))
+
+    def retransmitted(collector: HostCollector) -> float:
+        return next(s.value for f in collector.collect() for s in f.samples if "retransmitted" in s.name)
+
+    assert retransmitted(own) == 3
+    assert retransmitted(host) == 1234567

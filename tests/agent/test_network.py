@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.metrics_core import Metric
 
 from agent.backends.sysfs import SysfsNet
@@ -204,3 +205,26 @@ def test_the_real_sysfs_of_this_machine_reads_without_errors() -> None:
     v = values(NetworkCollector(SysfsNet(Path("/sys"))))
     assert ("lockstep_net_up", interface("lo")) in v
     assert not [labels for name, labels in v if "read_errors" in name]
+
+
+@pytest.mark.parametrize(
+    ("rate", "bytes_per_second"),
+    [("2.5 Gb/sec (1X SDR)", 2.5e9 / 8), ("400 Gb/sec (4X NDR)", 400e9 / 8), ("25 Gb/sec (1X EDR)", 25e9 / 8)],
+)
+def test_port_rates_of_every_generation_are_parsed(sysfs_copy: Path, rate: str, bytes_per_second: float) -> None:
+    (sysfs_copy / "class/infiniband/mlx5_1/ports/1/rate").write_text(rate + "\n")
+    v = values(NetworkCollector(SysfsNet(sysfs_copy)))
+    assert v[("lockstep_rdma_port_rate_bytes_per_second", port("mlx5_1"))] == bytes_per_second
+
+
+def test_a_port_that_went_down_reports_its_state_and_loses_its_rate(sysfs_copy: Path) -> None:
+    base = sysfs_copy / "class/infiniband/mlx5_1/ports/1"
+    (base / "state").write_text("1: DOWN\n")
+    (base / "phys_state").write_text("3: Disabled\n")
+    (base / "rate").unlink()
+    (base / "rate").mkdir()  # unreadable, as some drivers answer EINVAL for the rate of a down port
+    v = values(NetworkCollector(SysfsNet(sysfs_copy)))
+    assert v[("lockstep_rdma_port_active", port("mlx5_1"))] == 0
+    assert v[("lockstep_rdma_port_state", port("mlx5_1"))] == 1
+    assert v[("lockstep_rdma_port_physical_state", port("mlx5_1"))] == 3
+    assert ("lockstep_rdma_port_rate_bytes_per_second", port("mlx5_1")) not in v

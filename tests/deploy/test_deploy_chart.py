@@ -361,6 +361,7 @@ def test_notes_tell_what_to_do_next() -> None:
         "kubectl -n gpu-health get daemonset lockstep-agent",
         "lockstep status --controller",
         "LOCKSTEP_PROBE",
+        "(nodes labelled nvidia.com/gpu.present=true):",
         "DRY RUN",
         "controller.dryRun=false",
         "serviceMonitor.enabled=true",

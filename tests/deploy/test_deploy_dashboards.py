@@ -148,3 +148,20 @@ def test_every_name_the_dashboards_and_rules_use_follows_the_metric_conventions(
             continue
         assert name.startswith("lockstep_") and name == name.lower()
         assert not name.endswith(("_milliseconds", "_percent", "_celcius", "_kilobytes")), name
+
+
+def test_data_links_lead_to_a_shipped_dashboard_and_its_variable() -> None:
+    boards = {b["uid"]: b for b in dashboards().values()}
+    links = [
+        (panel, link)
+        for board in boards.values()
+        for panel in panels(board)
+        for link in panel["fieldConfig"]["defaults"].get("links", [])
+    ]
+    assert links, "tables of nodes link to the node dashboard"
+    for panel, link in links:
+        uid = link["url"].split("/d/", 1)[1].split("/", 1)[0]
+        assert uid in boards, link
+        variable = link["url"].split("var-", 1)[1].split("=", 1)[0]
+        assert variable in {v["name"] for v in boards[uid]["templating"]["list"]}, link
+        assert "by (node" in panel["targets"][0]["expr"], panel["title"]  # each row carries a node field

@@ -74,3 +74,34 @@ def test_config_loads_from_yaml_and_rejects_unknown_keys(tmp_path: Path) -> None
     bad.write_text("hang_minimum: 5\n")
     with pytest.raises(ValueError, match="hang_minimum"):
         DetectionConfig.from_yaml(bad)
+
+
+def test_healthy_verdicts_name_their_node_cycle_after_cycle() -> None:
+    engine = DetectionEngine()
+    for t in (50.0, 55.0, 60.0):
+        result = engine.step(documents(lockstep_ranks(2, 2, t), t, 3), t)
+    assert {n: (v.node, v.verdict) for n, v in result.verdicts.items()} == {
+        n: (n, Verdict.HEALTHY) for n in ("n0", "n1", "n2")
+    }
+
+
+def test_tcp_retransmits_on_one_node_point_at_its_link() -> None:
+    from agent.evidence import HostEvidence
+
+    docs = documents(lockstep_ranks(3, 1, 50.0), 50.0, 3)
+    shaped = {
+        name: doc.model_copy(
+            update={
+                "host": HostEvidence(
+                    tcp_out_segments_per_second=10_000.0,
+                    tcp_retransmit_segments_per_second=400.0 if name == "n2" else 1.0,
+                )
+            }
+        )
+        for name, doc in docs.items()
+        if doc is not None
+    }
+    result = DetectionEngine().step(shaped, 50.0)
+    (finding,) = result.findings
+    assert (finding.reason, finding.node) == ("SlowLink", "n2")
+    assert "tcp_retransmit_ratio" in finding.evidence["signals"]

@@ -26,7 +26,8 @@ def test_gpu_fallen_off_the_bus_makes_the_node_faulty_in_the_first_cycle() -> No
         100.0,
     )
     assert result.verdicts["a"].verdict is Verdict.FAULTY
-    assert result.verdicts["a"].reason == "GpuLost"
+    assert result.verdicts["a"].reason == "CriticalXid"
+    assert result.verdicts["a"].findings[0].evidence["xid"] == 79
     assert result.verdicts["b"].verdict is Verdict.HEALTHY
 
 

@@ -83,3 +83,24 @@ def test_one_late_window_gives_no_verdict() -> None:
 
     results = _run(16, build, 4)
     assert all(v.verdict is Verdict.HEALTHY for r in results for v in r.verdicts.values())
+
+
+def test_slow_gpu_in_a_one_node_job_blames_that_node() -> None:
+    findings = _findings(1, 8, late_node=0, late_rank=5, late_seconds=0.2)
+    assert [(f.node, f.evidence["ranks"]) for f in findings] == [("n0", [5])]
+
+
+def test_pipeline_stages_in_their_own_process_groups_are_not_compared_with_each_other() -> None:
+    # Stage 1 runs 300 ms behind stage 0 by design; each stage is its own process group.
+    stage0 = lockstep_ranks(2, 4, 60.0, seed=4)
+    stage1 = lockstep_ranks(2, 4, 60.3, seed=5)
+    ranks = {
+        0: [r.model_copy(update={"process_group": "pp0"}) for r in stage0[0]],
+        1: [r.model_copy(update={"process_group": "pp0"}) for r in stage0[1]],
+        2: [r.model_copy(update={"process_group": "pp1"}) for r in stage1[0]],
+        3: [r.model_copy(update={"process_group": "pp1"}) for r in stage1[1]],
+    }
+    docs = {n: d for n, d in documents(ranks, 60.0, 4).items() if d}
+    groups = [g for job in group_ranks(docs).values() for g in job.values()]
+    assert sorted(g.process_group for g in groups) == ["pp0", "pp1"]
+    assert [f for g in groups for f in find_stragglers(g, 1.0, CONFIG).findings] == []

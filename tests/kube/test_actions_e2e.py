@@ -1,5 +1,5 @@
 """End to end against the Kubernetes API emulator: agents' evidence -> the real detection engine -> policy ->
-writes through the official client. A GPU that fell off the bus (XID 79) is the fault; the node says GpuLost."""
+writes through the official client. A GPU that fell off the bus (XID 79) is the fault; the node says CriticalXid."""
 
 from __future__ import annotations
 
@@ -42,10 +42,10 @@ async def test_faulty_verdict_cordons_the_right_node_exactly_once(cluster: Clust
 
     node = cluster.emulator.node("node-2")
     assert node["spec"]["unschedulable"] is True
-    assert ours(node) == [{"key": TAINT_KEY, "value": "GpuLost", "effect": "NoSchedule",
+    assert ours(node) == [{"key": TAINT_KEY, "value": "CriticalXid", "effect": "NoSchedule",
                            "timeAdded": ours(node)[0]["timeAdded"]}]
     annotations = node["metadata"]["annotations"]
-    assert annotations[ANNOTATION_REASON] == "GpuLost"
+    assert annotations[ANNOTATION_REASON] == "CriticalXid"
     assert json.loads(annotations[ANNOTATION_EVIDENCE])["findings"][0]["evidence"]["xid"] == 79
     assert "lockstep.dev/since" in annotations
     assert condition(node) == "False"
@@ -55,7 +55,7 @@ async def test_faulty_verdict_cordons_the_right_node_exactly_once(cluster: Clust
     for other in ("node-0", "node-1", "node-3"):
         assert not cluster.emulator.node(other)["spec"].get("unschedulable")
         assert node_patches(cluster, other) == 0
-    assert loop.counters.cordons["GpuLost"] == 1
+    assert loop.counters.cordons["CriticalXid"] == 1
 
 
 async def test_cordon_keeps_taints_and_annotations_that_others_own(cluster: Cluster) -> None:
@@ -193,9 +193,9 @@ async def test_api_500s_and_timeouts_mid_action_leave_no_half_applied_state(clus
         await loop.cycle()
     node = cluster.emulator.node("node-1")
     assert node["spec"]["unschedulable"] is True and len(ours(node)) == 1
-    assert node["metadata"]["annotations"][ANNOTATION_REASON] == "GpuLost"
+    assert node["metadata"]["annotations"][ANNOTATION_REASON] == "CriticalXid"
     assert condition(node) == "False"
-    assert loop.counters.cordons["GpuLost"] == 1, "the timed-out write that landed counts as our cordon, once"
+    assert loop.counters.cordons["CriticalXid"] == 1, "the timed-out write that landed counts as our cordon, once"
     assert len(events(cluster, "LockstepCordoned")) == 1
     assert loop.kube is not None and loop.kube.stats.errors[("patch nodes", "500")] >= 1
     assert loop.kube.stats.retries["patch nodes"] >= 1

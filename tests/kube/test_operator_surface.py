@@ -87,7 +87,7 @@ async def test_metrics_pass_promtool_and_carry_verdicts_cordons_and_timings(
     assert status == 200
     assert 'lockstep_node_verdict{node="node-1",verdict="faulty"} 1.0' in text
     assert 'lockstep_node_verdict{node="node-3",verdict="unknown"} 1.0' in text
-    assert 'lockstep_controller_cordons_total{reason="GpuLost"} 1.0' in text
+    assert 'lockstep_controller_cordons_total{reason="CriticalXid"} 1.0' in text
     assert 'lockstep_controller_cycle_duration_seconds{phase="fetch"}' in text
     assert "lockstep_controller_agents_reachable 3.0" in text
     assert "lockstep_controller_breaker_open 0.0" in text
@@ -104,7 +104,7 @@ async def test_status_prints_a_table_of_nodes_and_explain_the_evidence_chain(
     code, out = await lockstep(capsys, "status", "--controller", url)
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("node-1 "))
-    assert "FAULTY" in row and "GpuLost" in row and "cordoned+tainted by Lockstep" in row
+    assert "FAULTY" in row and "CriticalXid" in row and "cordoned+tainted by Lockstep" in row
     assert "unknown" in next(line for line in out.splitlines() if line.startswith("node-3 "))
 
     code, out = await lockstep(capsys, "explain", "node-1", "--controller", url)
@@ -132,7 +132,7 @@ async def test_release_goes_through_the_kubernetes_api_and_is_remembered(
     node = cluster.emulator.node("node-1")
     assert not node["spec"].get("unschedulable")
     assert not [t for t in node["spec"].get("taints") or [] if t["key"] == TAINT_KEY]
-    assert node["metadata"]["annotations"][ANNOTATION_RELEASED_REASON] == "GpuLost"
+    assert node["metadata"]["annotations"][ANNOTATION_RELEASED_REASON] == "CriticalXid"
     await loop.cycle()
     assert not cluster.emulator.node("node-1")["spec"].get("unschedulable"), "not re-cordoned for the same finding"
 

@@ -139,3 +139,15 @@ def test_socket_directory_is_not_writable_by_others(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_pod_uid_is_read_from_cgroupfs_and_systemd_cgroup_paths(cgroup: str, uid: str | None) -> None:
     assert pod_uid_from_cgroup(cgroup) == uid
+
+
+def test_a_process_group_created_anew_restarts_the_window_instead_of_looking_replayed(collector, socket_dir) -> None:
+    for seq in range(3):
+        send(socket_dir, wire.encode(record(seq=seq)))
+    wait_for(lambda: collector.state.accepted == 3, 10, "the first incarnation")
+    time.sleep(0.01)
+    send(socket_dir, wire.encode(record(seq=0)))  # seq 0 again, issued now: a new process group
+    wait_for(lambda: collector.state.accepted == 4, 10, "the new incarnation")
+    [rank] = collector.evidence().ranks
+    assert [s.seq for s in rank.samples] == [0] and rank.last_seq == 0
+    assert collector.state.invalid["duplicate"] == 0

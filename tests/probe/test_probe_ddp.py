@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .jobs import Job, ranks_by_number, start_collector, wait_for
+from .jobs import DDP_JOB, Job, ranks_by_number, start_collector, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +103,34 @@ def test_straggler_arrives_late_and_waits_little_while_its_peers_wait_long(
     for peer in (0, 2):
         assert waits[peer] > 2 * waits[1]
         assert lateness[1] > lateness[peer]
+
+
+def test_torchrun_ranks_are_probed_and_named_after_the_run_id(probe_env: dict[str, str], collector, tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+         "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", "run-7", str(DDP_JOB), "--steps", "5"],
+        env=probe_env, check=True, capture_output=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    wait_for(lambda: len(ranks_by_number(collector)) == 2, 30, "both torchrun ranks")
+    ranks = ranks_by_number(collector)
+    assert {r.job for r in ranks.values()} == {"torchrun-run-7"}
+    assert {r.local_rank for r in ranks.values()} == {0, 1}
+    assert all(r.last_seq == 5 for r in ranks.values())  # 5 DDP all-reduces and the final barrier
+
+
+def test_each_process_group_has_its_own_sequence_and_non_members_record_nothing(ddp_job, socket_dir: Path) -> None:
+    collector = start_collector(socket_dir, evidence_samples=4096, window_seconds=600)
+    try:
+        ddp_job("--nproc", "3", "--steps", "10", "--hidden", "32", "--layers", "1", "--subgroup-allreduces", "2").finish()
+        wait_for(lambda: all(r.last_seq == 10 for r in ranks_by_number(collector, "default").values())
+                 and len(ranks_by_number(collector, "default")) == 3, 30, "every rank's final barrier")  # fmt: skip
+        groups = {r.process_group for r in collector.evidence().ranks}
+        [subgroup] = groups - {"default"}
+        members = ranks_by_number(collector, subgroup)
+    finally:
+        collector.close()
+    assert sorted(members) == [0, 1]  # the first half of 3 ranks; rank 2 is no member and records nothing
+    for evidence in members.values():
+        assert [s.seq for s in evidence.samples] == list(range(20))
+    for evidence in ranks_by_number(collector, "default").values():
+        assert [s.seq for s in evidence.samples] == list(range(11))  # subgroup calls left the default group alone

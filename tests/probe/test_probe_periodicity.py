@@ -38,6 +38,25 @@ def test_estimator_finds_the_period_of_bursty_traffic_not_a_multiple(period: flo
     assert pattern.mean_bytes_per_second < pattern.burst_bytes_per_second / 2
 
 
+def step_bursts(period: float, interval: float, seconds: float, second_burst_after: float) -> np.ndarray:
+    """Rates of a job that sends 17 MB each step and 6 MB `second_burst_after` later, with 20 ms step jitter."""
+    rng = np.random.default_rng(2)
+    rates = np.full(int(seconds / interval), 1e5)
+    t = rng.uniform(0, period)
+    while t < seconds:
+        for offset, nbytes in ((0.0, 17e6), (second_burst_after, 6e6)):
+            if (index := int((t + offset) / interval)) < len(rates):
+                rates[index] += nbytes / interval
+        t += period + rng.normal(0, 0.02)
+    return rates
+
+
+@pytest.mark.parametrize("period", [0.43, 0.6, 0.77, 1.5])
+def test_two_bursts_per_step_give_the_step_period_not_the_gap_between_them(period: float) -> None:
+    pattern = estimate(step_bursts(period, 0.05, 20, second_burst_after=0.15), 0.05, 1e5)
+    assert pattern.period_seconds == pytest.approx(period, rel=0.05)
+
+
 def test_estimator_reports_no_period_for_noise_or_idle_links() -> None:
     rng = np.random.default_rng(1)
     assert estimate(np.abs(rng.normal(5e8, 1e8, 600)), 0.05, 1e5).period_seconds is None
@@ -119,3 +138,12 @@ def test_period_and_bursts_of_a_gloo_job_across_namespaces_are_seen_on_the_nics(
         assert pattern.mean_bytes_per_second > 1e6  # the gradients (17 MB a step) really crossed this link
     periods = {s.labels["interface"]: s.value for s in metrics["lockstep_traffic_period_seconds"].samples}
     assert set(periods) == set(host_ends)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_estimator_never_fails_on_random_traffic(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rates = rng.choice([0.0, 1e6, 1e9], size=int(rng.integers(3, 700)), p=[0.5, 0.3, 0.2])
+    pattern = estimate(rates, 0.05, 1e5)
+    assert pattern.period_seconds is None or 0.1 <= pattern.period_seconds <= len(rates) * 0.05 / 3
+    assert 0.0 <= pattern.regularity <= 1.0

@@ -58,3 +58,15 @@ def test_sender_without_an_agent_drops_and_counts_and_never_raises(tmp_path: Pat
     assert recorder.dropped == 30
     assert sender.dropped >= 80  # 30 never queued, 50 + a heartbeat not delivered
     assert len(recorder.completed) == 0  # memory is released even when nothing can be sent
+
+
+def test_a_hang_is_reported_again_to_an_agent_that_was_away(tmp_path: Path) -> None:
+    recorder = Recorder()
+    sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=0.0)
+    stuck = recorder.issue("default", wire.Op.all_reduce, 64)
+    sender.flush()  # no agent yet: the report is lost
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "probe.sock"))
+    sender.flush()
+    assert [(r.kind, r.seq) for r in receive_all(receiver) if r.kind == wire.Kind.ISSUE] == [(wire.Kind.ISSUE, stuck[1])]
+    receiver.close()

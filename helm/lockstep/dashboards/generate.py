@@ -36,6 +36,7 @@ class Panel:
     height: int = 8
     thresholds: tuple[tuple[str, float | None], ...] = (("green", None),)
     overrides: list[dict[str, object]] = field(default_factory=list)
+    node_links: bool = False  # table rows link to the node's detail dashboard
 
 
 def q(expr: str, legend: str = "") -> Query:
@@ -96,6 +97,7 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, object
         "fieldConfig": {
             "defaults": {
                 "unit": panel.unit,
+                "links": [NODE_DETAIL_LINK] if panel.node_links else [],
                 "thresholds": {
                     "mode": "absolute",
                     "steps": [{"color": color, "value": value} for color, value in panel.thresholds],
@@ -167,6 +169,11 @@ def dashboard(
     }
 
 
+# A data link from a table row with a `node` field to that node's detail dashboard.
+NODE_DETAIL_LINK = {
+    "title": "Node detail",
+    "url": "/d/lockstep-node/lockstep-node-detail?${__url_time_range}&var-node=${__data.fields.node}",
+}
 RED_AT_1 = (("green", None), ("red", 1.0))
 VERDICT_COLORS = [
     {
@@ -249,6 +256,7 @@ def cluster_overview() -> dict[str, object]:
                         kind="table",
                         width=12,
                         description="Every node whose verdict is suspect, faulty or unknown; `lockstep explain NODE` says why.",
+                        node_links=True,
                     ),
                     Panel(
                         "Cordons by reason (24 h)",
@@ -274,6 +282,7 @@ def cluster_overview() -> dict[str, object]:
                         "none",
                         kind="table",
                         width=24,
+                        node_links=True,
                         description="The nodes that carry the lockstep.dev/unhealthy=<reason> taint now, read from the "
                         "cluster by kube-state-metrics (part of kube-prometheus-stack). Empty without it.",
                     ),
@@ -342,6 +351,7 @@ def cluster_overview() -> dict[str, object]:
                         "none",
                         kind="table",
                         width=12,
+                        node_links=True,
                     ),
                     Panel(
                         "GPU utilisation across the cluster",
