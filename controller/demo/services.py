@@ -151,6 +151,7 @@ def start_prometheus(
         "scrape_configs": [
             {
                 "job_name": "lockstep-agent",
+                "honor_labels": True,  # the collective metrics' `job` label is the training job, keep it
                 "static_configs": [
                     {"targets": [f"{n.ip}:{n.agent_port}"], "labels": {"node": n.name}} for n in cluster.nodes
                 ],
