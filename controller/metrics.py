@@ -27,6 +27,17 @@ class ControllerCollector(Collector):
                 verdict.add_metric([node, value.value], 1.0 if node_verdict.verdict is value else 0.0)
         yield verdict
 
+        cordoned = GaugeMetricFamily(
+            "lockstep_node_cordoned",
+            "1 for every node Lockstep holds cordoned and tainted now, with the taint's reason "
+            "(node annotations lockstep.dev/reason, read from the Kubernetes API each cycle)",
+            labels=["node", "reason"],
+        )
+        for node, state in sorted(snapshot.cluster.nodes.items()):
+            if state.held:
+                cordoned.add_metric([node, state.owned_reason], 1.0)
+        yield cordoned
+
         yield _counter("lockstep_controller_cordons", "Nodes cordoned and tainted by Lockstep (Kubernetes API)",
                        "reason", counters.cordons)
         yield _counter("lockstep_controller_releases", "Nodes released from Lockstep (probation or a person)",

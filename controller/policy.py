@@ -40,6 +40,11 @@ class NodeState:
         """Lockstep's mark is on the node, but a person took its taint off or uncordoned it."""
         return self.owned and (not self.tainted or (self.cordoned_by_lockstep and not self.unschedulable))
 
+    @property
+    def held(self) -> bool:
+        """Lockstep holds the node now: its mark and taint are on, and no person took them off."""
+        return self.owned and not self.released_by_person
+
 
 @dataclass(frozen=True)
 class BreakerState:
@@ -153,7 +158,7 @@ def decide(
     # People first: a node released by a person is cleaned up and remembered, whatever the breaker says.
     person_released = {name for name, state in managed.items() if state.released_by_person}
     actions += [Release(name, "person", managed[name].owned_reason) for name in sorted(person_released)]
-    held = {name for name, state in managed.items() if state.owned and name not in person_released}
+    held = {name for name, state in managed.items() if state.held}
 
     faulty_now = {name for name in managed if name in verdicts and cordonable(verdicts[name])}
     turned = sorted(faulty_now - memory.faulty - held)
@@ -200,7 +205,11 @@ def decide(
             cordon_times += ((name, now),)
             continue
         if name in turned:
-            actions.append(Notify(name, "LockstepSuspect", f"faulty ({verdict.reason}) but not cordoned: {blocked[name]}"))
+            actions.append(
+                Notify(
+                    name, "LockstepSuspect", f"faulty ({verdict.reason}) but not cordoned: {blocked[name]}"
+                )
+            )
 
     if limits.auto_release_after_seconds is not None and not breaker.open:
         for name in sorted(held):
@@ -218,7 +227,9 @@ def decide(
             what = "fabric problem (alert only, never cordoned)" if name in fabric_now else "suspect"
             actions.append(Notify(name, "LockstepSuspect", f"{what}: {summary(verdict)}"))
 
-    new_memory = Memory(cordon_times, bad_turns, frozenset(faulty_now), frozenset(fabric_now), frozenset(suspect_now))
+    new_memory = Memory(
+        cordon_times, bad_turns, frozenset(faulty_now), frozenset(fabric_now), frozenset(suspect_now)
+    )
     return Decision(tuple(actions), blocked, breaker, new_memory)
 
 

@@ -51,7 +51,7 @@ def node_reports(loop: ControllerLoop) -> list[dict[str, Any]]:
                 "summary": policy.summary(verdict) if verdict else "",
                 "findings": to_plain(verdict.findings) if verdict else [],
                 "kubernetes": to_plain(state) if state else None,
-                "held_by_lockstep": bool(state and state.owned and not state.released_by_person),
+                "held_by_lockstep": bool(state and state.held),
                 "blocked": snapshot.blocked.get(name, ""),
                 "planned": snapshot.planned.get(name, ""),
                 "agent_url": snapshot.agent_urls.get(name, ""),
@@ -78,7 +78,9 @@ def build_app(loop: ControllerLoop) -> web.Application:
         allowed = max(30.0, 3 * loop.settings.interval_seconds)
         if completed and time.time() - completed < allowed:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text=f"not ready: no cycle completed in {allowed:.0f} s {loop.snapshot.error}\n")
+        return web.Response(
+            status=503, text=f"not ready: no cycle completed in {allowed:.0f} s {loop.snapshot.error}\n"
+        )
 
     async def nodes(request: web.Request) -> web.Response:
         snapshot = loop.snapshot
@@ -100,7 +102,10 @@ def build_app(loop: ControllerLoop) -> web.Application:
     async def jobs(request: web.Request) -> web.Response:
         result = loop.snapshot.result
         return web.json_response(
-            {"completed_at": loop.snapshot.completed_at, "jobs": to_plain(list(result.jobs)) if result else []}
+            {
+                "completed_at": loop.snapshot.completed_at,
+                "jobs": to_plain(list(result.jobs)) if result else [],
+            }
         )
 
     app = web.Application()

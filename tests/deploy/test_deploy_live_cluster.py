@@ -32,6 +32,7 @@ from deploy_support import (
 from live import Daemon, free_port, query, start, start_prometheus, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.kube import ANNOTATION_CORDONED, ANNOTATION_REASON, ANNOTATION_SINCE, TAINT_KEY
 from controller.kube_emulator import Emulator, Fault
 
 pytestmark = pytest.mark.slow
@@ -123,6 +124,16 @@ def _start_rank(workdir: Path, rank: int, socket_dir: Path, master_port: int, sl
     )  # fmt: skip
 
 
+def _held_since_an_earlier_fault(node: dict[str, Any]) -> dict[str, Any]:
+    """What Lockstep leaves on a node it cordoned (before this controller started): mark, taint, cordon."""
+    node["metadata"].setdefault("annotations", {}).update(
+        {ANNOTATION_REASON: "GpuLost", ANNOTATION_SINCE: "2020-01-01T00:00:00Z", ANNOTATION_CORDONED: "true"}
+    )
+    node["spec"]["unschedulable"] = True
+    node["spec"]["taints"] = [{"key": TAINT_KEY, "value": "GpuLost", "effect": "NoSchedule"}]
+    return node
+
+
 def _uncordoned(node: dict[str, Any]) -> dict[str, Any]:
     node["spec"]["unschedulable"] = False
     return node
@@ -148,6 +159,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
         ):  # node-c: agent gone
             emulator.add_node(name)
             emulator.add_pod(NAMESPACE, f"lockstep-agent-{name}", name, "127.0.0.1", AGENT_LABELS, port)
+        emulator.patch_node("node-c", _held_since_an_earlier_fault)  # its agent is gone while it is repaired
         for port, agent in ((port_a, agent_a), (port_b, agent_b)):
             wait_for(lambda p=port: _metrics_text(f"http://127.0.0.1:{p}/metrics"), 60, f"agent {agent.log}")
 
@@ -169,6 +181,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
                      "agent_label_selector": "app.kubernetes.io/name=lockstep-agent", "api_backoff_seconds": 0.05},
             "leader": {"lease_duration_seconds": 4.0, "renew_deadline_seconds": 3.0, "retry_period_seconds": 0.5},
             "fetch": {"timeout_seconds": 1.0, "backoff_initial_seconds": 1.0, "backoff_max_seconds": 2.0},
+            "safety": {"max_cordoned_ratio": 1.0},  # node-c is held already; node-b may join it
         }  # fmt: skip
         (workdir / "controller.yaml").write_text(yaml.safe_dump(config))
         controller = start(
@@ -298,3 +311,12 @@ def test_hardware_alerts_fire_on_the_real_agents_output_and_only_for_the_faulty_
         pytest.fail(f"firing: {sorted(firing())}; expected {sorted(expected)} for node-b")
     # node-a's GPUs are healthy (its NICs are this machine's real ones, which other tests may flap).
     assert not {(name, node) for name, node in firing() if node == "node-a" and name in expected}, firing()
+
+
+def test_the_cordon_alert_names_the_node_lockstep_holds_and_not_a_healthy_one(live: LiveCluster) -> None:
+    def cordoned() -> set[str]:
+        result = query(live.prometheus, 'ALERTS{alertname="LockstepNodeCordoned",alertstate="firing"}')["result"]
+        return {a["metric"].get("node", "") for a in result}
+
+    wait_for(lambda: "node-c" in cordoned(), 90, "LockstepNodeCordoned for node-c")
+    assert "node-a" not in cordoned()

@@ -96,6 +96,20 @@ async def test_metrics_pass_promtool_and_carry_verdicts_cordons_and_timings(
     assert checked.returncode == 0, checked.stderr.decode() + checked.stdout.decode()
 
 
+async def test_cordoned_gauge_names_each_node_held_and_drops_it_once_a_person_releases_it(
+    served: tuple[Cluster, ControllerLoop, str], capsys: Any
+) -> None:
+    cluster, loop, url = served
+    await loop.cycle()
+    text = (await asyncio.to_thread(get, url + "/metrics"))[1].decode()
+    assert 'lockstep_node_cordoned{node="node-1",reason="CriticalXid"} 1.0' in text
+    assert 'lockstep_node_cordoned{node="node-0"' not in text
+    assert (await lockstep(capsys, "release", "node-1", "--kubeconfig", cluster.kubeconfig))[0] == 0
+    await loop.cycle()
+    text = (await asyncio.to_thread(get, url + "/metrics"))[1].decode()
+    assert "# TYPE lockstep_node_cordoned gauge" in text and 'lockstep_node_cordoned{' not in text
+
+
 async def test_status_prints_a_table_of_nodes_and_explain_the_evidence_chain(
     served: tuple[Cluster, ControllerLoop, str], capsys: Any
 ) -> None:

@@ -259,17 +259,15 @@ def cluster_overview() -> dict[str, object]:
                         node_links=True,
                     ),
                     Panel(
-                        "Cordons by reason (24 h)",
-                        (
-                            q(
-                                "sum by (reason) (increase(lockstep_controller_cordons_total[24h]))",
-                                "{{reason}}",
-                            ),
-                        ),
+                        "Nodes cordoned by Lockstep, and why",
+                        (q("max by (node, reason) (lockstep_node_cordoned) == 1", "{{node}}: {{reason}}"),),
                         "none",
                         kind="table",
                         width=12,
-                        description="Why Lockstep cordoned nodes: the reason is also the value of the lockstep.dev/unhealthy taint.",
+                        node_links=True,
+                        description="Every node Lockstep holds cordoned and tainted now, as the controller reads the "
+                        "cluster; the reason is also the value of the lockstep.dev/unhealthy taint. "
+                        "Repair the node, then `lockstep release NODE`.",
                     ),
                     Panel(
                         "Nodes tainted by Lockstep, and why (kube-state-metrics)",
@@ -281,14 +279,17 @@ def cluster_overview() -> dict[str, object]:
                         ),
                         "none",
                         kind="table",
-                        width=24,
+                        width=12,
                         node_links=True,
-                        description="The nodes that carry the lockstep.dev/unhealthy=<reason> taint now, read from the "
-                        "cluster by kube-state-metrics (part of kube-prometheus-stack). Empty without it.",
+                        description="The same nodes seen by kube-state-metrics (part of kube-prometheus-stack), which "
+                        "also shows a taint left behind while no controller runs. Empty without it.",
                     ),
                     Panel(
-                        "Verdicts over time",
-                        (q("sum by (verdict) (lockstep_node_verdict)", "{{verdict}}"),),
+                        "Verdicts and cordoned nodes over time",
+                        (
+                            q("sum by (verdict) (lockstep_node_verdict)", "{{verdict}}"),
+                            q("sum by (reason) (max by (node, reason) (lockstep_node_cordoned))", "cordoned {{reason}}"),
+                        ),
                         "none",
                         width=12,
                         overrides=VERDICT_COLORS,
