@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
@@ -60,6 +61,25 @@ class Sender:
     dropped_total: int = 0
 
 
+_HEARTBEAT = int(wire.Kind.HEARTBEAT)
+BatchKey = tuple[bytes, int, bytes]  # raw job, rank, raw group
+
+
+def _batches(decoded: wire.Decoded) -> list[tuple[BatchKey, np.ndarray]]:
+    """Split decoded records by (job, rank, group), keeping datagram order within each; a probe's datagram is
+    usually one such batch."""
+    records = decoded.records
+    if not len(records):
+        return []
+    if decoded.uniform:
+        return [((records["job"][0], int(records["rank"][0]), records["group"][0]), records)]
+    rows: dict[BatchKey, list[int]] = {}
+    keys = zip(records["job"].tolist(), records["rank"].tolist(), records["group"].tolist(), strict=True)
+    for index, key in enumerate(keys):
+        rows.setdefault(key, []).append(index)
+    return [(key, records[index]) for key, index in rows.items()]
+
+
 class CollectiveState:
     """All ranks' windows; thread-safe: the receive thread applies records, scrapes read summaries."""
 
@@ -74,33 +94,35 @@ class CollectiveState:
         self.accepted = 0
 
     def receive(self, datagram: Datagram) -> None:
-        """Apply every record of one datagram; count each bad one under its reason."""
-        data = datagram.data
-        size = wire.RECORD_BYTES
+        """Apply every record of one datagram; count each bad one under its reason.
+
+        The datagram is decoded and checked in one numpy pass; trust is asked once per (job, rank) it speaks
+        for, and each (job, rank, process group) window takes its records as one batch."""
+        decoded = wire.decode_datagram(datagram.data)
+        records, reasons = decoded.records, decoded.reasons
         now = self.clock()
         with self.lock:
-            if datagram.truncated or len(data) % size or not data:
-                self.invalid["truncated"] += 1  # the torn tail; whole records before it still count
-            for offset in range(0, len(data) - size + 1, size):
-                try:
-                    record = wire.decode(data, offset)
-                except wire.DecodeError as exc:
-                    self.invalid[exc.reason] += 1
-                    continue
-                reason = self._apply(record, datagram.pid, now)
-                if reason is None:
-                    self.accepted += 1
-                else:
-                    self.invalid[reason] += 1
+            if datagram.truncated and not reasons["truncated"]:
+                reasons["truncated"] += 1  # the torn tail; whole records before it still count
+            if len(records):
+                skewed = np.abs(records["issued_at"] - now) > self.settings.max_clock_skew_seconds
+                if skewed.any():
+                    reasons["out_of_window"] += int(skewed.sum())
+                    decoded = decoded._replace(records=records[~skewed])
+            for key, batch in _batches(decoded):
+                refused = self._apply(key, batch, datagram.pid, now)
+                reasons.update(refused)
+                self.accepted += len(batch) - len(refused)
+            self.invalid.update(reasons)
 
-    def _apply(self, record: wire.Record, pid: int | None, now: float) -> str | None:
-        if abs(record.issued_at - now) > self.settings.max_clock_skew_seconds:
-            return "out_of_window"
-        reason, changed_hands = self.trust.admit(record.job, record.rank, pid)
+    def _apply(self, key: BatchKey, records: np.ndarray, pid: int | None, now: float) -> list[str]:
+        """Apply the records of one (job, rank, group) from one sender; the drop reasons of those refused."""
+        job, rank, group = wire.text(key[0]), key[1], wire.text(key[2]) or "default"
+        reason, changed_hands = self.trust.admit(job, rank, pid)
         if reason is not None:
-            return reason
+            return [reason] * len(records)
         assert pid is not None
-        rank_key = (record.job, record.rank)
+        rank_key = (job, rank)
         if changed_hands:
             self._forget(rank_key)
         sender = self.senders.get(rank_key)
@@ -110,24 +132,23 @@ class CollectiveState:
         if sender is None:
             sender = self.senders[rank_key] = Sender(pid, now)
         sender.last_heard = now
-        sender.dropped_total = max(sender.dropped_total, record.dropped_total)
-        if record.kind == wire.Kind.HEARTBEAT:
-            return None
-        key = (record.job, record.rank, record.group)
-        window = self.windows.get(key)
+        sender.dropped_total = max(sender.dropped_total, int(records["dropped_total"].max()))
+        heartbeats = records["kind"] == _HEARTBEAT
+        collectives = records[~heartbeats] if heartbeats.any() else records
+        if not len(collectives):
+            return []
+        window_key = (job, rank, group)
+        window = self.windows.get(window_key)
         if window is None:
             if len(self.windows) >= self.settings.max_ranks:
-                return "too_many_ranks"
-            window = self.windows[key] = RankWindow(*key, max_samples=self.settings.max_samples_per_rank)
-        known, too_old = window.knows(record.seq), record.seq < window.oldest_seq()
-        if known or too_old:
-            if record.issued_at <= window.last_issued_at:  # a replay carries the old issue time
-                return "duplicate" if known else "out_of_window"
-            # an old sequence number issued now: the process group was created anew (same process)
-            window = self.windows[key] = RankWindow(*key, max_samples=self.settings.max_samples_per_rank)
-            log.info("job %s rank %d group %s restarted its sequence numbers", *key)
-        window.add(record, pid)
-        return None
+                return ["too_many_ranks"] * len(collectives)
+            window = self.windows[window_key] = RankWindow(*window_key, max_samples=self.settings.max_samples_per_rank)
+        if window.pid != pid:
+            first = collectives[0]
+            local_rank = int(first["local_rank"])
+            window.identify(int(first["world_size"]), local_rank if local_rank >= 0 else None,
+                            wire.text(first["pod"]), wire.text(first["namespace"]), pid)  # fmt: skip
+        return window.add(collectives)
 
     def _forget(self, rank_key: RankKey) -> None:
         self.senders.pop(rank_key, None)

@@ -6,19 +6,25 @@ statistics, no sockets, no clocks of its own (callers pass `now`, Unix s).
 
 from __future__ import annotations
 
-import bisect
+import logging
 import statistics
-from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
+
 from agent.evidence import CollectiveSample, RankEvidence
-from agent.probe.wire import OP_CLASS, Kind, Op, Record
+from agent.probe.wire import OP_CLASS, Kind, Op
+
+log = logging.getLogger(__name__)
 
 # Upper bounds (s) of the wait histogram: 100 us .. 60 s, covering gloo on loopback to a stuck peer.
 WAIT_BUCKETS_SECONDS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+_WAIT_BOUNDS = np.array(WAIT_BUCKETS_SECONDS)
+_COMPLETE, _ISSUE = int(Kind.COMPLETE), int(Kind.ISSUE)
+_OP_CLASS_OF: dict[int, str] = {int(op): name for op, name in OP_CLASS.items()}
 
 
 @dataclass
@@ -29,17 +35,18 @@ class OpTotals:
     bytes: int = 0
     wait_count: int = 0
     wait_sum_seconds: float = 0.0
-    wait_buckets: list[int] = field(default_factory=lambda: [0] * len(WAIT_BUCKETS_SECONDS))
+    wait_buckets: np.ndarray = field(default_factory=lambda: np.zeros(len(WAIT_BUCKETS_SECONDS), dtype=np.int64))
 
-    def add(self, nbytes: int, wait_seconds: float | None) -> None:
-        self.collectives += 1
-        self.bytes += nbytes
-        if wait_seconds is not None:
-            self.wait_count += 1
-            self.wait_sum_seconds += wait_seconds
-            index = bisect.bisect_left(WAIT_BUCKETS_SECONDS, wait_seconds)
-            if index < len(self.wait_buckets):
-                self.wait_buckets[index] += 1
+    def add(self, nbytes: np.ndarray, waits_seconds: np.ndarray) -> None:
+        """Count a batch: bytes of each collective, and the waits of those whose completion was measured."""
+        self.collectives += len(nbytes)
+        self.bytes += int(nbytes.sum())
+        if len(waits_seconds):
+            self.wait_count += len(waits_seconds)
+            self.wait_sum_seconds += float(waits_seconds.sum())
+            buckets = len(self.wait_buckets)  # waits above the last bound count only in wait_count (+Inf)
+            indexes = np.searchsorted(_WAIT_BOUNDS, waits_seconds, side="left")
+            self.wait_buckets += np.bincount(indexes, minlength=buckets + 1)[:buckets]
 
 
 class Completed(NamedTuple):
@@ -76,7 +83,11 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 class RankWindow:
-    """Recent collectives of one (job, rank, process group), bounded by count and by age."""
+    """Recent collectives of one (job, rank, process group), bounded by count and by age.
+
+    Completed collectives live in preallocated ring buffers (numpy columns); a probe datagram is applied as one
+    batch, and summaries (period, percentiles, gaps) are computed only when evidence or metrics ask.
+    """
 
     def __init__(self, job: str, rank: int, group: str, max_samples: int, max_pending: int = 64) -> None:
         self.job = job
@@ -87,59 +98,148 @@ class RankWindow:
         self.pod = ""
         self.namespace = ""
         self.pid = 0
-        self.samples: deque[Completed] = deque(maxlen=max_samples)
-        self.completed_seqs: set[int] = set()
-        self.pending: dict[int, tuple[Op, float]] = {}
+        self.max_samples = max_samples
         self.max_pending = max_pending
+        self._seq = np.zeros(max_samples, dtype=np.int64)
+        self._op = np.zeros(max_samples, dtype=np.uint8)
+        self._bytes = np.zeros(max_samples, dtype=np.int64)
+        self._issued_at = np.zeros(max_samples, dtype=np.float64)
+        self._completed_at = np.zeros(max_samples, dtype=np.float64)  # 0 = completion not measured
+        self._next = 0  # ring index the next sample goes to
+        self.count = 0  # samples held, <= max_samples
+        self.pending: dict[int, tuple[Op, float]] = {}
         self.totals: dict[str, OpTotals] = {}
         self.last_seq = -1
+        self.last_completed_seq = -1
         self.last_issued_at = 0.0
         self.last_progress_at = 0.0
         self._period_cache: tuple[tuple[int, int, int], float | None] = ((-1, -1, -1), None)
 
     def knows(self, seq: int) -> bool:
         """Whether `seq` already completed in this window (a duplicate or replayed record)."""
-        return seq in self.completed_seqs
+        return bool((self._seq[: self.count] == seq).any())
 
     def oldest_seq(self) -> int:
-        return self.samples[0].seq if len(self.samples) == self.samples.maxlen else -1
+        return int(self._seq[self._next]) if self.count == self.max_samples else -1
 
-    def add(self, record: Record, pid: int) -> None:
-        if pid != self.pid:
-            self.world_size, self.local_rank = record.world_size, record.local_rank
-            self.pod, self.namespace, self.pid = record.pod, record.namespace, pid
-        if record.seq > self.last_seq:
-            self.last_seq = record.seq
-        if record.issued_at > self.last_issued_at:
-            self.last_issued_at = record.issued_at
-        completed_at = record.completed_at
-        progress = record.issued_at if completed_at is None else completed_at
-        if progress > self.last_progress_at:
-            self.last_progress_at = progress
-        if record.kind is Kind.ISSUE:
-            if len(self.pending) >= self.max_pending:
-                self.pending.pop(min(self.pending))
-            self.pending[record.seq] = (record.op, record.issued_at)
-            return
-        # one process group runs its collectives in issue order: completing seq s completes all before it
-        if self.pending:
-            for seq in [seq for seq in self.pending if seq <= record.seq]:
+    def identify(self, world_size: int, local_rank: int | None, pod: str, namespace: str, pid: int) -> None:
+        """Who the rank is: taken from the first records of each sender process."""
+        self.world_size, self.local_rank, self.pod, self.namespace, self.pid = world_size, local_rank, pod, namespace, pid
+
+    def add(self, records: np.ndarray) -> list[str]:
+        """Apply a batch of decoded records (wire.RECORD_DTYPE, one process, datagram order); the drop reasons of
+        the records refused as replayed or older than the window."""
+        kinds = records["kind"]
+        if bool((kinds == _COMPLETE).all()):
+            return self._add_completed(records)
+        dropped: list[str] = []
+        for index in range(len(records)):  # ISSUE records are rare (a collective pending for long): one by one
+            record = records[index : index + 1]
+            if record["kind"][0] == _COMPLETE:
+                dropped += self._add_completed(record)
+            elif record["kind"][0] == _ISSUE:
+                self._add_issue(int(record["seq"][0]), Op(int(record["op"][0])), float(record["issued_at"][0]))
+        return dropped
+
+    def _add_issue(self, seq: int, op: Op, issued_at: float) -> None:
+        self._progress(seq, issued_at, issued_at)
+        if len(self.pending) >= self.max_pending:
+            self.pending.pop(min(self.pending))
+        self.pending[seq] = (op, issued_at)
+
+    def _progress(self, seq: int, issued_at: float, progress_at: float) -> None:
+        self.last_seq = max(self.last_seq, seq)
+        self.last_issued_at = max(self.last_issued_at, issued_at)
+        self.last_progress_at = max(self.last_progress_at, progress_at)
+
+    def _add_completed(self, records: np.ndarray) -> list[str]:
+        seqs = records["seq"].astype(np.int64)
+        fresh = bool(seqs[0] > self.last_completed_seq) and (len(seqs) == 1 or bool((np.diff(seqs) > 0).all()))
+        if not fresh:  # a seq at or below one seen: decide replay / old / new process group record by record
+            dropped: list[str] = []
+            for index in range(len(records)):
+                dropped += self._add_one_seen(records[index : index + 1])
+            return dropped
+        self.last_completed_seq = int(seqs[-1])
+        self._store(seqs, records)
+        return []
+
+    def _store(self, seqs: np.ndarray, records: np.ndarray) -> None:
+        issued_at, completed_at = records["issued_at"], records["completed_at"]
+        self._progress(int(seqs.max()), float(issued_at.max()), float(np.maximum(issued_at, completed_at).max()))
+        if self.pending:  # one process group runs its collectives in issue order: completing s completes all before
+            for seq in [seq for seq in self.pending if seq <= self.last_seq]:
                 del self.pending[seq]
-        if len(self.samples) == self.samples.maxlen:
-            self.completed_seqs.discard(self.samples[0].seq)
-        wait = None if completed_at is None else completed_at - record.issued_at
-        self.samples.append(Completed(record.seq, record.op, record.bytes, record.issued_at, completed_at, wait))
-        self.completed_seqs.add(record.seq)
-        op_class = OP_CLASS[record.op]
+        self._append(seqs, records)
+        ops, nbytes = records["op"], records["bytes"].astype(np.int64)
+        measured = completed_at > 0
+        waits = completed_at - issued_at
+        if bool((ops == ops[0]).all()):
+            self._totals(int(ops[0])).add(nbytes, waits[measured])
+        else:
+            for op in np.unique(ops).tolist():
+                same = ops == op
+                self._totals(op).add(nbytes[same], waits[same & measured])
+
+    def _add_one_seen(self, record: np.ndarray) -> list[str]:
+        seq = int(record["seq"][0])
+        if seq > self.last_completed_seq:
+            return self._add_completed(record)
+        known, too_old = self.knows(seq), seq < self.oldest_seq()
+        if (known or too_old) and float(record["issued_at"][0]) <= self.last_issued_at:  # a replay: old issue time
+            return ["duplicate" if known else "out_of_window"]
+        if known or too_old:  # an old sequence number issued now: the process group was created anew
+            log.info("job %s rank %d group %s restarted its sequence numbers", self.job, self.rank, self.group)
+            self._restart()
+            return self._add_completed(record)
+        self._store(np.array([seq], dtype=np.int64), record)  # a gap filled late: kept, ordered at evidence time
+        return []
+
+    def _restart(self) -> None:
+        identity = (self.world_size, self.local_rank, self.pod, self.namespace, self.pid)
+        self.__init__(self.job, self.rank, self.group, self.max_samples, self.max_pending)  # type: ignore[misc]
+        self.identify(*identity)
+
+    def _totals(self, op: int) -> OpTotals:
+        op_class = _OP_CLASS_OF.get(op, "other")
         totals = self.totals.get(op_class)
         if totals is None:
             totals = self.totals[op_class] = OpTotals()
-        totals.add(record.bytes, wait)
+        return totals
+
+    def _append(self, seqs: np.ndarray, records: np.ndarray) -> None:
+        """Write samples into the rings, overwriting the oldest."""
+        size = self.max_samples
+        if len(seqs) > size:
+            seqs, records = seqs[-size:], records[-size:]
+        start, end = self._next, self._next + len(seqs)
+        for part, slots in ((slice(0, size - start), slice(start, min(end, size))), (slice(size - start, None), slice(0, max(0, end - size)))):
+            if slots.stop > slots.start:
+                self._seq[slots] = seqs[part]
+                self._op[slots] = records["op"][part]
+                self._bytes[slots] = records["bytes"][part]
+                self._issued_at[slots] = records["issued_at"][part]
+                self._completed_at[slots] = records["completed_at"][part]
+        self._next = end % size
+        self.count = min(size, self.count + len(seqs))
+
+    @property
+    def samples(self) -> list[Completed]:
+        """All samples held, oldest first (tests, tools)."""
+        return self._completed(np.roll(np.arange(self.count), -self._next if self.count == self.max_samples else 0))
+
+    def _completed(self, slots: np.ndarray) -> list[Completed]:
+        rows = zip(self._seq[slots].tolist(), self._op[slots].tolist(), self._bytes[slots].tolist(),
+                   self._issued_at[slots].tolist(), self._completed_at[slots].tolist(), strict=True)  # fmt: skip
+        return [
+            Completed(seq, Op(op), nbytes, issued, done or None, (done - issued) if done else None)
+            for seq, op, nbytes, issued, done in rows
+        ]
 
     def in_window(self, now: float, window_seconds: float) -> list[Completed]:
         """Samples issued within the last `window_seconds`, in sequence order."""
-        since = now - window_seconds
-        return sorted((s for s in self.samples if s.issued_at >= since), key=lambda s: s.seq)
+        slots = np.flatnonzero(self._issued_at[: self.count] >= now - window_seconds)
+        return self._completed(slots[np.argsort(self._seq[slots], kind="stable")])
 
     def step_period_seconds(self, window: list[Completed]) -> float | None:
         """Period of the rank's collective pattern: median time between a collective and the same one a

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.collectors.rank_window import RankWindow, repeat_length
-from agent.probe.wire import Kind, Op, Record
+from agent.probe.wire import Kind, Op, Record, decode_datagram, encode
 
 
 def rec(seq: int, issued: float, wait: float | None, op: Op = Op.all_reduce, nbytes: int = 1000,
@@ -13,13 +13,18 @@ def rec(seq: int, issued: float, wait: float | None, op: Op = Op.all_reduce, nby
                   pod="", namespace="")  # fmt: skip
 
 
+def add(window: RankWindow, record: Record) -> None:
+    """Feed one record the way the collector does: decoded from its wire bytes."""
+    assert window.add(decode_datagram(encode(record)).records) == []
+
+
 def ddp_like_window(steps: int, period: float, t0: float = 1000.0) -> RankWindow:
     """Three buckets per step (sizes 100, 200, 300) issued 10 ms apart, each waiting 5 ms."""
     window = RankWindow("j", 0, "default", max_samples=4096)
     seq = 0
     for step in range(steps):
         for bucket, size in enumerate((100, 200, 300)):
-            window.add(rec(seq, t0 + step * period + bucket * 0.01, 0.005, nbytes=size), pid=1)
+            add(window, rec(seq, t0 + step * period + bucket * 0.01, 0.005, nbytes=size))
             seq += 1
     return window
 
@@ -37,23 +42,23 @@ def test_step_period_is_the_repeat_of_the_collective_pattern_not_the_gap_between
 
 def test_a_collective_pending_for_long_is_reported_until_it_or_a_later_one_completes() -> None:
     window = ddp_like_window(steps=2, period=0.25)
-    window.add(rec(6, 2000.0, None, kind=Kind.ISSUE), pid=1)
+    add(window, rec(6, 2000.0, None, kind=Kind.ISSUE))
     evidence = window.evidence(now=2010.0, window_seconds=3600, max_samples=0, dropped_records=0)
     assert (evidence.pending_seq, evidence.pending_op, evidence.pending_since) == (6, "all_reduce", 2000.0)
-    window.add(rec(7, 2011.0, 0.01), pid=1)  # a later collective of the group completed: so did seq 6
+    add(window, rec(7, 2011.0, 0.01))  # a later collective of the group completed: so did seq 6
     assert window.evidence(now=2012.0, window_seconds=3600, max_samples=0, dropped_records=0).pending_seq is None
 
 
 def test_no_step_period_without_a_repeating_pattern() -> None:
     window = RankWindow("j", 0, "default", max_samples=64)
     for seq in range(20):
-        window.add(rec(seq, 1000.0 + seq * 0.1, 0.001, nbytes=seq * 7 + 1), pid=1)
+        add(window, rec(seq, 1000.0 + seq * 0.1, 0.001, nbytes=seq * 7 + 1))
     assert window.evidence(now=1003.0, window_seconds=60, max_samples=0, dropped_records=0).step_period_seconds is None
 
 
 def test_window_memory_is_bounded_by_max_samples() -> None:
     window = RankWindow("j", 0, "default", max_samples=16)
     for seq in range(1000):
-        window.add(rec(seq, 1000.0 + seq * 0.01, 0.001), pid=1)
-    assert len(window.samples) == 16 and len(window.completed_seqs) == 16
+        add(window, rec(seq, 1000.0 + seq * 0.01, 0.001))
+    assert len(window.samples) == 16 and window.count == 16
     assert window.knows(999) and not window.knows(100)
