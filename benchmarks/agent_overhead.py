@@ -116,7 +116,9 @@ def probe_load(socket_dir: str, rank: int, world_size: int, per_second: float) -
     from agent.probe.wire import Op
 
     recorder = Recorder()
-    identity = Identity(job="bench/job", rank=rank, world_size=world_size, local_rank=rank, pod="", namespace="")
+    identity = Identity(
+        job="bench/job", rank=rank, world_size=world_size, local_rank=rank, pod="", namespace=""
+    )
     Sender(recorder, identity, socket_dir).start()
     interval, next_at = 1.0 / per_second, time.monotonic()
     while True:
@@ -135,15 +137,22 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="measurement window per exporter (s)")
     parser.add_argument("--nics", type=int, default=8, help="RoCE ports in the generated sysfs tree")
     parser.add_argument("--ranks", type=int, default=8, help="training ranks sending probe records")
     parser.add_argument("--collectives-per-second", type=float, default=500.0, help="per rank")
     parser.add_argument(
-        "--agent-arg", action="append", default=[], help="extra agent flag, e.g. --agent-arg=--no-collector.periodicity"
+        "--agent-arg",
+        action="append",
+        default=[],
+        help="extra agent flag, e.g. --agent-arg=--no-collector.periodicity",
     )
-    parser.add_argument("--probe-load", nargs=3, metavar=("SOCKET_DIR", "RANK", "WORLD"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--probe-load", nargs=3, metavar=("SOCKET_DIR", "RANK", "WORLD"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.probe_load:
         socket_dir, rank, world = args.probe_load
@@ -166,10 +175,15 @@ def main() -> int:
             "--periodicity.sysfs-net", str(sysfs / "class" / "net"),
             "--collective.socket-dir", str(socket_dir),
         ]  # fmt: skip
-        agent_args += ["--nvml.library-path", str(FAKE_NVML)] if FAKE_NVML.exists() else ["--no-collector.nvml"]
+        agent_args += (
+            ["--nvml.library-path", str(FAKE_NVML)] if FAKE_NVML.exists() else ["--no-collector.nvml"]
+        )
         agent_args += args.agent_arg
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", *agent_args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "agent", *agent_args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         exporter = subprocess.Popen(
             [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{exporter_port}"],
@@ -178,8 +192,16 @@ def main() -> int:
         )
         senders = [
             subprocess.Popen(
-                [sys.executable, __file__, "--probe-load", str(socket_dir), str(rank), str(args.ranks),
-                 "--collectives-per-second", str(args.collectives_per_second)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--probe-load",
+                    str(socket_dir),
+                    str(rank),
+                    str(args.ranks),
+                    "--collectives-per-second",
+                    str(args.collectives_per_second),
+                ],
                 env=env,
             )  # fmt: skip
             for rank in range(args.ranks)
@@ -224,7 +246,9 @@ def main() -> int:
     print(f"mean scrape latency agent {statistics.mean(agent_m.latencies_seconds) * 1e3:.2f} ms")
     durations = [
         f"{name} {float(seconds) * 1e3:.1f} ms"
-        for name, seconds in re.findall(r'^lockstep_collector_duration_seconds\{collector="([^"]+)"\} (\S+)$', agent_m.body, re.M)
+        for name, seconds in re.findall(
+            r'^lockstep_collector_duration_seconds\{collector="([^"]+)"\} (\S+)$', agent_m.body, re.M
+        )
     ]
     print("collector durations in the last scrape: " + ", ".join(durations))
     return 0

@@ -18,11 +18,18 @@ NODES = 10_000
 
 def node_object(index: int) -> dict:
     return {
-        "metadata": {"name": f"node-{index}", "labels": {"kubernetes.io/hostname": f"node-{index}", "pool": "gpu"},
-                     "annotations": {"example.com/owner": "team"}},
+        "metadata": {
+            "name": f"node-{index}",
+            "labels": {"kubernetes.io/hostname": f"node-{index}", "pool": "gpu"},
+            "annotations": {"example.com/owner": "team"},
+        },
         "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-        "status": {"conditions": [{"type": t, "status": "False"} for t in
-                                  ("MemoryPressure", "DiskPressure", "PIDPressure", "Ready")]},
+        "status": {
+            "conditions": [
+                {"type": t, "status": "False"}
+                for t in ("MemoryPressure", "DiskPressure", "PIDPressure", "Ready")
+            ]
+        },
     }
 
 
@@ -39,7 +46,9 @@ def main() -> None:
     objects = [node_object(i) for i in range(NODES)]
     now = time.time()
     finding = Finding("hard", "GpuLost", "node-7", Severity.HARD, "node-7 GPU-0: XID 79")
-    verdicts = {f"node-{i}": NodeVerdict(f"node-{i}", Verdict.HEALTHY, 1.0, since=now - 60) for i in range(NODES)}
+    verdicts = {
+        f"node-{i}": NodeVerdict(f"node-{i}", Verdict.HEALTHY, 1.0, since=now - 60) for i in range(NODES)
+    }
     for i in range(0, NODES, 97):  # ~100 faulty nodes: caps and breaker have work to do
         verdicts[f"node-{i}"] = NodeVerdict(f"node-{i}", Verdict.FAULTY, 1.0, "GpuLost", (finding,), now)
     states: dict[str, policy.NodeState] = {}
@@ -49,8 +58,12 @@ def main() -> None:
         states.update((o["metadata"]["name"], node_state(o)) for o in objects)
 
     parse_seconds = best_of(5, parse)
-    decide_seconds = best_of(5, lambda: policy.decide(verdicts, states, policy.BreakerState(), policy.Memory(),
-                                                      SafetySettings(), now))
+    decide_seconds = best_of(
+        5,
+        lambda: policy.decide(
+            verdicts, states, policy.BreakerState(), policy.Memory(), SafetySettings(), now
+        ),
+    )
     total = parse_seconds + decide_seconds
     print(f"nodes: {NODES}")
     print(f"parse node list: {parse_seconds * 1000:.1f} ms")

@@ -51,7 +51,9 @@ def run_job(env: dict[str, str], args: argparse.Namespace) -> tuple[float, float
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs", type=int, default=8, help="interleaved (without, with) probe run pairs")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
@@ -63,7 +65,9 @@ def main() -> int:
         site = Path(tmp, "site")
         site.mkdir()
         shutil.copy(REPO / "agent" / "probe" / "lockstep-probe.pth", site)
-        (site / "sitecustomize.py").write_text("import os, site\nsite.addsitedir(os.path.dirname(__file__))\n")
+        (site / "sitecustomize.py").write_text(
+            "import os, site\nsite.addsitedir(os.path.dirname(__file__))\n"
+        )
         socket_dir = Path(tmp, "sock")
         collector = CollectiveCollector(CollectiveSettings(socket_dir=str(socket_dir), trust="process"))
         collector.start()
