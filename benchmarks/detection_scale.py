@@ -123,12 +123,18 @@ def measure(nodes: int, samples: int) -> dict[str, float]:
     gc.collect()
     gc.disable()  # the engine pauses collection during a cycle; do the same for the peer
     started = time.process_time()
+    config = engine.config
+    window = (
+        config.samples_per_rank
+        if nodes * RANKS_PER_NODE <= config.scale_ranks
+        else config.samples_per_rank_at_scale
+    )
     floor = sum(
         s.arrival + (s.wait_seconds or 0.0) + s.seq
         for document in evidence.values()
         if document is not None
         for rank in document.ranks
-        for s in rank.samples[-engine.config.samples_per_rank :]
+        for s in rank.samples[-window:]
     )
     floor_cpu = time.process_time() - started
     gc.enable()

@@ -20,8 +20,14 @@ class DetectionConfig:
     """Thresholds of every detector and of the verdict hysteresis (seconds, ratios, counts)."""
 
     # --- straggler -------------------------------------------------------------------------------------
-    samples_per_rank: int = 24
-    """Most recent collectives per rank lined up each cycle: enough for a robust median, cheap at 80k ranks."""
+    samples_per_rank: int = 32
+    """Most recent collectives per rank lined up each cycle: a robust median even for one slow GPU among many
+    (measured gloo jitter is large per collective; the median over 32 tames it)."""
+    samples_per_rank_at_scale: int = 16
+    """... and above `scale_ranks` ranks in the cycle, to keep one cycle within its CPU budget (the pooled
+    per-node test keeps node-wide stragglers visible; a single slow GPU needs more windows)."""
+    scale_ranks: int = 20_000
+    """Ranks compared in one cycle above which `samples_per_rank_at_scale` applies."""
     min_collectives: int = 6
     """Collectives seen by every compared rank before any comparison: fewer is one noisy moment, not a trend."""
     straggler_lateness_step_ratio: float = 0.04

@@ -159,7 +159,9 @@ def find_stragglers_many(
         config.straggler_lateness_floor_seconds, config.straggler_lateness_step_ratio * steps
     )
     comparable = [i for i, (group, _) in enumerate(groups) if steps[i] > 0 and len(group.entries) >= 2]
-    stacks = align([groups[i][0] for i in comparable], config.samples_per_rank, config.min_collectives)
+    ranks = sum(len(groups[i][0].entries) for i in comparable)
+    window = config.samples_per_rank if ranks <= config.scale_ranks else config.samples_per_rank_at_scale
+    stacks = align([groups[i][0] for i in comparable], window, config.min_collectives)
     aligned: set[int] = set()
     for stack in stacks:
         members = [comparable[g] for g in stack.groups]

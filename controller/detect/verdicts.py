@@ -3,7 +3,7 @@
 Hard findings act at once (a warning sign — confidence below `FAULTY_CONFIDENCE` — makes 'suspect') and are
 held for `hard_hold_seconds` after their signal leaves the agent's window. Statistical findings must persist:
 counted only on fresh evidence windows (the same document seen twice is one window; findings that name
-their collectives count only when those do not overlap the last counted ones), 'suspect' after
+their collectives count only when at least half of those are new since the last counted window), 'suspect' after
 `suspect_windows`, 'faulty' after `faulty_windows` spanning `faulty_min_seconds`, with `miss_tolerance`
 windows allowed inside a streak; a streak follows one subject (reason, job, and the finding's
 `evidence["subject"]`, e.g. the same late rank), so noise that picks a different rank each window never adds
@@ -97,8 +97,13 @@ class VerdictKeeper:
                     memory.streaks[key] = _Streak(windows=1, first_seen=now, finding=f, last_collective=last)
                     continue
                 streak.misses, streak.finding = 0, f
-                # Documents fetched faster than collectives happen overlap: count only windows of new collectives.
-                if last is None or streak.last_collective is None or first > streak.last_collective:
+                # Documents fetched faster than collectives happen overlap: count a window only when at least
+                # half of its collectives are new since the last counted one.
+                if (
+                    last is None
+                    or streak.last_collective is None
+                    or last - streak.last_collective >= (last - first + 1) / 2
+                ):
                     streak.windows += 1
                     streak.last_collective = last
             for key in set(memory.streaks) - set(present):
