@@ -12,6 +12,8 @@ from agent.evidence import Evidence, RankEvidence
 from controller.attribution import CLAIMED_POD_NAME_BYTES, MisattributedRank, check_ranks
 from controller.kube import TAINT_KEY
 from controller.metrics import registry
+from controller.operator_cli import explain
+from controller.server import node_reports
 
 from .conftest import Cluster
 
@@ -96,6 +98,9 @@ async def test_a_rank_attributed_to_an_innocent_node_never_gets_it_cordoned(clus
     assert all(v.verdict.value != "faulty" for v in loop.snapshot.verdicts.values())
     assert [(r.node, r.rank, r.pod_node) for r in loop.snapshot.misattributed] == [("node-2", 1, "node-1")]
     assert registry(loop).get_sample_value("lockstep_controller_misattributed_ranks", {"node": "node-2"}) == 1.0
+    reports = {report["node"]: report for report in node_reports(loop)}
+    assert reports["node-2"]["untrusted_ranks"] == [loop.snapshot.misattributed[0].describe()]
+    assert "Not trusted, left out of detection: the agent on node-2" in explain(reports["node-2"])
     warnings = [r.getMessage() for r in caplog.records if "not trusting a rank" in r.getMessage()]
     assert len(warnings) == 1, "logged once, not every cycle"
     assert "node-2 reports rank 1 of job ml/llama for pod ml/train-1, which runs on node-1" in warnings[0]
