@@ -1,9 +1,10 @@
 """The only code talking to the Kubernetes API (official `kubernetes` client), behind a narrow interface.
 
 Reads: the selected nodes (as policy `NodeState`s), the agent pods (where to pull evidence), the running pods'
-nodes (to check the ranks agents report) — listed, or kept by a watch — the circuit breaker, the leader Lease. Writes: one conditional merge patch per node change (cordon + taint + annotations land together
-or not at all, guarded by resourceVersion and retried on 409), the LockstepHealthy condition, Events, the breaker
-ConfigMap and the Lease. Every API call has a timeout, retries 5xx/429/timeouts with backoff, and is counted.
+nodes (to check the ranks agents report) — listed, or kept by a watch — the circuit breaker, the leader Lease.
+Writes: one conditional merge patch per node change (cordon + taint + annotations land together or not at all,
+guarded by resourceVersion and retried on 409), the LockstepHealthy condition, Events, the breaker ConfigMap and
+the Lease. Every API call has a timeout, retries 5xx/429/timeouts with backoff, and is counted.
 """
 
 from __future__ import annotations

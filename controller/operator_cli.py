@@ -154,8 +154,8 @@ def explain(node: dict[str, Any]) -> str:
         f"Agent: {agent}" + ("" if age is None else f", evidence {age:.1f} s old")
         + (f", last error: {node['agent_error']}" if node.get("agent_error") else "")
     )
-    for untrusted in node.get("untrusted_ranks") or []:
-        lines.append(f"Not trusted, left out of detection: {untrusted}")
+    for rank in node.get("misattributed_ranks") or []:
+        lines.append(f"Not trusted, left out of detection: {rank}")
     findings = node.get("findings") or []
     if not findings:
         lines.append(

@@ -99,7 +99,7 @@ async def test_a_rank_attributed_to_an_innocent_node_never_gets_it_cordoned(clus
     assert [(r.node, r.rank, r.pod_node) for r in loop.snapshot.misattributed] == [("node-2", 1, "node-1")]
     assert registry(loop).get_sample_value("lockstep_controller_misattributed_ranks", {"node": "node-2"}) == 1.0
     reports = {report["node"]: report for report in node_reports(loop)}
-    assert reports["node-2"]["untrusted_ranks"] == [loop.snapshot.misattributed[0].describe()]
+    assert reports["node-2"]["misattributed_ranks"] == [loop.snapshot.misattributed[0].describe()]
     assert "Not trusted, left out of detection: the agent on node-2" in explain(reports["node-2"])
     warnings = [r.getMessage() for r in caplog.records if "not trusting a rank" in r.getMessage()]
     assert len(warnings) == 1, "logged once, not every cycle"
