@@ -36,16 +36,35 @@ def build_parser() -> argparse.ArgumentParser:
         "job, and cordon + taint it with the evidence attached, within safety limits. Settings come from flags, "
         "env LOCKSTEP_* (nested with __, e.g. LOCKSTEP_SAFETY__MAX_CORDONED_NODES=2) and --config FILE (YAML).",
     )
-    parser.add_argument("--listen", metavar="HOST:PORT", help="HOST:PORT of /metrics, /healthz, /readyz, /api/v1/nodes, /api/v1/jobs "
-                        "(default 0.0.0.0:9446)")
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="HOST:PORT of /metrics, /healthz, /readyz, /api/v1/nodes, /api/v1/jobs (default 0.0.0.0:9446)",
+    )
     parser.add_argument("--config", metavar="FILE", help="YAML settings file (see README, 'Controller')")
-    parser.add_argument("--agent-url", action="append", dest="agent_urls", metavar="URL",
-                        help="pull evidence from this agent (repeatable); no Kubernetes: nothing is written, "
-                        "verdicts show in the API and metrics")
-    parser.add_argument("--dry-run", action="store_true", default=None,
-                        help="decide and report, write nothing to Kubernetes")
-    parser.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file (default: in-cluster service account, then ~/.kube/config)")
-    parser.add_argument("--interval", type=float, dest="interval_seconds", metavar="SECONDS", help="seconds between cycles (default 5)")
+    parser.add_argument(
+        "--agent-url",
+        action="append",
+        dest="agent_urls",
+        metavar="URL",
+        help="pull evidence from this agent (repeatable); no Kubernetes: nothing is written, "
+        "verdicts show in the API and metrics",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", default=None, help="decide and report, write nothing to Kubernetes"
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig file (default: in-cluster service account, then ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        dest="interval_seconds",
+        metavar="SECONDS",
+        help="seconds between cycles (default 5)",
+    )
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 

@@ -34,8 +34,10 @@ class MisattributedRank:
 
     def describe(self) -> str:
         where = f"runs on {self.pod_node}" if self.pod_node else "is not running"
-        return (f"the agent on {self.node} reports rank {self.rank} of job {self.job} for pod "
-                f"{self.namespace}/{self.pod}, which {where}")
+        return (
+            f"the agent on {self.node} reports rank {self.rank} of job {self.job} for pod "
+            f"{self.namespace}/{self.pod}, which {where}"
+        )
 
 
 def check_ranks(
@@ -65,6 +67,10 @@ def check_ranks(
             if pod_node == node:
                 kept.append(rank)
             else:
-                dropped.append(MisattributedRank(node, rank.job, rank.rank, rank.namespace, rank.pod, pod_node))
-        checked[node] = document if len(kept) == len(document.ranks) else document.model_copy(update={"ranks": kept})
+                dropped.append(
+                    MisattributedRank(node, rank.job, rank.rank, rank.namespace, rank.pod, pod_node)
+                )
+        checked[node] = (
+            document if len(kept) == len(document.ranks) else document.model_copy(update={"ranks": kept})
+        )
     return checked, dropped

@@ -63,7 +63,9 @@ class EvidenceFetcher:
     async def fetch(self, targets: Sequence[Target]) -> dict[str, Evidence | None]:
         """node -> its evidence, or None if unreachable, in backoff, invalid or stale."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
+            )
         semaphore = asyncio.Semaphore(self.settings.concurrency)
         urls = {t.url for t in targets}
         self.health = {url: h for url, h in self.health.items() if url in urls}
@@ -98,7 +100,9 @@ class EvidenceFetcher:
         except pydantic.ValidationError as error:
             return self._failed(target, health, "invalid", f"invalid evidence: {error.error_count()} errors")
         if target.node is not None and document.node != target.node:
-            return self._failed(target, health, "mismatch", f"agent says node {document.node!r}, pod runs on {target.node!r}")
+            return self._failed(
+                target, health, "mismatch", f"agent says node {document.node!r}, pod runs on {target.node!r}"
+            )
         health.node = document.node
         age = time.time() - document.collected_at
         health.evidence_age_seconds = max(0.0, age)
@@ -113,7 +117,8 @@ class EvidenceFetcher:
         health.failures += 1
         health.last_error = message
         backoff = min(
-            self.settings.backoff_max_seconds, self.settings.backoff_initial_seconds * 2 ** (health.failures - 1)
+            self.settings.backoff_max_seconds,
+            self.settings.backoff_initial_seconds * 2 ** (health.failures - 1),
         )
         health.retry_at = time.monotonic() + backoff
         log.log(

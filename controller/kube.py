@@ -37,8 +37,12 @@ TAINT_EFFECT = "NoSchedule"
 ANNOTATION_REASON = "lockstep.dev/reason"
 ANNOTATION_EVIDENCE = "lockstep.dev/evidence"
 ANNOTATION_SINCE = "lockstep.dev/since"
-ANNOTATION_CORDONED = "lockstep.dev/cordoned"  # "true": Lockstep set spec.unschedulable; "false": it was cordoned already
-ANNOTATION_RELEASED_REASON = "lockstep.dev/released-reason"  # a person released the node while held for this reason
+ANNOTATION_CORDONED = (
+    "lockstep.dev/cordoned"  # "true": Lockstep set spec.unschedulable; "false": it was cordoned already
+)
+ANNOTATION_RELEASED_REASON = (
+    "lockstep.dev/released-reason"  # a person released the node while held for this reason
+)
 OWNED_ANNOTATIONS = (ANNOTATION_REASON, ANNOTATION_EVIDENCE, ANNOTATION_SINCE, ANNOTATION_CORDONED)
 LABEL_MANAGED = "lockstep.dev/managed"
 CONDITION_TYPE = "LockstepHealthy"
@@ -97,7 +101,9 @@ class ClusterView:
 
     nodes: dict[str, NodeState]
     topology: dict[str, str]
-    pods: dict[tuple[str, str], str] | None = None  # None: not read (no Kubernetes, or kube.check_rank_pods off)
+    pods: dict[tuple[str, str], str] | None = (
+        None  # None: not read (no Kubernetes, or kube.check_rank_pods off)
+    )
 
 
 def rfc3339(unix_seconds: float) -> str:
@@ -200,7 +206,10 @@ class Kube:
         for attempt in range(1, self.settings.api_attempts + 1):
             try:
                 response = method(
-                    *args, _request_timeout=self.settings.api_timeout_seconds, _preload_content=False, **kwargs
+                    *args,
+                    _request_timeout=self.settings.api_timeout_seconds,
+                    _preload_content=False,
+                    **kwargs,
                 )
                 return json.loads(response.data or b"{}")
             except ApiException as error:
@@ -332,7 +341,9 @@ class Kube:
             self._pods = Informer(self, self._pod_list(), self._pod_entry, watch_seconds)
             informers.append(self._pods)
         threads = [
-            threading.Thread(target=informer.run, args=(stop,), name=f"watch-{informer.resource}", daemon=True)
+            threading.Thread(
+                target=informer.run, args=(stop,), name=f"watch-{informer.resource}", daemon=True
+            )
             for informer in informers
         ]
         for thread in threads:
@@ -341,12 +352,15 @@ class Kube:
 
     def breaker(self) -> BreakerState:
         try:
-            data = self._call(
-                "get configmaps",
-                self._core.read_namespaced_config_map,
-                self.settings.breaker_configmap,
-                self.settings.namespace,
-            ).get("data") or {}
+            data = (
+                self._call(
+                    "get configmaps",
+                    self._core.read_namespaced_config_map,
+                    self.settings.breaker_configmap,
+                    self.settings.namespace,
+                ).get("data")
+                or {}
+            )
         except KubeError as error:
             if error.status == 404:
                 return BreakerState()
@@ -372,8 +386,14 @@ class Kube:
             if ANNOTATION_REASON in annotations or annotations.get(ANNOTATION_RELEASED_REASON) == reason:
                 return None  # held already, or a person released it for this reason
             taints = [t for t in spec.get("taints") or [] if t.get("key") != TAINT_KEY]
-            taints.append({"key": TAINT_KEY, "value": taint_value(reason), "effect": TAINT_EFFECT,
-                           "timeAdded": rfc3339(time.time()).split(".")[0] + "Z"})
+            taints.append(
+                {
+                    "key": TAINT_KEY,
+                    "value": taint_value(reason),
+                    "effect": TAINT_EFFECT,
+                    "timeAdded": rfc3339(time.time()).split(".")[0] + "Z",
+                }
+            )
             return {
                 "metadata": {
                     "annotations": {
@@ -388,7 +408,9 @@ class Kube:
 
         return self._modify_node(name, change, guard)
 
-    def release(self, name: str, guard: Callable[[], bool], remember: bool, uncordon: bool = True) -> str | None:
+    def release(
+        self, name: str, guard: Callable[[], bool], remember: bool, uncordon: bool = True
+    ) -> str | None:
         """Take off what Lockstep put on the node (taint, annotations; the cordon only if Lockstep set it).
 
         `remember`: a person released it, so mark the reason as released (no re-cordon for it). Returns the reason
@@ -424,7 +446,9 @@ class Kube:
 
         return self._modify_node(name, change, guard)
 
-    def set_condition(self, name: str, healthy: bool, reason: str, message: str, guard: Callable[[], bool]) -> None:
+    def set_condition(
+        self, name: str, healthy: bool, reason: str, message: str, guard: Callable[[], bool]
+    ) -> None:
         """Set the LockstepHealthy node condition (strategic merge by condition type: others' conditions stay)."""
         now = rfc3339(time.time()).split(".")[0] + "Z"
         condition = {
@@ -450,7 +474,10 @@ class Kube:
         now = rfc3339(time.time())
         body = client.CoreV1Event.from_dict(
             {
-                "metadata": {"name": f"{node}.{uuid.uuid4().hex[:16]}", "namespace": self.settings.event_namespace},
+                "metadata": {
+                    "name": f"{node}.{uuid.uuid4().hex[:16]}",
+                    "namespace": self.settings.event_namespace,
+                },
                 # uid = node name, as the kubelet does for node events; `kubectl describe node` looks them up so.
                 "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node},
                 "reason": reason,
@@ -490,13 +517,18 @@ class Kube:
             )
             self._call("create configmaps", self._core.create_namespaced_config_map, namespace, body)
 
-    def open_breaker(self, reason: str, nodes: tuple[str, ...], now: float, guard: Callable[[], bool]) -> None:
-        self.write_breaker({"state": "open", "openedAt": rfc3339(now), "reason": reason, "nodes": ",".join(nodes)}, guard)
+    def open_breaker(
+        self, reason: str, nodes: tuple[str, ...], now: float, guard: Callable[[], bool]
+    ) -> None:
+        self.write_breaker(
+            {"state": "open", "openedAt": rfc3339(now), "reason": reason, "nodes": ",".join(nodes)}, guard
+        )
 
     def reset_breaker(self, by: str, now: float) -> None:
         """A person closes the breaker (`lockstep release --breaker`, with their own credentials)."""
         self.write_breaker(
-            {"state": "closed", "resetAt": rfc3339(now), "resetBy": by, "reason": "", "nodes": ""}, lambda: True
+            {"state": "closed", "resetAt": rfc3339(now), "resetBy": by, "reason": "", "nodes": ""},
+            lambda: True,
         )
 
     # ----------------------------------------------------------------------------------------------- leases
@@ -565,11 +597,23 @@ class Informer(Generic[T]):
                     self._relist()
                 self._watch(stop)
                 delay = self.kube.settings.api_backoff_seconds
-            except (KubeError, ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, KeyError) as error:
+            except (
+                KubeError,
+                ApiException,
+                urllib3.exceptions.HTTPError,
+                OSError,
+                ValueError,
+                KeyError,
+            ) as error:
                 status = getattr(error, "status", None)
                 self.kube.stats.errors[(f"watch {self.resource}", str(status or "timeout"))] += 1
-                log.log(logging.INFO if status == 410 else logging.WARNING,
-                        "watch of %s ended (%s); listing again in %.1f s", self.resource, error, delay)
+                log.log(
+                    logging.INFO if status == 410 else logging.WARNING,
+                    "watch of %s ended (%s); listing again in %.1f s",
+                    self.resource,
+                    error,
+                    delay,
+                )
                 self._version = None
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
@@ -583,7 +627,11 @@ class Informer(Generic[T]):
         self.relists += 1
 
     def _watch(self, stop: threading.Event) -> None:
-        kwargs = {**self._kwargs, "resource_version": self._version, "timeout_seconds": int(self._watch_seconds)}
+        kwargs = {
+            **self._kwargs,
+            "resource_version": self._version,
+            "timeout_seconds": int(self._watch_seconds),
+        }
         stream = watch.Watch().stream(
             self._method, *self._args, deserialize=False, _request_timeout=self._watch_seconds + 30, **kwargs
         )

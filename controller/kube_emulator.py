@@ -70,7 +70,14 @@ KINDS = {
             "pods",
             "Pod",
             True,
-            (*_META, "spec.nodeName", "status.phase", "status.podIP", "spec.schedulerName", "spec.restartPolicy"),
+            (
+                *_META,
+                "spec.nodeName",
+                "status.phase",
+                "status.podIP",
+                "spec.schedulerName",
+                "spec.restartPolicy",
+            ),
             ("status", "eviction"),
         ),
         Kind(
@@ -301,7 +308,9 @@ def _pointer_add(doc: Any, path: str, value: Any, replace: bool) -> Any:
 
 # --------------------------------------------------------------------------------------------------- selectors
 
-_LABEL_TERM = re.compile(r"^\s*(!?)\s*([\w./-]+)\s*(?:(==|=|!=)\s*([\w./-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$")
+_LABEL_TERM = re.compile(
+    r"^\s*(!?)\s*([\w./-]+)\s*(?:(==|=|!=)\s*([\w./-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$"
+)
 
 
 def _split_terms(selector: str) -> list[str]:
@@ -395,7 +404,9 @@ class Store:
         with self._lock:
             obj = self._objects.get((kind.group, kind.resource, namespace, name))
             if obj is None:
-                raise ApiError(404, "NotFound", f'{kind.qualified} "{name}" not found', self._details(kind, name))
+                raise ApiError(
+                    404, "NotFound", f'{kind.qualified} "{name}" not found', self._details(kind, name)
+                )
             return copy.deepcopy(obj)
 
     def list(self, kind: Kind, namespace: str = "") -> tuple[builtins.list[Obj], str]:
@@ -418,7 +429,10 @@ class Store:
             key = (kind.group, kind.resource, namespace, name)
             if key in self._objects:
                 raise ApiError(
-                    409, "AlreadyExists", f'{kind.qualified} "{name}" already exists', self._details(kind, name)
+                    409,
+                    "AlreadyExists",
+                    f'{kind.qualified} "{name}" already exists',
+                    self._details(kind, name),
                 )
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now_rfc3339())
             if kind.namespaced:
@@ -426,7 +440,9 @@ class Store:
             obj.update(apiVersion=kind.api_version, kind=kind.kind)
             return self._commit(kind, key, obj, "ADDED")
 
-    def update(self, kind: Kind, namespace: str, name: str, change: Callable[[Obj], Obj], subresource: str = "") -> Obj:
+    def update(
+        self, kind: Kind, namespace: str, name: str, change: Callable[[Obj], Obj], subresource: str = ""
+    ) -> Obj:
         """Apply `change` to the stored object; 409 if the result carries a resourceVersion that is not current."""
         with self._lock:
             current = self.get(kind, namespace, name)
@@ -449,15 +465,22 @@ class Store:
                 merged = {**new, "status": current.get("status", {})}
             else:
                 merged = new
-            immutable = {k: current["metadata"][k] for k in ("uid", "creationTimestamp", "namespace", "name")
-                         if k in current["metadata"]}
+            immutable = {
+                k: current["metadata"][k]
+                for k in ("uid", "creationTimestamp", "namespace", "name")
+                if k in current["metadata"]
+            }
             merged["metadata"] = {**(merged.get("metadata") or {}), **immutable}
             merged.update(apiVersion=kind.api_version, kind=kind.kind)
-            comparable = ({**merged, "metadata": {**merged["metadata"], "resourceVersion": None}},
-                          {**current, "metadata": {**current["metadata"], "resourceVersion": None}})
+            comparable = (
+                {**merged, "metadata": {**merged["metadata"], "resourceVersion": None}},
+                {**current, "metadata": {**current["metadata"], "resourceVersion": None}},
+            )
             if comparable[0] == comparable[1]:
                 return current  # a no-op write does not bump resourceVersion
-            return self._commit(kind, (kind.group, kind.resource, namespace, name), merged, "MODIFIED", current)
+            return self._commit(
+                kind, (kind.group, kind.resource, namespace, name), merged, "MODIFIED", current
+            )
 
     def delete(self, kind: Kind, namespace: str, name: str) -> Obj:
         with self._lock:
@@ -490,7 +513,9 @@ class Store:
     def changes_after(self, revision: int) -> builtins.list[tuple[int, str, Kind, Obj, Obj | None]]:
         with self._lock:
             if self.changes and revision < self.changes[0][0] - 1:
-                raise ApiError(410, "Expired", f"too old resource version: {revision} ({self.changes[0][0] - 1})")
+                raise ApiError(
+                    410, "Expired", f"too old resource version: {revision} ({self.changes[0][0] - 1})"
+                )
             return [change for change in self.changes if change[0] > revision]
 
     def waiter(self) -> asyncio.Event:
@@ -567,11 +592,20 @@ class Emulator:
         return self.store.create(KINDS[("", "nodes")], "", node)
 
     def add_pod(
-        self, namespace: str, name: str, node: str, ip: str, labels: dict[str, str] | None = None, port: int = 9445
+        self,
+        namespace: str,
+        name: str,
+        node: str,
+        ip: str,
+        labels: dict[str, str] | None = None,
+        port: int = 9445,
     ) -> Obj:
         pod = {
             "metadata": {"name": name, "labels": labels or {}},
-            "spec": {"nodeName": node, "containers": [{"name": "main", "ports": [{"name": "http", "containerPort": port}]}]},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "main", "ports": [{"name": "http", "containerPort": port}]}],
+            },
             "status": {"phase": "Running", "podIP": ip},
         }
         return self.store.create(KINDS[("", "pods")], namespace, pod)
@@ -687,8 +721,15 @@ class Emulator:
             kind, namespace, name, subresource = _route(request.path)
             watch = request.query.get("watch") in ("true", "1")
             verb = _verb(request.method, bool(name), watch)
-            record = Request(verb, kind.group, kind.resource, subresource, namespace, name,
-                             request.headers.get("Content-Type", "").split(";")[0] if request.can_read_body else "")
+            record = Request(
+                verb,
+                kind.group,
+                kind.resource,
+                subresource,
+                namespace,
+                name,
+                request.headers.get("Content-Type", "").split(";")[0] if request.can_read_body else "",
+            )
             fault = self.store.record(record)
             if fault is not None:
                 if fault.hang_seconds:
@@ -705,10 +746,19 @@ class Emulator:
         except ApiError as error:
             return web.json_response(error.status(), status=error.code)
         except json.JSONDecodeError as error:
-            return web.json_response(ApiError(400, "BadRequest", f"invalid JSON: {error}").status(), status=400)
+            return web.json_response(
+                ApiError(400, "BadRequest", f"invalid JSON: {error}").status(), status=400
+            )
 
     def _dispatch(
-        self, request: web.Request, verb: str, kind: Kind, namespace: str, name: str, subresource: str, body: Any
+        self,
+        request: web.Request,
+        verb: str,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        subresource: str,
+        body: Any,
     ) -> tuple[int, Obj]:
         store = self.store
         if verb == "list":
@@ -716,14 +766,24 @@ class Emulator:
             fields = field_selector(request.query.get("fieldSelector", ""), kind)
             items, revision = store.list(kind, namespace)
             items = [o for o in items if labels(o["metadata"].get("labels") or {}) and fields(o)]
-            return 200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
-                         "metadata": {"resourceVersion": revision}, "items": items}
+            return 200, {
+                "kind": f"{kind.kind}List",
+                "apiVersion": kind.api_version,
+                "metadata": {"resourceVersion": revision},
+                "items": items,
+            }
         if verb == "get":
             return 200, store.get(kind, namespace, name)
         if verb == "create" and subresource == "eviction":
             store.get(kind, namespace, name)
             store.delete(kind, namespace, name)
-            return 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+            return 201, {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "code": 201,
+            }
         if not isinstance(body, (dict, list)):
             raise ApiError(400, "BadRequest", "the request needs a JSON body")
         if verb == "create":
@@ -738,7 +798,9 @@ class Emulator:
             patch_type = _PATCH_TYPES.get(request.headers.get("Content-Type", "").split(";")[0])
             if patch_type is None:
                 raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {request.content_type}")
-            return 200, store.update(kind, namespace, name, lambda obj: _apply_patch(patch_type, obj, body), subresource)
+            return 200, store.update(
+                kind, namespace, name, lambda obj: _apply_patch(patch_type, obj, body), subresource
+            )
         if verb == "delete":
             return 200, store.delete(kind, namespace, name)
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
@@ -769,8 +831,14 @@ class Emulator:
                         continue
                     # With selectors, an object that starts or stops matching is ADDED or DELETED for this watch.
                     now = change != "DELETED" and labels(obj["metadata"].get("labels") or {}) and fields(obj)
-                    was = before is not None and labels(before["metadata"].get("labels") or {}) and fields(before)
-                    seen = {(True, True): "MODIFIED", (True, False): "ADDED", (False, True): "DELETED"}.get((now, was))
+                    was = (
+                        before is not None
+                        and labels(before["metadata"].get("labels") or {})
+                        and fields(before)
+                    )
+                    seen = {(True, True): "MODIFIED", (True, False): "ADDED", (False, True): "DELETED"}.get(
+                        (now, was)
+                    )
                     if seen is not None:
                         await response.write(json.dumps({"type": seen, "object": obj}).encode() + b"\n")
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -786,7 +854,12 @@ class Emulator:
 def _verb(method: str, named: bool, watch: bool) -> str:
     if method == "GET":
         return "watch" if watch else ("get" if named else "list")
-    verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete" if named else "deletecollection"}
+    verbs = {
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if named else "deletecollection",
+    }
     if method not in verbs:
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
     return verbs[method]
@@ -812,8 +885,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Kubernetes API EMULATOR for tests and the demo (not a real apiserver): nodes, pods, events, "
         "configmaps, leases; resourceVersion, 409s, patches, selectors, watch.",
     )
-    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to bind (port 0 picks a free port)")
-    parser.add_argument("--kubeconfig-out", default="", help="write a kubeconfig pointing at the emulator here")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:0", help="HOST:PORT to bind (port 0 picks a free port)"
+    )
+    parser.add_argument(
+        "--kubeconfig-out", default="", help="write a kubeconfig pointing at the emulator here"
+    )
     parser.add_argument("--nodes", type=int, default=0, help="create this many nodes named node-0.. at start")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -826,8 +903,10 @@ def main(argv: list[str] | None = None) -> int:
         url = await emulator.start(host or "127.0.0.1", int(port or 0))
         if args.kubeconfig_out:
             emulator.write_kubeconfig(args.kubeconfig_out)
-        print(f"kubernetes API emulator listening on {url}; kubeconfig: {args.kubeconfig_out or '(not written)'}",
-              flush=True)
+        print(
+            f"kubernetes API emulator listening on {url}; kubeconfig: {args.kubeconfig_out or '(not written)'}",
+            flush=True,
+        )
         await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -52,11 +52,15 @@ class LeaderElector:
             lease = self.kube.read_lease(self.settings.lease_name)
             if self._try_write(lease, started):
                 if not self._leading:
-                    log.info("became the leader (lease %s, identity %s)", self.settings.lease_name, self.identity)
+                    log.info(
+                        "became the leader (lease %s, identity %s)", self.settings.lease_name, self.identity
+                    )
                     self.transitions += 1
                 self._leading, self._renewed_at = True, started
             elif self._leading:
-                log.warning("lost the lease %s: another replica holds it; stopping actions", self.settings.lease_name)
+                log.warning(
+                    "lost the lease %s: another replica holds it; stopping actions", self.settings.lease_name
+                )
                 self._leading = False
         except Conflict:
             if self._leading:
@@ -70,8 +74,13 @@ class LeaderElector:
         now = rfc3339(self._wall_clock())
         duration = max(1, round(self.settings.lease_duration_seconds))
         if lease is None:
-            first: dict[str, Any] = {"holderIdentity": self.identity, "leaseDurationSeconds": duration, "acquireTime": now,
-                    "renewTime": now, "leaseTransitions": 0}
+            first: dict[str, Any] = {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": duration,
+                "acquireTime": now,
+                "renewTime": now,
+                "leaseTransitions": 0,
+            }
             self.kube.write_lease(self.settings.lease_name, first, None)
             return True
         spec: dict[str, Any] = lease.get("spec") or {}
@@ -89,7 +98,8 @@ class LeaderElector:
             "leaseDurationSeconds": duration,
             "acquireTime": spec.get("acquireTime") if holder == self.identity else now,
             "renewTime": now,
-            "leaseTransitions": int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1),
+            "leaseTransitions": int(spec.get("leaseTransitions") or 0)
+            + (0 if holder == self.identity else 1),
         }
         self.kube.write_lease(self.settings.lease_name, new_spec, lease["metadata"]["resourceVersion"])
         return True

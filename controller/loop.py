@@ -41,10 +41,14 @@ class Snapshot:
     cluster: ClusterView = field(default_factory=lambda: ClusterView({}, {}))
     breaker: policy.BreakerState = field(default_factory=policy.BreakerState)
     blocked: dict[str, str] = field(default_factory=dict)
-    planned: dict[str, str] = field(default_factory=dict)  # node -> action planned this cycle (done unless dry-run)
+    planned: dict[str, str] = field(
+        default_factory=dict
+    )  # node -> action planned this cycle (done unless dry-run)
     agent_urls: dict[str, str] = field(default_factory=dict)  # node -> agent URL
     phase_seconds: dict[str, float] = field(default_factory=dict)
-    misattributed: list[attribution.MisattributedRank] = field(default_factory=list)  # ranks dropped this cycle
+    misattributed: list[attribution.MisattributedRank] = field(
+        default_factory=list
+    )  # ranks dropped this cycle
     error: str = ""
 
 
@@ -81,8 +85,11 @@ class ControllerLoop:
         self._local_breaker = policy.BreakerState()  # dry-run / no Kubernetes: the breaker lives here only
         self._reported: set[str] = set()  # dry-run actions already logged
         self._misattributed: set[attribution.MisattributedRank] = set()  # already logged, still reported
-        self._discovered: tuple[list[Target], ClusterView, policy.BreakerState] = ([], ClusterView({}, {}),
-                                                                                   policy.BreakerState())
+        self._discovered: tuple[list[Target], ClusterView, policy.BreakerState] = (
+            [],
+            ClusterView({}, {}),
+            policy.BreakerState(),
+        )
 
     def may_write(self) -> bool:
         """The write guard checked right before every write."""
@@ -120,7 +127,9 @@ class ControllerLoop:
         except KubeError as error:
             # The API is down: keep pulling evidence from the agents we knew and keep verdicts current; act on
             # nothing until the cluster can be read again.
-            log.error("cannot read the cluster (%s); using the last known agents and nodes, not acting", error)
+            log.error(
+                "cannot read the cluster (%s); using the last known agents and nodes, not acting", error
+            )
             self.counters.discovery_failures += 1
             targets, cluster, breaker = self._discovered
             discovery_error = f"cannot read the cluster: {error}"
@@ -133,7 +142,9 @@ class ControllerLoop:
         misattributed: list[attribution.MisattributedRank] = []
         if cluster.pods is not None:
             evidence, misattributed = attribution.check_ranks(evidence, cluster.pods)
-            for rank in sorted(set(misattributed) - self._misattributed, key=attribution.MisattributedRank.describe):
+            for rank in sorted(
+                set(misattributed) - self._misattributed, key=attribution.MisattributedRank.describe
+            ):
                 log.warning("not trusting a rank: %s; it is left out of detection", rank.describe())
             self._misattributed = set(misattributed)
         lap("fetch")
@@ -155,7 +166,9 @@ class ControllerLoop:
 
         if acting:
             await asyncio.to_thread(self._act, decision, cluster, now)
-            if decision.actions and self.kube is not None:  # show what the cluster holds now, not before acting
+            if (
+                decision.actions and self.kube is not None
+            ):  # show what the cluster holds now, not before acting
                 cluster = await asyncio.to_thread(self.kube.cluster)
         elif self.settings.dry_run or self.kube is None:
             would = {_describe(a) for a in decision.actions if not isinstance(a, policy.Notify)}
@@ -184,7 +197,11 @@ class ControllerLoop:
     def _discover(self) -> tuple[list[Target], ClusterView, policy.BreakerState]:
         """Where the agents are, the selected nodes and the breaker (in a worker thread: blocking API calls)."""
         if self.kube is None:
-            return [Target(url) for url in self.settings.agent_urls], ClusterView({}, {}), policy.BreakerState()
+            return (
+                [Target(url) for url in self.settings.agent_urls],
+                ClusterView({}, {}),
+                policy.BreakerState(),
+            )
         targets = [Target(a.url, a.node) for a in self.kube.agents()]
         return targets, self.kube.cluster(), self.kube.breaker()
 
@@ -229,7 +246,13 @@ class ControllerLoop:
             if kube.cordon(action.node, action.reason, evidence, verdict.since or now, guard):
                 self.counters.cordons[action.reason] += 1
                 log.warning("cordoned %s: %s", action.node, policy.summary(verdict))
-                self._event(kube, action.node, "LockstepCordoned", f"cordoned and tainted: {policy.summary(verdict)}", True)
+                self._event(
+                    kube,
+                    action.node,
+                    "LockstepCordoned",
+                    f"cordoned and tainted: {policy.summary(verdict)}",
+                    True,
+                )
                 kube.set_condition(action.node, False, action.reason, policy.summary(verdict), guard)
         elif isinstance(action, policy.Release):
             person = action.cause == "person"
@@ -238,14 +261,19 @@ class ControllerLoop:
                 self.counters.releases[action.cause] += 1
                 how = "a person released it" if person else "healthy for the probation period"
                 log.warning("released %s (held for %s): %s", action.node, reason, how)
-                self._event(kube, action.node, "LockstepReleased", f"released (held for {reason}): {how}", False)
+                self._event(
+                    kube, action.node, "LockstepReleased", f"released (held for {reason}): {how}", False
+                )
                 kube.set_condition(action.node, True, "Released", how, guard)
         elif isinstance(action, policy.ForgetRelease):
             kube.forget_release(action.node, guard)
         elif isinstance(action, policy.Notify):
             self._event(kube, action.node, action.event_reason, action.message, True)
         elif isinstance(action, policy.OpenBreaker):
-            log.error("circuit breaker OPEN: %s; no cordons until a person runs `lockstep release --breaker`", action.reason)
+            log.error(
+                "circuit breaker OPEN: %s; no cordons until a person runs `lockstep release --breaker`",
+                action.reason,
+            )
             kube.open_breaker(action.reason, action.nodes, now, guard)
 
     def _event(self, kube: Kube, node: str, reason: str, message: str, warning: bool) -> None:

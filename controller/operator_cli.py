@@ -21,12 +21,18 @@ DEFAULT_CONTROLLER = "http://127.0.0.1:9446"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     status = subparsers.add_parser("status", help="table of nodes and jobs with their verdicts")
-    status.add_argument("--controller", default=DEFAULT_CONTROLLER, help=f"controller URL (default {DEFAULT_CONTROLLER})")
+    status.add_argument(
+        "--controller", default=DEFAULT_CONTROLLER, help=f"controller URL (default {DEFAULT_CONTROLLER})"
+    )
     status.set_defaults(handler=run_status)
 
-    explain = subparsers.add_parser("explain", help="why a node has its verdict: the evidence chain in plain words")
+    explain = subparsers.add_parser(
+        "explain", help="why a node has its verdict: the evidence chain in plain words"
+    )
     explain.add_argument("node", help="node name")
-    explain.add_argument("--controller", default=DEFAULT_CONTROLLER, help=f"controller URL (default {DEFAULT_CONTROLLER})")
+    explain.add_argument(
+        "--controller", default=DEFAULT_CONTROLLER, help=f"controller URL (default {DEFAULT_CONTROLLER})"
+    )
     explain.set_defaults(handler=run_explain)
 
     release = subparsers.add_parser(
@@ -38,9 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     release.add_argument("node", nargs="?", help="node to release")
     release.add_argument("--breaker", action="store_true", help="reset (close) the circuit breaker")
-    release.add_argument("--kubeconfig", default="", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
-    release.add_argument("--namespace", default="lockstep", help="the controller's namespace (breaker ConfigMap)")
-    release.add_argument("--breaker-configmap", default="lockstep-breaker", help="name of the breaker ConfigMap")
+    release.add_argument(
+        "--kubeconfig", default="", help="kubeconfig file (default: in-cluster, then ~/.kube/config)"
+    )
+    release.add_argument(
+        "--namespace", default="lockstep", help="the controller's namespace (breaker ConfigMap)"
+    )
+    release.add_argument(
+        "--breaker-configmap", default="lockstep-breaker", help="name of the breaker ConfigMap"
+    )
     release.add_argument("--event-namespace", default="default", help="namespace of node Events")
     release.set_defaults(handler=run_release)
 
@@ -69,7 +81,10 @@ def _when(unix_seconds: Any) -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in [headers, *rows]]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -95,41 +110,55 @@ def run_status(args: argparse.Namespace) -> int:
     flags = [f"last cycle {_when(nodes.get('completed_at'))}"]
     flags += ["DRY-RUN"] if nodes.get("dry_run") else []
     flags += ["leader" if nodes.get("leader") else "standby (not the leader)"]
-    flags += [f"CIRCUIT BREAKER OPEN: {breaker.get('reason', '')}"] if breaker.get("open") else ["breaker closed"]
+    flags += (
+        [f"CIRCUIT BREAKER OPEN: {breaker.get('reason', '')}"] if breaker.get("open") else ["breaker closed"]
+    )
     flags += [f"WARNING {nodes['error']}"] if nodes.get("error") else []
     print("controller: " + "; ".join(flags))
     rows = []
     for node in nodes.get("nodes") or []:
         note = node.get("blocked") or node.get("planned") or node.get("agent_error") or ""
         age = node.get("evidence_age_seconds")
-        rows.append([
-            node["node"],
-            node["verdict"].upper() if node["verdict"] in ("faulty", "suspect") else node["verdict"],
-            f"{node.get('confidence', 0):.2f}",
-            node.get("reason") or "-",
-            _kube_state(node),
-            "-" if age is None else f"{age:.1f}s",
-            note,
-        ])
-    print(_table(["NODE", "VERDICT", "CONF", "REASON", "KUBERNETES", "EVIDENCE AGE", "NOTE"], rows) if rows else "no nodes")
+        rows.append(
+            [
+                node["node"],
+                node["verdict"].upper() if node["verdict"] in ("faulty", "suspect") else node["verdict"],
+                f"{node.get('confidence', 0):.2f}",
+                node.get("reason") or "-",
+                _kube_state(node),
+                "-" if age is None else f"{age:.1f}s",
+                note,
+            ]
+        )
+    print(
+        _table(["NODE", "VERDICT", "CONF", "REASON", "KUBERNETES", "EVIDENCE AGE", "NOTE"], rows)
+        if rows
+        else "no nodes"
+    )
     print()
     job_rows = []
     for job in jobs.get("jobs") or []:
         period = next((v for k, v in job.items() if "period" in k and isinstance(v, (int, float))), None)
-        job_rows.append([
-            str(job.get("name", "?")),
-            str(job.get("state", "-")),
-            str(job.get("world_size") or len(job.get("rank_nodes") or job.get("ranks") or [])),
-            "-" if period is None else f"{period:.3f}s",
-            ", ".join(str(s) for s in job.get("suspects") or []) or "-",
-        ])
+        job_rows.append(
+            [
+                str(job.get("name", "?")),
+                str(job.get("state", "-")),
+                str(job.get("world_size") or len(job.get("rank_nodes") or job.get("ranks") or [])),
+                "-" if period is None else f"{period:.3f}s",
+                ", ".join(str(s) for s in job.get("suspects") or []) or "-",
+            ]
+        )
     print(_table(["JOB", "STATE", "RANKS", "STEP PERIOD", "SUSPECTS"], job_rows) if job_rows else "no jobs")
     return 0
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     if isinstance(value, dict):
-        return [item for key, sub in value.items() for item in _flatten(sub, f"{prefix}.{key}" if prefix else str(key))]
+        return [
+            item
+            for key, sub in value.items()
+            for item in _flatten(sub, f"{prefix}.{key}" if prefix else str(key))
+        ]
     if isinstance(value, list) and len(value) > 8:
         value = [*value[:8], f"... {len(value) - 8} more"]
     if isinstance(value, float):
@@ -151,7 +180,8 @@ def explain(node: dict[str, Any]) -> str:
     agent = node.get("agent_url") or "unknown agent"
     age = node.get("evidence_age_seconds")
     lines.append(
-        f"Agent: {agent}" + ("" if age is None else f", evidence {age:.1f} s old")
+        f"Agent: {agent}"
+        + ("" if age is None else f", evidence {age:.1f} s old")
         + (f", last error: {node['agent_error']}" if node.get("agent_error") else "")
     )
     for rank in node.get("misattributed_ranks") or []:
@@ -225,11 +255,18 @@ def run_release(args: argparse.Namespace) -> int:
         if reason is None:
             print(f"node {args.node}: Lockstep holds nothing there; nothing changed")
             return 0
-        kube.event(args.node, "LockstepReleased", f"released by {who} (lockstep release); held for {reason}",
-                   False, lambda: True)
+        kube.event(
+            args.node,
+            "LockstepReleased",
+            f"released by {who} (lockstep release); held for {reason}",
+            False,
+            lambda: True,
+        )
     except KubeError as error:
         print(f"lockstep release: {error}", file=sys.stderr)
         return 1
-    print(f"node {args.node} released (was held for {reason}); Lockstep will not cordon it again for {reason} "
-          "until it has been healthy for a while")
+    print(
+        f"node {args.node} released (was held for {reason}); Lockstep will not cordon it again for {reason} "
+        "until it has been healthy for a while"
+    )
     return 0

@@ -205,7 +205,11 @@ def decide(
             cordon_times += ((name, now),)
             continue
         if name in turned:
-            actions.append(Notify(name, "LockstepSuspect", f"faulty ({verdict.reason}) but not cordoned: {blocked[name]}"))
+            actions.append(
+                Notify(
+                    name, "LockstepSuspect", f"faulty ({verdict.reason}) but not cordoned: {blocked[name]}"
+                )
+            )
 
     if limits.auto_release_after_seconds is not None and not breaker.open:
         for name in sorted(held):
@@ -223,7 +227,9 @@ def decide(
             what = "fabric problem (alert only, never cordoned)" if name in fabric_now else "suspect"
             actions.append(Notify(name, "LockstepSuspect", f"{what}: {summary(verdict)}"))
 
-    new_memory = Memory(cordon_times, bad_turns, frozenset(faulty_now), frozenset(fabric_now), frozenset(suspect_now))
+    new_memory = Memory(
+        cordon_times, bad_turns, frozenset(faulty_now), frozenset(fabric_now), frozenset(suspect_now)
+    )
     return Decision(tuple(actions), blocked, breaker, new_memory)
 
 

@@ -82,7 +82,9 @@ def build_app(loop: ControllerLoop) -> web.Application:
         allowed = max(30.0, 3 * loop.settings.interval_seconds)
         if completed and time.time() - completed < allowed:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text=f"not ready: no cycle completed in {allowed:.0f} s {loop.snapshot.error}\n")
+        return web.Response(
+            status=503, text=f"not ready: no cycle completed in {allowed:.0f} s {loop.snapshot.error}\n"
+        )
 
     async def nodes(request: web.Request) -> web.Response:
         snapshot = loop.snapshot
@@ -104,7 +106,10 @@ def build_app(loop: ControllerLoop) -> web.Application:
     async def jobs(request: web.Request) -> web.Response:
         result = loop.snapshot.result
         return web.json_response(
-            {"completed_at": loop.snapshot.completed_at, "jobs": to_plain(list(result.jobs)) if result else []}
+            {
+                "completed_at": loop.snapshot.completed_at,
+                "jobs": to_plain(list(result.jobs)) if result else [],
+            }
         )
 
     app = web.Application()

@@ -21,21 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def agent_config(node: Node) -> dict[str, object]:
-    """The agent's YAML config for a demo node: its probe socket dir and, in a namespace, its own procfs view.
+    """The agent's YAML config for a demo node: where its node's training processes find the probe socket.
 
-    On a real node the agent reads the node's TCP counters as those of PID 1 (`<procfs_root>/1/net/snmp`).
-    A demo node is a network namespace that PID 1 is not in, so the demo gives each agent a procfs root whose
-    `1` is the agent itself (`/proc/self`, inside the node's namespace), as if it ran with hostNetwork.
+    Nothing else differs from a real node: inside the node's namespace the agent reads that namespace's
+    interfaces (/sys/class/net) and TCP counters (/proc/self/net/snmp, the agent's default).
     """
-    config: dict[str, object] = {"collective": {"socket_dir": str(node.socket_dir)}}
-    if node.netns is not None:
-        procfs = node.directory / "procfs"
-        procfs.mkdir(exist_ok=True)
-        for name, target in (("1", "/proc/self"), ("sys", "/proc/sys")):
-            if not (procfs / name).is_symlink():
-                (procfs / name).symlink_to(target)
-        config["host"] = {"procfs_root": str(procfs)}
-    return config
+    return {"collective": {"socket_dir": str(node.socket_dir)}}
 
 
 def start_agent(processes: ProcessSet, node: Node, env: Mapping[str, str]) -> Child:
@@ -160,6 +151,7 @@ def start_prometheus(
         "scrape_configs": [
             {
                 "job_name": "lockstep-agent",
+                "honor_labels": True,  # the collective metrics' `job` label is the training job, keep it
                 "static_configs": [
                     {"targets": [f"{n.ip}:{n.agent_port}"], "labels": {"node": n.name}} for n in cluster.nodes
                 ],

@@ -234,8 +234,10 @@ class DetectionEngine:
         self, key: JobKey, group: RankGroup, usable: Mapping[str, Evidence], now: float
     ) -> dict[int, str]:
         """Ranks this group had, gone from a node that still reports (their process died or was stopped)."""
-        present = {e.rank.rank for e in group.entries}
         world = max(e.rank.world_size for e in group.entries)
+        if len(group.entries) >= world:
+            return {}  # every rank reports
+        present = {e.rank.rank for e in group.entries}
         gone: dict[int, str] = {}
         for rank in range(world):
             if rank in present:

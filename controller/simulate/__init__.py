@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from controller.detect import DetectionConfig
-from controller.simulate.run import report, run_scenario
+from controller.simulate.run import report, run_scenario, totals
 from controller.simulate.scenario import ScenarioError, load_scenario
 
 
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         path = Path(name)
         paths.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
     failed = 0
+    outcomes = []
     for path in paths:
         try:
             scenario = load_scenario(path)
@@ -60,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"lockstep simulate: {error}")
             return 2
         outcome = run_scenario(scenario, config)
+        outcomes.append(outcome)
         print(report(outcome))
         failed += not outcome.passed
     if len(paths) > 1:
+        print(totals(outcomes))
         print(f"{len(paths) - failed}/{len(paths)} scenarios passed")
     return 1 if failed else 0

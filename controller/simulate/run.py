@@ -207,3 +207,21 @@ def report(outcome: ScenarioOutcome) -> str:
         + f"  -> {'PASS' if outcome.passed else 'FAIL'}"
     )
     return "\n".join(lines)
+
+
+def totals(outcomes: list[ScenarioOutcome]) -> str:
+    """One line over many scenarios: precision, recall, false verdicts, time to detect per fault kind."""
+    expected = [f for o in outcomes for f in o.expected]
+    episodes = [e for o in outcomes for e in o.episodes]
+    false = [e for o in outcomes for e in o.false_verdicts]
+    found = [f for f in expected if f.detected_after is not None]
+    by_kind: dict[str, list[float]] = {}
+    for f in found:
+        by_kind.setdefault(f.fault.kind, []).append(float(f.detected_after or 0.0))
+    kinds = ", ".join(f"{kind} {np.mean(t):.0f}/{max(t):.0f} s" for kind, t in sorted(by_kind.items()))
+    precision = (len(episodes) - len(false)) / len(episodes) if episodes else 1.0
+    recall = len(found) / len(expected) if expected else 1.0
+    return (
+        f"all scenarios: precision {precision:.2f}  recall {recall:.2f} ({len(found)}/{len(expected)})  "
+        f"false verdicts {len(false)}  time to detect mean/max: {kinds}"
+    )

@@ -385,6 +385,9 @@ def test_rendered_settings_files_are_accepted_by_the_real_agent_and_controller(
     assert agent.network.sysfs_root == Path("/host/sys") and agent.host.procfs_root == Path("/host/proc")
     assert agent.collective.socket_dir == "/run/lockstep" and agent.collective.proc_root == "/host/proc"
     assert agent.periodicity.sysfs_net == "/host/sys/class/net"
+    # TCP counters of the node: from the host's init unless the agent shares the node's network namespace.
+    host_network = (values or {}).get("agent", {}).get("hostNetwork", False)
+    assert agent.host.tcp_namespace_pid == ("self" if host_network else "1")
 
     (tmp_path / "controller.yaml").write_text(maps["lockstep-controller"]["controller.yaml"])
     controller = controller_settings.load(str(tmp_path / "controller.yaml"))

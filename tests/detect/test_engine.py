@@ -105,3 +105,49 @@ def test_tcp_retransmits_on_one_node_point_at_its_link() -> None:
     (finding,) = result.findings
     assert (finding.reason, finding.node) == ("SlowLink", "n2")
     assert "tcp_retransmit_ratio" in finding.evidence["signals"]
+
+
+def test_junk_evidence_never_crashes_and_never_blames() -> None:
+    import math
+    import random
+
+    from agent.evidence import CollectiveSample, Evidence, RankEvidence
+
+    rnd = random.Random(7)
+    junk = [math.inf, -math.inf, math.nan, -1.0, 0.0, 1e12]
+    engine = DetectionEngine()
+    for cycle in range(12):
+        t = 100.0 + 5 * cycle
+        docs = {}
+        for node in range(5):
+            ranks = [
+                RankEvidence(
+                    job=rnd.choice(["a", "b"]),
+                    rank=rnd.randrange(4),
+                    world_size=rnd.choice([1, 2, 4, 0]),
+                    process_group=rnd.choice(["default", "pp"]),
+                    pid=rnd.randrange(3),
+                    window_seconds=rnd.choice([0.0, 10.0]),
+                    last_seq=rnd.randrange(-1, 50),
+                    last_progress_at=rnd.choice([t, 0.0, math.nan]),
+                    pending_seq=rnd.choice([None, 3, 99]),
+                    pending_since=rnd.choice([None, t - 50, math.inf]),
+                    step_period_seconds=rnd.choice([None, 0.0, -1.0, 1.0]),
+                    samples=[
+                        CollectiveSample(
+                            seq=rnd.randrange(40),
+                            op="x",
+                            arrival=rnd.choice(junk + [t]),
+                            wait_seconds=rnd.choice([None, *junk]),
+                        )
+                        for _ in range(rnd.randrange(30))
+                    ],
+                )
+                for _ in range(rnd.randrange(4))
+            ]
+            docs[f"n{node}"] = Evidence(node=f"n{node}", collected_at=t, ranks=ranks)
+        result = engine.step(docs, t)
+        assert all(
+            v.verdict in (Verdict.HEALTHY, Verdict.SUSPECT, Verdict.FAULTY) for v in result.verdicts.values()
+        )
+    assert not any(v.verdict is Verdict.FAULTY for v in result.verdicts.values())

@@ -59,7 +59,7 @@ def test_stopped_rank_shows_as_stalled_while_its_peers_wait_in_a_pending_collect
     wait_for(lambda: len(ranks_by_number(collector)) == 3 and all(r.last_seq > 10 for r in ranks_by_number(collector).values()),
              120, "three ranks making progress")  # fmt: skip
     period = statistics.median(r.step_period_seconds or 0.3 for r in ranks_by_number(collector).values())
-    assert 0.2 < period < 1.0  # the job's pattern: one step of ~0.3 s
+    assert period >= 0.25  # the pattern is one step, paced at 0.3 s (longer on a busy machine)
     stopped_pid = job.rank_pid(2)
     stopped_at = time.time()
     os.kill(stopped_pid, signal.SIGSTOP)

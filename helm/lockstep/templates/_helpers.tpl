@@ -81,7 +81,7 @@ capabilities:
 {{- $base := dict
   "log_level" .Values.agent.logLevel
   "network" (dict "sysfs_root" "/host/sys")
-  "host" (dict "procfs_root" "/host/proc")
+  "host" (dict "procfs_root" "/host/proc" "tcp_namespace_pid" (ternary "self" "1" .Values.agent.hostNetwork))
   "periodicity" (dict "sysfs_net" "/host/sys/class/net")
   "collective" (dict "socket_dir" .Values.agent.socketDir "proc_root" "/host/proc") }}
 {{- toYaml (mergeOverwrite $base (deepCopy .Values.agent.config)) }}
