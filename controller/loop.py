@@ -139,14 +139,7 @@ class ControllerLoop:
 
         evidence: dict[str, Evidence | None] = dict.fromkeys(cluster.nodes)
         evidence.update(await self.fetcher.fetch(targets))
-        misattributed: list[attribution.MisattributedRank] = []
-        if cluster.pods is not None:
-            evidence, misattributed = attribution.check_ranks(evidence, cluster.pods)
-            for rank in sorted(
-                set(misattributed) - self._misattributed, key=attribution.MisattributedRank.describe
-            ):
-                log.warning("not trusting a rank: %s; it is left out of detection", rank.describe())
-            self._misattributed = set(misattributed)
+        evidence, misattributed = self._trusted_ranks(evidence, cluster)
         lap("fetch")
 
         now = self.clock()
@@ -166,9 +159,7 @@ class ControllerLoop:
 
         if acting:
             await asyncio.to_thread(self._act, decision, cluster, now)
-            if (
-                decision.actions and self.kube is not None
-            ):  # show what the cluster holds now, not before acting
+            if decision.actions and self.kube is not None:  # show what the cluster holds now, not before
                 cluster = await asyncio.to_thread(self.kube.cluster)
         elif self.settings.dry_run or self.kube is None:
             would = {_describe(a) for a in decision.actions if not isinstance(a, policy.Notify)}
@@ -193,6 +184,19 @@ class ControllerLoop:
             error=discovery_error,
         )
         return self.snapshot
+
+    def _trusted_ranks(
+        self, evidence: dict[str, Evidence | None], cluster: ClusterView
+    ) -> tuple[dict[str, Evidence | None], list[attribution.MisattributedRank]]:
+        """Leave out the ranks whose pod runs on another node (Kubernetes mode); log each such rank once."""
+        if cluster.pods is None:
+            return evidence, []
+        checked, misattributed = attribution.check_ranks(evidence, cluster.pods)
+        new = set(misattributed) - self._misattributed
+        for rank in sorted(new, key=attribution.MisattributedRank.describe):
+            log.warning("not trusting a rank: %s; it is left out of detection", rank.describe())
+        self._misattributed = set(misattributed)
+        return checked, misattributed
 
     def _discover(self) -> tuple[list[Target], ClusterView, policy.BreakerState]:
         """Where the agents are, the selected nodes and the breaker (in a worker thread: blocking API calls)."""
