@@ -1,9 +1,10 @@
 """The only code talking to the Kubernetes API (official `kubernetes` client), behind a narrow interface.
 
-Reads: the selected nodes (as policy `NodeState`s), the agent pods (where to pull evidence) — listed, or kept by
-a watch — the circuit breaker, the leader Lease. Writes: one conditional merge patch per node change (cordon + taint + annotations land together
-or not at all, guarded by resourceVersion and retried on 409), the LockstepHealthy condition, Events, the breaker
-ConfigMap and the Lease. Every API call has a timeout, retries 5xx/429/timeouts with backoff, and is counted.
+Reads: the selected nodes (as policy `NodeState`s), the agent pods (where to pull evidence), the running pods'
+nodes (to check the ranks agents report) — listed, or kept by a watch — the circuit breaker, the leader Lease.
+Writes: one conditional merge patch per node change (cordon + taint + annotations land together or not at all,
+guarded by resourceVersion and retried on 409), the LockstepHealthy condition, Events, the breaker ConfigMap and
+the Lease. Every API call has a timeout, retries 5xx/429/timeouts with backoff, and is counted.
 """
 
 from __future__ import annotations
@@ -95,10 +96,14 @@ class AgentEndpoint:
 
 @dataclass(frozen=True)
 class ClusterView:
-    """The selected nodes as policy sees them, plus each node's topology group (for fabric detection)."""
+    """The selected nodes as policy sees them, each node's topology group (for fabric detection) and, when rank
+    checking is on, the node of every running pod: (namespace, name) -> node."""
 
     nodes: dict[str, NodeState]
     topology: dict[str, str]
+    pods: dict[tuple[str, str], str] | None = (
+        None  # None: not read (no Kubernetes, or kube.check_rank_pods off)
+    )
 
 
 def rfc3339(unix_seconds: float) -> str:
@@ -191,6 +196,7 @@ class Kube:
         self._sleep = sleep
         self._nodes: Informer[tuple[NodeState, str | None]] | None = None
         self._agents: Informer[AgentEndpoint | None] | None = None
+        self._pods: Informer[tuple[str, str, str] | None] | None = None
 
     # --------------------------------------------------------------------------------------------- plumbing
     def _call(self, verb: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
@@ -266,6 +272,11 @@ class Kube:
             return "pods", self._core.list_namespaced_pod, (self.settings.agent_namespace,), kwargs
         return "pods", self._core.list_pod_for_all_namespaces, (), kwargs
 
+    def _pod_list(self) -> tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """Running pods in every namespace (the training pods among them): the same list/watch verbs as the agents."""
+        kwargs = {"field_selector": "status.phase=Running", "resource_version": "0"}
+        return "pods", self._core.list_pod_for_all_namespaces, (), kwargs
+
     def _node_entry(self, node: Obj) -> tuple[NodeState, str | None]:
         group = ((node.get("metadata") or {}).get("labels") or {}).get(self.settings.topology_label)
         return node_state(node), group
@@ -288,6 +299,11 @@ class Kube:
         host = f"[{ip}]" if ":" in ip else ip
         return AgentEndpoint(node, f"http://{host}:{port}")
 
+    @staticmethod
+    def _pod_entry(pod: Obj) -> tuple[str, str, str] | None:
+        meta, node = pod.get("metadata") or {}, (pod.get("spec") or {}).get("nodeName")
+        return (meta.get("namespace", ""), meta["name"], node) if node else None
+
     def _items(self, listing: tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> list[Obj]:
         resource, method, args, kwargs = listing
         return list(self._call(f"list {resource}", method, *args, **kwargs).get("items") or [])
@@ -299,7 +315,14 @@ class Kube:
             entries = [self._node_entry(item) for item in self._items(self._node_list())]
         nodes = {state.name: state for state, _ in entries}
         topology = {state.name: group for state, group in entries if group}
-        return ClusterView(nodes, topology)
+        return ClusterView(nodes, topology, self.pods() if self.settings.check_rank_pods else None)
+
+    def pods(self) -> dict[tuple[str, str], str]:
+        """(namespace, name) -> node of every running pod (from the watch cache once `watch()` runs)."""
+        entries = self._pods.entries() if self._pods is not None else None
+        if entries is None:
+            entries = [self._pod_entry(pod) for pod in self._items(self._pod_list())]
+        return {(namespace, name): node for namespace, name, node in filter(None, entries)}
 
     def agents(self) -> list[AgentEndpoint]:
         """The running pods of the agent DaemonSet (from the watch cache once `watch()` runs)."""
@@ -309,14 +332,19 @@ class Kube:
         return sorted((e for e in entries if e is not None), key=lambda e: e.node)
 
     def watch(self, stop: threading.Event, watch_seconds: float = 300.0) -> list[threading.Thread]:
-        """Keep nodes and agent pods in memory (list once, then watch) instead of listing them every cycle."""
+        """Keep nodes, agent pods (and running pods, when rank checking is on) in memory (list once, then watch)
+        instead of listing them every cycle."""
         self._nodes = Informer(self, self._node_list(), self._node_entry, watch_seconds)
         self._agents = Informer(self, self._agent_list(), self._agent_entry, watch_seconds)
+        informers: list[Informer[Any]] = [self._nodes, self._agents]
+        if self.settings.check_rank_pods:
+            self._pods = Informer(self, self._pod_list(), self._pod_entry, watch_seconds)
+            informers.append(self._pods)
         threads = [
             threading.Thread(
                 target=informer.run, args=(stop,), name=f"watch-{informer.resource}", daemon=True
             )
-            for informer in (self._nodes, self._agents)
+            for informer in informers
         ]
         for thread in threads:
             thread.start()

@@ -1,6 +1,7 @@
 """The controller loop: fetch -> detect -> decide -> act, every interval, with each phase timed.
 
-Discovery comes from `--agent-url` (no Kubernetes) or the agent DaemonSet's pods; detection is the pure engine;
+Discovery comes from `--agent-url` (no Kubernetes) or the agent DaemonSet's pods; ranks whose pod runs on another
+node than the reporting agent's are dropped (`attribution`); detection is the pure engine;
 policy is pure; only the act phase writes, and only on the leader, never in dry-run. The latest cycle is kept in
 `Snapshot` for the status API and the metrics.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.evidence import Evidence
-from controller import policy
+from controller import attribution, policy
 from controller.detect.engine import DetectionEngine, DetectionResult
 from controller.fetch import EvidenceFetcher, Target
 from controller.kube import ClusterView, Kube, KubeError, NotLeader
@@ -45,6 +46,9 @@ class Snapshot:
     )  # node -> action planned this cycle (done unless dry-run)
     agent_urls: dict[str, str] = field(default_factory=dict)  # node -> agent URL
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    misattributed: list[attribution.MisattributedRank] = field(
+        default_factory=list
+    )  # ranks dropped this cycle
     error: str = ""
 
 
@@ -80,6 +84,7 @@ class ControllerLoop:
         self.memory = policy.Memory()
         self._local_breaker = policy.BreakerState()  # dry-run / no Kubernetes: the breaker lives here only
         self._reported: set[str] = set()  # dry-run actions already logged
+        self._misattributed: set[attribution.MisattributedRank] = set()  # already logged, still reported
         self._discovered: tuple[list[Target], ClusterView, policy.BreakerState] = (
             [],
             ClusterView({}, {}),
@@ -134,6 +139,7 @@ class ControllerLoop:
 
         evidence: dict[str, Evidence | None] = dict.fromkeys(cluster.nodes)
         evidence.update(await self.fetcher.fetch(targets))
+        evidence, misattributed = self._trusted_ranks(evidence, cluster)
         lap("fetch")
 
         now = self.clock()
@@ -153,9 +159,7 @@ class ControllerLoop:
 
         if acting:
             await asyncio.to_thread(self._act, decision, cluster, now)
-            if (
-                decision.actions and self.kube is not None
-            ):  # show what the cluster holds now, not before acting
+            if decision.actions and self.kube is not None:  # show what the cluster holds now, not before
                 cluster = await asyncio.to_thread(self.kube.cluster)
         elif self.settings.dry_run or self.kube is None:
             would = {_describe(a) for a in decision.actions if not isinstance(a, policy.Notify)}
@@ -176,9 +180,23 @@ class ControllerLoop:
             planned=planned,
             agent_urls={h.node: url for url, h in health.items() if h.node},
             phase_seconds=phases,
+            misattributed=misattributed,
             error=discovery_error,
         )
         return self.snapshot
+
+    def _trusted_ranks(
+        self, evidence: dict[str, Evidence | None], cluster: ClusterView
+    ) -> tuple[dict[str, Evidence | None], list[attribution.MisattributedRank]]:
+        """Leave out the ranks whose pod runs on another node (Kubernetes mode); log each such rank once."""
+        if cluster.pods is None:
+            return evidence, []
+        checked, misattributed = attribution.check_ranks(evidence, cluster.pods)
+        new = set(misattributed) - self._misattributed
+        for rank in sorted(new, key=attribution.MisattributedRank.describe):
+            log.warning("not trusting a rank: %s; it is left out of detection", rank.describe())
+        self._misattributed = set(misattributed)
+        return checked, misattributed
 
     def _discover(self) -> tuple[list[Target], ClusterView, policy.BreakerState]:
         """Where the agents are, the selected nodes and the breaker (in a worker thread: blocking API calls)."""

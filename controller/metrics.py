@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -87,6 +88,16 @@ class ControllerCollector(Collector):
             if health.node and health.evidence_age_seconds is not None:
                 age.add_metric([health.node], health.evidence_age_seconds)
         yield age
+
+        misattributed = GaugeMetricFamily(
+            "lockstep_controller_misattributed_ranks",
+            "Ranks the node's agent reported for a pod that Kubernetes runs elsewhere or not at all (pods "
+            "list/watch), left out of detection in the last cycle",
+            labels=["node"],
+        )
+        for node, count in sorted(Counter(rank.node for rank in snapshot.misattributed).items()):
+            misattributed.add_metric([node], float(count))
+        yield misattributed
 
         agents = GaugeMetricFamily("lockstep_controller_agents", "Agents the controller pulls evidence from")
         agents.add_metric([], float(loop.fetcher.stats.agents))

@@ -184,6 +184,8 @@ def explain(node: dict[str, Any]) -> str:
         + ("" if age is None else f", evidence {age:.1f} s old")
         + (f", last error: {node['agent_error']}" if node.get("agent_error") else "")
     )
+    for rank in node.get("misattributed_ranks") or []:
+        lines.append(f"Not trusted, left out of detection: {rank}")
     findings = node.get("findings") or []
     if not findings:
         lines.append(

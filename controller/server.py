@@ -36,6 +36,9 @@ def to_plain(value: Any) -> Any:
 
 def node_reports(loop: ControllerLoop) -> list[dict[str, Any]]:
     snapshot, health = loop.snapshot, {h.node: h for h in loop.fetcher.health.values() if h.node}
+    misattributed: dict[str, list[str]] = {}
+    for rank in snapshot.misattributed:
+        misattributed.setdefault(rank.node, []).append(rank.describe())
     reports = []
     for name in sorted(set(snapshot.verdicts) | set(snapshot.cluster.nodes)):
         verdict = snapshot.verdicts.get(name)
@@ -57,6 +60,7 @@ def node_reports(loop: ControllerLoop) -> list[dict[str, Any]]:
                 "agent_url": snapshot.agent_urls.get(name, ""),
                 "agent_error": agent.last_error if agent else "",
                 "evidence_age_seconds": agent.evidence_age_seconds if agent else None,
+                "misattributed_ranks": misattributed.get(name, []),
             }
         )
     return reports

@@ -68,9 +68,14 @@ class KubeSettings(BaseModel):
         default="topology.kubernetes.io/zone",
         description="Node label naming the switch/rack/zone; many suspects behind one value is a fabric problem.",
     )
+    check_rank_pods: bool = Field(
+        default=True,
+        description="Drop ranks an agent reports for a pod (POD_NAMESPACE/POD_NAME) that runs on another node; "
+        "reads every running pod (list + watch).",
+    )
     watch: bool = Field(
         default=True,
-        description="Keep nodes and agent pods by list + watch; off = list them every cycle (small clusters).",
+        description="Keep nodes and pods by list + watch; off = list them every cycle (small clusters).",
     )
     watch_seconds: float = Field(
         default=300.0, gt=0, description="Length of one watch request before it is renewed."

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.evidence import Evidence, HardSignal
+from agent.evidence import Evidence, HardSignal, RankEvidence
 from controller.detect.engine import DetectionEngine
 from controller.fetch import EvidenceFetcher
 from controller.kube import Kube, load_api_client
@@ -92,8 +92,11 @@ def faulty(node: str, reason: str = "CriticalXid", severity: Severity = Severity
     return NodeVerdict(node, Verdict.FAULTY, confidence, reason, (finding,), since or time.time())
 
 
-def evidence_for(node: str, hard_signals: tuple[HardSignal, ...] = ()) -> Evidence:
-    return Evidence(node=node, collected_at=time.time(), agent_version="test", hard_signals=list(hard_signals))
+def evidence_for(
+    node: str, hard_signals: tuple[HardSignal, ...] = (), ranks: tuple[RankEvidence, ...] = ()
+) -> Evidence:
+    return Evidence(node=node, collected_at=time.time(), agent_version="test", hard_signals=list(hard_signals),
+                    ranks=list(ranks))
 
 
 def gpu_fell_off_the_bus() -> HardSignal:
@@ -102,13 +105,14 @@ def gpu_fell_off_the_bus() -> HardSignal:
 
 
 class FakeAgents:
-    """Real HTTP agents (aiohttp) serving fresh /api/v1/evidence per node, with the hard signals a test sets;
+    """Real HTTP agents (aiohttp) serving fresh /api/v1/evidence per node, with the hard signals and ranks a test sets;
     a node's agent can be killed (connection refused from then on)."""
 
     def __init__(self) -> None:
         self.runners: dict[str, web.AppRunner] = {}
         self.urls: dict[str, str] = {}
         self.signals: dict[str, tuple[HardSignal, ...]] = {}
+        self.ranks: dict[str, tuple[RankEvidence, ...]] = {}  # node -> ranks its agent reports
 
     def break_gpu(self, *nodes: str) -> None:
         for node in nodes:
@@ -116,7 +120,7 @@ class FakeAgents:
 
     async def start(self, node: str) -> str:
         async def evidence(request: web.Request) -> web.Response:
-            document = evidence_for(node, self.signals.get(node, ()))
+            document = evidence_for(node, self.signals.get(node, ()), self.ranks.get(node, ()))
             return web.Response(text=document.model_dump_json(), content_type="application/json")
 
         app = web.Application()

@@ -48,10 +48,13 @@ def test_cycles_read_the_cache_and_see_changes_without_listing_again(watching: K
     eventually(lambda: sorted(watching.cluster().nodes) == ["n1", "n2"])
     eventually(lambda: watching.cluster().nodes["n1"].unschedulable)
     eventually(lambda: [a.node for a in watching.agents()] == ["n1", "n2"])
+    emulator.add_pod("ml", "train-0", "n2", "10.0.0.9")
+    eventually(lambda: watching.cluster().pods == {("lockstep", "agent-n1"): "n1", ("lockstep", "agent-n2"): "n2",
+                                                   ("ml", "train-0"): "n2"})  # fmt: skip
     for _ in range(5):
         watching.cluster()
         watching.agents()
-    assert lists(emulator, "nodes") == 1 and lists(emulator, "pods") == 1
+    assert lists(emulator, "nodes") == 1 and lists(emulator, "pods") == 2  # agent pods; every running pod
     assert any(r.verb == "watch" and r.resource == "nodes" for r in emulator.store.requests)
 
 
