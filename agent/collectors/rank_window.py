@@ -7,12 +7,12 @@ statistics, no sockets, no clocks of its own (callers pass `now`, Unix s).
 from __future__ import annotations
 
 import logging
-import statistics
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
+from agent.collectors.step_period import step_period_seconds
 from agent.evidence import CollectiveSample, RankEvidence
 from agent.probe.wire import OP_CLASS, Kind, Op
 
@@ -242,8 +242,8 @@ class RankWindow:
         return self._completed(slots[np.argsort(self._seq[slots], kind="stable")])
 
     def step_period_seconds(self, window: list[Completed]) -> float | None:
-        """Period of the rank's collective pattern: median time between a collective and the same one a
-        pattern repeat later (one training step for DDP). Cached until the window changes."""
+        """The rank's step period (s): the (op, bytes) pattern's repeat, refined by the gaps between collectives
+        (see step_period.py). Cached until the window changes."""
         window = window[-512:]
         key = (len(window), window[0].seq, window[-1].seq) if window else (0, 0, 0)
         if self._period_cache[0] != key:
@@ -255,9 +255,7 @@ class RankWindow:
         k = repeat_length([(s.op, s.bytes) for s in window])
         if k is None:
             return None
-        periods = [window[i + k].issued_at - window[i].issued_at for i in range(len(window) - k)]
-        period = statistics.median(periods) if periods else None
-        return period if period and period > 0 else None
+        return step_period_seconds([s.issued_at for s in window], k)
 
     def evidence(self, now: float, window_seconds: float, max_samples: int, dropped_records: int) -> RankEvidence:
         window = self.in_window(now, window_seconds)
