@@ -104,11 +104,12 @@ class CollectiveState:
         with self.lock:
             if datagram.truncated and not reasons["truncated"]:
                 reasons["truncated"] += 1  # the torn tail; whole records before it still count
-            if len(records):
-                skewed = np.abs(records["issued_at"] - now) > self.settings.max_clock_skew_seconds
-                if skewed.any():
-                    reasons["out_of_window"] += int(skewed.sum())
-                    decoded = decoded._replace(records=records[~skewed])
+            issued_at = records["issued_at"].tolist()
+            skew = self.settings.max_clock_skew_seconds
+            if issued_at and (min(issued_at) < now - skew or max(issued_at) > now + skew):
+                skewed = np.abs(records["issued_at"] - now) > skew
+                reasons["out_of_window"] += int(skewed.sum())
+                decoded = decoded._replace(records=records[~skewed])
             for key, batch in _batches(decoded):
                 refused = self._apply(key, batch, datagram.pid, now)
                 reasons.update(refused)
@@ -132,9 +133,8 @@ class CollectiveState:
         if sender is None:
             sender = self.senders[rank_key] = Sender(pid, now)
         sender.last_heard = now
-        sender.dropped_total = max(sender.dropped_total, int(records["dropped_total"].max()))
-        heartbeats = records["kind"] == _HEARTBEAT
-        collectives = records[~heartbeats] if heartbeats.any() else records
+        sender.dropped_total = max(sender.dropped_total, max(records["dropped_total"].tolist()))
+        collectives = records[records["kind"] != _HEARTBEAT] if _HEARTBEAT in records["kind"].tolist() else records
         if not len(collectives):
             return []
         window_key = (job, rank, group)

@@ -7,14 +7,15 @@ statistics, no sockets, no clocks of its own (callers pass `now`, Unix s).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from agent.collectors.step_period import step_period_seconds
 from agent.evidence import CollectiveSample, RankEvidence
-from agent.probe.wire import OP_CLASS, Kind, Op
+from agent.probe.wire import OP_CLASS, RECORD_DTYPE, Kind, Op
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,16 @@ WAIT_BUCKETS_SECONDS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 _WAIT_BOUNDS = np.array(WAIT_BUCKETS_SECONDS)
+# One completed collective in a window's ring buffer (completed_at 0 = completion not measured).
+SAMPLE_DTYPE = np.dtype([("seq", "<i8"), ("op", "u1"), ("bytes", "<i8"), ("issued_at", "<f8"), ("completed_at", "<f8")])
+# The same fields read in place from decoded wire records (assigning from this view copies only them).
+_RECORD_FIELDS: Mapping[str, Any] = RECORD_DTYPE.fields or {}
+_SAMPLE_VIEW = np.dtype({
+    "names": list(SAMPLE_DTYPE.names or ()),
+    "formats": [_RECORD_FIELDS[name][0] for name in SAMPLE_DTYPE.names or ()],
+    "offsets": [_RECORD_FIELDS[name][1] for name in SAMPLE_DTYPE.names or ()],
+    "itemsize": RECORD_DTYPE.itemsize,
+})  # fmt: skip
 _COMPLETE, _ISSUE = int(Kind.COMPLETE), int(Kind.ISSUE)
 _OP_CLASS_OF: dict[int, str] = {int(op): name for op, name in OP_CLASS.items()}
 
@@ -100,27 +111,55 @@ class RankWindow:
         self.pid = 0
         self.max_samples = max_samples
         self.max_pending = max_pending
-        self._seq = np.zeros(max_samples, dtype=np.int64)
-        self._op = np.zeros(max_samples, dtype=np.uint8)
-        self._bytes = np.zeros(max_samples, dtype=np.int64)
-        self._issued_at = np.zeros(max_samples, dtype=np.float64)
-        self._completed_at = np.zeros(max_samples, dtype=np.float64)  # 0 = completion not measured
+        self._ring = np.zeros(max_samples, dtype=SAMPLE_DTYPE)
         self._next = 0  # ring index the next sample goes to
         self.count = 0  # samples held, <= max_samples
+        self._unfolded = 0  # newest samples not yet counted in totals and progress (folded when read or overwritten)
         self.pending: dict[int, tuple[Op, float]] = {}
-        self.totals: dict[str, OpTotals] = {}
+        self._totals: dict[str, OpTotals] = {}
         self.last_seq = -1
         self.last_completed_seq = -1
-        self.last_issued_at = 0.0
-        self.last_progress_at = 0.0
+        self._last_issued_at = 0.0
+        self._last_progress_at = 0.0
         self._period_cache: tuple[tuple[int, int, int], float | None] = ((-1, -1, -1), None)
 
     def knows(self, seq: int) -> bool:
         """Whether `seq` already completed in this window (a duplicate or replayed record)."""
-        return bool((self._seq[: self.count] == seq).any())
+        return bool((self._ring["seq"][: self.count] == seq).any())
 
     def oldest_seq(self) -> int:
-        return int(self._seq[self._next]) if self.count == self.max_samples else -1
+        return int(self._ring["seq"][self._next]) if self.count == self.max_samples else -1
+
+    @property
+    def totals(self) -> dict[str, OpTotals]:
+        """Cumulative counters per op class (Prometheus counters)."""
+        self._fold()
+        return self._totals
+
+    @property
+    def last_issued_at(self) -> float:
+        self._fold()
+        return self._last_issued_at
+
+    @property
+    def last_progress_at(self) -> float:
+        """Latest issue or completion time seen, Unix s: a rank whose progress stops is hung or stalled."""
+        self._fold()
+        return self._last_progress_at
+
+    def _fold(self) -> None:
+        """Count the newest samples into totals and progress: once per scrape, not per datagram."""
+        if not self._unfolded:
+            return
+        slots = (self._next - self._unfolded + np.arange(self._unfolded)) % self.max_samples
+        samples = self._ring[slots]
+        self._unfolded = 0
+        issued_at, completed_at = samples["issued_at"], samples["completed_at"]
+        self._progress(self.last_seq, float(issued_at.max()), float(np.maximum(issued_at, completed_at).max()))
+        ops, measured, waits = samples["op"], completed_at > 0, completed_at - issued_at
+        for op in np.unique(ops).tolist():
+            same = ops == op
+            self._totals_of(op).add(samples["bytes"][same], waits[same & measured])
 
     def identify(self, world_size: int, local_rank: int | None, pod: str, namespace: str, pid: int) -> None:
         """Who the rank is: taken from the first records of each sender process."""
@@ -129,8 +168,8 @@ class RankWindow:
     def add(self, records: np.ndarray) -> list[str]:
         """Apply a batch of decoded records (wire.RECORD_DTYPE, one process, datagram order); the drop reasons of
         the records refused as replayed or older than the window."""
-        kinds = records["kind"]
-        if bool((kinds == _COMPLETE).all()):
+        kinds = records["kind"].tolist()
+        if kinds.count(_COMPLETE) == len(kinds):
             return self._add_completed(records)
         dropped: list[str] = []
         for index in range(len(records)):  # ISSUE records are rare (a collective pending for long): one by one
@@ -149,37 +188,28 @@ class RankWindow:
 
     def _progress(self, seq: int, issued_at: float, progress_at: float) -> None:
         self.last_seq = max(self.last_seq, seq)
-        self.last_issued_at = max(self.last_issued_at, issued_at)
-        self.last_progress_at = max(self.last_progress_at, progress_at)
+        self._last_issued_at = max(self._last_issued_at, issued_at)
+        self._last_progress_at = max(self._last_progress_at, progress_at)
 
     def _add_completed(self, records: np.ndarray) -> list[str]:
-        seqs = records["seq"].astype(np.int64)
-        fresh = bool(seqs[0] > self.last_completed_seq) and (len(seqs) == 1 or bool((np.diff(seqs) > 0).all()))
+        seqs = records["seq"].tolist()  # a few dozen: plain Python beats numpy's per-call cost here
+        fresh = seqs[0] > self.last_completed_seq and all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
         if not fresh:  # a seq at or below one seen: decide replay / old / new process group record by record
             dropped: list[str] = []
             for index in range(len(records)):
                 dropped += self._add_one_seen(records[index : index + 1])
             return dropped
         self.last_completed_seq = int(seqs[-1])
-        self._store(seqs, records)
+        self._store(int(seqs[-1]), records)
         return []
 
-    def _store(self, seqs: np.ndarray, records: np.ndarray) -> None:
-        issued_at, completed_at = records["issued_at"], records["completed_at"]
-        self._progress(int(seqs.max()), float(issued_at.max()), float(np.maximum(issued_at, completed_at).max()))
+    def _store(self, seq: int, records: np.ndarray) -> None:
+        """Keep completed collectives, the highest of them `seq`."""
+        self.last_seq = max(self.last_seq, seq)
         if self.pending:  # one process group runs its collectives in issue order: completing s completes all before
-            for seq in [seq for seq in self.pending if seq <= self.last_seq]:
-                del self.pending[seq]
-        self._append(seqs, records)
-        ops, nbytes = records["op"], records["bytes"].astype(np.int64)
-        measured = completed_at > 0
-        waits = completed_at - issued_at
-        if bool((ops == ops[0]).all()):
-            self._totals(int(ops[0])).add(nbytes, waits[measured])
-        else:
-            for op in np.unique(ops).tolist():
-                same = ops == op
-                self._totals(op).add(nbytes[same], waits[same & measured])
+            for pending_seq in [pending_seq for pending_seq in self.pending if pending_seq <= seq]:
+                del self.pending[pending_seq]
+        self._append(records)
 
     def _add_one_seen(self, record: np.ndarray) -> list[str]:
         seq = int(record["seq"][0])
@@ -192,7 +222,7 @@ class RankWindow:
             log.info("job %s rank %d group %s restarted its sequence numbers", self.job, self.rank, self.group)
             self._restart()
             return self._add_completed(record)
-        self._store(np.array([seq], dtype=np.int64), record)  # a gap filled late: kept, ordered at evidence time
+        self._store(seq, record)  # a gap filled late: kept, ordered at evidence time
         return []
 
     def _restart(self) -> None:
@@ -200,28 +230,27 @@ class RankWindow:
         self.__init__(self.job, self.rank, self.group, self.max_samples, self.max_pending)  # type: ignore[misc]
         self.identify(*identity)
 
-    def _totals(self, op: int) -> OpTotals:
+    def _totals_of(self, op: int) -> OpTotals:
         op_class = _OP_CLASS_OF.get(op, "other")
-        totals = self.totals.get(op_class)
+        totals = self._totals.get(op_class)
         if totals is None:
-            totals = self.totals[op_class] = OpTotals()
+            totals = self._totals[op_class] = OpTotals()
         return totals
 
-    def _append(self, seqs: np.ndarray, records: np.ndarray) -> None:
-        """Write samples into the rings, overwriting the oldest."""
+    def _append(self, records: np.ndarray) -> None:
+        """Write samples into the ring, overwriting the oldest (counted into totals first)."""
         size = self.max_samples
-        if len(seqs) > size:
-            seqs, records = seqs[-size:], records[-size:]
-        start, end = self._next, self._next + len(seqs)
-        for part, slots in ((slice(0, size - start), slice(start, min(end, size))), (slice(size - start, None), slice(0, max(0, end - size)))):
-            if slots.stop > slots.start:
-                self._seq[slots] = seqs[part]
-                self._op[slots] = records["op"][part]
-                self._bytes[slots] = records["bytes"][part]
-                self._issued_at[slots] = records["issued_at"][part]
-                self._completed_at[slots] = records["completed_at"][part]
-        self._next = end % size
-        self.count = min(size, self.count + len(seqs))
+        for chunk_start in range(0, len(records), size):
+            chunk = records.view(_SAMPLE_VIEW)[chunk_start : chunk_start + size]
+            if self._unfolded + len(chunk) > size:
+                self._fold()
+            start, end = self._next, self._next + len(chunk)
+            self._ring[start : min(end, size)] = chunk[: size - start]
+            if end > size:
+                self._ring[: end - size] = chunk[size - start :]
+            self._next = end % size
+            self.count = min(size, self.count + len(chunk))
+            self._unfolded += len(chunk)
 
     @property
     def samples(self) -> list[Completed]:
@@ -229,8 +258,7 @@ class RankWindow:
         return self._completed(np.roll(np.arange(self.count), -self._next if self.count == self.max_samples else 0))
 
     def _completed(self, slots: np.ndarray) -> list[Completed]:
-        rows = zip(self._seq[slots].tolist(), self._op[slots].tolist(), self._bytes[slots].tolist(),
-                   self._issued_at[slots].tolist(), self._completed_at[slots].tolist(), strict=True)  # fmt: skip
+        rows = self._ring[slots].tolist()
         return [
             Completed(seq, Op(op), nbytes, issued, done or None, (done - issued) if done else None)
             for seq, op, nbytes, issued, done in rows
@@ -238,8 +266,8 @@ class RankWindow:
 
     def in_window(self, now: float, window_seconds: float) -> list[Completed]:
         """Samples issued within the last `window_seconds`, in sequence order."""
-        slots = np.flatnonzero(self._issued_at[: self.count] >= now - window_seconds)
-        return self._completed(slots[np.argsort(self._seq[slots], kind="stable")])
+        slots = np.flatnonzero(self._ring["issued_at"][: self.count] >= now - window_seconds)
+        return self._completed(slots[np.argsort(self._ring["seq"][slots], kind="stable")])
 
     def step_period_seconds(self, window: list[Completed]) -> float | None:
         """The rank's step period (s): the (op, bytes) pattern's repeat, refined by the gaps between collectives
