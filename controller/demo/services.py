@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 def agent_config(node: Node) -> dict[str, object]:
     """The agent's YAML config for a demo node: where its node's training processes find the probe socket.
 
-    Nothing else differs from a real node: inside the node's namespace the agent reads that namespace's
-    interfaces (/sys/class/net) and TCP counters (/proc/self/net/snmp, the agent's default).
+    Inside the node's network namespace the agent reads that namespace's interfaces (/sys/class/net) and, since
+    the namespace shares the host's /proc, its TCP counters from /proc/self/net/snmp (on a real node the agent
+    reads PID 1's, the node's namespace, its default).
     """
-    return {"collective": {"socket_dir": str(node.socket_dir)}}
+    return {"collective": {"socket_dir": str(node.socket_dir)}, "host": {"tcp_namespace_pid": "self"}}
 
 
 def start_agent(processes: ProcessSet, node: Node, env: Mapping[str, str]) -> Child:
