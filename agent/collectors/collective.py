@@ -236,7 +236,7 @@ class CollectiveState:
                         buckets.append((repr(bound), cumulative))
                     buckets.append(("+Inf", totals.wait_count))
                     wait.add_metric([*base, op], buckets, totals.wait_sum_seconds)
-                step = window.step_period_seconds(window.in_window(now, self.settings.window_seconds))
+                step = window.step_period_seconds(now, self.settings.window_seconds)
                 if step is not None:
                     period.add_metric(base, step)
                 last_seq.add_metric(base, window.last_seq)

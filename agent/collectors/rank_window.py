@@ -36,6 +36,7 @@ _SAMPLE_VIEW = np.dtype({
 })  # fmt: skip
 _COMPLETE, _ISSUE = int(Kind.COMPLETE), int(Kind.ISSUE)
 _OP_CLASS_OF: dict[int, str] = {int(op): name for op, name in OP_CLASS.items()}
+PERIOD_SAMPLES = 512  # newest collectives the step period is estimated from
 
 
 @dataclass
@@ -86,11 +87,10 @@ def repeat_length(signature: list[tuple[Op, int]], max_length: int = 256) -> int
     return None
 
 
-def _quantile(values: list[float], q: float) -> float | None:
-    if not values:
+def _quantile(values: np.ndarray, q: float) -> float | None:
+    if not len(values):
         return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return float(np.sort(values)[min(len(values) - 1, int(q * len(values)))])
 
 
 class RankWindow:
@@ -264,37 +264,36 @@ class RankWindow:
             for seq, op, nbytes, issued, done in rows
         ]
 
-    def in_window(self, now: float, window_seconds: float) -> list[Completed]:
-        """Samples issued within the last `window_seconds`, in sequence order."""
+    def _window_slots(self, now: float, window_seconds: float) -> np.ndarray:
+        """Ring slots of the samples issued within the last `window_seconds`, in sequence order."""
         slots = np.flatnonzero(self._ring["issued_at"][: self.count] >= now - window_seconds)
-        return self._completed(slots[np.argsort(self._ring["seq"][slots], kind="stable")])
+        return slots[np.argsort(self._ring["seq"][slots], kind="stable")]
 
-    def step_period_seconds(self, window: list[Completed]) -> float | None:
-        """The rank's step period (s): the (op, bytes) pattern's repeat, refined by the gaps between collectives
-        (see step_period.py). Cached until the window changes."""
-        window = window[-512:]
-        key = (len(window), window[0].seq, window[-1].seq) if window else (0, 0, 0)
+    def step_period_seconds(self, now: float, window_seconds: float) -> float | None:
+        """The rank's step period (s) over the last `window_seconds`; see _period_of."""
+        return self._period_of(self._window_slots(now, window_seconds))
+
+    def _period_of(self, slots: np.ndarray) -> float | None:
+        """Step period (s) of the samples at `slots` (sequence order): the (op, bytes) pattern's repeat, refined by
+        the gaps between collectives (see step_period.py). Read straight from the ring; cached until it changes."""
+        samples = self._ring[slots[-PERIOD_SAMPLES:]]
+        seqs = samples["seq"]
+        key = (len(samples), int(seqs[0]), int(seqs[-1])) if len(samples) else (0, 0, 0)
         if self._period_cache[0] != key:
-            self._period_cache = (key, self._step_period(window))
+            k = repeat_length(list(zip(samples["op"].tolist(), samples["bytes"].tolist(), strict=True)))
+            self._period_cache = (key, None if k is None else step_period_seconds(samples["issued_at"], k))
         return self._period_cache[1]
 
-    @staticmethod
-    def _step_period(window: list[Completed]) -> float | None:
-        k = repeat_length([(s.op, s.bytes) for s in window])
-        if k is None:
-            return None
-        return step_period_seconds([s.issued_at for s in window], k)
-
     def evidence(self, now: float, window_seconds: float, max_samples: int, dropped_records: int) -> RankEvidence:
-        window = self.in_window(now, window_seconds)
-        waits = [w for w in (s.wait_seconds for s in window) if w is not None]
-        gaps: list[float] = []
-        done = 0.0
-        for prev, nxt in zip(window, window[1:], strict=False):
-            done = max(done, prev.completed_at or prev.issued_at)
-            if nxt.issued_at > done:
-                gaps.append(nxt.issued_at - done)
-        span = min(window_seconds, max(now - window[0].issued_at, 1e-9)) if window else window_seconds
+        slots = self._window_slots(now, window_seconds)
+        window = self._ring[slots]  # summaries straight from the ring columns; Completed rows only for `samples`
+        issued_at, completed_at = window["issued_at"], window["completed_at"]
+        measured = completed_at != 0
+        waits = (completed_at - issued_at)[measured]
+        done = np.maximum.accumulate(np.where(measured, completed_at, issued_at))[:-1]  # all before the next issue
+        gaps = issued_at[1:] - np.maximum(done, 0.0)
+        gaps = gaps[gaps > 0]
+        span = min(window_seconds, max(now - float(issued_at[0]), 1e-9)) if len(window) else window_seconds
         pending_seq = min(self.pending) if self.pending else None
         pending = self.pending.get(pending_seq) if pending_seq is not None else None
         return RankEvidence(
@@ -309,7 +308,7 @@ class RankWindow:
             window_seconds=span,
             collectives_in_window=len(window),
             collectives_per_second=len(window) / span,
-            step_period_seconds=self.step_period_seconds(window),
+            step_period_seconds=self._period_of(slots),
             last_seq=self.last_seq,
             last_progress_at=self.last_progress_at,
             pending_seq=pending_seq,
@@ -318,10 +317,10 @@ class RankWindow:
             wait_seconds_p50=_quantile(waits, 0.5),
             wait_seconds_p90=_quantile(waits, 0.9),
             compute_gap_seconds_p50=_quantile(gaps, 0.5),
-            bytes_per_second=sum(s.bytes for s in window) / span,
+            bytes_per_second=int(window["bytes"].sum()) / span,
             dropped_records=dropped_records,
             samples=[
                 CollectiveSample(seq=s.seq, op=s.op.name, bytes=s.bytes, arrival=s.issued_at, wait_seconds=s.wait_seconds)
-                for s in window[-max_samples:]
+                for s in self._completed(slots[-max_samples:])
             ],
         )
