@@ -34,13 +34,18 @@ class ByteCounters:
     def __init__(self, root: str, name: str) -> None:
         base = os.path.join(root, name, "statistics")
         self.name = name
-        self._fds = [os.open(os.path.join(base, f), os.O_RDONLY) for f in ("rx_bytes", "tx_bytes")]
+        self._rx = os.open(os.path.join(base, "rx_bytes"), os.O_RDONLY)
+        try:
+            self._tx = os.open(os.path.join(base, "tx_bytes"), os.O_RDONLY)
+        except OSError:
+            os.close(self._rx)
+            raise
 
     def read(self) -> int:
         """rx + tx bytes since the interface came up; raises OSError when the interface is gone."""
-        return sum(int(os.pread(fd, 32, 0)) for fd in self._fds)
+        return int(os.pread(self._rx, 32, 0)) + int(os.pread(self._tx, 32, 0))
 
     def close(self) -> None:
-        for fd in self._fds:
+        for fd in (self._rx, self._tx):
             with contextlib.suppress(OSError):
                 os.close(fd)

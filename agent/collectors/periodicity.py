@@ -92,14 +92,18 @@ class PeriodicityCollector(Collector):
             self._stop.wait(max(0.0, next_sample - time.monotonic()))
 
     def sample(self, now: float) -> None:
-        """Read every interface's counters once (one sampling tick)."""
+        """Read every interface's counters once (one sampling tick), then store them under one lock."""
+        values = []
         for name, counters in list(self._counters.items()):
             try:
-                value = counters.read()
+                values.append((name, counters.read()))
             except (OSError, ValueError):
                 continue  # interface going away; the next rescan drops it
-            with self._lock:
-                history = self._history.setdefault(name, deque(maxlen=self._capacity))
+        with self._lock:
+            for name, value in values:
+                history = self._history.get(name)
+                if history is None:
+                    history = self._history[name] = deque(maxlen=self._capacity)
                 history.append((now, value))
 
     def patterns(self) -> dict[str, tuple[TrafficPattern, float]]:
