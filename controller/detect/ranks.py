@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.evidence import CollectiveSample, Evidence, RankEvidence
+from controller.detect.columns import RankColumns, sample_columns
 
 JobKey = tuple[str, str]
 """(namespace, job name): two namespaces may run jobs of the same name."""
@@ -24,6 +25,7 @@ class RankEntry:
     node: str
     rank: RankEvidence
     collected_at: float  # the reporting document's time, agent clock (s)
+    columns: RankColumns  # the rank's samples as arrays
 
 
 @dataclass
@@ -42,20 +44,22 @@ class RankGroup:
 def group_ranks(evidence: Mapping[str, Evidence]) -> dict[JobKey, dict[str, RankGroup]]:
     """Job -> process group -> group of ranks in rank order. A rank reported twice (a pod moved) keeps the
     newest report."""
-    ranks: dict[JobKey, dict[str, dict[int, RankEntry]]] = {}
+    ranks: dict[tuple[str, str, str], dict[int, RankEntry]] = {}  # (namespace, job, process group) -> ranks
     for node, document in evidence.items():
-        for rank in document.ranks:
-            group = ranks.setdefault((rank.namespace, rank.job), {}).setdefault(rank.process_group, {})
+        collected_at = document.collected_at
+        for rank, columns in zip(
+            document.ranks, sample_columns(document), strict=True
+        ):  # one look-up per rank
+            group = ranks.setdefault((rank.namespace, rank.job, rank.process_group), {})
             known = group.get(rank.rank)
-            if known is None or document.collected_at > known.collected_at:
-                group[rank.rank] = RankEntry(node, rank, document.collected_at)
-    return {
-        job: {
-            name: RankGroup(job, name, [entries[r] for r in sorted(entries)])
-            for name, entries in sorted(groups.items())
-        }
-        for job, groups in ranks.items()
-    }
+            if known is None or collected_at > known.collected_at:
+                group[rank.rank] = RankEntry(node, rank, collected_at, columns)
+    jobs: dict[JobKey, dict[str, RankGroup]] = {}
+    for (namespace, job, name), entries in ranks.items():
+        jobs.setdefault((namespace, job), {})[name] = RankGroup(
+            (namespace, job), name, [entries[r] for r in sorted(entries)]
+        )
+    return {job: dict(sorted(groups.items())) for job, groups in jobs.items()}
 
 
 def estimate_step_period(group: RankGroup) -> float | None:
