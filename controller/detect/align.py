@@ -48,19 +48,23 @@ class _Flat:
 
 def _flatten(groups: Sequence[RankGroup], samples_per_rank: int) -> _Flat:
     """All ranks' recent samples, concatenated from the columns decoded when their documents arrived: at
-    80,000 ranks any per-sample Python step is the cost of the whole cycle."""
+    80,000 ranks any per-rank or per-sample Python statement is the cost of the whole cycle."""
     entries = [entry for group in groups for entry in group.entries]
     columns = list(map(attrgetter("columns"), entries))
     ranks = list(map(attrgetter("rank"), entries))
-    start = -samples_per_rank
     nodes = list(map(attrgetter("node"), entries))
     node_names = list(dict.fromkeys(nodes))
     code = {name: i for i, name in enumerate(node_names)}
+    seqs = list(map(attrgetter("seq"), columns))
+    counts = np.fromiter(map(len, seqs), np.int64, len(seqs))
+    total = int(counts.sum())
+    from_end = np.repeat(np.cumsum(counts), counts) - np.arange(total) - 1  # 0 for each rank's last sample
+    recent = from_end < samples_per_rank
     return _Flat(
-        seq=_tails([c.seq for c in columns], start, np.int64),
-        arrival=_tails([c.arrival for c in columns], start, np.float64),
-        wait=_tails([c.wait for c in columns], start, np.float64),
-        lengths=np.fromiter((min(len(c.seq), samples_per_rank) for c in columns), np.int64, len(columns)),
+        seq=_concatenate(seqs, np.int64)[recent],
+        arrival=_concatenate(list(map(attrgetter("arrival"), columns)), np.float64)[recent],
+        wait=_concatenate(list(map(attrgetter("wait"), columns)), np.float64)[recent],
+        lengths=np.minimum(counts, samples_per_rank),
         ranks=np.fromiter(map(attrgetter("rank"), ranks), np.int64, len(ranks)),
         node_codes=np.fromiter(map(code.__getitem__, nodes), np.int64, len(nodes)),
         compute_gaps=np.array(list(map(attrgetter("compute_gap_seconds_p50"), ranks)), dtype=np.float64),
@@ -68,11 +72,8 @@ def _flatten(groups: Sequence[RankGroup], samples_per_rank: int) -> _Flat:
     )
 
 
-def _tails(arrays: list[np.ndarray], start: int, dtype: type) -> np.ndarray:
-    """The last `-start` elements of each array, concatenated."""
-    if not arrays:
-        return np.empty(0, dtype)
-    return np.concatenate([a[start:] for a in arrays]).astype(dtype, copy=False)
+def _concatenate(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype)
 
 
 def align(groups: Sequence[RankGroup], samples_per_rank: int, min_collectives: int) -> list[Stack]:
