@@ -1,7 +1,8 @@
 """Collective samples of an evidence document as numpy columns, decoded once per document and remembered.
 
-The fetcher decodes each document as it arrives (`sample_columns`); the detection cycle then reads the same
-columns instead of millions of sample objects: at 10,000 nodes that read was most of a cycle. A document that
+The fetcher decodes each document as it arrives and keeps only the columns (`without_samples`); the detection
+cycle then reads the columns instead of millions of sample objects: at 10,000 nodes that read was most of a
+cycle, and the sample objects most of the controller's memory. A document that
 was not decoded before (tests, the simulator) is decoded on first use. Columns live as long as the document.
 """
 
@@ -34,8 +35,24 @@ def sample_columns(document: Evidence) -> tuple[RankColumns, ...]:
     known = _decoded.get(key)
     if known is not None and known[0]() is document:
         return known[1]
-    columns = _decode(document)
-    _decoded[key] = (weakref.ref(document, lambda _, key=key: _decoded.pop(key, None)), columns)  # type: ignore[misc]
+    return _remember(document, _decode(document))
+
+
+def without_samples(document: Evidence) -> Evidence:
+    """The document with its ranks' samples kept only as columns (registered for the copy): the sample
+    objects are most of a document's memory, and detection reads only the columns."""
+    columns = sample_columns(document)
+    lean = document.model_copy(
+        update={"ranks": [rank.model_copy(update={"samples": []}) for rank in document.ranks]}
+    )
+    _remember(lean, columns)
+    return lean
+
+
+def _remember(document: Evidence, columns: tuple[RankColumns, ...]) -> tuple[RankColumns, ...]:
+    """Keep `columns` for as long as `document` lives."""
+    key = id(document)
+    _decoded[key] = (weakref.ref(document, lambda _: _decoded.pop(key, None)), columns)
     return columns
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.evidence import CollectiveSample, Evidence, RankEvidence
+from agent.evidence import Evidence, RankEvidence
 from controller.detect.columns import RankColumns, sample_columns
 
 JobKey = tuple[str, str]
@@ -68,7 +68,7 @@ def estimate_step_period(group: RankGroup) -> float | None:
     the (op, bytes) pattern, which collapses to one bucket when every bucket has the same size; the floor
     catches that (it is then a lower bound: thresholds relative to the step get stricter, never looser in
     time for hangs, which are clamped to at least `hang_min_seconds`)."""
-    floors = [gap for entry in group.entries[:3] if (gap := _mean_gap(entry.rank.samples)) is not None]
+    floors = [gap for entry in group.entries[:3] if (gap := _mean_gap(entry.columns.arrival)) is not None]
     reported = [e.rank.step_period_seconds for e in group.entries if e.rank.step_period_seconds]
     floor = float(np.median(floors)) if floors else None
     step = float(np.median(reported)) if reported else None
@@ -77,9 +77,9 @@ def estimate_step_period(group: RankGroup) -> float | None:
     return step
 
 
-def _mean_gap(samples: list[CollectiveSample], min_samples: int = 4) -> float | None:
-    """Mean time between successive collectives of one rank (s)."""
-    if len(samples) < min_samples:
+def _mean_gap(arrival: np.ndarray, min_samples: int = 4) -> float | None:
+    """Mean time between successive collectives of one rank (s), from its samples' arrival times."""
+    if len(arrival) < min_samples:
         return None
-    span = samples[-1].arrival - samples[0].arrival
-    return span / (len(samples) - 1) if span > 0 else None
+    span = float(arrival[-1]) - float(arrival[0])
+    return span / (len(arrival) - 1) if span > 0 else None
