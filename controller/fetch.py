@@ -17,6 +17,7 @@ import aiohttp
 import pydantic
 
 from agent.evidence import Evidence
+from controller.detect.columns import without_samples
 from controller.settings import FetchSettings
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class EvidenceFetcher:
         if age > self.settings.max_evidence_age_seconds:
             return self._failed(target, health, "stale", f"evidence is {age:.0f} s old")
         health.failures, health.last_error = 0, ""
-        return document
+        return without_samples(document)  # columns decoded now, while other agents answer, not in the cycle
 
     def _failed(self, target: Target, health: AgentHealth, kind: str, message: str) -> Evidence | None:
         """Count and log the failure, back the agent off; returns None (no evidence) for the caller to return."""

@@ -202,21 +202,22 @@ class DetectionEngine:
         """Update rank memory; True while the job is (re)starting: new processes, sequence reset, new size."""
         memory = self._jobs.get(key)
         restarted = memory is None
+        known_ranks = self._ranks
         for name, group in groups.items():
             sizes = {e.rank.world_size for e in group.entries}
             restarted |= len(sizes) > 1
-            for e in group.entries:
-                rank_key = (key, name, e.rank.rank)
-                known = self._ranks.get(rank_key)
+            for e in group.entries:  # at scale a per-rank loop: names bound once, no repeated lookups
+                rank = e.rank
+                pid, world_size, last_seq = rank.pid, rank.world_size, rank.last_seq
+                rank_key = (key, name, rank.rank)
+                known = known_ranks.get(rank_key)
                 if known is not None and (
-                    (e.rank.pid and known.pid and e.rank.pid != known.pid)
-                    or e.rank.world_size != known.world_size
-                    or e.rank.last_seq < known.last_seq
+                    (pid and known.pid and pid != known.pid)
+                    or world_size != known.world_size
+                    or last_seq < known.last_seq
                 ):
                     restarted = True
-                self._ranks[rank_key] = _RankMemory(
-                    e.rank.pid, e.rank.world_size, e.rank.last_seq, e.node, now
-                )
+                known_ranks[rank_key] = _RankMemory(pid, world_size, last_seq, e.node, now)
         if memory is None:
             memory = self._jobs[key] = _JobMemory(restarted_at=now)
         if restarted:
@@ -285,19 +286,20 @@ class DetectionEngine:
         ranks = []
         for name, group in groups.items():
             report = reports.get((key, name))
+            lateness = report.lateness_seconds if report else {}
+            waits = report.wait_seconds if report else {}
             for e in group.entries:
+                rank = e.rank
                 ranks.append(
                     RankView(
-                        rank=e.rank.rank,
+                        rank=rank.rank,
                         node=e.node,
                         process_group=name,
-                        last_seq=e.rank.last_seq,
-                        pending_seq=e.rank.pending_seq,
-                        lateness_seconds=report.lateness_seconds.get(e.rank.rank) if report else None,
-                        wait_seconds=report.wait_seconds.get(e.rank.rank, e.rank.wait_seconds_p50)
-                        if report
-                        else e.rank.wait_seconds_p50,
-                        compute_gap_seconds=e.rank.compute_gap_seconds_p50,
+                        last_seq=rank.last_seq,
+                        pending_seq=rank.pending_seq,
+                        lateness_seconds=lateness.get(rank.rank),
+                        wait_seconds=waits.get(rank.rank, rank.wait_seconds_p50),
+                        compute_gap_seconds=rank.compute_gap_seconds_p50,
                     )
                 )
         return JobView(

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.evidence import CollectiveSample, Evidence, RankEvidence
+from agent.evidence import Evidence, RankEvidence
+from controller.detect.columns import RankColumns, sample_columns
 
 JobKey = tuple[str, str]
 """(namespace, job name): two namespaces may run jobs of the same name."""
@@ -24,6 +25,7 @@ class RankEntry:
     node: str
     rank: RankEvidence
     collected_at: float  # the reporting document's time, agent clock (s)
+    columns: RankColumns  # the rank's samples as arrays
 
 
 @dataclass
@@ -42,20 +44,22 @@ class RankGroup:
 def group_ranks(evidence: Mapping[str, Evidence]) -> dict[JobKey, dict[str, RankGroup]]:
     """Job -> process group -> group of ranks in rank order. A rank reported twice (a pod moved) keeps the
     newest report."""
-    ranks: dict[JobKey, dict[str, dict[int, RankEntry]]] = {}
+    ranks: dict[tuple[str, str, str], dict[int, RankEntry]] = {}  # (namespace, job, process group) -> ranks
     for node, document in evidence.items():
-        for rank in document.ranks:
-            group = ranks.setdefault((rank.namespace, rank.job), {}).setdefault(rank.process_group, {})
+        collected_at = document.collected_at
+        for rank, columns in zip(
+            document.ranks, sample_columns(document), strict=True
+        ):  # one look-up per rank
+            group = ranks.setdefault((rank.namespace, rank.job, rank.process_group), {})
             known = group.get(rank.rank)
-            if known is None or document.collected_at > known.collected_at:
-                group[rank.rank] = RankEntry(node, rank, document.collected_at)
-    return {
-        job: {
-            name: RankGroup(job, name, [entries[r] for r in sorted(entries)])
-            for name, entries in sorted(groups.items())
-        }
-        for job, groups in ranks.items()
-    }
+            if known is None or collected_at > known.collected_at:
+                group[rank.rank] = RankEntry(node, rank, collected_at, columns)
+    jobs: dict[JobKey, dict[str, RankGroup]] = {}
+    for (namespace, job, name), entries in ranks.items():
+        jobs.setdefault((namespace, job), {})[name] = RankGroup(
+            (namespace, job), name, [entries[r] for r in sorted(entries)]
+        )
+    return {job: dict(sorted(groups.items())) for job, groups in jobs.items()}
 
 
 def estimate_step_period(group: RankGroup) -> float | None:
@@ -64,7 +68,7 @@ def estimate_step_period(group: RankGroup) -> float | None:
     the (op, bytes) pattern, which collapses to one bucket when every bucket has the same size; the floor
     catches that (it is then a lower bound: thresholds relative to the step get stricter, never looser in
     time for hangs, which are clamped to at least `hang_min_seconds`)."""
-    floors = [gap for entry in group.entries[:3] if (gap := _mean_gap(entry.rank.samples)) is not None]
+    floors = [gap for entry in group.entries[:3] if (gap := _mean_gap(entry.columns.arrival)) is not None]
     reported = [e.rank.step_period_seconds for e in group.entries if e.rank.step_period_seconds]
     floor = float(np.median(floors)) if floors else None
     step = float(np.median(reported)) if reported else None
@@ -73,9 +77,9 @@ def estimate_step_period(group: RankGroup) -> float | None:
     return step
 
 
-def _mean_gap(samples: list[CollectiveSample], min_samples: int = 4) -> float | None:
-    """Mean time between successive collectives of one rank (s)."""
-    if len(samples) < min_samples:
+def _mean_gap(arrival: np.ndarray, min_samples: int = 4) -> float | None:
+    """Mean time between successive collectives of one rank (s), from its samples' arrival times."""
+    if len(arrival) < min_samples:
         return None
-    span = samples[-1].arrival - samples[0].arrival
-    return span / (len(samples) - 1) if span > 0 else None
+    span = float(arrival[-1]) - float(arrival[0])
+    return span / (len(arrival) - 1) if span > 0 else None
