@@ -16,6 +16,7 @@ import pytest
 from agent.collectors.base import Collector
 from agent.collectors.runner import CollectorRunner
 from agent.server import RunningServer, build_app, serve
+from tests.processes import stop_process
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SYSFS_GPU_NODE = FIXTURES / "sysfs" / "gpu-node"
@@ -94,12 +95,7 @@ def start_agent(subprocess_env: dict[str, str], python: str, tmp_path: Path) -> 
 
     yield start
     for process in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture

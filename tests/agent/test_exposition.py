@@ -22,6 +22,7 @@ from agent.collectors.host import HostCollector
 from agent.collectors.network import NetworkCollector
 from agent.collectors.runner import CollectorRunner
 from tests.agent.conftest import PROCFS_GPU_NODE, SYSFS_GPU_NODE, free_port, http_get, wait_until
+from tests.processes import stop_process
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "fixture-node.metrics"
 
@@ -95,12 +96,7 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], str]]:
 
     yield start
     for process in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_seconds=15)
 
 
 def test_a_real_prometheus_scrapes_the_agent_and_answers_queries_about_it(start_agent, start_prometheus) -> None:
