@@ -62,3 +62,10 @@ def test_window_memory_is_bounded_by_max_samples() -> None:
         add(window, rec(seq, 1000.0 + seq * 0.01, 0.001))
     assert len(window.samples) == 16 and window.count == 16
     assert window.knows(999) and not window.knows(100)
+
+
+def test_zero_evidence_samples_sends_no_samples_not_all_of_them() -> None:
+    window = ddp_like_window(steps=4, period=0.25)
+    evidence = window.evidence(now=1001.0, window_seconds=60, max_samples=0, dropped_records=0)
+    assert evidence.samples == []
+    assert len(window.evidence(now=1001.0, window_seconds=60, max_samples=3, dropped_records=0).samples) == 3
