@@ -154,6 +154,11 @@ class GpuBackend(Protocol):
         """PCIe throughput by GPU uuid; slow (NVML samples each counter for 20 ms): call off the scrape path."""
         ...
 
+    def listen_for_xids(self) -> bool:
+        """Register every reachable GPU for XID events now (NVML does not keep an XID that happens before); False
+        if that is not possible yet. Raises NvmlUnavailable."""
+        ...
+
     def wait_for_xid(self, timeout_seconds: float) -> XidEvent | None:
         """The next XID event, or None after about timeout_seconds; raises NvmlUnavailable."""
         ...
@@ -521,6 +526,10 @@ class NvmlBackend:
         return result
 
     # -- XID events -------------------------------------------------------------------------------------------
+
+    def listen_for_xids(self) -> bool:
+        with self._event_lock:
+            return self._current_event_set() is not None
 
     def wait_for_xid(self, timeout_seconds: float) -> XidEvent | None:
         with self._event_lock:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 GPU_LABELS = ("gpu", "uuid", "model", "pci_bus_id")
 XID_WAIT_SECONDS = 0.5  # one nvmlEventSetWait; bounds how long close() waits for the background thread
+LISTEN_WAIT_SECONDS = 10.0  # how long start() waits for the GPUs to be registered for XID events
 
 # Clock-event reasons that are hard evidence. sw_power_cap is not: a busy GPU at its power limit shows it all the
 # time. hw_slowdown comes with thermal and power-brake slowdowns; without a thermal reason NVIDIA names power
@@ -287,9 +288,16 @@ class NvmlCollector(Collector):
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the background thread; returns once it listens for XIDs (an XID NVML reports before that is
+        not seen by anyone), or after LISTEN_WAIT_SECONDS if NVML is slow, or at once if NVML is unavailable."""
         self._stop.clear()
-        self._thread = threading.Thread(target=self._background, name="nvml-events", daemon=True)
+        listening = threading.Event()
+        self._thread = threading.Thread(
+            target=self._background, args=(listening,), name="nvml-events", daemon=True
+        )
         self._thread.start()
+        if not listening.wait(LISTEN_WAIT_SECONDS):
+            log.info("NVML: GPUs not registered for XID events after %.0f s; going on", LISTEN_WAIT_SECONDS)
 
     def close(self) -> None:
         self._stop.set()
@@ -298,8 +306,13 @@ class NvmlCollector(Collector):
             self._thread = None
         self._backend.close()
 
-    def _background(self) -> None:
+    def _background(self, listening: threading.Event) -> None:
         """Count XID events as they come and sample PCIe throughput now and then; never dies."""
+        try:
+            self._backend.listen_for_xids()
+        except Exception as error:  # NVML unavailable or broken: the loop below retries and logs
+            log.debug("NVML: registering for XID events: %s", error)
+        listening.set()
         interval = self._settings.pcie_throughput_interval_seconds
         next_pcie = 0.0
         while not self._stop.is_set():

@@ -1,12 +1,15 @@
 """The probe's sender thread: drains the recorder, packs wire records and sends them to the node's agent.
 
-Sends are non-blocking Unix datagrams to `<socket_dir>/probe.sock`. An absent, restarting or slow agent
-costs dropped records (counted, reported in every later record), never a blocked or failing training step;
-every send names the socket path again, so a restarted agent is picked up without reconnect logic.
+Sends are non-blocking Unix datagrams to `<socket_dir>/probe.sock`. A slow agent (its socket queue full) costs
+a backlog the next flush sends first, bounded at `BACKLOG_RECORDS`; an absent or restarting agent costs dropped
+records (counted, reported in every later record). Never a blocked or failing training step. Every send names the
+socket path again, so a restarted agent is picked up without reconnect logic. At interpreter exit the last flush
+retries a full queue for up to `FINAL_FLUSH_SECONDS`, so the job's last collectives are delivered or counted.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -20,6 +23,9 @@ from agent.probe.recorder import Recorder, Token
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "probe.sock"
+BACKLOG_RECORDS = 4096  # ~1.2 MB of packed records held while the agent's queue is full
+FINAL_FLUSH_SECONDS = 0.5  # how long the exit flush retries a full queue (training is over by then)
+_QUEUE_FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 
 
 class Sender:
@@ -44,6 +50,7 @@ class Sender:
         self.sent_records = 0
         self.send_errors = 0
         self._dropped_in_transport = 0
+        self._backlog: list[bytes] = []  # packed records the agent's full queue did not take yet
         self._reported_pending: set[tuple[str, int]] = set()
         self._last_heartbeat = 0.0
         self._stop = threading.Event()
@@ -61,6 +68,11 @@ class Sender:
         """Records lost so far: recorder queue full plus sends the agent did not take."""
         return self.recorder.dropped + self._dropped_in_transport
 
+    @property
+    def backlogged(self) -> int:
+        """Records waiting for room in the agent's socket queue."""
+        return len(self._backlog)
+
     def start(self) -> None:
         self._thread.start()
 
@@ -74,6 +86,11 @@ class Sender:
         while not self._stop.wait(self.flush_interval_seconds):
             self._flush_safely()
         self._flush_safely()
+        deadline = time.monotonic() + FINAL_FLUSH_SECONDS
+        while self._backlog and time.monotonic() < deadline:
+            time.sleep(0.005)
+            self._send_backlog()
+        self._dropped_in_transport += len(self._backlog)
         self._sock.close()
 
     def _flush_safely(self) -> None:
@@ -110,19 +127,34 @@ class Sender:
         if now - self._last_heartbeat >= self.heartbeat_seconds:
             self._last_heartbeat = now
             records.append(self._pack(wire.Kind.HEARTBEAT, ("", 0, wire.Op.unknown, 0, now), 0.0))
-        step = wire.MAX_RECORDS_PER_DATAGRAM
-        delivered = [self._send(records[start : start + step]) for start in range(0, len(records), step)]
-        if all(delivered):  # else report them again next flush: a restarted agent still learns of the hang
+        self._backlog += records
+        if self._send_backlog():  # else report them again next flush: a restarted agent still learns of the hang
             self._reported_pending.update(newly_pending)
 
-    def _send(self, records: list[bytes]) -> bool:
+    def _send_backlog(self) -> bool:
+        """Send the backlog a datagram at a time; False if the agent is absent (those records are dropped).
+        A full queue keeps the rest for the next flush, the oldest dropped beyond BACKLOG_RECORDS."""
+        step = wire.MAX_RECORDS_PER_DATAGRAM
+        backlog = self._backlog
+        sent = 0
         try:
-            self._sock.sendto(b"".join(records), self.path)
-            self.sent_records += len(records)
-            return True
+            while sent < len(backlog):
+                chunk = backlog[sent : sent + step]
+                self._sock.sendto(b"".join(chunk), self.path)
+                sent += len(chunk)
+                self.sent_records += len(chunk)
         except OSError as exc:  # agent absent (ENOENT, ECONNREFUSED), slow (EAGAIN), forbidden (EACCES)
             self.send_errors += 1
-            self._dropped_in_transport += len(records)
             if self.send_errors == 1:
                 log.info("lockstep probe: agent socket %s unavailable (%s); counting dropped records", self.path, exc)
+            if exc.errno in _QUEUE_FULL:
+                rest = backlog[sent:]
+                overflow = max(0, len(rest) - BACKLOG_RECORDS)
+                self._dropped_in_transport += overflow
+                self._backlog = rest[overflow:]
+                return True
+            self._dropped_in_transport += len(backlog) - sent
+            self._backlog = []
             return False
+        self._backlog = []
+        return True

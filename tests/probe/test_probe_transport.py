@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -69,4 +70,44 @@ def test_a_hang_is_reported_again_to_an_agent_that_was_away(tmp_path: Path) -> N
     receiver.bind(str(tmp_path / "probe.sock"))
     sender.flush()
     assert [(r.kind, r.seq) for r in receive_all(receiver) if r.kind == wire.Kind.ISSUE] == [(wire.Kind.ISSUE, stuck[1])]
+    receiver.close()
+
+
+def test_a_full_agent_queue_is_a_backlog_sent_next_flush_in_order_not_a_drop(tmp_path: Path) -> None:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "probe.sock"))
+    recorder = Recorder()
+    sender = Sender(recorder, IDENTITY, str(tmp_path))
+    for _ in range(2000):  # ~80 datagrams: more than the socket queue or the send buffer takes at once
+        recorder.complete(recorder.issue("default", wire.Op.all_reduce, 8))
+    sender.flush()
+    assert sender.send_errors > 0, "the queue never filled: the test does not test the backlog"
+    received = receive_all(receiver)
+    while sender.backlogged:
+        sender.flush()
+        received += receive_all(receiver)
+    assert [r.seq for r in received if r.kind == wire.Kind.COMPLETE] == list(range(2000))
+    assert sender.dropped == 0
+    receiver.close()
+
+
+def test_the_exit_flush_waits_briefly_for_a_slow_agent_so_the_last_collectives_arrive(tmp_path: Path) -> None:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "probe.sock"))
+    recorder = Recorder()
+    sender = Sender(recorder, IDENTITY, str(tmp_path), flush_interval_seconds=60.0)
+    sender.start()
+    for _ in range(2000):
+        recorder.complete(recorder.issue("default", wire.Op.all_reduce, 8))
+    stopping = threading.Thread(target=sender.stop)
+    stopping.start()  # the interpreter exits while the agent's queue is full ...
+    received: list[wire.Record] = []
+    deadline = time.monotonic() + 5.0
+    while stopping.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)  # ... and the agent drains it a little later
+        received += receive_all(receiver)
+    stopping.join()
+    received += receive_all(receiver)
+    assert [r.seq for r in received if r.kind == wire.Kind.COMPLETE] == list(range(2000))
+    assert sender.dropped == 0
     receiver.close()
