@@ -7,8 +7,9 @@ testable with plain values.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 
 class Verdict(str, enum.Enum):
@@ -84,6 +85,56 @@ class RankView:
     compute_gap_seconds: float | None = None
 
 
+class RankTable(Sequence[RankView]):
+    """The ranks of a job in one cycle, kept as one column per `RankView` field (same order in each): at
+    80,000 ranks a cycle cannot afford an object per rank, and the views are read only by the status API.
+    A `RankView` is built each time one is read."""
+
+    __slots__ = ("_columns",)
+    FIELDS = (
+        "rank",
+        "node",
+        "process_group",
+        "last_seq",
+        "pending_seq",
+        "lateness_seconds",
+        "wait_seconds",
+        "compute_gap_seconds",
+    )
+
+    def __init__(self, *columns: Sequence[Any]) -> None:
+        """One sequence per name in `FIELDS`, all of the same length (none: an empty table)."""
+        if columns and (len(columns) != len(self.FIELDS) or len({len(c) for c in columns}) != 1):
+            raise ValueError(f"a RankTable needs {len(self.FIELDS)} columns of one length")
+        self._columns = tuple(map(tuple, columns)) if columns else ((),) * len(self.FIELDS)
+
+    def __len__(self) -> int:
+        return len(self._columns[0])
+
+    @overload
+    def __getitem__(self, index: int) -> RankView: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[RankView, ...]: ...
+    def __getitem__(self, index: int | slice) -> RankView | tuple[RankView, ...]:
+        if isinstance(index, slice):
+            return tuple(map(RankView, *(column[index] for column in self._columns)))
+        return RankView(*(column[index] for column in self._columns))
+
+    def __iter__(self) -> Iterator[RankView]:
+        return map(RankView, *self._columns)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RankTable):
+            return self._columns == other._columns
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._columns)
+
+    def __repr__(self) -> str:
+        return f"RankTable({list(self)!r})"
+
+
 @dataclass(frozen=True)
 class JobView:
     """A training job as the controller sees it across nodes in one cycle."""
@@ -97,4 +148,4 @@ class JobView:
     step_period_seconds: float | None = None
     baseline_step_period_seconds: float | None = None  # the job's own recent normal, for "whole job slower"
     suspects: tuple[str, ...] = ()  # nodes blamed this cycle (before hysteresis)
-    ranks: tuple[RankView, ...] = ()
+    ranks: Sequence[RankView] = RankTable()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +28,7 @@ def to_plain(value: Any) -> Any:
         return value.value
     if isinstance(value, dict):
         return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
+    if isinstance(value, (set, frozenset)) or (isinstance(value, Sequence) and not isinstance(value, (str, bytes))):
         return [to_plain(v) for v in value]
     if isinstance(value, float) and value != value:
         return None

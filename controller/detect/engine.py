@@ -13,6 +13,8 @@ import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter
 from typing import NamedTuple
 
 from agent.evidence import Evidence
@@ -24,9 +26,19 @@ from controller.detect.link import LinkFigures, find_slow_links, link_figures
 from controller.detect.ranks import JobKey, RankGroup, estimate_step_period, group_ranks
 from controller.detect.straggler import StragglerReport, find_stragglers_many
 from controller.detect.verdicts import VerdictKeeper
-from controller.model import Finding, JobState, JobView, NodeVerdict, RankView, Severity
+from controller.model import Finding, JobState, JobView, NodeVerdict, RankTable, Severity
 
 log = logging.getLogger(__name__)
+
+_RANK, _NODE = attrgetter("rank"), attrgetter("node")  # of a RankEntry
+_NUMBER, _PID, _WORLD_SIZE, _LAST_SEQ, _PENDING_SEQ = (
+    attrgetter("rank"),
+    attrgetter("pid"),
+    attrgetter("world_size"),
+    attrgetter("last_seq"),
+    attrgetter("pending_seq"),
+)  # of a RankEvidence
+_WAIT_P50, _COMPUTE_GAP = attrgetter("wait_seconds_p50"), attrgetter("compute_gap_seconds_p50")
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,7 @@ class DetectionEngine:
         self._freshness: dict[
             str, tuple[float, float]
         ] = {}  # node -> (collected_at, controller time it changed)
-        self._ranks: dict[tuple[JobKey, str, int], _RankMemory] = {}
+        self._ranks: dict[tuple[JobKey, str], dict[int, _RankMemory]] = {}  # (job, group) -> rank -> memory
         self._jobs: dict[JobKey, _JobMemory] = {}
 
     def step(
@@ -180,7 +192,7 @@ class DetectionEngine:
                     if base is None
                     else (1 - config.baseline_alpha) * base + config.baseline_alpha * step
                 )
-            nodes = sorted({e.node for g in groups.values() for e in g.entries})
+            nodes = sorted({node for g in groups.values() for node in map(_NODE, g.entries)})
             if len(nodes) > 1:  # NIC counters do not depend on the job's warm-up: compared at once
                 for node in nodes:
                     if node not in figures:
@@ -194,7 +206,7 @@ class DetectionEngine:
             job_findings = [f for f in findings if f.job == key[1] and f.node]
             if state is JobState.RUNNING and (slow or job_findings):
                 state = JobState.SLOW
-            views.append(self._view(key, groups, main, state, step, memory, job_findings, reports))
+            views.append(self._view(key, groups, main, nodes, state, step, memory, job_findings, reports))
         self._forget_old(now)
         return views, findings
 
@@ -202,22 +214,32 @@ class DetectionEngine:
         """Update rank memory; True while the job is (re)starting: new processes, sequence reset, new size."""
         memory = self._jobs.get(key)
         restarted = memory is None
-        known_ranks = self._ranks
-        for name, group in groups.items():
-            sizes = {e.rank.world_size for e in group.entries}
-            restarted |= len(sizes) > 1
-            for e in group.entries:  # at scale a per-rank loop: names bound once, no repeated lookups
-                rank = e.rank
-                pid, world_size, last_seq = rank.pid, rank.world_size, rank.last_seq
-                rank_key = (key, name, rank.rank)
-                known = known_ranks.get(rank_key)
-                if known is not None and (
+        for name, group in groups.items():  # at scale: C-level maps over the ranks, one generator
+            ranks = list(map(_RANK, group.entries))
+            numbers = list(map(_NUMBER, ranks))
+            pids = list(map(_PID, ranks))
+            sizes = list(map(_WORLD_SIZE, ranks))
+            last_seqs = list(map(_LAST_SEQ, ranks))
+            known_ranks = self._ranks.setdefault((key, name), {})
+            restarted |= len(set(sizes)) > 1
+            restarted |= any(
+                known is not None
+                and (
                     (pid and known.pid and pid != known.pid)
                     or world_size != known.world_size
                     or last_seq < known.last_seq
-                ):
-                    restarted = True
-                known_ranks[rank_key] = _RankMemory(pid, world_size, last_seq, e.node, now)
+                )
+                for known, pid, world_size, last_seq in zip(
+                    map(known_ranks.get, numbers), pids, sizes, last_seqs, strict=True
+                )
+            )
+            known_ranks.update(
+                zip(
+                    numbers,
+                    map(_RankMemory, pids, sizes, last_seqs, map(_NODE, group.entries), repeat(now)),
+                    strict=True,
+                )
+            )
         if memory is None:
             memory = self._jobs[key] = _JobMemory(restarted_at=now)
         if restarted:
@@ -243,7 +265,7 @@ class DetectionEngine:
         for rank in range(world):
             if rank in present:
                 continue
-            known = self._ranks.get((key, group.process_group, rank))
+            known = self._ranks.get((key, group.process_group), {}).get(rank)
             if (
                 known is not None
                 and known.node in usable
@@ -266,8 +288,11 @@ class DetectionEngine:
 
     def _forget_old(self, now: float) -> None:
         horizon = max(self.config.stale_after_seconds, self.config.restart_grace_seconds)
-        for rank_key in [k for k, m in self._ranks.items() if now - m.seen_at > horizon]:
-            del self._ranks[rank_key]
+        for group_key, known_ranks in list(self._ranks.items()):
+            for rank in [r for r, m in known_ranks.items() if now - m.seen_at > horizon]:
+                del known_ranks[rank]
+            if not known_ranks:
+                del self._ranks[group_key]
         live_jobs = {k[0] for k in self._ranks}
         for key in set(self._jobs) - live_jobs:
             del self._jobs[key]
@@ -277,42 +302,42 @@ class DetectionEngine:
         key: JobKey,
         groups: Mapping[str, RankGroup],
         main: RankGroup,
+        nodes: list[str],
         state: JobState,
         step: float | None,
         memory: _JobMemory,
         job_findings: list[Finding],
         reports: Mapping[tuple[JobKey, str], StragglerReport],
     ) -> JobView:
-        ranks = []
-        for name, group in groups.items():
+        columns: tuple[list[object], ...] = tuple([] for _ in RankTable.FIELDS)
+        numbers, where, names, last_seqs, pending, lateness, waits, gaps = columns
+        for name, group in groups.items():  # columns filled by C-level maps: no statement per rank
             report = reports.get((key, name))
-            lateness = report.lateness_seconds if report else {}
-            waits = report.wait_seconds if report else {}
-            for e in group.entries:
-                rank = e.rank
-                ranks.append(
-                    RankView(
-                        rank=rank.rank,
-                        node=e.node,
-                        process_group=name,
-                        last_seq=rank.last_seq,
-                        pending_seq=rank.pending_seq,
-                        lateness_seconds=lateness.get(rank.rank),
-                        wait_seconds=waits.get(rank.rank, rank.wait_seconds_p50),
-                        compute_gap_seconds=rank.compute_gap_seconds_p50,
-                    )
-                )
+            ranks = list(map(_RANK, group.entries))
+            ids = list(map(_NUMBER, ranks))
+            numbers += ids
+            where += map(_NODE, group.entries)
+            names += [name] * len(ids)
+            last_seqs += map(_LAST_SEQ, ranks)
+            pending += map(_PENDING_SEQ, ranks)
+            gaps += map(_COMPUTE_GAP, ranks)
+            if report is None:
+                lateness += [None] * len(ids)
+                waits += map(_WAIT_P50, ranks)
+            else:
+                lateness += map(report.lateness_seconds.get, ids)
+                waits += map(report.wait_seconds.get, ids, map(_WAIT_P50, ranks))
         return JobView(
             name=key[1],
             namespace=key[0],
-            world_size=max(e.rank.world_size for e in main.entries),
+            world_size=max(map(_WORLD_SIZE, map(_RANK, main.entries))),
             state=state,
-            rank_nodes={e.rank.rank: e.node for e in main.entries},
-            nodes=tuple(sorted({e.node for g in groups.values() for e in g.entries})),
+            rank_nodes=dict(zip(map(_NUMBER, map(_RANK, main.entries)), map(_NODE, main.entries), strict=True)),
+            nodes=tuple(nodes),
             step_period_seconds=step,
             baseline_step_period_seconds=memory.baseline_step_seconds,
             suspects=tuple(sorted({f.node for f in job_findings})),
-            ranks=tuple(ranks),
+            ranks=RankTable(*columns),
         )
 
 
