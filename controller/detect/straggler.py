@@ -44,6 +44,19 @@ class StragglerReport:
     wait_seconds: dict[int, float] = field(default_factory=dict)  # rank -> median wait
 
 
+def median_along(values: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+    """`np.median(values, axis, keepdims=...)` by a full sort: numpy's vectorised sort of the short axes here
+    (16-80 values) is ~8x faster than the partition `np.median` uses. The same numbers: the mean of the middle
+    one or two, nan where the axis holds a nan (a sort puts nans last, as the partition does)."""
+    ordered = np.sort(values, axis=axis)
+    axis %= ordered.ndim
+    size = ordered.shape[axis]
+    indexer: list[slice] = [slice(None)] * ordered.ndim
+    indexer[axis] = slice(size // 2, size // 2 + 1) if size % 2 else slice(size // 2 - 1, size // 2 + 1)
+    middle = ordered[tuple(indexer)].mean(axis=axis, keepdims=keepdims)
+    return np.where(np.isnan(np.take(ordered, [-1] if keepdims else -1, axis=axis)), np.nan, middle)
+
+
 def leave_one_out_median(values: np.ndarray) -> np.ndarray:
     """For a (..., ranks, collectives) array, each element's median over the other ranks (same collective)."""
     ranks = values.shape[-2]
@@ -68,15 +81,15 @@ def peer_median(values: np.ndarray) -> np.ndarray:
     are few (two ranks still have a reference), the median of all where one more makes no difference."""
     if values.shape[-2] < LEAVE_ONE_OUT_BELOW_RANKS:
         return leave_one_out_median(values)
-    return np.median(values, axis=-2, keepdims=True)
+    return median_along(values, axis=-2, keepdims=True)
 
 
 def jitter_of(deviation: np.ndarray) -> np.ndarray:
     """Per group of a (G, R, C) array: robust per-collective spread (1.4826 x the ranks' median absolute
     deviation, from up to `JITTER_RANKS` ranks: the noise is the group's, more ranks only cost time)."""
     sample = deviation[:, :JITTER_RANKS, :]
-    spread = np.median(np.abs(sample - np.median(sample, axis=-1, keepdims=True)), axis=-1)
-    return MAD_TO_SIGMA * np.median(spread, axis=-1, keepdims=True)
+    spread = median_along(np.abs(sample - median_along(sample, axis=-1, keepdims=True)), axis=-1)
+    return MAD_TO_SIGMA * median_along(spread, axis=-1, keepdims=True)
 
 
 def _late_beyond_noise(
@@ -85,7 +98,7 @@ def _late_beyond_noise(
     """Per (group, row) of a (G, R, C) array: median deviation, whether it exceeds the threshold and the
     median's standard error under the group's jitter, and on what share of the collectives it is over half
     the threshold."""
-    median = np.median(deviation, axis=-1)
+    median = median_along(deviation, axis=-1)
     standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(deviation.shape[-1])
     consistency = (deviation > threshold[..., None] / 2).mean(axis=-1)
     late = (
@@ -201,7 +214,7 @@ def _judge_stack(
         excess = gaps - peer_median(gaps[..., None])[..., 0]
         gaps_ok = ~gaps_known | (excess >= config.straggler_lateness_floor_seconds)
     verdict = _judge(lateness, deficit, waits_known, gaps_ok, threshold, jitters, config)
-    wait_median = np.median(stack.wait, axis=-1)
+    wait_median = median_along(stack.wait, axis=-1)
     pooled = _judge_nodes(stack, lateness, deficit, waits_known, threshold, jitters, config)
     rank_lists = stack.ranks.tolist()
     for g, (group, report, rank_ids) in enumerate(zip(groups, reports, rank_lists, strict=True)):
