@@ -47,24 +47,32 @@ class _Flat:
 
 
 def _flatten(groups: Sequence[RankGroup], samples_per_rank: int) -> _Flat:
-    """All ranks' recent samples, concatenated from the columns decoded when their documents arrived: at
-    80,000 ranks any per-rank or per-sample Python statement is the cost of the whole cycle."""
+    """All ranks' recent samples, gathered from the columns decoded when their documents arrived: at 80,000
+    ranks any per-rank or per-sample Python statement is the cost of the whole cycle, so the documents' arrays
+    are joined once (a few per node) and every rank's last samples picked out of them by one index."""
     entries = [entry for group in groups for entry in group.entries]
     columns = list(map(attrgetter("columns"), entries))
     ranks = list(map(attrgetter("rank"), entries))
     nodes = list(map(attrgetter("node"), entries))
     node_names = list(dict.fromkeys(nodes))
     code = {name: i for i, name in enumerate(node_names)}
-    seqs = list(map(attrgetter("seq"), columns))
-    counts = np.fromiter(map(len, seqs), np.int64, len(seqs))
-    total = int(counts.sum())
-    from_end = np.repeat(np.cumsum(counts), counts) - np.arange(total) - 1  # 0 for each rank's last sample
-    recent = from_end < samples_per_rank
+    documents = list(map(attrgetter("document"), columns))
+    unique = list(dict.fromkeys(documents))
+    number = {document: i for i, document in enumerate(unique)}
+    sizes = np.fromiter((len(document.seq) for document in unique), np.int64, len(unique))
+    offsets = np.cumsum(sizes) - sizes  # of each document in the joined arrays
+    counts = np.fromiter(map(len, map(attrgetter("seq"), columns)), np.int64, len(columns))
+    starts = np.fromiter(map(attrgetter("start"), columns), np.int64, len(columns))
+    starts += offsets[np.fromiter(map(number.__getitem__, documents), np.int64, len(documents))]
+    lengths = np.minimum(counts, samples_per_rank)
+    total = int(lengths.sum())
+    # Index of each kept sample in the joined arrays: a rank's last `lengths` samples, rank after rank.
+    index = np.repeat(starts + counts - lengths - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
     return _Flat(
-        seq=_concatenate(seqs, np.int64)[recent],
-        arrival=_concatenate(list(map(attrgetter("arrival"), columns)), np.float64)[recent],
-        wait=_concatenate(list(map(attrgetter("wait"), columns)), np.float64)[recent],
-        lengths=np.minimum(counts, samples_per_rank),
+        seq=_concatenate([d.seq for d in unique], np.int64)[index],
+        arrival=_concatenate([d.arrival for d in unique], np.float64)[index],
+        wait=_concatenate([d.wait for d in unique], np.float64)[index],
+        lengths=lengths,
         ranks=np.fromiter(map(attrgetter("rank"), ranks), np.int64, len(ranks)),
         node_codes=np.fromiter(map(code.__getitem__, nodes), np.int64, len(nodes)),
         compute_gaps=np.array(list(map(attrgetter("compute_gap_seconds_p50"), ranks)), dtype=np.float64),

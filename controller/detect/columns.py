@@ -17,13 +17,25 @@ import numpy as np
 from agent.evidence import Evidence
 
 
-@dataclass(frozen=True)
-class RankColumns:
-    """One rank's samples in the agent's order (views into its document's arrays)."""
+@dataclass(frozen=True, eq=False)
+class DocumentColumns:
+    """Every sample of one document, rank after rank (one object per document: compared by identity)."""
 
     seq: np.ndarray  # int64
     arrival: np.ndarray  # float64, Unix s (agent clock)
     wait: np.ndarray  # float64, s, nan where unknown
+
+
+@dataclass(frozen=True)
+class RankColumns:
+    """One rank's samples in the agent's order: views into its document's arrays, and where they sit there
+    (so a cycle can gather many ranks' samples from a few document arrays at once)."""
+
+    seq: np.ndarray  # int64
+    arrival: np.ndarray  # float64, Unix s (agent clock)
+    wait: np.ndarray  # float64, s, nan where unknown
+    document: DocumentColumns
+    start: int  # index of the rank's first sample in `document`
 
 
 _decoded: dict[int, tuple[weakref.ref[Evidence], tuple[RankColumns, ...]]] = {}
@@ -66,7 +78,8 @@ def _decode(document: Evidence) -> tuple[RankColumns, ...]:
     )  # None -> nan
     ends = np.cumsum([len(rank.samples) for rank in document.ranks], dtype=np.int64)
     starts = ends - [len(rank.samples) for rank in document.ranks]
+    whole = DocumentColumns(seq, arrival, wait)
     return tuple(
-        RankColumns(seq[a:b], arrival[a:b], wait[a:b])
+        RankColumns(seq[a:b], arrival[a:b], wait[a:b], whole, a)
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
     )
