@@ -89,29 +89,32 @@ def cluster_evidence(
                     ],
                 )
             )
-        yield f"node-{node:05d}", Evidence.model_construct(
-            node=f"node-{node:05d}",
-            collected_at=t,
-            hard_signals=[],
-            gpus=[],
-            nics=[
-                NicEvidence(
-                    name="eth0",
-                    link_speed_bits_per_second=100e9,
-                    tx_bytes_per_second=1e9,
-                    rx_bytes_per_second=1e9,
-                )
-            ],
-            periodicity=[
-                TrafficPeriodicity(
-                    interface="eth0",
-                    period_seconds=1.0,
-                    burst_bytes_per_second=9e9,
-                    regularity=0.9,
-                    window_seconds=10,
-                )
-            ],
-            ranks=ranks,
+        yield (
+            f"node-{node:05d}",
+            Evidence.model_construct(
+                node=f"node-{node:05d}",
+                collected_at=t,
+                hard_signals=[],
+                gpus=[],
+                nics=[
+                    NicEvidence(
+                        name="eth0",
+                        link_speed_bits_per_second=100e9,
+                        tx_bytes_per_second=1e9,
+                        rx_bytes_per_second=1e9,
+                    )
+                ],
+                periodicity=[
+                    TrafficPeriodicity(
+                        interface="eth0",
+                        period_seconds=1.0,
+                        burst_bytes_per_second=9e9,
+                        regularity=0.9,
+                        window_seconds=10,
+                    )
+                ],
+                ranks=ranks,
+            ),
         )
 
 

@@ -28,7 +28,9 @@ def to_plain(value: Any) -> Any:
         return value.value
     if isinstance(value, dict):
         return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (set, frozenset)) or (isinstance(value, Sequence) and not isinstance(value, (str, bytes))):
+    if isinstance(value, (set, frozenset)) or (
+        isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+    ):
         return [to_plain(v) for v in value]
     if isinstance(value, float) and value != value:
         return None

@@ -332,7 +332,9 @@ class DetectionEngine:
             namespace=key[0],
             world_size=max(map(_WORLD_SIZE, map(_RANK, main.entries))),
             state=state,
-            rank_nodes=dict(zip(map(_NUMBER, map(_RANK, main.entries)), map(_NODE, main.entries), strict=True)),
+            rank_nodes=dict(
+                zip(map(_NUMBER, map(_RANK, main.entries)), map(_NODE, main.entries), strict=True)
+            ),
             nodes=tuple(nodes),
             step_period_seconds=step,
             baseline_step_period_seconds=memory.baseline_step_seconds,

@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
+from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -27,6 +30,11 @@ class RankEntry(NamedTuple):
     rank: RankEvidence
     collected_at: float  # the reporting document's time, agent clock (s)
     columns: RankColumns  # the rank's samples as arrays
+
+
+_GROUP_KEY = attrgetter("namespace", "job", "process_group")
+_NUMBER = attrgetter("rank")
+_new_entry = partial(tuple.__new__, RankEntry)  # RankEntry from a 4-tuple, without a Python-level call
 
 
 @dataclass
@@ -48,17 +56,26 @@ def group_ranks(evidence: Mapping[str, Evidence]) -> dict[JobKey, dict[str, Rank
     ranks: dict[tuple[str, str, str], dict[int, RankEntry]] = {}  # (namespace, job, process group) -> ranks
     for node, document in evidence.items():
         collected_at = document.collected_at
-        for rank, columns in zip(
-            document.ranks, sample_columns(document), strict=True
-        ):  # one look-up per rank
-            group = ranks.setdefault((rank.namespace, rank.job, rank.process_group), {})
-            known = group.get(rank.rank)
+        keys = list(map(_GROUP_KEY, document.ranks))
+        if not keys:
+            continue
+        numbers = list(map(_NUMBER, document.ranks))
+        entries = list(
+            map(_new_entry, zip(repeat(node), document.ranks, repeat(collected_at), sample_columns(document)))
+        )
+        group = ranks.setdefault(keys[0], {})
+        if keys.count(keys[0]) == len(keys) == len(set(numbers)) and group.keys().isdisjoint(numbers):
+            group.update(zip(numbers, entries, strict=True))  # the usual document: one group, each rank once
+            continue
+        for key, number, entry in zip(keys, numbers, entries, strict=True):
+            group = ranks.setdefault(key, {})
+            known = group.get(number)
             if known is None or collected_at > known.collected_at:
-                group[rank.rank] = RankEntry(node, rank, collected_at, columns)
+                group[number] = entry
     jobs: dict[JobKey, dict[str, RankGroup]] = {}
-    for (namespace, job, name), entries in ranks.items():
+    for (namespace, job, name), entries_by_rank in ranks.items():
         jobs.setdefault((namespace, job), {})[name] = RankGroup(
-            (namespace, job), name, [entries[r] for r in sorted(entries)]
+            (namespace, job), name, list(map(entries_by_rank.__getitem__, sorted(entries_by_rank)))
         )
     return {job: dict(sorted(groups.items())) for job, groups in jobs.items()}
 
