@@ -22,7 +22,7 @@ from controller.detect.config import DetectionConfig
 from controller.detect.fabric import regroup_fabric
 from controller.detect.hang import find_hang
 from controller.detect.hard import hard_findings
-from controller.detect.link import LinkFigures, find_slow_links, link_figures
+from controller.detect.link import find_slow_links, link_figures
 from controller.detect.ranks import JobKey, RankGroup, estimate_step_period, group_ranks
 from controller.detect.straggler import StragglerReport, find_stragglers_many
 from controller.detect.verdicts import VerdictKeeper
@@ -174,8 +174,8 @@ class DetectionEngine:
         for report in reports.values():
             findings.extend(report.findings)
 
-        figures: dict[str, LinkFigures] = {}
-        views: list[JobView] = []
+        looks: list[tuple[RankGroup, float | None, bool, list[str]]] = []  # main group, step, slow, nodes
+        linked: list[tuple[str, list[str], dict[str, object]]] = []  # multi-node jobs: name, nodes, context
         for key, groups, state, steps in plans:
             main = _main_group(groups)
             step = steps.get(main.process_group)
@@ -193,20 +193,30 @@ class DetectionEngine:
                     else (1 - config.baseline_alpha) * base + config.baseline_alpha * step
                 )
             nodes = sorted({node for g in groups.values() for node in map(_NODE, g.entries)})
+            looks.append((main, step, slow, nodes))
             if len(nodes) > 1:  # NIC counters do not depend on the job's warm-up: compared at once
-                for node in nodes:
-                    if node not in figures:
-                        figures[node] = link_figures(usable[node], config)
                 context = {
                     "step_period_seconds": step,
                     "baseline_step_period_seconds": memory.baseline_step_seconds,
                     "job_slower_than_baseline": slow,
                 }
-                findings.extend(find_slow_links(key[1], nodes, figures, config, context))
+                linked.append((key[1], nodes, context))
+        figures = {
+            node: link_figures(usable[node], config)
+            for node in dict.fromkeys(n for _, ns, _ in linked for n in ns)
+        }
+        slow_links = iter(find_slow_links(linked, figures, config))
+
+        views: list[JobView] = []
+        for (key, groups, state, _), (main, step, slow, nodes) in zip(plans, looks, strict=True):
+            if len(nodes) > 1:
+                findings.extend(next(slow_links))
             job_findings = [f for f in findings if f.job == key[1] and f.node]
             if state is JobState.RUNNING and (slow or job_findings):
                 state = JobState.SLOW
-            views.append(self._view(key, groups, main, nodes, state, step, memory, job_findings, reports))
+            views.append(
+                self._view(key, groups, main, nodes, state, step, self._jobs[key], job_findings, reports)
+            )
         self._forget_old(now)
         return views, findings
 

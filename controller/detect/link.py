@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 
@@ -38,9 +39,6 @@ class LinkFigures:
     xmit_wait_ratio: float
     link_speed_bits_per_second: float
     burst_bytes_per_second: float
-
-    def as_row(self) -> list[float]:
-        return [getattr(self, name) for name in FEATURES]
 
 
 def link_figures(evidence: Evidence, config: DetectionConfig) -> LinkFigures:
@@ -72,38 +70,65 @@ def link_figures(evidence: Evidence, config: DetectionConfig) -> LinkFigures:
 
 
 def find_slow_links(
-    job: str,
-    nodes: Sequence[str],
+    jobs: Sequence[tuple[str, Sequence[str], Mapping[str, object] | None]],
     figures: Mapping[str, LinkFigures],
     config: DetectionConfig,
-    context: Mapping[str, object] | None = None,
+) -> list[list[Finding]]:
+    """For each job (name, nodes, context for the evidence): its nodes whose link figures are far out of line
+    with the job's other nodes. Jobs with the same number of nodes are compared together, as one array."""
+    members = [[node for node in nodes if node in figures] for _, nodes, _ in jobs]
+    out: list[list[Finding]] = [[] for _ in jobs]
+    by_size: dict[int, list[int]] = {}
+    for j, nodes in enumerate(members):
+        if len(nodes) >= 2:
+            by_size.setdefault(len(nodes), []).append(j)
+    rows = {node: _ROW(figure) for node, figure in figures.items()}
+    for indices in by_size.values():
+        values = np.array(
+            [[rows[node] for node in members[j]] for j in indices], dtype=np.float64
+        )  # (J, N, F)
+        measured = ~np.isnan(values).any(
+            axis=1, keepdims=True
+        )  # compare a figure only where every node has it
+        peers = np.where(measured, leave_one_out_median(values), np.nan)
+        tcp, bad, xwait, speed, burst = np.moveaxis(values, -1, 0)
+        p_tcp, p_bad, p_xwait, p_speed, p_burst = np.moveaxis(peers, -1, 0)
+        with np.errstate(invalid="ignore"):
+            checks = np.stack(  # (J, N, F), in the order of FEATURES
+                [
+                    (tcp >= config.tcp_retransmit_ratio) & (tcp >= config.link_peer_multiple * p_tcp),
+                    (bad >= config.link_error_rate_floor_per_second)
+                    & (bad >= config.link_peer_multiple * p_bad),
+                    (xwait >= config.xmit_wait_ratio) & (xwait >= 2 * p_xwait),
+                    speed < config.link_speed_ratio * p_speed,
+                    burst < config.burst_bandwidth_ratio * p_burst,
+                ],
+                axis=-1,
+            )
+        for k in np.flatnonzero(checks.any(axis=(1, 2))).tolist():
+            j = indices[k]
+            out[j] = _findings(jobs[j][0], members[j], values[k], peers[k], checks[k], jobs[j][2])
+    return out
+
+
+_ROW = attrgetter(*FEATURES)
+
+
+def _findings(
+    job: str,
+    nodes: list[str],
+    values: np.ndarray,
+    peers: np.ndarray,
+    checks: np.ndarray,
+    context: Mapping[str, object] | None,
 ) -> list[Finding]:
-    """Nodes of one job whose link figures are far out of line with the job's other nodes."""
-    nodes = [node for node in nodes if node in figures]
-    if len(nodes) < 2:
-        return []
-    values = np.array([figures[node].as_row() for node in nodes], dtype=np.float64)
-    measured = ~np.isnan(values).any(axis=0)  # compare a figure only where every node measures it
-    peers = np.full_like(values, np.nan)
-    peers[:, measured] = leave_one_out_median(values[:, measured])
-    tcp, bad, xwait, speed, burst = values.T
-    p_tcp, p_bad, p_xwait, p_speed, p_burst = peers.T
-    with np.errstate(invalid="ignore"):
-        checks = {
-            "tcp_retransmit_ratio": (tcp >= config.tcp_retransmit_ratio)
-            & (tcp >= config.link_peer_multiple * p_tcp),
-            "bad_packets_per_second": (bad >= config.link_error_rate_floor_per_second)
-            & (bad >= config.link_peer_multiple * p_bad),
-            "xmit_wait_ratio": (xwait >= config.xmit_wait_ratio) & (xwait >= 2 * p_xwait),
-            "link_speed_bits_per_second": speed < config.link_speed_ratio * p_speed,
-            "burst_bytes_per_second": burst < config.burst_bandwidth_ratio * p_burst,
-        }
+    """One finding per node of `job` with a figure out of line (`checks`, like `values`: nodes x FEATURES)."""
     findings = []
     for i, node in enumerate(nodes):
         signals = {
             name: {"value": float(values[i, col]), "peers_median": float(peers[i, col])}
             for col, name in enumerate(FEATURES)
-            if bool(checks[name][i])
+            if bool(checks[i, col])
         }
         if not signals:
             continue
