@@ -195,7 +195,7 @@ class DetectionEngine:
             nodes = sorted({node for g in groups.values() for node in map(_NODE, g.entries)})
             looks.append((main, step, slow, nodes))
             if len(nodes) > 1:  # NIC counters do not depend on the job's warm-up: compared at once
-                context = {
+                context: dict[str, object] = {
                     "step_period_seconds": step,
                     "baseline_step_period_seconds": memory.baseline_step_seconds,
                     "job_slower_than_baseline": slow,
