@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import attrgetter
 
 import numpy as np
@@ -46,23 +47,25 @@ class _Flat:
     node_names: list[str]
 
 
+_PLACE = attrgetter("document", "start", "seq")  # of a RankColumns
+
+
 def _flatten(groups: Sequence[RankGroup], samples_per_rank: int) -> _Flat:
     """All ranks' recent samples, gathered from the columns decoded when their documents arrived: at 80,000
     ranks any per-rank or per-sample Python statement is the cost of the whole cycle, so the documents' arrays
     are joined once (a few per node) and every rank's last samples picked out of them by one index."""
-    entries = [entry for group in groups for entry in group.entries]
-    columns = list(map(attrgetter("columns"), entries))
-    ranks = list(map(attrgetter("rank"), entries))
-    nodes = list(map(attrgetter("node"), entries))
+    fields = [group.fields for group in groups]
+    columns = list(chain.from_iterable(f.columns for f in fields))
+    nodes = list(chain.from_iterable(f.nodes for f in fields))
     node_names = list(dict.fromkeys(nodes))
     code = {name: i for i, name in enumerate(node_names)}
-    documents = list(map(attrgetter("document"), columns))
+    documents, first, seqs = zip(*map(_PLACE, columns), strict=True) if columns else ((), (), ())
     unique = list(dict.fromkeys(documents))
     number = {document: i for i, document in enumerate(unique)}
     sizes = np.fromiter((len(document.seq) for document in unique), np.int64, len(unique))
     offsets = np.cumsum(sizes) - sizes  # of each document in the joined arrays
-    counts = np.fromiter(map(len, map(attrgetter("seq"), columns)), np.int64, len(columns))
-    starts = np.fromiter(map(attrgetter("start"), columns), np.int64, len(columns))
+    counts = np.fromiter(map(len, seqs), np.int64, len(columns))
+    starts = np.fromiter(first, np.int64, len(columns))
     starts += offsets[np.fromiter(map(number.__getitem__, documents), np.int64, len(documents))]
     lengths = np.minimum(counts, samples_per_rank)
     total = int(lengths.sum())
@@ -73,9 +76,9 @@ def _flatten(groups: Sequence[RankGroup], samples_per_rank: int) -> _Flat:
         arrival=_concatenate([d.arrival for d in unique], np.float64)[index],
         wait=_concatenate([d.wait for d in unique], np.float64)[index],
         lengths=lengths,
-        ranks=np.fromiter(map(attrgetter("rank"), ranks), np.int64, len(ranks)),
+        ranks=np.fromiter(chain.from_iterable(f.numbers for f in fields), np.int64, len(columns)),
         node_codes=np.fromiter(map(code.__getitem__, nodes), np.int64, len(nodes)),
-        compute_gaps=np.array(list(map(attrgetter("compute_gap_seconds_p50"), ranks)), dtype=np.float64),
+        compute_gaps=np.array(list(chain.from_iterable(f.compute_gaps for f in fields)), dtype=np.float64),
         node_names=node_names,
     )
 
@@ -91,7 +94,7 @@ def align(groups: Sequence[RankGroup], samples_per_rank: int, min_collectives: i
     window = samples_per_rank
     flat = _flatten(groups, window)
     seq, arrival, wait, lengths = flat.seq, flat.arrival, flat.wait, flat.lengths
-    ranks_per_group = np.fromiter((len(g.entries) for g in groups), np.int64, len(groups))
+    ranks_per_group = np.fromiter(map(len, map(attrgetter("entries"), groups)), np.int64, len(groups))
     group_of_row = np.repeat(np.arange(len(groups)), ranks_per_group)
     group_start = np.concatenate(([0], np.cumsum(ranks_per_group)[:-1]))
     ends = np.cumsum(lengths)

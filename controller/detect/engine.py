@@ -13,8 +13,8 @@ import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from itertools import repeat
-from operator import attrgetter
 from typing import NamedTuple
 
 from agent.evidence import Evidence
@@ -29,16 +29,6 @@ from controller.detect.verdicts import VerdictKeeper
 from controller.model import Finding, JobState, JobView, NodeVerdict, RankTable, Severity
 
 log = logging.getLogger(__name__)
-
-_RANK, _NODE = attrgetter("rank"), attrgetter("node")  # of a RankEntry
-_NUMBER, _PID, _WORLD_SIZE, _LAST_SEQ, _PENDING_SEQ = (
-    attrgetter("rank"),
-    attrgetter("pid"),
-    attrgetter("world_size"),
-    attrgetter("last_seq"),
-    attrgetter("pending_seq"),
-)  # of a RankEvidence
-_WAIT_P50, _COMPUTE_GAP = attrgetter("wait_seconds_p50"), attrgetter("compute_gap_seconds_p50")
 
 
 @dataclass(frozen=True)
@@ -56,6 +46,9 @@ class _RankMemory(NamedTuple):
     last_seq: int
     node: str
     seen_at: float  # controller time (s)
+
+
+_new_memory = partial(tuple.__new__, _RankMemory)  # from a 5-tuple, without a Python-level call
 
 
 @dataclass
@@ -192,7 +185,7 @@ class DetectionEngine:
                     if base is None
                     else (1 - config.baseline_alpha) * base + config.baseline_alpha * step
                 )
-            nodes = sorted({node for g in groups.values() for node in map(_NODE, g.entries)})
+            nodes = sorted({node for g in groups.values() for node in g.fields.nodes})
             looks.append((main, step, slow, nodes))
             if len(nodes) > 1:  # NIC counters do not depend on the job's warm-up: compared at once
                 context: dict[str, object] = {
@@ -224,12 +217,14 @@ class DetectionEngine:
         """Update rank memory; True while the job is (re)starting: new processes, sequence reset, new size."""
         memory = self._jobs.get(key)
         restarted = memory is None
-        for name, group in groups.items():  # at scale: C-level maps over the ranks, one generator
-            ranks = list(map(_RANK, group.entries))
-            numbers = list(map(_NUMBER, ranks))
-            pids = list(map(_PID, ranks))
-            sizes = list(map(_WORLD_SIZE, ranks))
-            last_seqs = list(map(_LAST_SEQ, ranks))
+        for name, group in groups.items():  # at scale: C-level maps over the ranks' fields, one generator
+            fields = group.fields
+            numbers, pids, sizes, last_seqs = (
+                fields.numbers,
+                fields.pids,
+                fields.world_sizes,
+                fields.last_seqs,
+            )
             known_ranks = self._ranks.setdefault((key, name), {})
             restarted |= len(set(sizes)) > 1
             restarted |= any(
@@ -246,7 +241,7 @@ class DetectionEngine:
             known_ranks.update(
                 zip(
                     numbers,
-                    map(_RankMemory, pids, sizes, last_seqs, map(_NODE, group.entries), repeat(now)),
+                    map(_new_memory, zip(pids, sizes, last_seqs, fields.nodes, repeat(now))),
                     strict=True,
                 )
             )
@@ -267,10 +262,10 @@ class DetectionEngine:
         self, key: JobKey, group: RankGroup, usable: Mapping[str, Evidence], now: float
     ) -> dict[int, str]:
         """Ranks this group had, gone from a node that still reports (their process died or was stopped)."""
-        world = max(e.rank.world_size for e in group.entries)
+        world = max(group.fields.world_sizes)
         if len(group.entries) >= world:
             return {}  # every rank reports
-        present = {e.rank.rank for e in group.entries}
+        present = set(group.fields.numbers)
         gone: dict[int, str] = {}
         for rank in range(world):
             if rank in present:
@@ -321,30 +316,27 @@ class DetectionEngine:
     ) -> JobView:
         columns: tuple[list[object], ...] = tuple([] for _ in RankTable.FIELDS)
         numbers, where, names, last_seqs, pending, lateness, waits, gaps = columns
-        for name, group in groups.items():  # columns filled by C-level maps: no statement per rank
+        for name, group in groups.items():  # columns joined from the groups' fields: no statement per rank
             report = reports.get((key, name))
-            ranks = list(map(_RANK, group.entries))
-            ids = list(map(_NUMBER, ranks))
-            numbers += ids
-            where += map(_NODE, group.entries)
-            names += [name] * len(ids)
-            last_seqs += map(_LAST_SEQ, ranks)
-            pending += map(_PENDING_SEQ, ranks)
-            gaps += map(_COMPUTE_GAP, ranks)
+            fields = group.fields
+            numbers += fields.numbers
+            where += fields.nodes
+            names += [name] * len(fields.numbers)
+            last_seqs += fields.last_seqs
+            pending += fields.pending_seqs
+            gaps += fields.compute_gaps
             if report is None:
-                lateness += [None] * len(ids)
-                waits += map(_WAIT_P50, ranks)
+                lateness += [None] * len(fields.numbers)
+                waits += fields.wait_p50s
             else:
-                lateness += map(report.lateness_seconds.get, ids)
-                waits += map(report.wait_seconds.get, ids, map(_WAIT_P50, ranks))
+                lateness += map(report.lateness_seconds.get, fields.numbers)
+                waits += map(report.wait_seconds.get, fields.numbers, fields.wait_p50s)
         return JobView(
             name=key[1],
             namespace=key[0],
-            world_size=max(map(_WORLD_SIZE, map(_RANK, main.entries))),
+            world_size=max(main.fields.world_sizes),
             state=state,
-            rank_nodes=dict(
-                zip(map(_NUMBER, map(_RANK, main.entries)), map(_NODE, main.entries), strict=True)
-            ),
+            rank_nodes=dict(zip(main.fields.numbers, main.fields.nodes, strict=True)),
             nodes=tuple(nodes),
             step_period_seconds=step,
             baseline_step_period_seconds=memory.baseline_step_seconds,
