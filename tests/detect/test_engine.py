@@ -151,3 +151,29 @@ def test_junk_evidence_never_crashes_and_never_blames() -> None:
             v.verdict in (Verdict.HEALTHY, Verdict.SUSPECT, Verdict.FAULTY) for v in result.verdicts.values()
         )
     assert not any(v.verdict is Verdict.FAULTY for v in result.verdicts.values())
+
+
+def test_job_view_ranks_read_as_rank_views_and_serialise_as_a_list_of_them() -> None:
+    from controller.server import to_plain
+
+    engine = DetectionEngine()
+    for t in (5.0, 40.0):  # past the warm-up: straggler figures are in the view
+        result = engine.step(documents(lockstep_ranks(2, 2, t, late_node=1), t, 2), t)
+    (job,) = result.jobs
+    views = list(job.ranks)
+    assert len(job.ranks) == 4 and [v.rank for v in views] == [0, 1, 2, 3]
+    assert [v.node for v in views] == ["n0", "n0", "n1", "n1"] and job.ranks[-1] == views[-1]
+    assert job.ranks[1:3] == tuple(views[1:3])
+    assert all(v.lateness_seconds is not None and v.process_group == "default" for v in views)
+    assert views[3].lateness_seconds > views[0].lateness_seconds + 0.1  # type: ignore[operator]
+    plain = to_plain(job)["ranks"]
+    assert isinstance(plain, list) and plain[2] == {
+        "rank": 2,
+        "node": "n1",
+        "process_group": "default",
+        "last_seq": views[2].last_seq,
+        "pending_seq": None,
+        "lateness_seconds": views[2].lateness_seconds,
+        "wait_seconds": views[2].wait_seconds,
+        "compute_gap_seconds": views[2].compute_gap_seconds,
+    }
