@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -227,17 +228,7 @@ class DetectionEngine:
             )
             known_ranks = self._ranks.setdefault((key, name), {})
             restarted |= len(set(sizes)) > 1
-            restarted |= any(
-                known is not None
-                and (
-                    (pid and known.pid and pid != known.pid)
-                    or world_size != known.world_size
-                    or last_seq < known.last_seq
-                )
-                for known, pid, world_size, last_seq in zip(
-                    map(known_ranks.get, numbers), pids, sizes, last_seqs, strict=True
-                )
-            )
+            restarted |= _restarted(list(map(known_ranks.get, numbers)), pids, sizes, last_seqs)
             known_ranks.update(
                 zip(
                     numbers,
@@ -343,6 +334,25 @@ class DetectionEngine:
             suspects=tuple(sorted({f.node for f in job_findings})),
             ranks=RankTable(*columns),
         )
+
+
+def _restarted(
+    known: list[_RankMemory | None],
+    pids: tuple[int, ...],
+    sizes: tuple[int, ...],
+    last_seqs: tuple[int, ...],
+) -> bool:
+    """Whether a rank seen before (`known`, in the order of the other columns) now has another process, another
+    world size or an earlier sequence number."""
+    if known and None not in known:  # the usual cycle: every rank seen before, compared column by column
+        old_pids, old_sizes, old_seqs, _, _ = zip(*known, strict=True)
+        if old_pids == pids and old_sizes == sizes:
+            return any(map(operator.lt, last_seqs, old_seqs))
+    return any(
+        rank is not None
+        and ((pid and rank.pid and pid != rank.pid) or size != rank.world_size or seq < rank.last_seq)
+        for rank, pid, size, seq in zip(known, pids, sizes, last_seqs, strict=True)
+    )
 
 
 def _main_group(groups: Mapping[str, RankGroup]) -> RankGroup:

@@ -51,6 +51,8 @@ def find_hang(
     `vanished` maps ranks that reported before but are gone from their (still reporting) node to that node:
     a process that died holds its peers up just as one that stopped.
     """
+    if group.fields.pending_seqs.count(None) == len(group.entries):
+        return HangReport()  # nobody waits in a collective (the usual cycle: no per-rank look)
     vanished = vanished or {}
     threshold = hang_threshold_seconds(step_period, config)
     waiting = [
