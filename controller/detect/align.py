@@ -47,9 +47,6 @@ class _Flat:
     node_names: list[str]
 
 
-_PLACE = attrgetter("document", "start", "seq")  # of a RankColumns
-
-
 def _flatten(groups: Sequence[RankGroup], samples_per_rank: int) -> _Flat:
     """All ranks' recent samples, gathered from the columns decoded when their documents arrived: at 80,000
     ranks any per-rank or per-sample Python statement is the cost of the whole cycle, so the documents' arrays
@@ -59,13 +56,13 @@ def _flatten(groups: Sequence[RankGroup], samples_per_rank: int) -> _Flat:
     nodes = list(chain.from_iterable(f.nodes for f in fields))
     node_names = list(dict.fromkeys(nodes))
     code = {name: i for i, name in enumerate(node_names)}
-    documents, first, seqs = zip(*map(_PLACE, columns), strict=True) if columns else ((), (), ())
+    _, _, _, documents, first, last = zip(*columns, strict=True) if columns else ((),) * 6
     unique = list(dict.fromkeys(documents))
     number = {document: i for i, document in enumerate(unique)}
     sizes = np.fromiter((len(document.seq) for document in unique), np.int64, len(unique))
     offsets = np.cumsum(sizes) - sizes  # of each document in the joined arrays
-    counts = np.fromiter(map(len, seqs), np.int64, len(columns))
     starts = np.fromiter(first, np.int64, len(columns))
+    counts = np.fromiter(last, np.int64, len(columns)) - starts
     starts += offsets[np.fromiter(map(number.__getitem__, documents), np.int64, len(documents))]
     lengths = np.minimum(counts, samples_per_rank)
     total = int(lengths.sum())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,16 +27,17 @@ class DocumentColumns:
     wait: np.ndarray  # float64, s, nan where unknown
 
 
-@dataclass(frozen=True)
-class RankColumns:
+class RankColumns(NamedTuple):
     """One rank's samples in the agent's order: views into its document's arrays, and where they sit there
-    (so a cycle can gather many ranks' samples from a few document arrays at once)."""
+    (so a cycle can gather many ranks' samples from a few document arrays at once). A tuple: a cycle unpacks
+    80,000 of them at C speed."""
 
     seq: np.ndarray  # int64
     arrival: np.ndarray  # float64, Unix s (agent clock)
     wait: np.ndarray  # float64, s, nan where unknown
     document: DocumentColumns
     start: int  # index of the rank's first sample in `document`
+    stop: int  # ... and one past its last
 
 
 _decoded: dict[int, tuple[weakref.ref[Evidence], tuple[RankColumns, ...]]] = {}
@@ -80,6 +82,6 @@ def _decode(document: Evidence) -> tuple[RankColumns, ...]:
     starts = ends - [len(rank.samples) for rank in document.ranks]
     whole = DocumentColumns(seq, arrival, wait)
     return tuple(
-        RankColumns(seq[a:b], arrival[a:b], wait[a:b], whole, a)
+        RankColumns(seq[a:b], arrival[a:b], wait[a:b], whole, a, b)
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
     )
