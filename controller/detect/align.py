@@ -112,10 +112,18 @@ def align(groups: Sequence[RankGroup], samples_per_rank: int, min_collectives: i
     row_of_sample = np.repeat(np.arange(len(lengths)), lengths)
     col = seq - lo[group_of_row[row_of_sample]]
     valid = keep[row_of_sample] & (col >= 0) & (col < window) & np.isfinite(arrival)  # junk is missing data
-    arrival_matrix = np.full((len(lengths), window), np.nan)
-    wait_matrix = np.full((len(lengths), window), np.nan)
-    arrival_matrix[row_of_sample[valid], col[valid]] = arrival[valid]
-    wait_matrix[row_of_sample[valid], col[valid]] = np.where(np.isfinite(wait[valid]), wait[valid], np.nan)
+    shape = (len(lengths), window)
+    if (lengths == window).all() and (col.reshape(shape) == np.arange(window)).all():
+        # The usual cycle: every rank's samples are the window's collectives in order, already a matrix.
+        arrival_matrix = np.where(valid, arrival, np.nan).reshape(shape)
+        wait_matrix = np.where(valid & np.isfinite(wait), wait, np.nan).reshape(shape)
+    else:
+        arrival_matrix = np.full(shape, np.nan)
+        wait_matrix = np.full(shape, np.nan)
+        arrival_matrix[row_of_sample[valid], col[valid]] = arrival[valid]
+        wait_matrix[row_of_sample[valid], col[valid]] = np.where(
+            np.isfinite(wait[valid]), wait[valid], np.nan
+        )
     present = ~np.isnan(arrival_matrix) | ~keep[:, None]
     complete = np.logical_and.reduceat(present, group_start, axis=0)  # (groups, window)
 
