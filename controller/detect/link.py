@@ -10,8 +10,7 @@ output: `SlowLink` findings (the fabric check may turn several of them into one 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from operator import attrgetter
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,24 +20,19 @@ from controller.detect.straggler import leave_one_out_median
 from controller.model import Finding, Severity
 
 DETECTOR = "link"
-FEATURES = (
-    "tcp_retransmit_ratio",
-    "bad_packets_per_second",
-    "xmit_wait_ratio",
-    "link_speed_bits_per_second",
-    "burst_bytes_per_second",
-)
 
 
-@dataclass(frozen=True)
-class LinkFigures:
-    """One node's network figures for one cycle (nan = not measured)."""
+class LinkFigures(NamedTuple):
+    """One node's network figures for one cycle (nan = not measured); a tuple: one row of the comparison."""
 
     tcp_retransmit_ratio: float
     bad_packets_per_second: float
     xmit_wait_ratio: float
     link_speed_bits_per_second: float
     burst_bytes_per_second: float
+
+
+FEATURES = LinkFigures._fields
 
 
 def link_figures(evidence: Evidence, config: DetectionConfig) -> LinkFigures:
@@ -82,14 +76,10 @@ def find_slow_links(
     for j, nodes in enumerate(members):
         if len(nodes) >= 2:
             by_size.setdefault(len(nodes), []).append(j)
-    rows = {node: _ROW(figure) for node, figure in figures.items()}
     for indices in by_size.values():
-        values = np.array(
-            [[rows[node] for node in members[j]] for j in indices], dtype=np.float64
-        )  # (J, N, F)
-        measured = ~np.isnan(values).any(
-            axis=1, keepdims=True
-        )  # compare a figure only where every node has it
+        # (jobs, nodes, FEATURES); a figure is compared only where every node of the job has it
+        values = np.array([[figures[node] for node in members[j]] for j in indices], dtype=np.float64)
+        measured = ~np.isnan(values).any(axis=1, keepdims=True)
         peers = np.where(measured, leave_one_out_median(values), np.nan)
         tcp, bad, xwait, speed, burst = np.moveaxis(values, -1, 0)
         p_tcp, p_bad, p_xwait, p_speed, p_burst = np.moveaxis(peers, -1, 0)
@@ -109,9 +99,6 @@ def find_slow_links(
             j = indices[k]
             out[j] = _findings(jobs[j][0], members[j], values[k], peers[k], checks[k], jobs[j][2])
     return out
-
-
-_ROW = attrgetter(*FEATURES)
 
 
 def _findings(
