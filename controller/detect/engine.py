@@ -218,24 +218,14 @@ class DetectionEngine:
         """Update rank memory; True while the job is (re)starting: new processes, sequence reset, new size."""
         memory = self._jobs.get(key)
         restarted = memory is None
-        for name, group in groups.items():  # at scale: C-level maps over the ranks' fields, one generator
-            fields = group.fields
-            numbers, pids, sizes, last_seqs = (
-                fields.numbers,
-                fields.pids,
-                fields.world_sizes,
-                fields.last_seqs,
-            )
+        for name, group in groups.items():  # whole columns of the ranks' fields: no per-rank statement
+            f = group.fields
             known_ranks = self._ranks.setdefault((key, name), {})
-            restarted |= len(set(sizes)) > 1
-            restarted |= _restarted(list(map(known_ranks.get, numbers)), pids, sizes, last_seqs)
-            known_ranks.update(
-                zip(
-                    numbers,
-                    map(_new_memory, zip(pids, sizes, last_seqs, fields.nodes, repeat(now))),
-                    strict=True,
-                )
-            )
+            restarted |= len(set(f.world_sizes)) > 1
+            known = list(map(known_ranks.get, f.numbers))
+            restarted |= _restarted(known, f.pids, f.world_sizes, f.last_seqs)
+            memories = map(_new_memory, zip(f.pids, f.world_sizes, f.last_seqs, f.nodes, repeat(now)))
+            known_ranks.update(zip(f.numbers, memories, strict=True))
         if memory is None:
             memory = self._jobs[key] = _JobMemory(restarted_at=now)
         if restarted:
