@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, overload
 
 
@@ -91,16 +91,7 @@ class RankTable(Sequence[RankView]):
     A `RankView` is built each time one is read."""
 
     __slots__ = ("_columns",)
-    FIELDS = (
-        "rank",
-        "node",
-        "process_group",
-        "last_seq",
-        "pending_seq",
-        "lateness_seconds",
-        "wait_seconds",
-        "compute_gap_seconds",
-    )
+    FIELDS = tuple(f.name for f in fields(RankView))
 
     def __init__(self, *columns: Sequence[Any]) -> None:
         """One sequence per name in `FIELDS`, all of the same length (none: an empty table)."""
