@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pytest
 
 from controller.detect import DetectionConfig, DetectionEngine
 from controller.detect.ranks import group_ranks
-from controller.detect.straggler import find_stragglers, leave_one_out_median
+from controller.detect.straggler import find_stragglers, leave_one_out_median, median_along
 from controller.model import Verdict
 from tests.detect.helpers import documents, lockstep_ranks
 
@@ -104,3 +107,19 @@ def test_pipeline_stages_in_their_own_process_groups_are_not_compared_with_each_
     groups = [g for job in group_ranks(docs).values() for g in job.values()]
     assert sorted(g.process_group for g in groups) == ["pp0", "pp1"]
     assert [f for g in groups for f in find_stragglers(g, 1.0, CONFIG).findings] == []
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 16), (3, 8, 15), (2, 2, 6), (2, 1, 3)])
+@pytest.mark.parametrize("axis", [-1, -2])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_sorted_median_gives_numpys_median_with_nans_and_infinities(
+    shape: tuple[int, ...], axis: int, keepdims: bool
+) -> None:
+    values = np.random.default_rng(sum(shape)).normal(size=shape)
+    values[0, 0, 0] = np.nan
+    values[1, :, 1] = np.inf
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.median(values, axis=axis, keepdims=keepdims)
+    got = median_along(values, axis=axis, keepdims=keepdims)
+    assert got.shape == expected.shape and np.array_equal(got, expected, equal_nan=True)
