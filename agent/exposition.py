@@ -2,7 +2,7 @@
 
 prometheus_client escapes every metric and label name character by character on every sample, which costs more
 than reading all the sysfs files of a scrape. Here a name is checked once (cached) and then written as is; only
-label values and HELP texts are escaped. Anything unusual (histograms, timestamps, exemplars, a name that needs
+label values and HELP texts are escaped. Anything unusual (histograms with _created, timestamps, exemplars, a name that needs
 escaping, a non-default escaping scheme) goes through prometheus_client itself. Tests compare both outputs.
 """
 
@@ -21,7 +21,8 @@ from prometheus_client.utils import floatToGoString
 _LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _PLAIN_ESCAPINGS = (openmetrics.UNDERSCORES, openmetrics.ALLOWUTF8)  # identical output for legacy names
-_FAST_TYPES = frozenset({"counter", "gauge", "unknown"})
+_FAST_TYPES = frozenset({"counter", "gauge", "unknown", "histogram"})
+_SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}  # others: the name alone
 
 Encoder = Callable[["MetricSource"], bytes]
 
@@ -86,10 +87,10 @@ def _fast(metric: Metric) -> bool:
     """True if writing the family directly gives exactly prometheus_client's output."""
     if metric.type not in _FAST_TYPES or not _legacy_name(metric.name):
         return False
-    expected = metric.name + "_total" if metric.type == "counter" else metric.name
+    expected = _sample_names(metric.name, metric.type)
     for sample in metric.samples:
         if (
-            sample.name != expected  # e.g. a counter's _created sample: the library places those
+            sample.name not in expected  # e.g. a counter's _created sample: the library places those
             or sample.timestamp is not None
             or sample.exemplar is not None
             or sample.native_histogram is not None
@@ -97,6 +98,12 @@ def _fast(metric: Metric) -> bool:
         ):
             return False
     return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _sample_names(name: str, kind: str) -> frozenset[str]:
+    """The sample names a family of this type writes without the library's help (no _created, no _gsum)."""
+    return frozenset(name + suffix for suffix in _SAMPLE_SUFFIXES.get(kind, ("",)))
 
 
 @functools.lru_cache(maxsize=4096)
