@@ -7,10 +7,10 @@ This is the only place in the agent that exits the process: 2 for bad settings, 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import signal
 import sys
+import threading
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,18 +130,18 @@ def _read_config(path: Path) -> dict[str, Any]:
     return values
 
 
-async def run(settings: AgentSettings) -> None:
+def run(settings: AgentSettings) -> None:
     """Serve until SIGTERM or SIGINT."""
     runner = CollectorRunner.from_settings(settings)
     host, port = settings.listen_address
-    server = await serve(build_app(runner), host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    server = serve(build_app(runner), host, port)
+    stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
     log.info("stopping")
-    await server.stop()
+    server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     log.info("lockstep-agent %s on node %s", __version__, settings.node_name)
     try:
-        asyncio.run(run(settings))
+        run(settings)
     except OSError as error:
         log.error("cannot listen on %s: %s", settings.listen, error.strerror or error)
         return 1
