@@ -24,11 +24,9 @@ from agent import __version__
 from agent.collectors import COLLECTORS
 from agent.collectors.runner import CollectorRunner
 from agent.server import build_app, serve
-from agent.settings import AgentSettings, load_settings
+from agent.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, AgentSettings, load_settings
 
 log = logging.getLogger("agent")
-
-ENV_PREFIX = "LOCKSTEP_"
 
 
 class SettingsError(Exception):
@@ -69,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_option(group: argparse._ArgumentGroup, path: tuple[str, ...], field: FieldInfo) -> None:
-    env = ENV_PREFIX + "__".join(path).upper()
+    env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(path).upper()
     dest = ".".join(path)
     help_text = f"{field.description or ''} [{env}]".replace("%", "%%")  # argparse formats help with %
     default = field.get_default(call_default_factory=True)
