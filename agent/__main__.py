@@ -7,6 +7,8 @@ This is the only place in the agent that exits the process: 2 for bad settings, 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
 import signal
 import sys
@@ -142,7 +144,20 @@ def run(settings: AgentSettings) -> None:
     server.stop()
 
 
+M_ARENA_MAX = -8  # glibc mallopt parameter
+MALLOC_ARENAS = 2
+
+
+def _few_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas (by default up to 8 per core, one per thread that allocates): the collectors and
+    requests run on short-lived threads, and each arena keeps its own freed memory (~1 MB of RSS here). Like
+    MALLOC_ARENA_MAX=2 in the environment; a no-op where the C library has no mallopt."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _few_malloc_arenas()
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
