@@ -19,6 +19,7 @@ from prometheus_client.metrics_core import Metric
 
 from agent.backends.nic_bytes import ByteCounters, interfaces
 from agent.collectors.base import Collector
+from agent.collectors.order_stats import median
 from agent.collectors.period_estimate import TrafficPattern, estimate
 from agent.evidence import EvidencePart, TrafficPeriodicity
 from agent.settings import PeriodicitySettings
@@ -138,7 +139,7 @@ class PeriodicityCollector(Collector):
             valid = (steps > 0) & (deltas >= 0)  # a counter reset (interface re-created) is no traffic
             rates = np.where(valid, deltas / np.where(steps > 0, steps, 1.0), 0.0)
             try:
-                pattern = estimate(rates, float(np.median(steps)), self.settings.min_bytes_per_second)
+                pattern = estimate(rates, median(steps), self.settings.min_bytes_per_second)
             except (ValueError, FloatingPointError, IndexError):  # one odd series must not hide the others
                 log.exception("periodicity estimate failed for %s", name)
                 continue
