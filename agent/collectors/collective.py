@@ -62,8 +62,8 @@ class Sender:
 
 
 _HEARTBEAT = int(wire.Kind.HEARTBEAT)
-INGEST_SECONDS = 1.0  # how long received datagrams may wait to be applied in one batch (reads apply them first)
-INGEST_BYTES = 2 << 20  # queued datagram bytes that are applied at once, whatever their age
+INGEST_SECONDS = 0.5  # how long received datagrams may wait to be applied in one batch (reads apply them first)
+INGEST_BYTES = 1 << 20  # queued datagram bytes that are applied at once, whatever their age
 BatchKey = tuple[bytes, int, bytes]  # raw job, rank, raw group
 
 
