@@ -2,7 +2,7 @@
 
 prometheus_client escapes every metric and label name character by character on every sample, which costs more
 than reading all the sysfs files of a scrape. Here a name is checked once (cached) and then written as is; only
-label values and HELP texts are escaped. Anything unusual (histograms, timestamps, exemplars, a name that needs
+label values and HELP texts are escaped. Anything unusual (histograms with _created, timestamps, exemplars, a name that needs
 escaping, a non-default escaping scheme) goes through prometheus_client itself. Tests compare both outputs.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from prometheus_client import exposition
@@ -21,7 +21,8 @@ from prometheus_client.utils import floatToGoString
 _LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _PLAIN_ESCAPINGS = (openmetrics.UNDERSCORES, openmetrics.ALLOWUTF8)  # identical output for legacy names
-_FAST_TYPES = frozenset({"counter", "gauge", "unknown"})
+_FAST_TYPES = frozenset({"counter", "gauge", "unknown", "histogram"})
+_SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}  # others: the name alone
 
 Encoder = Callable[["MetricSource"], bytes]
 
@@ -47,14 +48,15 @@ def encode_text(source: MetricSource) -> bytes:
     """Prometheus text format 0.0.4."""
     output: list[str] = []
     for metric in source.collect():
-        if not _fast(metric):
+        lines = _plain_lines(metric)
+        if lines is None:
             output.append(exposition.generate_latest(_One(metric)).decode())
             continue
         exposed = metric.name + "_total" if metric.type == "counter" else metric.name
         kind = "untyped" if metric.type == "unknown" else metric.type
         help_text = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
         output.append(f"# HELP {exposed} {help_text}\n# TYPE {exposed} {kind}\n")
-        output.extend(_sample_lines(metric))
+        output.extend(lines)
     return "".join(output).encode()
 
 
@@ -62,41 +64,66 @@ def encode_openmetrics(source: MetricSource) -> bytes:
     """OpenMetrics 1.0.0."""
     output: list[str] = []
     for metric in source.collect():
-        if not _fast(metric):
+        lines = _plain_lines(metric)
+        if lines is None:
             output.append(openmetrics.generate_latest(_One(metric)).decode().removesuffix("# EOF\n"))
             continue
         output.append(f"# HELP {metric.name} {_escape(metric.documentation)}\n# TYPE {metric.name} {metric.type}\n")
         if metric.unit:
             output.append(f"# UNIT {metric.name} {metric.unit}\n")
-        output.extend(_sample_lines(metric))
+        output.extend(lines)
     output.append("# EOF\n")
     return "".join(output).encode()
 
 
-def _sample_lines(metric: Metric) -> Iterator[str]:
-    for sample in metric.samples:
-        if sample.labels:
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
-            yield f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}\n"
-        else:
-            yield f"{sample.name} {floatToGoString(sample.value)}\n"
-
-
-def _fast(metric: Metric) -> bool:
-    """True if writing the family directly gives exactly prometheus_client's output."""
+def _plain_lines(metric: Metric) -> list[str] | None:
+    """The family's sample lines written directly, or None where that would not be exactly prometheus_client's
+    output (leave it to the library)."""
     if metric.type not in _FAST_TYPES or not _legacy_name(metric.name):
-        return False
-    expected = metric.name + "_total" if metric.type == "counter" else metric.name
+        return None
+    expected = _sample_names(metric.name, metric.type)
+    lines = []
     for sample in metric.samples:
         if (
-            sample.name != expected  # e.g. a counter's _created sample: the library places those
+            sample.name not in expected  # e.g. a counter's _created sample: the library places those
             or sample.timestamp is not None
             or sample.exemplar is not None
             or sample.native_histogram is not None
-            or not all(_legacy_label(k) for k in sample.labels)
         ):
-            return False
-    return True
+            return None
+        prefix = _prefix(sample.name, sample.labels)
+        if not prefix:
+            return None
+        lines.append(f"{prefix}{floatToGoString(sample.value)}\n")
+    return lines
+
+
+_PREFIXES: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+_MAX_PREFIXES = 16384  # series of one scrape are a few thousand; the cache starts over beyond this
+
+
+def _prefix(name: str, labels: dict[str, str]) -> str:
+    """`name{labels} ` of a sample, "" if a label name needs escaping. Cached: the same series recur every scrape,
+    and sorting and escaping their labels cost more than the rest of the line."""
+    key = (name, tuple(labels.items()))
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        if not all(_legacy_label(k) for k in labels):
+            prefix = ""
+        elif labels:
+            prefix = name + "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "} "
+        else:
+            prefix = name + " "
+        if len(_PREFIXES) >= _MAX_PREFIXES:
+            _PREFIXES.clear()
+        _PREFIXES[key] = prefix
+    return prefix
+
+
+@functools.lru_cache(maxsize=4096)
+def _sample_names(name: str, kind: str) -> frozenset[str]:
+    """The sample names a family of this type writes without the library's help (no _created, no _gsum)."""
+    return frozenset(name + suffix for suffix in _SAMPLE_SUFFIXES.get(kind, ("",)))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -1,17 +1,20 @@
 """The agent's HTTP face: `/metrics` for Prometheus, `/api/v1/evidence` for the controller, health probes.
 
-`build_app` takes a CollectorRunner, so tests can serve any collectors in-process; `serve` binds it and
-returns the bound port (port 0 picks a free one). Collector work runs off the event loop.
+`build_app` takes a CollectorRunner, so tests can serve any collectors in-process; `serve` binds it and returns
+the bound port (port 0 picks a free one). The standard library's threading HTTP server, not aiohttp: the agent
+answers a scrape and an evidence pull every few seconds, and aiohttp with asyncio cost ~10 MB of its RSS budget
+(prometheus_client loads http.server anyway). Each connection has its own thread, so collector work never
+blocks another request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator
+import socket
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -21,96 +24,117 @@ from agent.exposition import negotiate
 
 log = logging.getLogger(__name__)
 
-RUNNER_KEY = web.AppKey("runner", CollectorRunner)
-REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
-READY_KEY = web.AppKey("ready", asyncio.Event)
+IDLE_CONNECTION_SECONDS = 120.0  # a keep-alive connection silent this long is closed (Prometheus scrapes more often)
 
 
-def build_app(runner: CollectorRunner) -> web.Application:
-    """The aiohttp application serving `runner`; it starts the collectors and runs a first collection on startup.
-
-    Ready (`/readyz` 200) once the collectors are started and the first collection ran. The runner is closed
-    on cleanup.
-    """
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(runner)
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-
-    app = web.Application()
-    app[RUNNER_KEY] = runner
-    app[REGISTRY_KEY] = registry
-    app[READY_KEY] = asyncio.Event()
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/api/v1/evidence", _evidence)
-    app.cleanup_ctx.append(_collectors_lifetime)
-    return app
+@dataclass(frozen=True)
+class Response:
+    status: int
+    content_type: str
+    body: bytes
 
 
-async def _collectors_lifetime(app: web.Application) -> AsyncIterator[None]:
-    runner = app[RUNNER_KEY]
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, runner.start)
-    first = asyncio.ensure_future(_first_collection(app))
-    yield
-    first.cancel()
-    await loop.run_in_executor(None, runner.close)
+class AgentApp:
+    """What the server answers, by path. Ready (`/readyz` 200) once the collectors are started and the first
+    collection ran; `start` and `close` run and stop the collectors."""
+
+    def __init__(self, runner: CollectorRunner) -> None:
+        self.runner = runner
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(runner)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        self.runner.start()
+        threading.Thread(target=self._first_collection, name="first-collection", daemon=True).start()
+
+    def _first_collection(self) -> None:
+        list(self.runner.collect())
+        self.ready.set()
+        log.info("ready: collectors %s", ", ".join(sorted(self.runner.collectors)) or "(none)")
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def respond(self, path: str, accept: str) -> Response:
+        if path == "/metrics":
+            encoder, content_type = negotiate(accept)
+            return Response(200, content_type, encoder(self.registry))
+        if path == "/api/v1/evidence":
+            return Response(200, "application/json", self.runner.evidence().model_dump_json().encode())
+        if path == "/healthz":
+            return Response(200, "text/plain; charset=utf-8", b"ok\n")
+        if path == "/readyz":
+            if self.ready.is_set():
+                return Response(200, "text/plain; charset=utf-8", b"ready\n")
+            return Response(503, "text/plain; charset=utf-8", b"starting: first collection not done\n")
+        return Response(404, "text/plain; charset=utf-8", b"404: Not Found\n")
 
 
-async def _first_collection(app: web.Application) -> None:
-    runner = app[RUNNER_KEY]
-    await asyncio.get_running_loop().run_in_executor(None, lambda: list(runner.collect()))
-    app[READY_KEY].set()
-    log.info("ready: collectors %s", ", ".join(sorted(runner.collectors)) or "(none)")
+def build_app(runner: CollectorRunner) -> AgentApp:
+    """The application serving `runner`; the server starts its collectors and closes them when it stops."""
+    return AgentApp(runner)
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    encoder, content_type = negotiate(request.headers.get("Accept", ""))
-    registry = request.app[REGISTRY_KEY]
-    body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
-    return web.Response(body=body, headers={"Content-Type": content_type})
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: a Prometheus connection is one thread for all its scrapes
+    timeout = IDLE_CONNECTION_SECONDS
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._answer(with_body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(with_body=False)
+
+    def _answer(self, with_body: bool) -> None:
+        try:
+            response = self.server.app.respond(self.path.partition("?")[0], self.headers.get("Accept", ""))
+        except Exception:
+            log.exception("%s failed", self.path)
+            response = Response(500, "text/plain; charset=utf-8", b"500: Internal Server Error\n")
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - no access log
+        pass
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
 
-
-async def _readyz(request: web.Request) -> web.Response:
-    if request.app[READY_KEY].is_set():
-        return web.Response(text="ready\n")
-    return web.Response(status=503, text="starting: first collection not done\n")
-
-
-async def _evidence(request: web.Request) -> web.Response:
-    runner = request.app[RUNNER_KEY]
-    evidence = await asyncio.get_running_loop().run_in_executor(None, runner.evidence)
-    return web.Response(text=evidence.model_dump_json(), content_type="application/json")
+    def __init__(self, host: str, port: int, app: AgentApp) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.app = app
+        super().__init__((host, port), _Handler)
 
 
 @dataclass
 class RunningServer:
-    """A started server: its aiohttp runner and the port it is bound to."""
+    """A started server: the port it is bound to; `stop` closes it and the collectors."""
 
-    runner: web.AppRunner
+    server: _Server
     host: str
     port: int
 
-    async def stop(self) -> None:
-        await self.runner.cleanup()
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.server.app.close()
 
 
-async def serve(app: web.Application, host: str, port: int) -> RunningServer:
-    """Bind `app` on host:port (0 = a free port) and start serving; raises OSError if the bind fails."""
-    app_runner = web.AppRunner(app, access_log=None)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, host, port)
-    try:
-        await site.start()
-    except OSError:
-        await app_runner.cleanup()
-        raise
-    bound = app_runner.addresses[0][1]
+def serve(app: AgentApp, host: str, port: int) -> RunningServer:
+    """Bind `app` on host:port (0 = a free port), start its collectors and serve in a background thread; raises
+    OSError if the bind fails (before any collector starts)."""
+    server = _Server(host, port, app)
+    app.start()
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    bound = server.server_address[1]
     log.info("serving on http://%s:%d (/metrics, /api/v1/evidence, /healthz, /readyz)", host, bound)
-    return RunningServer(runner=app_runner, host=host, port=bound)
+    return RunningServer(server=server, host=host, port=bound)

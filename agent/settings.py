@@ -1,20 +1,26 @@
-"""The agent's settings: one pydantic-settings tree, from env `LOCKSTEP_*` (nested with `__`) and an optional YAML file.
+"""The agent's settings: one pydantic tree, from env `LOCKSTEP_*` (nested with `__`) and an optional YAML file.
 
-Nothing else in the agent reads os.environ (the probe, which runs inside training processes, has its own).
+Nothing else in the agent reads os.environ (the probe, which runs inside training processes, has its own). The
+environment is read here (`env_values`), as pydantic-settings reads it, without importing pydantic-settings: that
+alone cost the agent ~8 MB of its 60 MB RSS budget (it loads asyncio, dotenv and its cloud secret sources).
 Each collector owns one section below; add fields to your section with a docstring explaining the default.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ENV_PREFIX = "LOCKSTEP_"
+ENV_NESTED_DELIMITER = "__"
 
 
 class NvmlSettings(BaseModel):
@@ -170,10 +176,10 @@ class PeriodicitySettings(BaseModel):
     )
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(BaseModel):
     """Settings of `lockstep-agent`."""
 
-    model_config = SettingsConfigDict(env_prefix="LOCKSTEP_", env_nested_delimiter="__", extra="forbid")
+    model_config = ConfigDict(extra="forbid")
 
     listen: str = Field(default="0.0.0.0:9445", description="HOST:PORT the HTTP server binds.")
     node_name: str = Field(default="", description="Kubernetes node name; default env NODE_NAME, then hostname.")
@@ -230,9 +236,46 @@ def load_settings(file_values: Mapping[str, Any], cli_values: Mapping[str, Any])
 
     Raises pydantic.ValidationError naming the offending field.
     """
-    env_values = EnvSettingsSource(AgentSettings)()
-    merged = _deep_merge(_deep_merge(dict(file_values), env_values), cli_values)
+    merged = _deep_merge(_deep_merge(dict(file_values), env_values(os.environ)), cli_values)
     return AgentSettings.model_validate(merged)
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the environment sets: `LOCKSTEP_<FIELD>` and `LOCKSTEP_<SECTION>__<FIELD>`, names in any case
+    (as pydantic-settings reads them). List and section values are JSON. Other `LOCKSTEP_*` variables (the probe's
+    LOCKSTEP_PROBE, LOCKSTEP_SOCKET_DIR ...) name no setting and are left alone; an unknown key inside a section is
+    kept, so validation names it."""
+    values: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
+        field = AgentSettings.model_fields.get(path[0])
+        if field is None or len(path) > 2:
+            continue
+        if len(path) == 1:
+            values[path[0]] = _env_value(raw, field.annotation)
+            continue
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            inner = section.model_fields.get(path[1])
+            section_values = values.setdefault(path[0], {})
+            if isinstance(section_values, dict):
+                section_values[path[1]] = _env_value(raw, inner.annotation if inner else None)
+    return values
+
+
+def _env_value(raw: str, annotation: Any) -> Any:
+    """A list, mapping or section from its JSON text; anything else as the string (pydantic converts it)."""
+    complex_ = typing.get_origin(annotation) in (list, dict, set, tuple) or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    )
+    if complex_:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass  # validation then names the setting and what it expected
+    return raw
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -62,17 +62,27 @@ class Sender:
 
 
 _HEARTBEAT = int(wire.Kind.HEARTBEAT)
+INGEST_SECONDS = 0.5  # how long received datagrams may wait to be applied in one batch (reads apply them first)
+INGEST_BYTES = 1 << 20  # queued datagram bytes that are applied at once, whatever their age
 BatchKey = tuple[bytes, int, bytes]  # raw job, rank, raw group
 
 
 def _batches(decoded: wire.Decoded) -> list[tuple[BatchKey, np.ndarray]]:
-    """Split decoded records by (job, rank, group), keeping datagram order within each; a probe's datagram is
-    usually one such batch."""
+    """Split decoded records by (job, rank, group), keeping arrival order within each; one probe process's
+    records are one batch per process group (its heartbeats, which name no group, one more)."""
     records = decoded.records
     if not len(records):
         return []
     if decoded.uniform:
-        return [((records["job"][0], int(records["rank"][0]), records["group"][0]), records)]
+        job, rank, groups = records["job"][0], int(records["rank"][0]), records["group"]
+        first = groups == groups[0]
+        if first.all():
+            return [((job, rank, groups[0]), records)]
+        others = records[~first]  # few: heartbeats, or a second process group
+        other_groups = others["group"]
+        return [((job, rank, groups[0]), records[first])] + [
+            ((job, rank, group), others[other_groups == group]) for group in dict.fromkeys(other_groups.tolist())
+        ]
     rows: dict[BatchKey, list[int]] = {}
     keys = zip(records["job"].tolist(), records["rank"].tolist(), records["group"].tolist(), strict=True)
     for index, key in enumerate(keys):
@@ -81,7 +91,8 @@ def _batches(decoded: wire.Decoded) -> list[tuple[BatchKey, np.ndarray]]:
 
 
 class CollectiveState:
-    """All ranks' windows; thread-safe: the receive thread applies records, scrapes read summaries."""
+    """All ranks' windows; thread-safe: the receive thread queues datagrams, which are applied in arrival order
+    in batches (every `INGEST_SECONDS`, or before any read), and scrapes read summaries."""
 
     def __init__(self, settings: CollectiveSettings, trust: Trust, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
@@ -92,29 +103,75 @@ class CollectiveState:
         self.senders: dict[RankKey, Sender] = {}
         self.invalid: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self.accepted = 0
+        self._inbox: list[Datagram] = []  # received, not applied yet; guarded by _inbox_lock
+        self._inbox_bytes = 0
+        self._inbox_since = 0.0  # monotonic s of the oldest queued datagram
+        self._inbox_lock = threading.Lock()
+
+    def enqueue(self, datagram: Datagram) -> None:
+        """Queue a datagram (the receive thread: no decoding, so the socket's short queue is drained at once);
+        applied when it is older than INGEST_SECONDS, the queue holds INGEST_BYTES, or someone reads."""
+        with self._inbox_lock:
+            if not self._inbox:
+                self._inbox_since = time.monotonic()
+            self._inbox.append(datagram)
+            self._inbox_bytes += len(datagram.data)
+            full = self._inbox_bytes >= INGEST_BYTES
+        if full:
+            self.ingest()
+
+    def ingest_due(self) -> bool:
+        """Whether queued datagrams have waited INGEST_SECONDS."""
+        return bool(self._inbox) and time.monotonic() - self._inbox_since >= INGEST_SECONDS
+
+    def ingest(self) -> None:
+        """Apply every queued datagram now."""
+        with self.lock:
+            self._ingest_locked()
+
+    def _ingest_locked(self) -> None:
+        with self._inbox_lock:
+            datagrams, self._inbox, self._inbox_bytes = self._inbox, [], 0
+        if datagrams:
+            self._apply_datagrams(datagrams)
 
     def receive(self, datagram: Datagram) -> None:
-        """Apply every record of one datagram; count each bad one under its reason.
-
-        The datagram is decoded and checked in one numpy pass; trust is asked once per (job, rank) it speaks
-        for, and each (job, rank, process group) window takes its records as one batch."""
-        decoded = wire.decode_datagram(datagram.data)
-        records, reasons = decoded.records, decoded.reasons
-        now = self.clock()
+        """Apply one datagram now (after any queued ones)."""
         with self.lock:
-            if datagram.truncated and not reasons["truncated"]:
+            self._ingest_locked()
+            self._apply_datagrams([datagram])
+
+    def _apply_datagrams(self, datagrams: list[Datagram]) -> None:
+        """Apply datagrams in arrival order; count each bad record under its reason.
+
+        Each sender's datagrams are joined and decoded and checked in one numpy pass (senders in the order they
+        first appear, so the first to claim a rank keeps it); trust is asked once per (job, rank) and process
+        group, and each (job, rank, process group) window takes its records as one batch."""
+        reasons: Counter[str] = Counter()
+        by_sender: dict[int | None, list[bytes]] = {}
+        for datagram in datagrams:
+            data = datagram.data
+            whole = len(data) - len(data) % wire.RECORD_BYTES
+            if datagram.truncated or whole != len(data) or not data:
                 reasons["truncated"] += 1  # the torn tail; whole records before it still count
-            issued_at = records["issued_at"].tolist()
-            skew = self.settings.max_clock_skew_seconds
-            if issued_at and (min(issued_at) < now - skew or max(issued_at) > now + skew):
-                skewed = np.abs(records["issued_at"] - now) > skew
+            if whole:
+                by_sender.setdefault(datagram.pid, []).append(data if whole == len(data) else data[:whole])
+        now = self.clock()
+        skew = self.settings.max_clock_skew_seconds
+        for pid, parts in by_sender.items():
+            decoded = wire.decode_records(parts[0] if len(parts) == 1 else b"".join(parts))
+            records = decoded.records
+            reasons.update(decoded.reasons)
+            issued_at = records["issued_at"]
+            if len(records) and (issued_at.min() < now - skew or issued_at.max() > now + skew):
+                skewed = np.abs(issued_at - now) > skew
                 reasons["out_of_window"] += int(skewed.sum())
                 decoded = decoded._replace(records=records[~skewed])
             for key, batch in _batches(decoded):
-                refused = self._apply(key, batch, datagram.pid, now)
+                refused = self._apply(key, batch, pid, now)
                 reasons.update(refused)
                 self.accepted += len(batch) - len(refused)
-            self.invalid.update(reasons)
+        self.invalid.update(reasons)
 
     def _apply(self, key: BatchKey, records: np.ndarray, pid: int | None, now: float) -> list[str]:
         """Apply the records of one (job, rank, group) from one sender; the drop reasons of those refused."""
@@ -157,17 +214,19 @@ class CollectiveState:
 
     def expire(self) -> None:
         """Forget ranks silent for expire_seconds (their job ended) and release their claims."""
-        now = self.clock()
         with self.lock:
+            self._ingest_locked()
+            now = self.clock()
             for rank_key, sender in list(self.senders.items()):
                 if now - sender.last_heard > self.settings.expire_seconds:
                     self._forget(rank_key)
                     self.trust.forget(*rank_key)
 
     def evidence(self) -> EvidencePart:
-        now = self.clock()
         settings = self.settings
         with self.lock:
+            self._ingest_locked()
+            now = self.clock()
             ranks = [
                 window.evidence(now, settings.window_seconds, settings.evidence_samples, self._dropped(key))
                 for key, window in sorted(self.windows.items())
@@ -179,7 +238,6 @@ class CollectiveState:
         return sender.dropped_total if sender else 0
 
     def metrics(self) -> list[Metric]:
-        now = self.clock()
         labels = ["job", "rank", "process_group"]
         op_labels = [*labels, "op"]
         collectives = CounterMetricFamily(
@@ -225,6 +283,8 @@ class CollectiveState:
             "lockstep_collective_records", "Probe records accepted from probe.sock.", value=0
         )
         with self.lock:
+            self._ingest_locked()
+            now = self.clock()
             for (job, rank, group), window in sorted(self.windows.items()):
                 base = [job, str(rank), group]
                 for op, totals in sorted(window.totals.items()):
@@ -291,7 +351,9 @@ class CollectiveCollector(Collector):
             try:
                 datagram = self._socket.receive()
                 if datagram is not None:
-                    self.state.receive(datagram)
+                    self.state.enqueue(datagram)
+                if self.state.ingest_due():
+                    self.state.ingest()
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + 5.0
                     self.state.expire()

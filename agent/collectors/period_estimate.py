@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.collectors.order_stats import quantile
+
 MIN_REGULARITY = 0.3  # autocorrelation below this at the best lag: no period worth reporting
 HARMONIC_SHARE = 0.6  # the period is the shortest lag whose multiples up to the best peak all reach 60% of it:
 # sampling jitter (a burst landing in one 50 ms sample or the next) lowers single peaks of the true period
@@ -62,7 +64,7 @@ def estimate(rates: np.ndarray, interval_seconds: float, min_mean_bytes_per_seco
     rates = np.asarray(rates, dtype=float)
     mean = float(rates.mean()) if len(rates) else 0.0
     active = rates[rates > mean] if len(rates) else rates
-    burst = float(np.quantile(active, 0.9)) if len(active) else mean
+    burst = quantile(active, 0.9) if len(active) else mean
     if len(rates) < 12 or mean < min_mean_bytes_per_second:
         return TrafficPattern(None, 0.0, burst, mean)
     acf = autocorrelation(rates)

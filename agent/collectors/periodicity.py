@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from prometheus_client.metrics_core import Metric
 
 from agent.backends.nic_bytes import ByteCounters, interfaces
 from agent.collectors.base import Collector
+from agent.collectors.order_stats import median
 from agent.collectors.period_estimate import TrafficPattern, estimate
 from agent.evidence import EvidencePart, TrafficPeriodicity
 from agent.settings import PeriodicitySettings
@@ -32,6 +32,28 @@ log = logging.getLogger(__name__)
 RESCAN_SECONDS = 5.0  # how often new or vanished interfaces are noticed
 
 
+class _Series:
+    """One interface's samples, (monotonic s, rx+tx bytes), the oldest overwritten: two preallocated numpy rings
+    (a deque of tuples cost ~10x the memory and a conversion on every scrape)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.times = np.zeros(capacity)
+        self.counts = np.zeros(capacity)  # float: exact up to 2**53 bytes
+        self.size = 0
+        self._next = 0
+
+    def append(self, at: float, count: int) -> None:
+        self.times[self._next], self.counts[self._next] = at, count
+        self._next = (self._next + 1) % len(self.times)
+        self.size = min(self.size + 1, len(self.times))
+
+    def ordered(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of (times, counts), oldest first."""
+        if self.size < len(self.times):
+            return self.times[: self.size].copy(), self.counts[: self.size].copy()
+        return np.roll(self.times, -self._next), np.roll(self.counts, -self._next)
+
+
 class PeriodicityCollector(Collector):
     """Samples rx+tx byte counters of the selected interfaces from start() to close()."""
 
@@ -41,7 +63,7 @@ class PeriodicityCollector(Collector):
         self.settings = settings
         self.interval_seconds = 1.0 / settings.sample_hz
         self._capacity = int(settings.window_seconds * settings.sample_hz) + 1
-        self._history: dict[str, deque[tuple[float, int]]] = {}  # iface -> (monotonic s, rx+tx bytes)
+        self._history: dict[str, _Series] = {}
         self._counters: dict[str, ByteCounters] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -103,25 +125,21 @@ class PeriodicityCollector(Collector):
             for name, value in values:
                 history = self._history.get(name)
                 if history is None:
-                    history = self._history[name] = deque(maxlen=self._capacity)
-                history.append((now, value))
+                    history = self._history[name] = _Series(self._capacity)
+                history.append(now, value)
 
     def patterns(self) -> dict[str, tuple[TrafficPattern, float]]:
         """Interface -> (pattern, window s) from the rate history held now."""
         with self._lock:
-            histories = {name: list(history) for name, history in self._history.items()}
+            histories = {name: history.ordered() for name, history in self._history.items() if history.size >= 3}
         result = {}
-        for name, history in histories.items():
-            if len(history) < 3:
-                continue
-            times = np.array([t for t, _ in history])
-            counts = np.array([c for _, c in history], dtype=float)
+        for name, (times, counts) in histories.items():
             steps = np.diff(times)
             deltas = np.diff(counts)
             valid = (steps > 0) & (deltas >= 0)  # a counter reset (interface re-created) is no traffic
             rates = np.where(valid, deltas / np.where(steps > 0, steps, 1.0), 0.0)
             try:
-                pattern = estimate(rates, float(np.median(steps)), self.settings.min_bytes_per_second)
+                pattern = estimate(rates, median(steps), self.settings.min_bytes_per_second)
             except (ValueError, FloatingPointError, IndexError):  # one odd series must not hide the others
                 log.exception("periodicity estimate failed for %s", name)
                 continue

@@ -192,8 +192,8 @@ class RankWindow:
         self._last_progress_at = max(self._last_progress_at, progress_at)
 
     def _add_completed(self, records: np.ndarray) -> list[str]:
-        seqs = records["seq"].tolist()  # a few dozen: plain Python beats numpy's per-call cost here
-        fresh = seqs[0] > self.last_completed_seq and all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
+        seqs = records["seq"]
+        fresh = int(seqs[0]) > self.last_completed_seq and bool((seqs[1:] > seqs[:-1]).all())
         if not fresh:  # a seq at or below one seen: decide replay / old / new process group record by record
             dropped: list[str] = []
             for index in range(len(records)):

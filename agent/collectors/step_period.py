@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from agent.collectors.order_stats import median
+
 MIN_GAP_SPREAD_RATIO = 0.2
 """Gaps whose spread is below 20% of their mean are uniform: one collective per step (or no structure)."""
 MIN_CORRELATION = 0.5
@@ -30,7 +32,7 @@ def step_period_seconds(issued_at: Sequence[float], pattern_length: int) -> floa
     if pattern_length < 1 or len(times) <= pattern_length:
         return None
     lag = _step_lag(np.diff(times), pattern_length)
-    period = float(np.median(times[lag:] - times[:-lag]))
+    period = median(times[lag:] - times[:-lag])
     return period if period > 0 else None
 
 

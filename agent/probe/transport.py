@@ -37,7 +37,7 @@ class Sender:
         recorder: Recorder,
         identity: Identity,
         socket_dir: str,
-        flush_interval_seconds: float = 0.05,
+        flush_interval_seconds: float = 0.2,
         pending_report_seconds: float = 0.2,
         heartbeat_seconds: float = 1.0,
     ) -> None:

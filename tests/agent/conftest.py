@@ -105,10 +105,10 @@ async def serve_collectors() -> AsyncIterator[Callable[..., object]]:
 
     async def start(collectors: list[Collector], *, timeout_seconds: float = 5.0, broken: tuple[str, ...] = ()) -> str:
         runner = CollectorRunner(collectors, node_name="test-node", timeout_seconds=timeout_seconds, broken=broken)
-        server = await serve(build_app(runner), "127.0.0.1", 0)
+        server = serve(build_app(runner), "127.0.0.1", 0)
         servers.append(server)
         return f"http://127.0.0.1:{server.port}"
 
     yield start
     for server in servers:
-        await server.stop()
+        server.stop()

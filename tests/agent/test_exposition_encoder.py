@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, exposition
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.process_collector import ProcessCollector
 
@@ -40,7 +45,10 @@ def awkward_families() -> list[Metric]:
     timestamped.add_metric([], 1.0, timestamp=1700000000.25)
     unit = GaugeMetricFamily("lockstep_test_temperature_celsius", "with unit", unit="celsius")
     unit.add_metric([], 41.0)
-    return [gauge, counter, with_created, timestamped, unit]
+    histogram = HistogramMetricFamily("lockstep_test_wait_seconds", "a family-built histogram", labels=["job"])
+    histogram.add_metric(['j"1'], [("0.0001", 0), ("2.5", 3.0), ("1e+20", 4), ("+Inf", 5)], 7.25)
+    histogram.add_metric(["j2"], [("+Inf", 0)], 0.0)
+    return [gauge, counter, with_created, timestamped, unit, histogram]
 
 
 def library_families() -> list[Metric]:

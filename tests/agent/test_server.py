@@ -239,3 +239,18 @@ def test_a_failing_collector_is_logged_once_and_its_recovery_once(caplog: pytest
         "collector flaky recovered",
     ]
     assert caplog.records[0].exc_info is not None, "the first failure carries its traceback"
+
+
+def test_collectors_run_one_after_another_so_they_never_contend_for_the_interpreter() -> None:
+    spans: list[tuple[str, str]] = []
+
+    class Recording(Static):
+        def collect(self) -> Iterable[Metric]:
+            spans.append(("start", self.name))
+            threading.Event().wait(0.01)  # a read that releases the GIL, as NVML calls and file reads do
+            spans.append(("end", self.name))
+            return super().collect()
+
+    runner = CollectorRunner([Recording("a"), Recording("b"), Recording("c")], node_name="n", timeout_seconds=5)
+    list(runner.collect())
+    assert spans == [(edge, name) for name in "abc" for edge in ("start", "end")]

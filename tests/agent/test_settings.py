@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from agent.__main__ import build_parser, settings_from_args
+from agent.__main__ import SettingsError, build_parser, settings_from_args
 from agent.settings import AgentSettings
 
 
@@ -42,6 +42,32 @@ def test_command_line_beats_environment_beats_file_beats_defaults(
     assert settings.host.procfs_root == Path("/proc-from-file")
     assert settings.collector_timeout_seconds == 7
     assert settings.evidence_window_seconds == 10.0  # default
+
+
+def test_environment_names_settings_in_any_case_lists_as_json_and_leaves_the_probes_variables_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load(
+        monkeypatch,
+        {
+            "LOCKSTEP_PERIODICITY__INTERFACES": '["ens1f0np0", "ibp65s0"]',
+            "lockstep_collector_timeout_seconds": "9",
+            "LOCKSTEP_PROBE": "1",
+            "LOCKSTEP_SOCKET_DIR": "/run/elsewhere",
+            "LOCKSTEP_JOB": "a-job",
+        },
+    )
+    assert settings.periodicity.interfaces == ["ens1f0np0", "ibp65s0"]
+    assert settings.collector_timeout_seconds == 9
+    assert settings.collective.socket_dir == "/run/lockstep"
+
+
+def test_a_typo_in_an_environment_setting_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match="network.sysfs_rot"):
+        load(monkeypatch, {"LOCKSTEP_NETWORK__SYSFS_ROT": "/host/sys"})
+    monkeypatch.delenv("LOCKSTEP_NETWORK__SYSFS_ROT")
+    with pytest.raises(SettingsError, match="periodicity.interfaces"):
+        load(monkeypatch, {"LOCKSTEP_PERIODICITY__INTERFACES": "[not json"})
 
 
 def test_collector_switches_turn_collectors_off_and_on(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -888,7 +888,8 @@ nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long ev
 }
 
 nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
-    struct timespec start, now, nap = {0, 5 * 1000 * 1000};
+    /* Real NVML blocks in the driver; the fake polls its config, every 20 ms (XIDs arrive that much later). */
+    struct timespec start, now, nap = {0, 20 * 1000 * 1000};
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
         BEGIN("nvmlEventSetWait_v2");
