@@ -134,3 +134,61 @@ def test_each_process_group_has_its_own_sequence_and_non_members_record_nothing(
         assert [s.seq for s in evidence.samples] == list(range(20))
     for evidence in ranks_by_number(collector, "default").values():
         assert [s.seq for s in evidence.samples] == list(range(11))  # subgroup calls left the default group alone
+
+
+HOOKED_AND_PLAIN_DDP = """
+import json, sys
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from agent.probe.patch import timed_allreduce_hook
+from agent.probe.recorder import Recorder
+
+def rank_main(rank, world, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    def model():
+        torch.manual_seed(0)
+        layers = nn.Sequential(nn.Linear(16, 300), nn.ReLU(), nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 4))
+        return DistributedDataParallel(layers, bucket_cap_mb=0.2)
+    recorder = Recorder()
+    hooked, plain = model(), model()
+    hooked.register_comm_hook(hooked.process_group, timed_allreduce_hook(recorder, "default"))
+    torch.manual_seed(1 + rank)  # every rank its own data: the average is not any rank's gradient
+    for _ in range(3):
+        inputs = torch.randn(8, 16)
+        for ddp in (hooked, plain):
+            ddp(inputs).sum().backward()  # gradients accumulate over the steps, as without zero_grad
+    identical = all(torch.equal(a.grad, b.grad) for a, b in zip(hooked.parameters(), plain.parameters()))
+    completed = [(token[1], token[4], done) for token, done in recorder.completed]
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump({"identical": identical, "completed": completed, "pending": len(recorder.pending)}, f)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(rank_main, args=(3, int(sys.argv[1]), sys.argv[2]), nprocs=3)
+"""
+
+
+def test_probe_hook_averages_gradients_bit_identically_to_ddp_without_a_hook_and_times_every_bucket(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    import json
+    import socket
+
+    script = tmp_path / "hooked_and_plain.py"
+    script.write_text(HOOKED_AND_PLAIN_DDP)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "rank"
+    # 3 ranks: scaling by 1/3 rounds, so only DDP's own arithmetic (multiply by the reciprocal) matches it exactly
+    subprocess.run([sys.executable, str(script), str(port), str(out)], env=subprocess_env, check=True, timeout=300,
+                   capture_output=True)  # fmt: skip
+    results = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(3)]
+    for result in results:
+        assert result["identical"]
+        assert result["pending"] == 0
+        seqs = [seq for seq, _, _ in result["completed"]]
+        assert seqs == list(range(len(seqs))) and len(seqs) > 3  # each bucket once; >1 per step once DDP rebuilt them
+        assert all(done >= issued for _, issued, done in result["completed"])
+    assert len({len(result["completed"]) for result in results}) == 1
