@@ -14,7 +14,7 @@ import inspect
 import logging
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 from agent.probe.recorder import Recorder, Token
@@ -85,8 +85,10 @@ def _complete_on(result: Any, recorder: Recorder, token: Token) -> None:
 
 
 def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, recorder: Recorder,
-                    groups: GroupNames) -> Callable[..., Any]:  # fmt: skip
-    """`fn` with issue/complete records around it; sync calls complete on return, async ones via the Work."""
+                    groups: GroupNames, cpu_seen_below: bool = False) -> Callable[..., Any]:  # fmt: skip
+    """`fn` with issue/complete records around it; sync calls complete on return, async ones via the Work.
+    `cpu_seen_below`: the dispatcher kernel (agent/probe/dispatch.py) records this op for CPU tensors, so the
+    wrapper leaves those alone (one record per collective)."""
     params = list(inspect.signature(fn).parameters)
     data_index = params.index(data_param) if data_param in params else -1
     group_index = params.index("group") if "group" in params else -1
@@ -97,8 +99,8 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
         token = None
         try:
             group = groups.name(_arg(args, kwargs, group_index, "group", None))
-            if group is not None:
-                data = _arg(args, kwargs, data_index, data_param or "", None)
+            data = _arg(args, kwargs, data_index, data_param or "", None)
+            if group is not None and not (cpu_seen_below and getattr(data, "is_cpu", False)):
                 is_async = bool(_arg(args, kwargs, async_index, "async_op", False))
                 token = recorder.issue(group, op, nbytes(data) if data is not None else 0)
         except Exception:
@@ -120,15 +122,17 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
     return wrapper
 
 
-def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupNames) -> list[str]:
-    """Wrap the collectives in torch.distributed.distributed_c10d (and the torch.distributed re-exports)."""
+def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupNames,
+                      cpu_seen_below: Container[str] = ()) -> list[str]:  # fmt: skip
+    """Wrap the collectives in torch.distributed.distributed_c10d (and the torch.distributed re-exports);
+    `cpu_seen_below` names those the dispatcher kernel records for CPU tensors."""
     package = sys.modules.get("torch.distributed")
     wrapped = []
     for name, (op, data_param) in COLLECTIVES.items():
         fn = getattr(c10d, name, None)
         if fn is None or getattr(fn, _PATCHED, False):
             continue
-        wrapper = wrap_collective(fn, op, data_param, recorder, groups)
+        wrapper = wrap_collective(fn, op, data_param, recorder, groups, name in cpu_seen_below)
         setattr(c10d, name, wrapper)
         if package is not None and getattr(package, name, None) is fn:
             setattr(package, name, wrapper)
@@ -167,15 +171,17 @@ def timed_allreduce_hook(recorder: Recorder, group: str) -> Callable[[Any, Any],
     return lockstep_allreduce_hook
 
 
-def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNames) -> None:
+def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNames,
+              cpu_seen_below: bool = False) -> None:  # fmt: skip
     """Make DDP's bucket all-reduces visible to the probe.
 
     Without a communication hook DDP's C++ reducer calls the process group directly and nothing in Python
-    sees it. So at the first forward, unless the user registered a hook, the probe registers
-    `timed_allreduce_hook` (DDP takes one hook per model; users register theirs right after construction).
-    A user's Python hook is left alone: the torch.distributed collectives it calls are recorded by the
-    wrappers. Unseen: builtin C++ hooks (`_register_builtin_comm_hook`) and hooks that call process-group
-    methods directly.
+    sees it, except the dispatcher kernel for CPU tensors (`cpu_seen_below`, agent/probe/dispatch.py): CPU
+    models keep DDP's default path. For the others, at the first forward, unless the user registered a hook,
+    the probe registers `timed_allreduce_hook` (DDP takes one hook per model; users register theirs right after
+    construction). A user's Python hook is left alone: the torch.distributed collectives it calls are recorded
+    by the wrappers. Unseen off CPU: builtin C++ hooks (`_register_builtin_comm_hook`) and hooks that call
+    process-group methods directly.
     """
     ddp_cls = ddp_module.DistributedDataParallel
     if getattr(ddp_cls.__init__, _PATCHED, False):
@@ -198,7 +204,7 @@ def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNam
         handle = module.__dict__.pop("_lockstep_pre_forward", None)
         if handle is not None:
             handle.remove()
-        if module.__dict__.get("_lockstep_hooked"):
+        if module.__dict__.get("_lockstep_hooked") or (cpu_seen_below and module.device_type == "cpu"):
             return
         try:
             hook = timed_allreduce_hook(recorder, groups.name(module.process_group) or "default")

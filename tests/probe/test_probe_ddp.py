@@ -189,6 +189,6 @@ def test_probe_hook_averages_gradients_bit_identically_to_ddp_without_a_hook_and
         assert result["identical"]
         assert result["pending"] == 0
         seqs = [seq for seq, _, _ in result["completed"]]
-        assert seqs == list(range(len(seqs))) and len(seqs) > 3  # each bucket once; >1 per step once DDP rebuilt them
+        assert sorted(seqs) == list(range(len(seqs))) and len(seqs) > 3  # each bucket once (gloo may finish them out of order)
         assert all(done >= issued for _, issued, done in result["completed"])
     assert len({len(result["completed"]) for result in results}) == 1
