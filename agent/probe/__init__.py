@@ -64,17 +64,17 @@ class Probe:
             sys.meta_path.insert(0, PostImportHook(later))
 
     def _patch_c10d(self, c10d: types.ModuleType) -> None:
-        try:
-            self.kernel = install_allreduce_kernel(self.recorder, self.groups.name)
-        except Exception:  # a torch without the dispatcher op: the DDP hook and the wrappers see CPU all-reduces
-            log.debug("lockstep probe: no dispatcher kernel for all-reduce", exc_info=True)
-        patch_collectives(c10d, self.recorder, self.groups, ("all_reduce",) if self.kernel else ())
+        patch_collectives(c10d, self.recorder, self.groups, {"all_reduce": self.cpu_seen_below})
         patch_init(c10d, self.activate)
         if c10d.is_initialized():
             self.activate("")
 
     def _patch_ddp(self, ddp_module: types.ModuleType) -> None:
-        patch_ddp(ddp_module, self.recorder, self.groups, cpu_seen_below=self.kernel is not None)
+        patch_ddp(ddp_module, self.recorder, self.groups, self.cpu_seen_below)
+
+    def cpu_seen_below(self) -> bool:
+        """Whether the dispatcher kernel records CPU all-reduces (then the wrapper and the DDP hook leave them)."""
+        return self.kernel is not None
 
     def activate(self, init_method: str) -> None:
         """The default process group is up: learn who we are and (re)start sending."""
@@ -82,6 +82,11 @@ class Probe:
 
         identity = identify(os.environ, dist.get_rank(), dist.get_world_size(), init_method)
         with self._lock:
+            if self.kernel is None:  # here, not when c10d loads: that can be in the middle of `import torch`
+                try:
+                    self.kernel = install_allreduce_kernel(self.recorder, self.groups.name)
+                except Exception:  # a torch without the op: the DDP hook and the wrappers see CPU all-reduces
+                    log.debug("lockstep probe: no dispatcher kernel for all-reduce", exc_info=True)
             self.groups.default_name = str(getattr(dist.group.WORLD, "group_name", "0"))
             self.recorder.reset()
             if self.sender is not None:

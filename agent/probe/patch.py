@@ -14,7 +14,7 @@ import inspect
 import logging
 import sys
 import types
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agent.probe.recorder import Recorder, Token
@@ -85,9 +85,9 @@ def _complete_on(result: Any, recorder: Recorder, token: Token) -> None:
 
 
 def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, recorder: Recorder,
-                    groups: GroupNames, cpu_seen_below: bool = False) -> Callable[..., Any]:  # fmt: skip
+                    groups: GroupNames, cpu_seen_below: Callable[[], bool] = lambda: False) -> Callable[..., Any]:  # fmt: skip
     """`fn` with issue/complete records around it; sync calls complete on return, async ones via the Work.
-    `cpu_seen_below`: the dispatcher kernel (agent/probe/dispatch.py) records this op for CPU tensors, so the
+    `cpu_seen_below()`: the dispatcher kernel (agent/probe/dispatch.py) records this op for CPU tensors, so the
     wrapper leaves those alone (one record per collective)."""
     params = list(inspect.signature(fn).parameters)
     data_index = params.index(data_param) if data_param in params else -1
@@ -100,7 +100,7 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
         try:
             group = groups.name(_arg(args, kwargs, group_index, "group", None))
             data = _arg(args, kwargs, data_index, data_param or "", None)
-            if group is not None and not (cpu_seen_below and getattr(data, "is_cpu", False)):
+            if group is not None and not (getattr(data, "is_cpu", False) and cpu_seen_below()):
                 is_async = bool(_arg(args, kwargs, async_index, "async_op", False))
                 token = recorder.issue(group, op, nbytes(data) if data is not None else 0)
         except Exception:
@@ -123,16 +123,17 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
 
 
 def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupNames,
-                      cpu_seen_below: Container[str] = ()) -> list[str]:  # fmt: skip
+                      cpu_seen_below: Mapping[str, Callable[[], bool]] | None = None) -> list[str]:  # fmt: skip
     """Wrap the collectives in torch.distributed.distributed_c10d (and the torch.distributed re-exports);
-    `cpu_seen_below` names those the dispatcher kernel records for CPU tensors."""
+    `cpu_seen_below[name]()` tells whether the dispatcher kernel records that one for CPU tensors."""
     package = sys.modules.get("torch.distributed")
     wrapped = []
     for name, (op, data_param) in COLLECTIVES.items():
         fn = getattr(c10d, name, None)
         if fn is None or getattr(fn, _PATCHED, False):
             continue
-        wrapper = wrap_collective(fn, op, data_param, recorder, groups, name in cpu_seen_below)
+        seen_below = (cpu_seen_below or {}).get(name)
+        wrapper = wrap_collective(fn, op, data_param, recorder, groups, *(seen_below,) if seen_below else ())
         setattr(c10d, name, wrapper)
         if package is not None and getattr(package, name, None) is fn:
             setattr(package, name, wrapper)
@@ -172,11 +173,11 @@ def timed_allreduce_hook(recorder: Recorder, group: str) -> Callable[[Any, Any],
 
 
 def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNames,
-              cpu_seen_below: bool = False) -> None:  # fmt: skip
+              cpu_seen_below: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
     """Make DDP's bucket all-reduces visible to the probe.
 
     Without a communication hook DDP's C++ reducer calls the process group directly and nothing in Python
-    sees it, except the dispatcher kernel for CPU tensors (`cpu_seen_below`, agent/probe/dispatch.py): CPU
+    sees it, except the dispatcher kernel for CPU tensors (`cpu_seen_below()`, agent/probe/dispatch.py): CPU
     models keep DDP's default path. For the others, at the first forward, unless the user registered a hook,
     the probe registers `timed_allreduce_hook` (DDP takes one hook per model; users register theirs right after
     construction). A user's Python hook is left alone: the torch.distributed collectives it calls are recorded
@@ -204,7 +205,7 @@ def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNam
         handle = module.__dict__.pop("_lockstep_pre_forward", None)
         if handle is not None:
             handle.remove()
-        if module.__dict__.get("_lockstep_hooked") or (cpu_seen_below and module.device_type == "cpu"):
+        if module.__dict__.get("_lockstep_hooked") or (module.device_type == "cpu" and cpu_seen_below()):
             return
         try:
             hook = timed_allreduce_hook(recorder, groups.name(module.process_group) or "default")

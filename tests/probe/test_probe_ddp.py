@@ -192,3 +192,65 @@ def test_probe_hook_averages_gradients_bit_identically_to_ddp_without_a_hook_and
         assert sorted(seqs) == list(range(len(seqs))) and len(seqs) > 3  # each bucket once (gloo may finish them out of order)
         assert all(done >= issued for _, issued, done in result["completed"])
     assert len({len(result["completed"]) for result in results}) == 1
+
+
+PROBED_CPU_DDP = """
+import json, sys
+import agent.probe
+probe = agent.probe.install(sys.argv[3])
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+def rank_main(rank, world, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    probe = agent.probe.installed()
+    def model():
+        torch.manual_seed(0)
+        layers = nn.Sequential(nn.Linear(16, 300), nn.ReLU(), nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 4))
+        return DistributedDataParallel(layers, bucket_cap_mb=0.2)
+    def issued():
+        return probe.recorder._next_seq.get("default", 0)
+    default_path, builtin_hook = model(), model()
+    builtin_hook._register_builtin_comm_hook(dist.BuiltinCommHookType.ALLREDUCE)
+    counts = {}
+    for name, ddp in (("default_path", default_path), ("builtin_hook", builtin_hook)):
+        before = issued()
+        for _ in range(3):
+            ddp(torch.randn(8, 16)).sum().backward()
+        counts[name] = issued() - before
+    before = issued()
+    dist.all_reduce(torch.ones(1))
+    counts["all_reduce"] = issued() - before
+    counts["comm_hook"] = default_path._get_ddp_logging_data().get("comm_hook", "")
+    counts["pending"] = len(probe.recorder.pending)
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(counts, f)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(rank_main, args=(2, int(sys.argv[1]), sys.argv[2]), nprocs=2)
+"""
+
+
+def test_probe_records_cpu_ddp_on_its_default_path_builtin_hooks_and_each_all_reduce_once(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    import json
+    import socket
+
+    script = tmp_path / "probed_cpu_ddp.py"
+    script.write_text(PROBED_CPU_DDP)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "rank"
+    subprocess.run([sys.executable, str(script), str(port), str(out), str(tmp_path / "sock")], env=subprocess_env,
+                   check=True, timeout=300, capture_output=True)  # fmt: skip
+    for rank in range(2):
+        counts = json.loads(Path(f"{out}.{rank}").read_text())
+        assert counts["comm_hook"] == ""  # DDP keeps its C++ default path: the probe registered no hook
+        assert counts["default_path"] > 3  # every bucket of 3 steps, several per step once DDP rebuilt its buckets
+        assert counts["builtin_hook"] == counts["default_path"]  # a builtin C++ hook's all-reduces too
+        assert counts["all_reduce"] == 1  # torch.distributed.all_reduce: recorded once, not by wrapper and kernel
+        assert counts["pending"] == 0
