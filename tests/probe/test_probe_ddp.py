@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,22 +172,25 @@ if __name__ == "__main__":
 """
 
 
-def test_probe_hook_averages_gradients_bit_identically_to_ddp_without_a_hook_and_times_every_bucket(
-    subprocess_env: dict[str, str], tmp_path: Path
-) -> None:
-    import json
-    import socket
-
-    script = tmp_path / "hooked_and_plain.py"
-    script.write_text(HOOKED_AND_PLAIN_DDP)
+def run_ranks(source: str, ranks: int, env: dict[str, str], tmp_path: Path) -> list[dict[str, Any]]:
+    """Run a script that spawns `ranks` ranks (argv: a free port, an output prefix, a socket directory); the
+    JSON each rank wrote to `<prefix>.<rank>`."""
+    script = tmp_path / "ranks.py"
+    script.write_text(source)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = tmp_path / "rank"
+    subprocess.run([sys.executable, str(script), str(port), str(out), str(tmp_path / "sock")], env=env, check=True,
+                   timeout=300, capture_output=True)  # fmt: skip
+    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(ranks)]
+
+
+def test_probe_hook_averages_gradients_bit_identically_to_ddp_without_a_hook_and_times_every_bucket(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
     # 3 ranks: scaling by 1/3 rounds, so only DDP's own arithmetic (multiply by the reciprocal) matches it exactly
-    subprocess.run([sys.executable, str(script), str(port), str(out)], env=subprocess_env, check=True, timeout=300,
-                   capture_output=True)  # fmt: skip
-    results = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(3)]
+    results = run_ranks(HOOKED_AND_PLAIN_DDP, 3, subprocess_env, tmp_path)
     for result in results:
         assert result["identical"]
         assert result["pending"] == 0
@@ -236,19 +242,7 @@ if __name__ == "__main__":
 def test_probe_records_cpu_ddp_on_its_default_path_builtin_hooks_and_each_all_reduce_once(
     subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    import json
-    import socket
-
-    script = tmp_path / "probed_cpu_ddp.py"
-    script.write_text(PROBED_CPU_DDP)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path / "rank"
-    subprocess.run([sys.executable, str(script), str(port), str(out), str(tmp_path / "sock")], env=subprocess_env,
-                   check=True, timeout=300, capture_output=True)  # fmt: skip
-    for rank in range(2):
-        counts = json.loads(Path(f"{out}.{rank}").read_text())
+    for counts in run_ranks(PROBED_CPU_DDP, 2, subprocess_env, tmp_path):
         assert counts["comm_hook"] == ""  # DDP keeps its C++ default path: the probe registered no hook
         assert counts["default_path"] > 3  # every bucket of 3 steps, several per step once DDP rebuilt its buckets
         assert counts["builtin_hook"] == counts["default_path"]  # a builtin C++ hook's all-reduces too
