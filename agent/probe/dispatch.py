@@ -15,17 +15,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from agent.probe.patch import nbytes
 from agent.probe.recorder import Recorder
 from agent.probe.wire import Op
 
 log = logging.getLogger(__name__)
 
 DISPATCH_KEY = "AutogradCPU"
-
-
-def nbytes_of(tensors: list[Any]) -> int:
-    """Bytes of a list of tensors."""
-    return sum(int(t.numel() * t.element_size()) for t in tensors)
 
 
 def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
@@ -44,7 +40,7 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
         try:
             group = group_name(unbox_group(process_group))
             if group is not None:
-                token = recorder.issue(group, Op.all_reduce, nbytes_of(tensors))
+                token = recorder.issue(group, Op.all_reduce, nbytes(tensors))
         except Exception:
             log.debug("lockstep probe: not recording an all-reduce", exc_info=True)
         with below_autograd():
