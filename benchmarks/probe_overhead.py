@@ -2,15 +2,17 @@
 
 Two measurements, both against a live collective collector in this process:
 
-1. same processes, interleaved steps (robust on a shared machine): every rank of a 2-rank DDP job holds two
-   identical models, one whose all-reduces the probe records (its DDP hook) and one on DDP's plain C++ path,
-   and alternates steps between them; ratio of median step times, and its spread over blocks of steps;
+1. interleaved steps (robust on a shared machine): two identical 2-rank DDP jobs run at once, one under the
+   probe (installed in its processes: dispatcher kernel, wrappers, sender thread), one without, and take turns
+   step by step (a barrier keeps the idle job blocked); ratio of median step times with a 95% confidence
+   interval (bootstrap over the pairs of adjacent steps), its spread over blocks of steps, and the same ratio for
+   the rank's CPU time per step (less sensitive to other load on the machine);
 2. separate runs of tools/ddp_job.py with and without LOCKSTEP_PROBE=1 in ABBA order (end to end, including
    the probe's sender thread; sensitive to load drift between runs).
 
 Also prints the probe's hot-path cost per collective. Target (DESIGN.md): step time within 1%.
 
-    python benchmarks/probe_overhead.py [--interleaved-steps 600] [--pairs 4] [--steps 300] [--hidden 1024]
+    python benchmarks/probe_overhead.py [--interleaved-steps 2000] [--pairs 4] [--steps 300] [--hidden 1024]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -44,12 +47,16 @@ def hot_path_microseconds(n: int = 200_000) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
-def _interleaved_rank(rank: int, world: int, port: int, socket_dir: str, steps: int, hidden: int, bucket_mb: float,
-                      out: str) -> None:  # fmt: skip
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    import agent.probe
+def _interleaved_rank(index: int, ports: list[int], socket_dir: str, steps: int, hidden: int, bucket_mb: float,
+                      turns: Any, out: str) -> None:  # fmt: skip
+    """Process `index` of two 2-rank jobs: job 0 (indices 0, 1) under the probe, job 1 (2, 3) without it."""
+    job, rank = divmod(index, 2)
+    name = ("with", "without")[job]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[job]), RANK=str(rank), WORLD_SIZE="2")
+    if name == "with":
+        import agent.probe
 
-    agent.probe.install(socket_dir)
+        agent.probe.install(socket_dir)
     import torch
     import torch.distributed as dist
     from torch import nn
@@ -57,26 +64,23 @@ def _interleaved_rank(rank: int, world: int, port: int, socket_dir: str, steps: 
 
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
-
-    def model() -> nn.Module:
-        torch.manual_seed(0)
-        layers: list[nn.Module] = [nn.Linear(64, hidden), nn.ReLU()]
-        for _ in range(4):
-            layers += [nn.Linear(hidden, hidden), nn.ReLU()]
-        return DistributedDataParallel(nn.Sequential(*layers, nn.Linear(hidden, 10)), bucket_cap_mb=bucket_mb)
-
-    probed, plain = model(), model()
-    plain.__dict__["_lockstep_hooked"] = True  # as if the user had registered a builtin hook: probe stays out
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(64, hidden), nn.ReLU()]
+    for _ in range(4):
+        layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+    ddp = DistributedDataParallel(nn.Sequential(*layers, nn.Linear(hidden, 10)), bucket_cap_mb=bucket_mb)
     inputs = torch.randn(32, 64)
-    times: dict[str, list[float]] = {"with": [], "without": []}
+    times: dict[str, list[float]] = {name: [], f"cpu_{name}": []}
     for step in range(steps):
-        order = (("with", probed), ("without", plain)) if step % 2 else (("without", plain), ("with", probed))
-        for name, ddp in order:
-            started = time.perf_counter()
-            ddp(inputs).sum().backward()
-            times[name].append(time.perf_counter() - started)
+        for turn in (step % 2, 1 - step % 2):  # the jobs take turns, each going first every other step
+            turns.wait()  # the other job is idle (blocked here) while this one steps
+            if turn == job:
+                cpu_started, started = time.process_time(), time.perf_counter()
+                ddp(inputs).sum().backward()
+                times[name].append(time.perf_counter() - started)
+                times[f"cpu_{name}"].append(time.process_time() - cpu_started)
     if rank == 0:
-        Path(out).write_text(json.dumps(times))
+        Path(f"{out}.{name}").write_text(json.dumps(times))
     dist.destroy_process_group()
 
 
@@ -85,16 +89,19 @@ def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str
 
     import torch.multiprocessing as mp
 
-    with socket_module.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = str(Path(tmp, "interleaved.json"))
-    mp.spawn(_interleaved_rank, args=(2, port, socket_dir, args.interleaved_steps, args.hidden, args.bucket_mb, out),
-             nprocs=2, join=True)  # fmt: skip
-    times = json.loads(Path(out).read_text())
+    ports = []
+    for _ in range(2):
+        with socket_module.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    out = str(Path(tmp, "interleaved"))
+    turns = mp.get_context("spawn").Barrier(4)
+    mp.spawn(_interleaved_rank, args=(ports, socket_dir, args.interleaved_steps, args.hidden, args.bucket_mb, turns, out),
+             nprocs=4, join=True)  # fmt: skip
+    times = {**json.loads(Path(f"{out}.with").read_text()), **json.loads(Path(f"{out}.without").read_text())}
     warm = 20
     with_, without = times["with"][warm:], times["without"][warm:]
-    blocks = 10
+    blocks = 20
     size = len(with_) // blocks
     block_ratios = [statistics.median(with_[i * size : (i + 1) * size]) / statistics.median(without[i * size : (i + 1) * size])
                     for i in range(blocks)]  # fmt: skip
@@ -103,9 +110,26 @@ def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str
         "step_seconds_median_without": statistics.median(without),
         "step_seconds_median_with": statistics.median(with_),
         "ratio": statistics.median(with_) / statistics.median(without),
-        "ratio_over_blocks": {"median": statistics.median(block_ratios), "min": min(block_ratios),
+        "ratio_ci95": ratio_ci95(with_, without),
+        "ratio_over_blocks": {"blocks": blocks, "median": statistics.median(block_ratios), "min": min(block_ratios),
                               "max": max(block_ratios), "stdev": statistics.stdev(block_ratios)},
+        "cpu_seconds_median_without": statistics.median(times["cpu_without"][warm:]),
+        "cpu_seconds_median_with": statistics.median(times["cpu_with"][warm:]),
+        "cpu_ratio": statistics.median(times["cpu_with"][warm:]) / statistics.median(times["cpu_without"][warm:]),
+        "cpu_ratio_ci95": ratio_ci95(times["cpu_with"][warm:], times["cpu_without"][warm:]),
     }  # fmt: skip
+
+
+def ratio_ci95(with_: list[float], without: list[float], resamples: int = 2000) -> list[float]:
+    """95% bootstrap interval of median(with) / median(without), resampling the pairs of adjacent steps together
+    (so load that hits both steps of a pair stays paired)."""
+    import numpy as np
+
+    pairs = np.column_stack([with_, without])
+    picks = np.random.default_rng(0).integers(0, len(pairs), size=(resamples, len(pairs)))
+    medians = np.median(pairs[picks], axis=1)  # (resamples, 2)
+    low, high = np.quantile(medians[:, 0] / medians[:, 1], [0.025, 0.975])
+    return [float(low), float(high)]
 
 
 def run_job(env: dict[str, str], args: argparse.Namespace) -> tuple[float, float]:
@@ -121,7 +145,7 @@ def run_job(env: dict[str, str], args: argparse.Namespace) -> tuple[float, float
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--interleaved-steps", type=int, default=600, help="steps per model in measurement 1")
+    parser.add_argument("--interleaved-steps", type=int, default=2000, help="steps per model in measurement 1")
     parser.add_argument("--pairs", type=int, default=4, help="interleaved (without, with) probe run pairs")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
@@ -142,8 +166,8 @@ def main() -> int:
         base["LOCKSTEP_SOCKET_DIR"] = str(socket_dir)
         without, with_probe = [], []
         try:
-            same_process = interleaved(args, str(socket_dir), tmp)
-            print("interleaved in the same processes:", json.dumps(same_process), flush=True)
+            turns = interleaved(args, str(socket_dir), tmp)
+            print("interleaved turns:", json.dumps(turns), flush=True)
             for pair in range(args.pairs):
                 if pair % 2:  # ABBA order: drifting machine load favours neither side
                     with_probe.append(run_job({**base, "LOCKSTEP_PROBE": "1"}, args))
@@ -167,7 +191,7 @@ def main() -> int:
             "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
             "stdev": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
         }  # fmt: skip
-    summary["interleaved_same_processes"] = same_process
+    summary["interleaved_turns"] = turns
     summary["records_received"] = records
     summary["hot_path_us_per_collective"] = hot_path_microseconds()
     print(json.dumps(summary, indent=1))

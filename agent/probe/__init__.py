@@ -15,6 +15,7 @@ import threading
 import types
 from collections.abc import Callable
 
+from agent.probe.dispatch import install_allreduce_kernel
 from agent.probe.identity import identify
 from agent.probe.patch import (
     C10D,
@@ -44,6 +45,7 @@ class Probe:
         self.recorder = Recorder()
         self.groups = GroupNames()
         self.sender: Sender | None = None
+        self.kernel: object | None = None  # holds the dispatcher registration (agent/probe/dispatch.py)
         self._lock = threading.Lock()
 
     def patch(self) -> None:
@@ -62,13 +64,17 @@ class Probe:
             sys.meta_path.insert(0, PostImportHook(later))
 
     def _patch_c10d(self, c10d: types.ModuleType) -> None:
-        patch_collectives(c10d, self.recorder, self.groups)
+        patch_collectives(c10d, self.recorder, self.groups, {"all_reduce": self.cpu_seen_below})
         patch_init(c10d, self.activate)
         if c10d.is_initialized():
             self.activate("")
 
     def _patch_ddp(self, ddp_module: types.ModuleType) -> None:
-        patch_ddp(ddp_module, self.recorder, self.groups)
+        patch_ddp(ddp_module, self.recorder, self.groups, self.cpu_seen_below)
+
+    def cpu_seen_below(self) -> bool:
+        """Whether the dispatcher kernel records CPU all-reduces (then the wrapper and the DDP hook leave them)."""
+        return self.kernel is not None
 
     def activate(self, init_method: str) -> None:
         """The default process group is up: learn who we are and (re)start sending."""
@@ -76,6 +82,11 @@ class Probe:
 
         identity = identify(os.environ, dist.get_rank(), dist.get_world_size(), init_method)
         with self._lock:
+            if self.kernel is None:  # here, not when c10d loads: that can be in the middle of `import torch`
+                try:
+                    self.kernel = install_allreduce_kernel(self.recorder, self.groups.name)
+                except Exception:  # a torch without the op: the DDP hook and the wrappers see CPU all-reduces
+                    log.debug("lockstep probe: no dispatcher kernel for all-reduce", exc_info=True)
             self.groups.default_name = str(getattr(dist.group.WORLD, "group_name", "0"))
             self.recorder.reset()
             if self.sender is not None:

@@ -14,7 +14,7 @@ import inspect
 import logging
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agent.probe.recorder import Recorder, Token
@@ -85,8 +85,10 @@ def _complete_on(result: Any, recorder: Recorder, token: Token) -> None:
 
 
 def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, recorder: Recorder,
-                    groups: GroupNames) -> Callable[..., Any]:  # fmt: skip
-    """`fn` with issue/complete records around it; sync calls complete on return, async ones via the Work."""
+                    groups: GroupNames, cpu_seen_below: Callable[[], bool] = lambda: False) -> Callable[..., Any]:  # fmt: skip
+    """`fn` with issue/complete records around it; sync calls complete on return, async ones via the Work.
+    `cpu_seen_below()`: the dispatcher kernel (agent/probe/dispatch.py) records this op for CPU tensors, so the
+    wrapper leaves those alone (one record per collective)."""
     params = list(inspect.signature(fn).parameters)
     data_index = params.index(data_param) if data_param in params else -1
     group_index = params.index("group") if "group" in params else -1
@@ -97,8 +99,8 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
         token = None
         try:
             group = groups.name(_arg(args, kwargs, group_index, "group", None))
-            if group is not None:
-                data = _arg(args, kwargs, data_index, data_param or "", None)
+            data = _arg(args, kwargs, data_index, data_param or "", None)
+            if group is not None and not (getattr(data, "is_cpu", False) and cpu_seen_below()):
                 is_async = bool(_arg(args, kwargs, async_index, "async_op", False))
                 token = recorder.issue(group, op, nbytes(data) if data is not None else 0)
         except Exception:
@@ -120,15 +122,18 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
     return wrapper
 
 
-def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupNames) -> list[str]:
-    """Wrap the collectives in torch.distributed.distributed_c10d (and the torch.distributed re-exports)."""
+def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupNames,
+                      cpu_seen_below: Mapping[str, Callable[[], bool]] | None = None) -> list[str]:  # fmt: skip
+    """Wrap the collectives in torch.distributed.distributed_c10d (and the torch.distributed re-exports);
+    `cpu_seen_below[name]()` tells whether the dispatcher kernel records that one for CPU tensors."""
     package = sys.modules.get("torch.distributed")
     wrapped = []
     for name, (op, data_param) in COLLECTIVES.items():
         fn = getattr(c10d, name, None)
         if fn is None or getattr(fn, _PATCHED, False):
             continue
-        wrapper = wrap_collective(fn, op, data_param, recorder, groups)
+        seen_below = (cpu_seen_below or {}).get(name)
+        wrapper = wrap_collective(fn, op, data_param, recorder, groups, *(seen_below,) if seen_below else ())
         setattr(c10d, name, wrapper)
         if package is not None and getattr(package, name, None) is fn:
             setattr(package, name, wrapper)
@@ -137,20 +142,23 @@ def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupN
 
 
 def timed_allreduce_hook(recorder: Recorder, group: str) -> Callable[[Any, Any], Any]:
-    """DDP communication hook doing what `default_hooks.allreduce_hook` (and DDP's C++ default) does — average
-    the bucket across ranks — and recording it. Completion is recorded in the same `then` callback that hands
-    the result to DDP, so the probe adds no thread hand-off of its own."""
-    from torch.distributed import distributed_c10d as c10d
+    """DDP communication hook doing what DDP's C++ default does and no more — scale the bucket by 1 / world size,
+    all-reduce it by sum on the process group — and recording it.
 
-    all_reduce = getattr(c10d.all_reduce, "__wrapped__", c10d.all_reduce)  # unwrapped: recorded here, once
+    The scaling multiplies by the reciprocal, as the reducer's default path does while it copies gradients into
+    the bucket: averaged gradients are bit-identical to DDP without a hook, and a multiply pass costs less than
+    `div_`. That pass is the hook's main cost (with any hook the reducer copies without scaling): one read and
+    write of the gradients per step. The all-reduce goes to the process group directly, as the C++ default does,
+    not through `torch.distributed.all_reduce`'s argument checks. Completion is recorded in the `then` callback that
+    hands the result to DDP, which a Python hook needs anyway (DDP rejects a future whose value is not a Python
+    object), so the probe adds no callback or thread hand-off of its own."""
 
     def lockstep_allreduce_hook(process_group, bucket):  # no annotations: DDP validates them against its types
-        pg: Any = process_group if process_group is not None else c10d.group.WORLD
         tensor = bucket.buffer()
-        token = recorder.issue(group, Op.all_reduce, nbytes(tensor))
-        tensor.div_(pg.size())
+        token = recorder.issue(group, Op.all_reduce, tensor.numel() * tensor.element_size())
+        tensor.mul_(1.0 / process_group.size())
         try:
-            fut = all_reduce(tensor, group=pg, async_op=True).get_future()
+            fut = process_group.allreduce([tensor]).get_future()
         except BaseException:
             recorder.abandon(token)
             raise
@@ -164,15 +172,17 @@ def timed_allreduce_hook(recorder: Recorder, group: str) -> Callable[[Any, Any],
     return lockstep_allreduce_hook
 
 
-def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNames) -> None:
+def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNames,
+              cpu_seen_below: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
     """Make DDP's bucket all-reduces visible to the probe.
 
     Without a communication hook DDP's C++ reducer calls the process group directly and nothing in Python
-    sees it. So at the first forward, unless the user registered a hook, the probe registers
-    `timed_allreduce_hook` (DDP takes one hook per model; users register theirs right after construction).
-    A user's Python hook is left alone: the torch.distributed collectives it calls are recorded by the
-    wrappers. Unseen: builtin C++ hooks (`_register_builtin_comm_hook`) and hooks that call process-group
-    methods directly.
+    sees it, except the dispatcher kernel for CPU tensors (`cpu_seen_below()`, agent/probe/dispatch.py): CPU
+    models keep DDP's default path. For the others, at the first forward, unless the user registered a hook,
+    the probe registers `timed_allreduce_hook` (DDP takes one hook per model; users register theirs right after
+    construction). A user's Python hook is left alone: the torch.distributed collectives it calls are recorded
+    by the wrappers. Unseen off CPU: builtin C++ hooks (`_register_builtin_comm_hook`) and hooks that call
+    process-group methods directly.
     """
     ddp_cls = ddp_module.DistributedDataParallel
     if getattr(ddp_cls.__init__, _PATCHED, False):
@@ -195,7 +205,7 @@ def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNam
         handle = module.__dict__.pop("_lockstep_pre_forward", None)
         if handle is not None:
             handle.remove()
-        if module.__dict__.get("_lockstep_hooked"):
+        if module.__dict__.get("_lockstep_hooked") or (module.device_type == "cpu" and cpu_seen_below()):
             return
         try:
             hook = timed_allreduce_hook(recorder, groups.name(module.process_group) or "default")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,3 +137,114 @@ def test_each_process_group_has_its_own_sequence_and_non_members_record_nothing(
         assert [s.seq for s in evidence.samples] == list(range(20))
     for evidence in ranks_by_number(collector, "default").values():
         assert [s.seq for s in evidence.samples] == list(range(11))  # subgroup calls left the default group alone
+
+
+HOOKED_AND_PLAIN_DDP = """
+import json, sys
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from agent.probe.patch import timed_allreduce_hook
+from agent.probe.recorder import Recorder
+
+def rank_main(rank, world, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    def model():
+        torch.manual_seed(0)
+        layers = nn.Sequential(nn.Linear(16, 300), nn.ReLU(), nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 4))
+        return DistributedDataParallel(layers, bucket_cap_mb=0.2)
+    recorder = Recorder()
+    hooked, plain = model(), model()
+    hooked.register_comm_hook(hooked.process_group, timed_allreduce_hook(recorder, "default"))
+    torch.manual_seed(1 + rank)  # every rank its own data: the average is not any rank's gradient
+    for _ in range(3):
+        inputs = torch.randn(8, 16)
+        for ddp in (hooked, plain):
+            ddp(inputs).sum().backward()  # gradients accumulate over the steps, as without zero_grad
+    identical = all(torch.equal(a.grad, b.grad) for a, b in zip(hooked.parameters(), plain.parameters()))
+    completed = [(token[1], token[4], done) for token, done in recorder.completed]
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump({"identical": identical, "completed": completed, "pending": len(recorder.pending)}, f)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(rank_main, args=(3, int(sys.argv[1]), sys.argv[2]), nprocs=3)
+"""
+
+
+def run_ranks(source: str, ranks: int, env: dict[str, str], tmp_path: Path) -> list[dict[str, Any]]:
+    """Run a script that spawns `ranks` ranks (argv: a free port, an output prefix, a socket directory); the
+    JSON each rank wrote to `<prefix>.<rank>`."""
+    script = tmp_path / "ranks.py"
+    script.write_text(source)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "rank"
+    subprocess.run([sys.executable, str(script), str(port), str(out), str(tmp_path / "sock")], env=env, check=True,
+                   timeout=300, capture_output=True)  # fmt: skip
+    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(ranks)]
+
+
+def test_probe_hook_averages_gradients_bit_identically_to_ddp_without_a_hook_and_times_every_bucket(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    # 3 ranks: scaling by 1/3 rounds, so only DDP's own arithmetic (multiply by the reciprocal) matches it exactly
+    results = run_ranks(HOOKED_AND_PLAIN_DDP, 3, subprocess_env, tmp_path)
+    for result in results:
+        assert result["identical"]
+        assert result["pending"] == 0
+        seqs = [seq for seq, _, _ in result["completed"]]
+        assert sorted(seqs) == list(range(len(seqs))) and len(seqs) > 3  # each bucket once (gloo may finish them out of order)
+        assert all(done >= issued for _, issued, done in result["completed"])
+    assert len({len(result["completed"]) for result in results}) == 1
+
+
+PROBED_CPU_DDP = """
+import json, sys
+import agent.probe
+probe = agent.probe.install(sys.argv[3])
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+def rank_main(rank, world, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    probe = agent.probe.installed()
+    def model():
+        torch.manual_seed(0)
+        layers = nn.Sequential(nn.Linear(16, 300), nn.ReLU(), nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 4))
+        return DistributedDataParallel(layers, bucket_cap_mb=0.2)
+    def issued():
+        return probe.recorder._next_seq.get("default", 0)
+    default_path, builtin_hook = model(), model()
+    builtin_hook._register_builtin_comm_hook(dist.BuiltinCommHookType.ALLREDUCE)
+    counts = {}
+    for name, ddp in (("default_path", default_path), ("builtin_hook", builtin_hook)):
+        before = issued()
+        for _ in range(3):
+            ddp(torch.randn(8, 16)).sum().backward()
+        counts[name] = issued() - before
+    before = issued()
+    dist.all_reduce(torch.ones(1))
+    counts["all_reduce"] = issued() - before
+    counts["comm_hook"] = default_path._get_ddp_logging_data().get("comm_hook", "")
+    counts["pending"] = len(probe.recorder.pending)
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(counts, f)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(rank_main, args=(2, int(sys.argv[1]), sys.argv[2]), nprocs=2)
+"""
+
+
+def test_probe_records_cpu_ddp_on_its_default_path_builtin_hooks_and_each_all_reduce_once(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    for counts in run_ranks(PROBED_CPU_DDP, 2, subprocess_env, tmp_path):
+        assert counts["comm_hook"] == ""  # DDP keeps its C++ default path: the probe registered no hook
+        assert counts["default_path"] > 3  # every bucket of 3 steps, several per step once DDP rebuilt its buckets
+        assert counts["builtin_hook"] == counts["default_path"]  # a builtin C++ hook's all-reduces too
+        assert counts["all_reduce"] == 1  # torch.distributed.all_reduce: recorded once, not by wrapper and kernel
+        assert counts["pending"] == 0

@@ -1,0 +1,62 @@
+"""Where C++-issued all-reduces meet the probe: a kernel in PyTorch's dispatcher in front of `c10d::allreduce_`
+for CPU tensors (gloo), so DDP's reducer keeps its default path and the probe still records every bucket.
+
+Every `ProcessGroup.allreduce` — DDP's C++ reducer, builtin C++ comm hooks, `torch.distributed.all_reduce` —
+goes through the dispatcher op `c10d::allreduce_`. No kernel is registered for it under AutogradCPU, so one
+registered there runs first for CPU tensors: it records the issue, calls the op below autograd (the original
+CPU kernel, unchanged), and records completion from the Work's future. Unlike a DDP communication hook this
+adds no pass over the gradients (with a hook, DDP copies them into the bucket without scaling, and the hook must
+scale them in a separate pass). Not seen here: CUDA tensors (NCCL: the DDP hook and the Python wrappers cover
+them) and tensors made under `torch.inference_mode()` (they skip autograd dispatch).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agent.probe.patch import nbytes
+from agent.probe.recorder import Recorder
+from agent.probe.wire import Op
+
+log = logging.getLogger(__name__)
+
+DISPATCH_KEY = "AutogradCPU"
+
+
+def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
+    """Register the recording kernel; returns the torch.library.Library that holds it (the registration lasts
+    as long as that object lives). `group_name(process_group)` names a group as the records do."""
+    # the bindings, not torch.distributed: this runs while torch.distributed is still being imported
+    import torch
+    from torch._C import _distributed_c10d as c10d
+
+    op = torch.ops.c10d.allreduce_.default
+    below_autograd = torch._C._AutoDispatchBelowAutograd
+    unbox_group, unbox_work = c10d.ProcessGroup.unbox, c10d.Work.unbox
+
+    def allreduce_(tensors, process_group, reduce_op, sparse_indices=None, async_op=True, timeout=-1):  # the schema: defaults may be left out
+        token = None
+        try:
+            group = group_name(unbox_group(process_group))
+            if group is not None:
+                token = recorder.issue(group, Op.all_reduce, nbytes(tensors))
+        except Exception:
+            log.debug("lockstep probe: not recording an all-reduce", exc_info=True)
+        with below_autograd():
+            try:
+                result = op(tensors, process_group, reduce_op, sparse_indices, async_op, timeout)
+            except BaseException:
+                if token is not None:
+                    recorder.abandon(token)
+                raise
+        if token is not None:
+            try:
+                unbox_work(result[1]).get_future().add_done_callback(lambda _fut: recorder.complete(token))
+            except Exception:  # no future: the issue time is all we know
+                recorder.complete(token, measured=False)
+        return result
+
+    library = torch.library.Library("c10d", "IMPL")
+    library.impl("allreduce_", allreduce_, DISPATCH_KEY)
+    return library
