@@ -22,6 +22,16 @@ from agent.probe.wire import Op
 log = logging.getLogger(__name__)
 
 DISPATCH_KEY = "AutogradCPU"
+# the schema the kernel below is written for (torch 2.13); another one means another argument list: no kernel
+EXPECTED_SCHEMA = (
+    "c10d::allreduce_(Tensor[] tensors, __torch__.torch.classes.c10d.ProcessGroup process_group, "
+    "__torch__.torch.classes.c10d.ReduceOp reduce_op, Tensor? sparse_indices, bool async_op=True, "
+    "int timeout=-1) -> (Tensor[], __torch__.torch.classes.c10d.Work)"
+)
+
+
+class KernelNotInstalled(RuntimeError):
+    """This torch is not the one the kernel was written for; the DDP hook and the wrappers record instead."""
 
 
 def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
@@ -32,6 +42,10 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
     from torch._C import _distributed_c10d as c10d
 
     op = torch.ops.c10d.allreduce_.default
+    if str(op._schema) != EXPECTED_SCHEMA:
+        raise KernelNotInstalled(f"c10d::allreduce_ has another schema here: {op._schema}")
+    if torch._C._dispatch_has_kernel_for_dispatch_key("c10d::allreduce_", DISPATCH_KEY):
+        raise KernelNotInstalled(f"c10d::allreduce_ has a {DISPATCH_KEY} kernel already; not replacing it")
     below_autograd = torch._C._AutoDispatchBelowAutograd
     unbox_group, unbox_work = c10d.ProcessGroup.unbox, c10d.Work.unbox
 
