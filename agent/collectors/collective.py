@@ -190,8 +190,9 @@ class CollectiveState:
         if sender is None:
             sender = self.senders[rank_key] = Sender(pid, now)
         sender.last_heard = now
-        sender.dropped_total = max(sender.dropped_total, max(records["dropped_total"].tolist()))
-        collectives = records[records["kind"] != _HEARTBEAT] if _HEARTBEAT in records["kind"].tolist() else records
+        sender.dropped_total = max(sender.dropped_total, int(records["dropped_total"].max()))
+        beats = records["kind"] == _HEARTBEAT
+        collectives = records[~beats] if beats.any() else records
         if not len(collectives):
             return []
         window_key = (job, rank, group)

@@ -64,7 +64,7 @@ class Probe:
             sys.meta_path.insert(0, PostImportHook(later))
 
     def _patch_c10d(self, c10d: types.ModuleType) -> None:
-        patch_collectives(c10d, self.recorder, self.groups, {"all_reduce": self.cpu_seen_below})
+        patch_collectives(c10d, self.recorder, self.groups, self.cpu_seen_below)
         patch_init(c10d, self.activate)
         if c10d.is_initialized():
             self.activate("")

@@ -14,7 +14,7 @@ import inspect
 import logging
 import sys
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.probe.recorder import Recorder, Token
@@ -70,6 +70,10 @@ class GroupNames:
         return "default" if name == self.default_name else name
 
 
+def _never() -> bool:
+    return False
+
+
 def _arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
     if name in kwargs:
         return kwargs[name]
@@ -85,7 +89,7 @@ def _complete_on(result: Any, recorder: Recorder, token: Token) -> None:
 
 
 def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, recorder: Recorder,
-                    groups: GroupNames, cpu_seen_below: Callable[[], bool] = lambda: False) -> Callable[..., Any]:  # fmt: skip
+                    groups: GroupNames, cpu_seen_below: Callable[[], bool] = _never) -> Callable[..., Any]:  # fmt: skip
     """`fn` with issue/complete records around it; sync calls complete on return, async ones via the Work.
     `cpu_seen_below()`: the dispatcher kernel (agent/probe/dispatch.py) records this op for CPU tensors, so the
     wrapper leaves those alone (one record per collective)."""
@@ -123,17 +127,17 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
 
 
 def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupNames,
-                      cpu_seen_below: Mapping[str, Callable[[], bool]] | None = None) -> list[str]:  # fmt: skip
+                      cpu_all_reduce_seen_below: Callable[[], bool] = _never) -> list[str]:  # fmt: skip
     """Wrap the collectives in torch.distributed.distributed_c10d (and the torch.distributed re-exports);
-    `cpu_seen_below[name]()` tells whether the dispatcher kernel records that one for CPU tensors."""
+    `cpu_all_reduce_seen_below()` tells whether the dispatcher kernel records `all_reduce` of CPU tensors."""
     package = sys.modules.get("torch.distributed")
     wrapped = []
     for name, (op, data_param) in COLLECTIVES.items():
         fn = getattr(c10d, name, None)
         if fn is None or getattr(fn, _PATCHED, False):
             continue
-        seen_below = (cpu_seen_below or {}).get(name)
-        wrapper = wrap_collective(fn, op, data_param, recorder, groups, *(seen_below,) if seen_below else ())
+        seen_below = cpu_all_reduce_seen_below if name == "all_reduce" else _never
+        wrapper = wrap_collective(fn, op, data_param, recorder, groups, seen_below)
         setattr(c10d, name, wrapper)
         if package is not None and getattr(package, name, None) is fn:
             setattr(package, name, wrapper)
@@ -173,7 +177,7 @@ def timed_allreduce_hook(recorder: Recorder, group: str) -> Callable[[Any, Any],
 
 
 def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNames,
-              cpu_seen_below: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
+              cpu_seen_below: Callable[[], bool] = _never) -> None:  # fmt: skip
     """Make DDP's bucket all-reduces visible to the probe.
 
     Without a communication hook DDP's C++ reducer calls the process group directly and nothing in Python

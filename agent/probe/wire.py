@@ -3,7 +3,7 @@
 Both sides import this module: the probe packs, the agent's collective collector unpacks. A datagram holds one
 or more records back to back; every record carries the magic and version so a foreign or stale sender is
 recognised per record. Changing a field means a new VERSION. The agent decodes and checks a whole datagram at
-once (`decode_datagram`, numpy); `decode` serves tools and tests.
+once (`decode_records`, numpy); `decode` serves tools and tests.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ _COMPLETE = int(Kind.COMPLETE)
 _TEXTS: dict[bytes, str] = {}  # raw field -> text: jobs, groups and pods repeat in every record
 
 
-def _text(raw: bytes) -> str:
+def text(raw: bytes) -> str:
     text = _TEXTS.get(raw)
     if text is None:
         text = raw.rstrip(b"\0").decode("utf-8", "strict")
@@ -156,7 +156,7 @@ def decode(buf: bytes | memoryview, offset: int = 0) -> Record:
         raise DecodeError("malformed")
     kind_, op_ = _KINDS[kind], _OPS[op]
     try:
-        texts = (_text(job), _text(group), _text(pod), _text(namespace))
+        texts = (text(job), text(group), text(pod), text(namespace))
     except UnicodeDecodeError:
         raise DecodeError("malformed") from None
     if not texts[0] or rank < 0 or world_size <= 0 or rank >= world_size:
@@ -208,15 +208,6 @@ class Decoded(NamedTuple):
     uniform: bool  # all records share job, rank and identity (what one probe process sends); groups may differ
 
 
-def decode_datagram(buf: bytes) -> Decoded:
-    """Decode and check every whole record of one datagram; a torn tail or an empty datagram counts once as
-    truncated. Same checks and reasons as `decode` (see `decode_records`)."""
-    decoded = decode_records(buf)
-    if len(buf) % RECORD_BYTES or not buf:
-        decoded.reasons["truncated"] += 1
-    return decoded
-
-
 def decode_records(buf: bytes) -> Decoded:
     """Decode and check the whole records in `buf` at once (the agent's path; a torn tail is ignored).
 
@@ -245,7 +236,7 @@ def decode_records(buf: bytes) -> Decoded:
         if others.any():
             for group in set(groups[others].tolist()):
                 try:
-                    _text(group)
+                    text(group)
                 except UnicodeDecodeError:
                     bad |= groups == group
         if not bad.any():
@@ -261,7 +252,3 @@ def decode_records(buf: bytes) -> Decoded:
             ok[index] = False
     return Decoded(records[ok], reasons, False)
 
-
-def text(raw: bytes) -> str:
-    """A text field of a record `decode_datagram` accepted (valid UTF-8, NULs stripped; cached)."""
-    return _text(raw)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.collectors.rank_window import RankWindow, repeat_length
-from agent.probe.wire import Kind, Op, Record, decode_datagram, encode
+from agent.probe.wire import Kind, Op, Record, decode_records, encode
 
 
 def rec(seq: int, issued: float, wait: float | None, op: Op = Op.all_reduce, nbytes: int = 1000,
@@ -15,7 +15,7 @@ def rec(seq: int, issued: float, wait: float | None, op: Op = Op.all_reduce, nby
 
 def add(window: RankWindow, record: Record) -> None:
     """Feed one record the way the collector does: decoded from its wire bytes."""
-    assert window.add(decode_datagram(encode(record)).records) == []
+    assert window.add(decode_records(encode(record)).records) == []
 
 
 def ddp_like_window(steps: int, period: float, t0: float = 1000.0) -> RankWindow:
