@@ -91,33 +91,22 @@ def _plain_lines(metric: Metric) -> list[str] | None:
             or sample.native_histogram is not None
         ):
             return None
-        prefix = _prefix(sample.name, sample.labels)
+        prefix = _prefix(sample.name, tuple(sample.labels.items()))
         if not prefix:
             return None
         lines.append(f"{prefix}{floatToGoString(sample.value)}\n")
     return lines
 
 
-_PREFIXES: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-_MAX_PREFIXES = 16384  # series of one scrape are a few thousand; the cache starts over beyond this
-
-
-def _prefix(name: str, labels: dict[str, str]) -> str:
+@functools.lru_cache(maxsize=16384)  # the series of one scrape are a few thousand
+def _prefix(name: str, labels: tuple[tuple[str, str], ...]) -> str:
     """`name{labels} ` of a sample, "" if a label name needs escaping. Cached: the same series recur every scrape,
     and sorting and escaping their labels cost more than the rest of the line."""
-    key = (name, tuple(labels.items()))
-    prefix = _PREFIXES.get(key)
-    if prefix is None:
-        if not all(_legacy_label(k) for k in labels):
-            prefix = ""
-        elif labels:
-            prefix = name + "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "} "
-        else:
-            prefix = name + " "
-        if len(_PREFIXES) >= _MAX_PREFIXES:
-            _PREFIXES.clear()
-        _PREFIXES[key] = prefix
-    return prefix
+    if not all(_legacy_label(k) for k, _ in labels):
+        return ""
+    if labels:
+        return name + "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels)) + "} "
+    return name + " "
 
 
 @functools.lru_cache(maxsize=4096)
