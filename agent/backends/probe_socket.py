@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -50,17 +51,23 @@ class ProbeSocket:
             log.debug("cannot set SO_RCVBUF to %d", receive_buffer_bytes)
         self.sock.bind(self.path)
         os.chmod(self.path, socket_mode)
-        self.sock.settimeout(0.5)
+        self.sock.setblocking(False)
+        self._readable = select.poll()
+        self._readable.register(self.sock, select.POLLIN)
         # One buffer for every datagram, each copied out at its size: recvmsg would allocate max_datagram_bytes per
         # datagram and shrink it, leaving holes that the queued datagrams keep the heap from reusing (~1.5 MB).
         self._buffer = bytearray(max_datagram_bytes)
         self._ancillary_bytes = socket.CMSG_SPACE(_CREDENTIALS.size)
 
+    def wait(self, timeout_seconds: float) -> bool:
+        """Block until a datagram is queued (True) or the timeout passed (False)."""
+        return bool(self._readable.poll(timeout_seconds * 1000))
+
     def receive(self) -> Datagram | None:
-        """The next datagram, or None after a 0.5 s timeout (so the caller can check for shutdown)."""
+        """The next queued datagram, or None if none is queued (never blocks)."""
         try:
             size, ancillary, flags, _ = self.sock.recvmsg_into([self._buffer], self._ancillary_bytes)
-        except (TimeoutError, BlockingIOError):
+        except BlockingIOError:
             return None
         pid = uid = None
         for level, kind, payload in ancillary:

@@ -3,13 +3,22 @@
 The network collector (and anything sampling NIC counters) turns these plain readings into metrics and
 evidence. The root is injectable so tests read fixture trees. Files that cannot be read or parsed become
 `ReadProblem`s next to the reading; an interface or port that vanished mid-read is simply absent.
+
+Counter files (`statistics/`, `counters/`, `hw_counters/`: ~600 on a node with 8 RDMA ports) stay open and are
+re-read with pread at offset 0, which makes sysfs produce a fresh value: ~3 us per counter instead of ~10 us for
+open+read+close. They belong to their device directory: when it is re-created (driver reload, a new netdev of
+the same name; seen as a new inode) or a read fails, its files are opened afresh. The names in `counters/` and
+`hw_counters/` are listed again every `LISTING_SECONDS`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +38,8 @@ IFF_UP = 0x1  # `flags` bit: administratively up
 
 # hw_counters files that are settings, not counters.
 HW_COUNTER_SETTINGS = frozenset({"lifespan"})
+
+LISTING_SECONDS = 60.0  # how long the names in a port's counters/ and hw_counters/ are taken as known
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*Gb/sec")
 _STATE = re.compile(r"^\s*(\d+)\s*:\s*(\S+)")
@@ -87,6 +98,30 @@ class SysfsNet:
         self._root = str(root)
         self._net = f"{root}/class/net"
         self._ib = f"{root}/class/infiniband"
+        self._devices: dict[str, _DeviceFiles] = {}  # device directory -> its open counter files
+        # one reader at a time: a scrape and an evidence pull must not close a file the other is reading
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the counter files held open."""
+        with self._lock:
+            for files in self._devices.values():
+                files.close()
+            self._devices.clear()
+
+    def _files(self, base: str) -> _DeviceFiles | None:
+        """The open counter files of the device directory `base`; None if it is gone."""
+        try:
+            inode = os.stat(base).st_ino
+        except OSError:
+            self._devices.pop(base, _NO_FILES).close()
+            return None
+        files = self._devices.get(base)
+        if files is None or files.inode != inode:
+            if files is not None:
+                files.close()
+            files = self._devices[base] = _DeviceFiles(inode)
+        return files
 
     def interfaces(self) -> list[str]:
         return _list(self._net)
@@ -101,7 +136,14 @@ class SysfsNet:
 
     def read_interface(self, name: str, problems: list[ReadProblem]) -> InterfaceReading | None:
         """Read one interface; None if it vanished. Appends unreadable files to `problems`."""
+        with self._lock:
+            return self._read_interface(name, problems)
+
+    def _read_interface(self, name: str, problems: list[ReadProblem]) -> InterfaceReading | None:
         base = f"{self._net}/{name}"
+        files = self._files(base)
+        if files is None:
+            return None
         found: list[ReadProblem] = []
         reader = _Reader(self._root, found)
         speed_mbps = reader.integer(f"{base}/speed", missing_ok=True, einval_ok=True)
@@ -117,7 +159,7 @@ class SysfsNet:
             carrier_changes=reader.integer(f"{base}/carrier_changes", missing_ok=True, einval_ok=True),
         )
         for stat in NET_STATISTICS:
-            value = reader.integer(f"{base}/statistics/{stat}")
+            value = reader.counter(files, f"{base}/statistics/{stat}")
             if value is not None:
                 reading.statistics[stat] = value
         if not os.path.exists(base):
@@ -127,7 +169,14 @@ class SysfsNet:
 
     def read_rdma_port(self, device: str, port: int, problems: list[ReadProblem]) -> RdmaPortReading | None:
         """Read one RDMA port; None if it vanished. Appends unreadable files to `problems`."""
+        with self._lock:
+            return self._read_rdma_port(device, port, problems)
+
+    def _read_rdma_port(self, device: str, port: int, problems: list[ReadProblem]) -> RdmaPortReading | None:
         base = f"{self._ib}/{device}/ports/{port}"
+        files = self._files(base)
+        if files is None:
+            return None
         found: list[ReadProblem] = []
         reader = _Reader(self._root, found)
         state, state_name = reader.numbered(f"{base}/state")
@@ -143,14 +192,14 @@ class SysfsNet:
             rate_bits_per_second=reader.rate(f"{base}/rate"),
             netdevs=tuple(_list(f"{self._ib}/{device}/device/net")),
         )
-        for name in _list(f"{base}/counters"):
-            value = reader.integer(f"{base}/counters/{name}")
+        for name in files.listing(f"{base}/counters"):
+            value = reader.counter(files, f"{base}/counters/{name}")
             if value is not None:
                 reading.counters[name] = value
-        for name in _list(f"{base}/hw_counters"):
+        for name in files.listing(f"{base}/hw_counters"):
             if name in HW_COUNTER_SETTINGS:
                 continue
-            value = reader.integer(f"{base}/hw_counters/{name}")
+            value = reader.counter(files, f"{base}/hw_counters/{name}")
             if value is not None:
                 reading.hw_counters[name] = value
         if not os.path.exists(base):
@@ -192,6 +241,22 @@ class _Reader:
             self._problem(path, f"not an integer: {text[:40]!r}")
             return None
 
+    def counter(self, files: _DeviceFiles, path: str) -> int | None:
+        """A decimal counter, read through the device's open file (opened on first use)."""
+        try:
+            data = files.read(path)
+        except FileNotFoundError:
+            self._problem(path, "missing")
+            return None
+        except OSError as error:
+            self._problem(path, os.strerror(error.errno) if error.errno else str(error))
+            return None
+        try:
+            return int(data)
+        except ValueError:
+            self._problem(path, f"not an integer: {data[:40].decode('ascii', errors='replace').strip()!r}")
+            return None
+
     def numbered(self, path: str) -> tuple[int | None, str]:
         """'4: ACTIVE' as (4, 'ACTIVE')."""
         text = self.text(path)
@@ -216,6 +281,44 @@ class _Reader:
 
     def _problem(self, path: str, reason: str) -> None:
         self._problems.append(ReadProblem(source=os.path.relpath(path, self._root), reason=reason))
+
+
+class _DeviceFiles:
+    """The open counter files of one device directory (identified by its inode), and its listed directories."""
+
+    def __init__(self, inode: int) -> None:
+        self.inode = inode
+        self._fds: dict[str, int] = {}
+        self._listings: dict[str, tuple[float, list[str]]] = {}
+
+    def read(self, path: str) -> bytes:
+        """The file's content now; a failed read closes it, so the next read opens it again."""
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, 64, 0)
+        except OSError:
+            del self._fds[path]
+            os.close(fd)
+            raise
+
+    def listing(self, directory: str) -> list[str]:
+        """`_list(directory)`, listed again after LISTING_SECONDS."""
+        now = time.monotonic()
+        listed = self._listings.get(directory)
+        if listed is None or now - listed[0] > LISTING_SECONDS:
+            listed = self._listings[directory] = (now, _list(directory))
+        return listed[1]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
+_NO_FILES = _DeviceFiles(0)
 
 
 def _list(directory: str) -> list[str]:

@@ -17,7 +17,6 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent.backends import cgroup
@@ -26,6 +25,7 @@ from agent.collectors.base import Collector
 from agent.collectors.rank_window import WAIT_BUCKETS_SECONDS, RankWindow
 from agent.collectors.trust import Trust
 from agent.evidence import EvidencePart
+from agent.families import CounterFamily, GaugeFamily, HistogramFamily
 from agent.probe import wire
 from agent.settings import CollectiveSettings
 
@@ -64,6 +64,12 @@ class Sender:
 _HEARTBEAT = int(wire.Kind.HEARTBEAT)
 INGEST_SECONDS = 0.5  # how long received datagrams may wait to be applied in one batch (reads apply them first)
 INGEST_BYTES = 1 << 20  # queued datagram bytes that are applied at once, whatever their age
+# The receiver sleeps this long (s) after a drain, so 8 ranks flushing 5 times a second wake it ~10 times, not 40;
+# the probe's sender keeps what meets a full queue (Linux's default net.unix.max_dgram_qlen is 10) for its next flush.
+GATHER_SECONDS = 0.1
+BUSY_DRAIN_DATAGRAMS = 4  # a drain that found this many datagrams does not sleep: the queue is filling fast
+MAX_DATAGRAMS_PER_DRAIN = 1024  # then ingest and expiry get their turn even under a flood
+WAIT_BUCKET_LABELS = (*(repr(bound) for bound in WAIT_BUCKETS_SECONDS), "+Inf")  # `le` of the wait histogram
 BatchKey = tuple[bytes, int, bytes]  # raw job, rank, raw group
 
 
@@ -241,47 +247,45 @@ class CollectiveState:
     def metrics(self) -> list[Metric]:
         labels = ["job", "rank", "process_group"]
         op_labels = [*labels, "op"]
-        collectives = CounterMetricFamily(
+        collectives = CounterFamily(
             "lockstep_collective_collectives", "Collectives completed, from probe records (probe.sock).", labels=op_labels
         )
-        nbytes = CounterMetricFamily(
+        nbytes = CounterFamily(
             "lockstep_collective_bytes", "Bytes of this rank's input to completed collectives (probe records).",
             labels=op_labels,
         )  # fmt: skip
-        wait = HistogramMetricFamily(
+        wait = HistogramFamily(
             "lockstep_collective_wait_seconds",
             "Issue to completion of collectives, s (probe records; a victim of a straggler waits long).",
             labels=op_labels,
+            le=WAIT_BUCKET_LABELS,
         )
-        period = GaugeMetricFamily(
+        period = GaugeFamily(
             "lockstep_collective_step_period_seconds", "Period of the rank's collective pattern, s (probe records).",
             labels=labels,
         )  # fmt: skip
-        last_seq = GaugeMetricFamily(
+        last_seq = GaugeFamily(
             "lockstep_collective_last_seq", "Highest collective sequence number seen (probe records).", labels=labels
         )
-        since_progress = GaugeMetricFamily(
+        since_progress = GaugeFamily(
             "lockstep_collective_seconds_since_progress",
             "Seconds since the rank last issued or completed a collective (probe records).",
             labels=labels,
         )
-        pending_age = GaugeMetricFamily(
+        pending_age = GaugeFamily(
             "lockstep_collective_pending_age_seconds",
             "Age of the oldest collective issued and not completed, s (probe ISSUE records); absent when none.",
             labels=labels,
         )
-        dropped = CounterMetricFamily(
+        dropped = CounterFamily(
             "lockstep_collective_probe_dropped_records",
             "Records the probe could not deliver (its queue full or the agent away), as the probe reports.",
             labels=["job", "rank"],
         )
-        invalid = CounterMetricFamily(
+        invalid = CounterFamily(
             "lockstep_collective_invalid_records",
             "Probe records the agent dropped, by reason (probe.sock).",
             labels=["reason"],
-        )
-        accepted = CounterMetricFamily(
-            "lockstep_collective_records", "Probe records accepted from probe.sock.", value=0
         )
         with self.lock:
             self._ingest_locked()
@@ -291,12 +295,8 @@ class CollectiveState:
                 for op, totals in sorted(window.totals.items()):
                     collectives.add_metric([*base, op], totals.collectives)
                     nbytes.add_metric([*base, op], totals.bytes)
-                    cumulative, buckets = 0, []
-                    for bound, count in zip(WAIT_BUCKETS_SECONDS, totals.wait_buckets, strict=True):
-                        cumulative += count
-                        buckets.append((repr(bound), cumulative))
-                    buckets.append(("+Inf", totals.wait_count))
-                    wait.add_metric([*base, op], buckets, totals.wait_sum_seconds)
+                    cumulative = [*np.cumsum(totals.wait_buckets).tolist(), totals.wait_count]
+                    wait.add_metric([*base, op], cumulative, totals.wait_sum_seconds)
                 step = window.step_period_seconds(now, self.settings.window_seconds)
                 if step is not None:
                     period.add_metric(base, step)
@@ -309,9 +309,8 @@ class CollectiveState:
                 dropped.add_metric([job, str(rank)], sender.dropped_total)
             for reason, count in sorted(self.invalid.items()):
                 invalid.add_metric([reason], count)
-            accepted = CounterMetricFamily(
-                "lockstep_collective_records", "Probe records accepted from probe.sock.", value=self.accepted
-            )
+            accepted = CounterFamily("lockstep_collective_records", "Probe records accepted from probe.sock.")
+            accepted.add_metric([], self.accepted)
         return [collectives, nbytes, wait, period, last_seq, since_progress, pending_age, dropped, invalid, accepted]
 
 
@@ -346,18 +345,24 @@ class CollectiveCollector(Collector):
         log.info("collective collector listening on %s (trust %s)", self._socket.path, self.settings.trust)
 
     def _run(self) -> None:
+        """Drain the socket whenever datagrams are queued, then let the next ones gather for GATHER_SECONDS (unless
+        the queue was busy): each wakeup costs more CPU than the datagrams it brings."""
         assert self._socket is not None
         next_expiry = time.monotonic()
         while not self._stop.is_set():
             try:
-                datagram = self._socket.receive()
-                if datagram is not None:
-                    self.state.enqueue(datagram)
+                received = 0
+                if self._socket.wait(timeout_seconds=0.5):
+                    while received < MAX_DATAGRAMS_PER_DRAIN and (datagram := self._socket.receive()) is not None:
+                        self.state.enqueue(datagram)
+                        received += 1
                 if self.state.ingest_due():
                     self.state.ingest()
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + 5.0
                     self.state.expire()
+                if 0 < received < BUSY_DRAIN_DATAGRAMS:
+                    time.sleep(GATHER_SECONDS)
             except Exception:  # one bad datagram or a transient socket error must not end the receiver
                 log.exception("collective collector: receive failed")
                 time.sleep(0.1)

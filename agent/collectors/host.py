@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 
 from agent.backends.procfs import Procfs, ProcfsError, TcpSegments
 from agent.collectors.base import Collector
 from agent.collectors.read_errors import ReadErrors
 from agent.collectors.window import RollingWindow
 from agent.evidence import EvidencePart, HostEvidence
+from agent.families import CounterFamily, GaugeFamily
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings
@@ -39,11 +40,11 @@ class HostCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         tcp = self._read_tcp()
-        out = CounterMetricFamily(
+        out = CounterFamily(
             "lockstep_host_tcp_out_segments",
             "TCP segments sent, retransmissions excluded (/proc/<pid>/net/snmp Tcp OutSegs).",
         )
-        retransmitted = CounterMetricFamily(
+        retransmitted = CounterFamily(
             "lockstep_host_tcp_retransmitted_segments",
             "TCP segments retransmitted: a lossy or shaped path (/proc/<pid>/net/snmp Tcp RetransSegs).",
         )
@@ -55,7 +56,7 @@ class HostCollector(Collector):
         except ProcfsError as error:
             self.read_errors.note(error.source, error.reason)
         else:
-            boot = GaugeMetricFamily(
+            boot = GaugeFamily(
                 "lockstep_host_boot_info",
                 "The kernel's boot id (/proc/sys/kernel/random/boot_id); changes on every reboot. Always 1.",
                 labels=["boot_id"],

@@ -13,13 +13,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 
 from agent.backends.sysfs import InterfaceReading, RdmaPortReading, ReadProblem, SysfsNet
 from agent.collectors.base import Collector
 from agent.collectors.read_errors import ReadErrors
 from agent.collectors.window import Reading, RollingWindow
 from agent.evidence import EvidencePart, HardSignal, HardSignalKind, NicEvidence
+from agent.families import CounterFamily, GaugeFamily
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings
@@ -169,6 +170,9 @@ class NetworkCollector(Collector):
             window_seconds=settings.evidence_window_seconds,
             xmit_wait_bytes_per_tick=section.xmit_wait_bytes_per_tick,
         )
+
+    def close(self) -> None:
+        self.sysfs.close()
 
     def collect(self) -> Iterable[Metric]:
         interfaces, ports = self._read()
@@ -338,18 +342,18 @@ def _port_sample(reading: RdmaPortReading) -> NicSample:
 
 def _interface_families(interfaces: list[InterfaceReading]) -> Iterable[Metric]:
     labels = ["interface"]
-    counters = {stat: CounterMetricFamily(name, help_, labels=labels) for stat, (name, help_) in NET_COUNTERS.items()}
-    carrier_changes = CounterMetricFamily(
+    counters = {stat: CounterFamily(name, help_, labels=labels) for stat, (name, help_) in NET_COUNTERS.items()}
+    carrier_changes = CounterFamily(
         "lockstep_net_carrier_changes", "Link up/down transitions (sysfs carrier_changes).", labels=labels
     )
-    speed = GaugeMetricFamily(
+    speed = GaugeFamily(
         "lockstep_net_link_speed_bytes_per_second",
         "Negotiated link speed (sysfs speed, Mb/s, converted to bytes/s); absent while the link is down.",
         labels=labels,
     )
-    mtu = GaugeMetricFamily("lockstep_net_mtu_bytes", "MTU (sysfs mtu).", labels=labels)
-    up = GaugeMetricFamily("lockstep_net_up", "1 if operstate is up (or unknown, e.g. loopback).", labels=labels)
-    info = GaugeMetricFamily(
+    mtu = GaugeFamily("lockstep_net_mtu_bytes", "MTU (sysfs mtu).", labels=labels)
+    up = GaugeFamily("lockstep_net_up", "1 if operstate is up (or unknown, e.g. loopback).", labels=labels)
+    info = GaugeFamily(
         "lockstep_net_info",
         "Interface facts (sysfs operstate, type); always 1.",
         labels=["interface", "operstate", "kind", "physical"],
@@ -372,31 +376,31 @@ def _interface_families(interfaces: list[InterfaceReading]) -> Iterable[Metric]:
 def _rdma_families(ports: list[RdmaPortReading]) -> Iterable[Metric]:
     labels = ["device", "port"]
     named = {
-        file: (CounterMetricFamily(name, help_, labels=labels), factor)
+        file: (CounterFamily(name, help_, labels=labels), factor)
         for file, (name, help_, factor) in RDMA_COUNTERS.items()
     }
-    other = CounterMetricFamily(
+    other = CounterFamily(
         "lockstep_rdma_port_events",
         "Port counters without a metric of their own (counters/<counter>), as sysfs gives them.",
         labels=[*labels, "counter"],
     )
-    hw = CounterMetricFamily(
+    hw = CounterFamily(
         "lockstep_rdma_port_transport_events",
         "Vendor transport counters (hw_counters/<counter>), e.g. out_of_sequence, rnr_nak_retry_err, "
         "local_ack_timeout_err, np_cnp_sent, rp_cnp_handled, roce_adp_retrans; see the README.",
         labels=[*labels, "counter"],
     )
-    state = GaugeMetricFamily("lockstep_rdma_port_state", "Logical port state number (state; 4 = ACTIVE).", labels=labels)
-    phys = GaugeMetricFamily(
+    state = GaugeFamily("lockstep_rdma_port_state", "Logical port state number (state; 4 = ACTIVE).", labels=labels)
+    phys = GaugeFamily(
         "lockstep_rdma_port_physical_state", "Physical port state number (phys_state; 5 = LinkUp).", labels=labels
     )
-    active = GaugeMetricFamily("lockstep_rdma_port_active", "1 if the port state is ACTIVE (state).", labels=labels)
-    rate = GaugeMetricFamily(
+    active = GaugeFamily("lockstep_rdma_port_active", "1 if the port state is ACTIVE (state).", labels=labels)
+    rate = GaugeFamily(
         "lockstep_rdma_port_rate_bytes_per_second",
         "Port data rate (rate, e.g. '200 Gb/sec (4X HDR)', converted to bytes/s).",
         labels=labels,
     )
-    info = GaugeMetricFamily(
+    info = GaugeFamily(
         "lockstep_rdma_port_info",
         "Port facts (link_layer, state, phys_state, the device's netdevs); always 1.",
         labels=[*labels, "kind", "state", "phys_state", "netdev"],

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent.backends.nvml import (
@@ -32,6 +31,7 @@ from agent.backends.nvml import (
 )
 from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import EvidencePart, GpuEvidence, HardSignal, HardSignalKind
+from agent.families import CounterFamily, GaugeFamily
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings, NvmlSettings
@@ -497,7 +497,7 @@ class NvmlCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         reading = self._refresh()
         families = _GpuFamilies()
-        count = GaugeMetricFamily(
+        count = GaugeFamily(
             "lockstep_gpus",
             "GPUs this agent reads: nvmlDeviceGetCount_v2 less those it has no permission to open.",
         )
@@ -514,7 +514,7 @@ class NvmlCollector(Collector):
                 self._add_gpu(families, labels, s)
         for gpu in reading.vanished:
             lost.add_metric(_labels(gpu), 1.0)
-        driver = GaugeMetricFamily(
+        driver = GaugeFamily(
             "lockstep_nvml_driver_info",
             "The NVIDIA driver version (nvmlSystemGetDriverVersion); always 1.",
             labels=["driver_version"],
@@ -604,7 +604,7 @@ class NvmlCollector(Collector):
         families.add(rx, labels, sample.rx_bytes_per_second)
 
     def _xid_families(self) -> list[Metric]:
-        xids = CounterMetricFamily(
+        xids = CounterFamily(
             "lockstep_gpu_xid_errors",
             "XID events by code since the agent started (nvmlEventSetWait, nvmlEventTypeXidCriticalError).",
             labels=("gpu", "uuid", "xid"),
@@ -614,7 +614,7 @@ class NvmlCollector(Collector):
         return [xids]
 
     def _error_family(self) -> Metric:
-        errors = CounterMetricFamily(
+        errors = CounterFamily(
             "lockstep_nvml_call_errors",
             "NVML calls that failed with an unexpected error; the field was left out (pynvml NVMLError).",
             labels=("function", "error"),
@@ -624,7 +624,7 @@ class NvmlCollector(Collector):
         return errors
 
 
-_F = TypeVar("_F", GaugeMetricFamily, CounterMetricFamily)
+_F = TypeVar("_F", GaugeFamily, CounterFamily)
 
 
 def _labels(gpu: GpuIdentity) -> list[str]:
@@ -637,11 +637,11 @@ class _GpuFamilies:
     def __init__(self) -> None:
         self._families: dict[str, Metric] = {}
 
-    def gauge(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> GaugeMetricFamily:
-        return self._family(GaugeMetricFamily, name, help_text, extra_labels)
+    def gauge(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> GaugeFamily:
+        return self._family(GaugeFamily, name, help_text, extra_labels)
 
-    def counter(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> CounterMetricFamily:
-        return self._family(CounterMetricFamily, name, help_text, extra_labels)
+    def counter(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> CounterFamily:
+        return self._family(CounterFamily, name, help_text, extra_labels)
 
     def _family(self, kind: type[_F], name: str, help_text: str, extra_labels: Sequence[str]) -> _F:
         family = self._families.get(name)
@@ -652,7 +652,7 @@ class _GpuFamilies:
 
     @staticmethod
     def add(
-        family: GaugeMetricFamily | CounterMetricFamily, labels: list[str], value: float | bool | None
+        family: GaugeFamily | CounterFamily, labels: list[str], value: float | bool | None
     ) -> None:
         """Add a sample unless NVML had no value (never NaN: absent is absent)."""
         if value is not None and math.isfinite(value):

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent.backends.nic_bytes import ByteCounters, interfaces
@@ -22,6 +21,7 @@ from agent.collectors.base import Collector
 from agent.collectors.order_stats import median
 from agent.collectors.period_estimate import TrafficPattern, estimate
 from agent.evidence import EvidencePart, TrafficPeriodicity
+from agent.families import GaugeFamily
 from agent.settings import PeriodicitySettings
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class PeriodicityCollector(Collector):
             next_sample += self.interval_seconds
             if next_sample < time.monotonic():  # fell behind (a stalled host): skip, do not burst
                 next_sample = time.monotonic() + self.interval_seconds
-            self._stop.wait(max(0.0, next_sample - time.monotonic()))
+            time.sleep(max(0.0, next_sample - time.monotonic()))  # half the CPU of Event.wait; close() waits a tick
 
     def sample(self, now: float) -> None:
         """Read every interface's counters once (one sampling tick), then store them under one lock."""
@@ -164,18 +164,18 @@ class PeriodicityCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         source = "from rx_bytes+tx_bytes in /sys/class/net/<interface>/statistics sampled at >= 10 Hz"
-        period = GaugeMetricFamily(
+        period = GaugeFamily(
             "lockstep_traffic_period_seconds", f"Dominant period of the traffic bursts, s, {source}; absent when aperiodic.",
             labels=["interface"],
         )  # fmt: skip
-        burst = GaugeMetricFamily(
+        burst = GaugeFamily(
             "lockstep_traffic_burst_bytes_per_second", f"Throughput inside bursts (90th percentile of busy samples), {source}.",
             labels=["interface"],
         )  # fmt: skip
-        mean = GaugeMetricFamily(
+        mean = GaugeFamily(
             "lockstep_traffic_mean_bytes_per_second", f"Mean throughput over the window, {source}.", labels=["interface"]
         )
-        regularity = GaugeMetricFamily(
+        regularity = GaugeFamily(
             "lockstep_traffic_regularity_ratio", f"Autocorrelation at the period, 0..1 (1 = perfectly periodic), {source}.",
             labels=["interface"],
         )  # fmt: skip

@@ -10,7 +10,7 @@ import logging
 import threading
 from collections import Counter
 
-from prometheus_client.metrics_core import CounterMetricFamily
+from agent.families import CounterFamily
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ class ReadErrors:
         if first:
             log.warning("%s: cannot read %s: %s (counted, logged once)", self.collector, source, reason)
 
-    def family(self) -> CounterMetricFamily:
-        family = CounterMetricFamily(
+    def family(self) -> CounterFamily:
+        family = CounterFamily(
             "lockstep_collector_read_errors",
             "Reads that failed (unreadable or malformed file, failing call) since the agent started.",
             labels=["collector", "source"],

@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 
 from agent import __version__
 from agent.collectors import COLLECTORS, CollectorSpec
 from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import Evidence, EvidencePart
+from agent.families import GaugeFamily
 from agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -161,12 +162,12 @@ class CollectorRunner:
     def collect(self) -> Iterator[Metric]:
         """prometheus_client Collector interface: every collector's families plus success and duration."""
         outcomes = self._run_all(self._collect_calls, lambda c: list(c.collect()))
-        success = GaugeMetricFamily(
+        success = GaugeFamily(
             "lockstep_collector_success",
             "1 if the collector's last run succeeded within its timeout, else 0.",
             labels=["collector"],
         )
-        duration = GaugeMetricFamily(
+        duration = GaugeFamily(
             "lockstep_collector_duration_seconds",
             "How long the collector's run took (the timeout if it did not finish), s.",
             labels=["collector"],
@@ -181,7 +182,7 @@ class CollectorRunner:
         yield from families.values()
         for name in self.broken:
             success.add_metric([name], 0.0)
-        info = GaugeMetricFamily(
+        info = GaugeFamily(
             "lockstep_agent_info", "The agent's version and node; always 1.", labels=["version", "node"]
         )
         info.add_metric([__version__, self.node_name], 1.0)

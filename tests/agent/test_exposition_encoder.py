@@ -18,6 +18,7 @@ from agent.backends.sysfs import SysfsNet
 from agent.collectors.host import HostCollector
 from agent.collectors.network import NetworkCollector
 from agent.exposition import encode_openmetrics, encode_text, negotiate
+from agent.families import CounterFamily, GaugeFamily, HistogramFamily
 from tests.agent.conftest import PROCFS_GPU_NODE, SYSFS_GPU_NODE
 
 
@@ -51,6 +52,41 @@ def awkward_families() -> list[Metric]:
     return [gauge, counter, with_created, timestamped, unit, histogram]
 
 
+def lean_families() -> list[Metric]:
+    """The agent's own row-keeping families, with the awkward values above; their `samples` are what the library
+    encodes, their rows what the fast path writes."""
+    gauge = GaugeFamily("lockstep_test_lean_gauge", 'help with "quotes" and\na newline', labels=["z", "a"])
+    gauge.add_metric(['va"lue', "back\\slash"], 1.5)
+    gauge.add_metric(["new\nline", "ünïcode"], float("-inf"))
+    gauge.add_metric(["x", "y"], -0.0)
+    gauge.add_metric(["big", "number"], 12345678901234.0)
+    gauge.add_metric(["nan", "value"], float("nan"))
+    counter = CounterFamily("lockstep_test_lean_events_total", "a counter named with _total", labels=["rank"])
+    counter.add_metric(["0"], 3)
+    unlabelled = CounterFamily("lockstep_test_lean_records", "no labels")
+    unlabelled.add_metric([], 7)
+    unit = GaugeFamily("lockstep_test_lean_temperature", "with unit", unit="celsius")
+    unit.add_metric([], 41.0)
+    odd_label = GaugeFamily("lockstep_test_lean_odd", "a label name the fast path leaves to the library", ["__x"])
+    odd_label.add_metric(["1"], 1.0)
+    histogram = HistogramFamily("lockstep_test_lean_wait_seconds", "a histogram", ["job", "op"], ["0.001", "2.5", "+Inf"])
+    histogram.add_metric(['j"1', "all_reduce"], [0, 3, 5], 7.25)
+    histogram.add_metric(["j2", "barrier"], [0, 0, 0], 0.0)
+    negative = HistogramFamily("lockstep_test_lean_offset", "a negative bucket: no _count, _sum", [], ["-1.0", "+Inf"])
+    negative.add_metric([], [1, 2], -3.0)
+    return [gauge, counter, unlabelled, unit, odd_label, histogram, negative]
+
+
+def test_lean_families_hold_rows_not_samples() -> None:
+    family = GaugeFamily("lockstep_test_rows", "rows", labels=["a"])
+    with pytest.raises(TypeError, match="add_metric"):
+        family.samples = [*family.samples, *GaugeFamily("other", "x").samples, None]  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="\\+Inf"):
+        HistogramFamily("lockstep_test_h", "no +Inf", [], ["1.0"])
+    with pytest.raises(ValueError, match="2 counts for 3 buckets"):
+        HistogramFamily("lockstep_test_h", "h", [], ["1.0", "2.0", "+Inf"]).add_metric([], [1, 2], 0.0)
+
+
 def library_families() -> list[Metric]:
     """Families built by prometheus_client's own metric classes: histograms, info, counters with _created."""
     registry = CollectorRegistry()
@@ -67,13 +103,13 @@ def fixture_node_families() -> list[Metric]:
     return [*network.collect(), *host.collect()]
 
 
-@pytest.mark.parametrize("families", [fixture_node_families, awkward_families, library_families])
+@pytest.mark.parametrize("families", [fixture_node_families, awkward_families, lean_families, library_families])
 def test_fast_text_encoding_is_identical_to_prometheus_client(families) -> None:
     source = Frozen(families())
     assert encode_text(source) == exposition.generate_latest(source)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("families", [fixture_node_families, awkward_families, library_families])
+@pytest.mark.parametrize("families", [fixture_node_families, awkward_families, lean_families, library_families])
 def test_fast_openmetrics_encoding_is_identical_to_prometheus_client(families) -> None:
     source = Frozen(families())
     assert encode_openmetrics(source) == openmetrics.generate_latest(source)  # type: ignore[arg-type]
