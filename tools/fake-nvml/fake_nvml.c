@@ -702,6 +702,98 @@ nvmlReturn_t nvmlDeviceGetTemperatureV(nvmlDevice_t device, nvmlTemperature_t *t
     return leave(rc);
 }
 
+static unsigned long long energy_mj(const fake_gpu_t *g, unsigned int slot) {
+    /* mJ since "driver load": a fixed history plus the current draw over the time since the library loaded */
+    return 3600000000ULL + 1000000ULL * slot + (unsigned long long)(g->power_mw * now_seconds());
+}
+
+/* nvmlNvLinkErrorCounter_t of an NVLink error-counter field (link in scopeId), or -1. */
+static int nvlink_counter_of_field(unsigned int field) {
+    switch (field) {
+    case NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY: return NVML_NVLINK_ERROR_DL_REPLAY;
+    case NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY: return NVML_NVLINK_ERROR_DL_RECOVERY;
+    case NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL: return NVML_NVLINK_ERROR_DL_CRC_FLIT;
+    case NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: return NVML_NVLINK_ERROR_DL_CRC_DATA;
+    case NVML_FI_DEV_NVLINK_ECC_DATA_ERROR_COUNT_TOTAL: return NVML_NVLINK_ERROR_DL_ECC_DATA;
+    default: return -1;
+    }
+}
+
+/* One field of nvmlDeviceGetFieldValues, from the same state as the function named in *function, whose injected
+ * errors (not_supported, errors) the field answers with, as the driver would fail both the same way. */
+static nvmlReturn_t field_value(const fake_gpu_t *g, unsigned int slot, nvmlFieldValue_t *f, const char **function) {
+    unsigned int link = f->scopeId;
+    int counter = nvlink_counter_of_field(f->fieldId);
+    f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+    if (counter >= 0 || f->fieldId == NVML_FI_DEV_NVLINK_GET_STATE) {
+        *function = counter >= 0 ? "nvmlDeviceGetNvLinkErrorCounter" : "nvmlDeviceGetNvLinkState";
+        if (link >= FAKE_NVLINKS) return NVML_ERROR_INVALID_ARGUMENT;
+        if (counter < 0) {
+            f->value.uiVal = g->nvlink_active[link] ? NVML_NVLINK_STATE_ACTIVE : NVML_NVLINK_STATE_INACTIVE;
+        } else {
+            f->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+            f->value.ullVal = g->nvlink_errors[link][counter];
+        }
+        return NVML_SUCCESS;
+    }
+    f->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+    switch (f->fieldId) {
+    case NVML_FI_DEV_MEMORY_TEMP:
+        *function = "nvmlDeviceGetFieldValues";
+        f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+        f->value.uiVal = g->memory_temperature;
+        return NVML_SUCCESS;
+    case NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+        *function = "nvmlDeviceGetTotalEnergyConsumption";
+        f->value.ullVal = energy_mj(g, slot);
+        return NVML_SUCCESS;
+    case NVML_FI_DEV_POWER_CURRENT_LIMIT:
+        *function = "nvmlDeviceGetEnforcedPowerLimit";
+        f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+        f->value.uiVal = g->power_limit_mw;
+        return NVML_SUCCESS;
+    case NVML_FI_DEV_ECC_SBE_VOL_TOTAL:
+    case NVML_FI_DEV_ECC_DBE_VOL_TOTAL:
+    case NVML_FI_DEV_ECC_SBE_AGG_TOTAL:
+    case NVML_FI_DEV_ECC_DBE_AGG_TOTAL: {
+        unsigned int i = f->fieldId - NVML_FI_DEV_ECC_SBE_VOL_TOTAL; /* SBE VOL, DBE VOL, SBE AGG, DBE AGG */
+        *function = "nvmlDeviceGetTotalEccErrors";
+        f->value.ullVal = g->ecc[i % 2 ? NVML_MEMORY_ERROR_TYPE_UNCORRECTED : NVML_MEMORY_ERROR_TYPE_CORRECTED]
+                                [i / 2 ? NVML_AGGREGATE_ECC : NVML_VOLATILE_ECC];
+        return NVML_SUCCESS;
+    }
+    case NVML_FI_DEV_RETIRED_SBE:
+    case NVML_FI_DEV_RETIRED_DBE:
+        *function = "nvmlDeviceGetRetiredPages";
+        f->value.ullVal = g->retired_pages[f->fieldId == NVML_FI_DEV_RETIRED_SBE
+                                               ? NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS
+                                               : NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR];
+        return NVML_SUCCESS;
+    case NVML_FI_DEV_RETIRED_PENDING:
+        *function = "nvmlDeviceGetRetiredPagesPendingStatus";
+        f->value.ullVal = g->retired_pages_pending != 0;
+        return NVML_SUCCESS;
+    case NVML_FI_DEV_REMAPPED_COR:
+    case NVML_FI_DEV_REMAPPED_UNC:
+    case NVML_FI_DEV_REMAPPED_PENDING:
+    case NVML_FI_DEV_REMAPPED_FAILURE: {
+        const unsigned int rows[] = {g->remapped_correctable, g->remapped_uncorrectable, g->remap_pending,
+                                     g->remap_failure};
+        *function = "nvmlDeviceGetRemappedRows";
+        f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+        f->value.uiVal = rows[f->fieldId - NVML_FI_DEV_REMAPPED_COR];
+        return NVML_SUCCESS;
+    }
+    case NVML_FI_DEV_PCIE_REPLAY_COUNTER:
+        *function = "nvmlDeviceGetPcieReplayCounter";
+        f->value.ullVal = g->pcie_replays;
+        return NVML_SUCCESS;
+    default:
+        *function = "nvmlDeviceGetFieldValues";
+        return NVML_ERROR_NOT_SUPPORTED;
+    }
+}
+
 nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvmlFieldValue_t *values) {
     BEGIN_DEVICE("nvmlDeviceGetFieldValues", device);
     if (!values || valuesCount < 0) return leave(NVML_ERROR_INVALID_ARGUMENT);
@@ -709,22 +801,13 @@ nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvml
     clock_gettime(CLOCK_REALTIME, &t);
     for (int i = 0; i < valuesCount; i++) {
         nvmlFieldValue_t *f = &values[i];
+        const char *function;
         f->timestamp = (long long)t.tv_sec * 1000000 + t.tv_nsec / 1000;
         f->latencyUsec = 0;
-        switch (f->fieldId) {
-        case NVML_FI_DEV_MEMORY_TEMP:
-            f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
-            f->value.uiVal = g->memory_temperature;
-            f->nvmlReturn = NVML_SUCCESS;
-            break;
-        case NVML_FI_DEV_PCIE_REPLAY_COUNTER:
-            f->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
-            f->value.ullVal = g->pcie_replays;
-            f->nvmlReturn = NVML_SUCCESS;
-            break;
-        default:
-            f->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
-        }
+        f->nvmlReturn = field_value(g, device->slot, f, &function);
+        nvmlReturn_t injected_rc = injected(config.errors, config.error_count, function);
+        if (injected_rc == NVML_SUCCESS) injected_rc = injected(g->errors, g->error_count, function);
+        if (f->nvmlReturn == NVML_SUCCESS) f->nvmlReturn = injected_rc;
     }
     return leave(NVML_SUCCESS);
 }
@@ -753,8 +836,7 @@ GETTER(nvmlDeviceGetPcieReplayCounter, unsigned int, pcie_replays)
 nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy) {
     BEGIN_DEVICE("nvmlDeviceGetTotalEnergyConsumption", device);
     if (!energy) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    /* mJ since "driver load": a fixed history plus the current draw over the time since the library loaded */
-    *energy = 3600000000ULL + 1000000ULL * device->slot + (unsigned long long)(g->power_mw * now_seconds());
+    *energy = energy_mj(g, device->slot);
     return leave(NVML_SUCCESS);
 }
 
