@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -34,25 +35,34 @@ def cpu_ms_per_call(fn: Callable[[], object], rounds: int) -> float:
     return (time.process_time() - start) / rounds * 1e3
 
 
+def calls_without_a_field(n: Any, h: Any) -> None:
+    """The calls for data NVML has no field for: made one by one with or without the field batch."""
+    n.nvmlDeviceGetPciInfo(h)
+    n.nvmlDeviceGetUUID(h)
+    n.nvmlDeviceGetName(h)
+    n.nvmlDeviceGetUtilizationRates(h)
+    n.nvmlDeviceGetMemoryInfo(h)
+    n.nvmlDeviceGetTemperatureV(h, n.NVML_TEMPERATURE_GPU)
+    n.nvmlDeviceGetPowerUsage(h)
+    n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)
+    n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)
+    n.nvmlDeviceGetCurrentClocksEventReasons(h)
+    n.nvmlDeviceGetCurrPcieLinkGeneration(h)
+    n.nvmlDeviceGetMaxPcieLinkGeneration(h)
+    n.nvmlDeviceGetCurrPcieLinkWidth(h)
+    n.nvmlDeviceGetMaxPcieLinkWidth(h)
+
+
 def bare_pynvml_read() -> None:
-    """The NVML calls the backend makes for 8 GPUs with 18 NVLinks each, straight through pynvml."""
+    """The data the backend reads for 8 GPUs with 18 NVLinks each, one call per value, straight through pynvml."""
     import pynvml as n
 
     for index in range(n.nvmlDeviceGetCount()):
         h = n.nvmlDeviceGetHandleByIndex(index)
-        n.nvmlDeviceGetPciInfo(h)
-        n.nvmlDeviceGetUUID(h)
-        n.nvmlDeviceGetName(h)
-        n.nvmlDeviceGetUtilizationRates(h)
-        n.nvmlDeviceGetMemoryInfo(h)
-        n.nvmlDeviceGetTemperatureV(h, n.NVML_TEMPERATURE_GPU)
+        calls_without_a_field(n, h)
         n.nvmlDeviceGetFieldValues(h, [n.NVML_FI_DEV_MEMORY_TEMP])
-        n.nvmlDeviceGetPowerUsage(h)
         n.nvmlDeviceGetEnforcedPowerLimit(h)
         n.nvmlDeviceGetTotalEnergyConsumption(h)
-        n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)
-        n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)
-        n.nvmlDeviceGetCurrentClocksEventReasons(h)
         for error_type in (0, 1):
             for counter_type in (0, 1):
                 n.nvmlDeviceGetTotalEccErrors(h, error_type, counter_type)
@@ -60,10 +70,6 @@ def bare_pynvml_read() -> None:
         n.nvmlDeviceGetRetiredPages(h, 1)
         n.nvmlDeviceGetRetiredPagesPendingStatus(h)
         n.nvmlDeviceGetRemappedRows(h)
-        n.nvmlDeviceGetCurrPcieLinkGeneration(h)
-        n.nvmlDeviceGetMaxPcieLinkGeneration(h)
-        n.nvmlDeviceGetCurrPcieLinkWidth(h)
-        n.nvmlDeviceGetMaxPcieLinkWidth(h)
         n.nvmlDeviceGetPcieReplayCounter(h)
         for link in range(18):
             n.nvmlDeviceGetNvLinkState(h, link)
@@ -81,22 +87,8 @@ def bare_pynvml_batched_read() -> None:
     request = [*DEVICE_FIELDS, *((field, link) for link in range(18) for field in per_link)]
     for index in range(n.nvmlDeviceGetCount()):
         h = n.nvmlDeviceGetHandleByIndex(index)
-        n.nvmlDeviceGetPciInfo(h)
-        n.nvmlDeviceGetUUID(h)
-        n.nvmlDeviceGetName(h)
-        n.nvmlDeviceGetUtilizationRates(h)
-        n.nvmlDeviceGetMemoryInfo(h)
-        n.nvmlDeviceGetTemperatureV(h, n.NVML_TEMPERATURE_GPU)
-        values = n.nvmlDeviceGetFieldValues(h, request)
-        [(v.nvmlReturn, v.value.ullVal) for v in values]
-        n.nvmlDeviceGetPowerUsage(h)
-        n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)
-        n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)
-        n.nvmlDeviceGetCurrentClocksEventReasons(h)
-        n.nvmlDeviceGetCurrPcieLinkGeneration(h)
-        n.nvmlDeviceGetMaxPcieLinkGeneration(h)
-        n.nvmlDeviceGetCurrPcieLinkWidth(h)
-        n.nvmlDeviceGetMaxPcieLinkWidth(h)
+        calls_without_a_field(n, h)
+        [(v.nvmlReturn, v.value.ullVal) for v in n.nvmlDeviceGetFieldValues(h, request)]
 
 
 def main() -> int:
