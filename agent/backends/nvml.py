@@ -3,7 +3,9 @@
 `agent/collectors/nvml.py` turns these into metrics and evidence. NVML's return codes become data here:
 NotSupported / FunctionNotFound -> the field is None (logged once at debug per GPU and call); GPU_IS_LOST, or no
 handle for an index -> `GpuSnapshot.lost_reason`; a missing library or a failed nvmlInit -> `NvmlUnavailable`;
-any other error -> the field is None and the error is counted in `call_errors()`.
+any other error -> the field is None and the error is counted in `call_errors()`. What NVML also offers as a field
+is read with one nvmlDeviceGetFieldValues per GPU (`_FieldBatch`); a field the batch does not answer is read with
+its own call, so the return codes above mean the same with or without the batch.
 
 Loading: pynvml opens "libnvidia-ml.so.1" by soname. With `library_path` the backend loads that file first
 (ctypes.CDLL); the dynamic loader then answers pynvml's soname lookup with the library already loaded, so tests
@@ -99,6 +101,10 @@ NVLINK_COUNTER_FIELDS = {  # NVLINK_COUNTERS name -> field with the link as scop
     "crc_flit": pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
     "crc_data": pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
     "ecc_data": pynvml.NVML_FI_DEV_NVLINK_ECC_DATA_ERROR_COUNT_TOTAL,
+}
+_NVLINK_STATES_ACTIVE = {  # NVML_FI_DEV_NVLINK_GET_STATE values that nvmlDeviceGetNvLinkState surely reports alike
+    pynvml.NVML_NVLINK_STATE_ACTIVE: True,
+    pynvml.NVML_NVLINK_STATE_INACTIVE: False,
 }
 # nvmlFieldValue_t (40 bytes): fieldId, scopeId, timestamp, latencyUsec (skipped), valueType, nvmlReturn, value (an
 # 8-byte union, read as its unsigned members: NVML's platforms are all little-endian, so uiVal is the low 32 bits).
@@ -484,8 +490,6 @@ class NvmlBackend:
             value = fields.get((field_id, 0))
             return value if value is not None else call(function, handle, *args)
 
-        links = self._nvlinks_of(gpu.uuid, handle)
-        fields = self._field_values(gpu.uuid, handle, links)
         utilization = call(pynvml.nvmlDeviceGetUtilizationRates, handle)
         memory = call(pynvml.nvmlDeviceGetMemoryInfo, handle)
         temperature = call(
@@ -494,6 +498,8 @@ class NvmlBackend:
             pynvml.NVML_TEMPERATURE_GPU,
             fallback=pynvml.nvmlDeviceGetTemperature,
         )
+        links = self._nvlinks_of(gpu.uuid, handle)
+        fields = self._field_values(gpu.uuid, handle, links)
         memory_temperature: float | None = fields.get((pynvml.NVML_FI_DEV_MEMORY_TEMP, 0))
         if memory_temperature is None:
             memory_temperature = self._memory_temperature(gpu.uuid, handle)
@@ -580,6 +586,10 @@ class NvmlBackend:
         except pynvml.NVMLError as error:
             if error.value == pynvml.NVML_ERROR_GPU_IS_LOST:
                 raise _GpuLost("nvmlDeviceGetFieldValues: GPU is lost") from error
+            with self._accounting_lock:
+                if (gpu, "field batch") not in self._absent_logged:
+                    self._absent_logged.add((gpu, "field batch"))
+                    log.debug("nvmlDeviceGetFieldValues on GPU %s: %s; one call per field", gpu, error)
             return {}
 
     def _memory_temperature(self, gpu: str, handle: Any) -> float | None:
@@ -608,9 +618,9 @@ class NvmlBackend:
         result = []
         for link in links:
             state = fields.get((pynvml.NVML_FI_DEV_NVLINK_GET_STATE, link))
-            if state is not None:
-                active: bool | None = state == pynvml.NVML_NVLINK_STATE_ACTIVE
-            else:
+            if state in _NVLINK_STATES_ACTIVE:
+                active: bool | None = _NVLINK_STATES_ACTIVE[state]
+            else:  # not answered, or a state (sleep, traffic disabled) the call may see otherwise: ask the call
                 enabled = self._call(gpu, pynvml.nvmlDeviceGetNvLinkState, handle, link)
                 active = None if enabled is None else enabled == pynvml.NVML_FEATURE_ENABLED
             errors = {}
