@@ -368,3 +368,49 @@ def test_a_broken_config_is_reported_and_the_last_good_one_stays_in_force(probe:
 def test_init_is_reference_counted(probe: dict[str, Any]) -> None:
     assert probe["after_one_of_two_shutdowns"] == 8
     assert probe["after_last_shutdown"] == pynvml.NVML_ERROR_UNINITIALIZED
+
+
+WAIT_PROBE = r"""
+import json, os, threading, time
+import pynvml as n
+
+config = os.environ["FAKE_NVML_CONFIG"]
+def configure(doc):
+    with open(config + ".partial", "w") as f:
+        json.dump(doc, f)
+    os.replace(config + ".partial", config)
+
+configure({})
+n.nvmlInit()
+s = n.nvmlEventSetCreate()
+n.nvmlDeviceRegisterEvents(n.nvmlDeviceGetHandleByIndex(2), n.nvmlEventTypeXidCriticalError, s)
+threading.Timer(0.3, configure, [{"gpus": {"2": {"xid": [48]}}}]).start()
+started = time.monotonic()
+event = n.nvmlEventSetWait(s, 30000)
+print(json.dumps({"xid": event.eventData, "waited_seconds": time.monotonic() - started}))
+"""
+# Makes inotify unavailable to the process it is preloaded into, as a kernel without it or out of instances would.
+NO_INOTIFY = "#include <errno.h>\nint inotify_init1(int flags) { (void)flags; errno = EMFILE; return -1; }\n"
+
+
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "without-inotify"])
+def test_an_xid_written_while_a_wait_blocks_ends_that_wait_long_before_its_timeout(
+    inotify: bool, fake_nvml_library: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(fake_nvml_library.parent),
+        "FAKE_NVML_CONFIG": str(tmp_path / "fake-nvml.json"),
+    }
+    if not inotify:
+        (tmp_path / "no_inotify.c").write_text(NO_INOTIFY)
+        preload = tmp_path / "no_inotify.so"
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", preload, tmp_path / "no_inotify.c"], check=True)
+        env["LD_PRELOAD"] = str(preload)
+    done = subprocess.run(
+        [sys.executable, "-c", WAIT_PROBE], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["xid"] == 48
+    assert seen["waited_seconds"] < 10  # the XID came 0.3 s in; the wait's timeout is 30 s
