@@ -110,8 +110,10 @@ def test_the_header_and_pynvml_agree_on_the_constants_the_agent_relies_on(
         assert getattr(pynvml, name) == value, name
 
 
-PROBE = r"""
-import ctypes, json, os, sys, time
+# The start of each probe script (run as PROBE_PRELUDE + probe): pynvml, and configure() to replace the fake's
+# config file atomically.
+PROBE_PRELUDE = r"""
+import ctypes, json, os, sys, threading, time
 import pynvml as n
 
 config = os.environ["FAKE_NVML_CONFIG"]
@@ -119,7 +121,9 @@ def configure(doc):
     with open(config + ".partial", "w") as f:
         json.dump(doc, f)
     os.replace(config + ".partial", config)
+"""
 
+PROBE = r"""
 def code(call, *args):
     try:
         call(*args)
@@ -252,7 +256,9 @@ def probe(fake_nvml_library: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "LD_LIBRARY_PATH": str(fake_nvml_library.parent),
         "FAKE_NVML_CONFIG": str(config.path),
     }
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE_PRELUDE + PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     seen: dict[str, Any] = json.loads(done.stdout)
     seen["stderr"] = done.stderr
@@ -371,15 +377,6 @@ def test_init_is_reference_counted(probe: dict[str, Any]) -> None:
 
 
 WAIT_PROBE = r"""
-import json, os, threading, time
-import pynvml as n
-
-config = os.environ["FAKE_NVML_CONFIG"]
-def configure(doc):
-    with open(config + ".partial", "w") as f:
-        json.dump(doc, f)
-    os.replace(config + ".partial", config)
-
 configure({})
 n.nvmlInit()
 s = n.nvmlEventSetCreate()
@@ -408,7 +405,11 @@ def test_an_xid_written_while_a_wait_blocks_ends_that_wait_long_before_its_timeo
         subprocess.run(["gcc", "-shared", "-fPIC", "-o", preload, tmp_path / "no_inotify.c"], check=True)
         env["LD_PRELOAD"] = str(preload)
     done = subprocess.run(
-        [sys.executable, "-c", WAIT_PROBE], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", PROBE_PRELUDE + WAIT_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
