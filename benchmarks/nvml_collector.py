@@ -1,8 +1,10 @@
 """NVML collector cost on 8 fake GPUs, against its floor: the bare pynvml calls it makes, in the same process.
 
-Prints CPU ms per call of: the bare pynvml loop (same calls, no error handling, no snapshot objects), the backend's
-read(), the collector's collect(), collect() encoded as the agent serves /metrics, and evidence(); and each as a ratio to the
-bare loop. Builds the fake NVML first (`make fake-nvml`).
+Prints CPU ms per call of: the bare pynvml loop (the individual calls for the same data, no error handling, no
+snapshot objects), the same data with the backend's field batch through pynvml's own nvmlDeviceGetFieldValues
+wrapper, the backend's read(), the collector's collect(), collect() encoded as the agent serves /metrics, and
+evidence(); and each as a ratio to the bare loop. Builds the fake NVML first (`make fake-nvml`). The fake answers a
+call in ~1 us; NVIDIA's library goes to the driver for most, so real calls cost more and batching saves more.
 
     python benchmarks/nvml_collector.py [--rounds 200]
 """
@@ -16,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -32,25 +35,34 @@ def cpu_ms_per_call(fn: Callable[[], object], rounds: int) -> float:
     return (time.process_time() - start) / rounds * 1e3
 
 
+def calls_without_a_field(n: Any, h: Any) -> None:
+    """The calls for data NVML has no field for: made one by one with or without the field batch."""
+    n.nvmlDeviceGetPciInfo(h)
+    n.nvmlDeviceGetUUID(h)
+    n.nvmlDeviceGetName(h)
+    n.nvmlDeviceGetUtilizationRates(h)
+    n.nvmlDeviceGetMemoryInfo(h)
+    n.nvmlDeviceGetTemperatureV(h, n.NVML_TEMPERATURE_GPU)
+    n.nvmlDeviceGetPowerUsage(h)
+    n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)
+    n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)
+    n.nvmlDeviceGetCurrentClocksEventReasons(h)
+    n.nvmlDeviceGetCurrPcieLinkGeneration(h)
+    n.nvmlDeviceGetMaxPcieLinkGeneration(h)
+    n.nvmlDeviceGetCurrPcieLinkWidth(h)
+    n.nvmlDeviceGetMaxPcieLinkWidth(h)
+
+
 def bare_pynvml_read() -> None:
-    """The NVML calls the backend makes for 8 GPUs with 18 NVLinks each, straight through pynvml."""
+    """The data the backend reads for 8 GPUs with 18 NVLinks each, one call per value, straight through pynvml."""
     import pynvml as n
 
     for index in range(n.nvmlDeviceGetCount()):
         h = n.nvmlDeviceGetHandleByIndex(index)
-        n.nvmlDeviceGetPciInfo(h)
-        n.nvmlDeviceGetUUID(h)
-        n.nvmlDeviceGetName(h)
-        n.nvmlDeviceGetUtilizationRates(h)
-        n.nvmlDeviceGetMemoryInfo(h)
-        n.nvmlDeviceGetTemperatureV(h, n.NVML_TEMPERATURE_GPU)
+        calls_without_a_field(n, h)
         n.nvmlDeviceGetFieldValues(h, [n.NVML_FI_DEV_MEMORY_TEMP])
-        n.nvmlDeviceGetPowerUsage(h)
         n.nvmlDeviceGetEnforcedPowerLimit(h)
         n.nvmlDeviceGetTotalEnergyConsumption(h)
-        n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)
-        n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)
-        n.nvmlDeviceGetCurrentClocksEventReasons(h)
         for error_type in (0, 1):
             for counter_type in (0, 1):
                 n.nvmlDeviceGetTotalEccErrors(h, error_type, counter_type)
@@ -58,15 +70,25 @@ def bare_pynvml_read() -> None:
         n.nvmlDeviceGetRetiredPages(h, 1)
         n.nvmlDeviceGetRetiredPagesPendingStatus(h)
         n.nvmlDeviceGetRemappedRows(h)
-        n.nvmlDeviceGetCurrPcieLinkGeneration(h)
-        n.nvmlDeviceGetMaxPcieLinkGeneration(h)
-        n.nvmlDeviceGetCurrPcieLinkWidth(h)
-        n.nvmlDeviceGetMaxPcieLinkWidth(h)
         n.nvmlDeviceGetPcieReplayCounter(h)
         for link in range(18):
             n.nvmlDeviceGetNvLinkState(h, link)
             for counter in range(5):
                 n.nvmlDeviceGetNvLinkErrorCounter(h, link, counter)
+
+
+def bare_pynvml_batched_read() -> None:
+    """The same data with the backend's one nvmlDeviceGetFieldValues per GPU, through pynvml's own wrapper."""
+    import pynvml as n
+
+    from agent.backends.nvml import DEVICE_FIELDS, NVLINK_COUNTER_FIELDS
+
+    per_link = (n.NVML_FI_DEV_NVLINK_GET_STATE, *NVLINK_COUNTER_FIELDS.values())
+    request = [*DEVICE_FIELDS, *((field, link) for link in range(18) for field in per_link)]
+    for index in range(n.nvmlDeviceGetCount()):
+        h = n.nvmlDeviceGetHandleByIndex(index)
+        calls_without_a_field(n, h)
+        [(v.nvmlReturn, v.value.ullVal) for v in n.nvmlDeviceGetFieldValues(h, request)]
 
 
 def main() -> int:
@@ -97,6 +119,7 @@ def main() -> int:
     bare = cpu_ms_per_call(bare_pynvml_read, args.rounds)
     rows = [
         ("bare pynvml calls (floor)", bare),
+        ("bare, fields batched", cpu_ms_per_call(bare_pynvml_batched_read, args.rounds)),
         ("backend.read()", cpu_ms_per_call(backend.read, args.rounds)),
         ("collector.collect()", cpu_ms_per_call(lambda: list(collector.collect()), args.rounds)),
         ("collect + /metrics encoding", cpu_ms_per_call(lambda: encode_text(collector), args.rounds)),

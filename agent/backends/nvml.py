@@ -3,7 +3,9 @@
 `agent/collectors/nvml.py` turns these into metrics and evidence. NVML's return codes become data here:
 NotSupported / FunctionNotFound -> the field is None (logged once at debug per GPU and call); GPU_IS_LOST, or no
 handle for an index -> `GpuSnapshot.lost_reason`; a missing library or a failed nvmlInit -> `NvmlUnavailable`;
-any other error -> the field is None and the error is counted in `call_errors()`.
+any other error -> the field is None and the error is counted in `call_errors()`. What NVML also offers as a field
+is read with one nvmlDeviceGetFieldValues per GPU (`_FieldBatch`); a field the batch does not answer is read with
+its own call, so the return codes above mean the same with or without the batch.
 
 Loading: pynvml opens "libnvidia-ml.so.1" by soname. With `library_path` the backend loads that file first
 (ctypes.CDLL); the dynamic loader then answers pynvml's soname lookup with the library already loaded, so tests
@@ -20,10 +22,12 @@ import ctypes
 import logging
 import math
 import os
+import struct
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -63,6 +67,53 @@ CLOCK_EVENT_REASONS = (  # name -> nvmlClocksEventReason* bit
     ("hw_power_brake_slowdown", pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown),
     ("display_clock_setting", pynvml.nvmlClocksEventReasonDisplayClockSetting),
 )
+# Fields read with one nvmlDeviceGetFieldValues call per GPU instead of one call each (nvml.h NVML_FI_DEV_*). A field
+# the driver does not answer falls back to the individual call, which then reports its own NotSupported or error.
+ECC_FIELDS = {
+    ("corrected", "volatile"): pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL,
+    ("uncorrected", "volatile"): pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL,
+    ("corrected", "aggregate"): pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL,
+    ("uncorrected", "aggregate"): pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL,
+}
+RETIREMENT_FIELDS = {
+    "single_bit_ecc": pynvml.NVML_FI_DEV_RETIRED_SBE,
+    "double_bit_ecc": pynvml.NVML_FI_DEV_RETIRED_DBE,
+}
+REMAPPED_ROWS_FIELDS = (  # in nvmlDeviceGetRemappedRows' order: correctable, uncorrectable, pending, failure
+    pynvml.NVML_FI_DEV_REMAPPED_COR,
+    pynvml.NVML_FI_DEV_REMAPPED_UNC,
+    pynvml.NVML_FI_DEV_REMAPPED_PENDING,
+    pynvml.NVML_FI_DEV_REMAPPED_FAILURE,
+)
+DEVICE_FIELDS = (
+    pynvml.NVML_FI_DEV_MEMORY_TEMP,
+    pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
+    pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT,
+    *ECC_FIELDS.values(),
+    *RETIREMENT_FIELDS.values(),
+    pynvml.NVML_FI_DEV_RETIRED_PENDING,
+    *REMAPPED_ROWS_FIELDS,
+    pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER,
+)
+NVLINK_COUNTER_FIELDS = {  # NVLINK_COUNTERS name -> field with the link as scopeId
+    "replay": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
+    "recovery": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY,
+    "crc_flit": pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
+    "crc_data": pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
+    "ecc_data": pynvml.NVML_FI_DEV_NVLINK_ECC_DATA_ERROR_COUNT_TOTAL,
+}
+_NVLINK_STATES_ACTIVE = {  # NVML_FI_DEV_NVLINK_GET_STATE values that nvmlDeviceGetNvLinkState surely reports alike
+    pynvml.NVML_NVLINK_STATE_ACTIVE: True,
+    pynvml.NVML_NVLINK_STATE_INACTIVE: False,
+}
+# nvmlFieldValue_t (40 bytes): fieldId, scopeId, timestamp, latencyUsec (skipped), valueType, nvmlReturn, value (an
+# 8-byte union, read as its unsigned members: NVML's platforms are all little-endian, so uiVal is the low 32 bits).
+_FIELD_VALUE = "24xIIQ"
+_FIELD_VALUE_MASKS = {  # valueType -> mask of its bits in the union; other types fall back to the individual call
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: 0xFFFFFFFF,
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: 0xFFFFFFFFFFFFFFFF,
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: 0xFFFFFFFFFFFFFFFF,
+}
 _EVENT_SET_REBUILD_SECONDS = 30.0  # how often to retry registering a reachable GPU the event set lacks
 _NVLINK_REDISCOVER_SECONDS = 300.0  # how often to look again for NVLinks on a GPU that showed none
 _HANDLE_ERRORS_BEFORE_LOST = (
@@ -190,6 +241,47 @@ def _handle_key(handle: Any) -> int | None:
     return ctypes.cast(handle, ctypes.c_void_p).value
 
 
+class _FieldBatch:
+    """One GPU's nvmlDeviceGetFieldValues request: DEVICE_FIELDS, then per NVLink its state and error counters.
+
+    The request array is built once and reused, and the answers are decoded with one struct unpack: pynvml's
+    wrapper fills the array on every call and the values read through ctypes attributes cost more per field than
+    the individual call they save (benchmarks/nvml_collector.py). Not thread-safe: the backend reads under its
+    lock."""
+
+    def __init__(self, links: tuple[int, ...]) -> None:
+        per_link = (pynvml.NVML_FI_DEV_NVLINK_GET_STATE, *NVLINK_COUNTER_FIELDS.values())
+        self.links = links
+        self.request = tuple((field_id, 0) for field_id in DEVICE_FIELDS) + tuple(
+            (field_id, link) for link in links for field_id in per_link
+        )
+        self._values = (pynvml.c_nvmlFieldValue_t * len(self.request))()
+        self._layout = struct.Struct("<" + _FIELD_VALUE * len(self.request))
+        for value, (field_id, scope_id) in zip(self._values, self.request, strict=True):
+            value.fieldId = field_id
+            value.scopeId = scope_id
+
+    def read(self, handle: Any) -> dict[tuple[int, int], int]:
+        """Answered fields by (field id, scope id). Raises pynvml.NVMLError if the call fails, _GpuLost if a field
+        says the GPU is lost."""
+        if self._layout.size != ctypes.sizeof(self._values) or sys.byteorder != "little":
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # a layout this decoder does not know
+        function = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")  # raises FunctionNotFound
+        returned = function(handle, ctypes.c_int32(len(self.request)), ctypes.byref(self._values))
+        if returned != pynvml.NVML_SUCCESS:
+            raise pynvml.NVMLError(returned)
+        flat = self._layout.unpack_from(self._values)  # value type, return code, value; per field
+        codes = flat[1::3]
+        if pynvml.NVML_ERROR_GPU_IS_LOST in codes:
+            key = self.request[codes.index(pynvml.NVML_ERROR_GPU_IS_LOST)]
+            raise _GpuLost(f"nvmlDeviceGetFieldValues (field {key[0]}, scope {key[1]}): GPU is lost")
+        return {
+            key: raw & mask
+            for key, value_type, code, raw in zip(self.request, flat[0::3], codes, flat[2::3], strict=True)
+            if code == pynvml.NVML_SUCCESS and (mask := _FIELD_VALUE_MASKS.get(value_type))
+        }
+
+
 class NvmlBackend:
     """GpuBackend on pynvml. Lazily calls nvmlInit; after a failure it retries at most every init_retry_seconds."""
 
@@ -216,6 +308,7 @@ class NvmlBackend:
         self._no_permission_logged: set[int] = set()
         self._handles: dict[str, Any] = {}  # uuid -> handle of the GPUs reachable in the last read
         self._nvlinks: dict[str, tuple[tuple[int, ...], float]] = {}  # uuid -> (links that exist, when found)
+        self._field_batches: dict[str, _FieldBatch] = {}  # uuid -> its nvmlDeviceGetFieldValues request
         self._absent_logged: set[tuple[str, str]] = set()
         self._errors_logged: set[tuple[str, str, str]] = set()
         self._errors: Counter[tuple[str, str]] = Counter()
@@ -393,6 +486,10 @@ class NvmlBackend:
         ) -> T | None:
             return self._call(gpu.uuid, function, *args, fallback=fallback)
 
+        def field(field_id: int, function: Callable[..., int], *args: Any) -> int | None:
+            value = fields.get((field_id, 0))
+            return value if value is not None else call(function, handle, *args)
+
         utilization = call(pynvml.nvmlDeviceGetUtilizationRates, handle)
         memory = call(pynvml.nvmlDeviceGetMemoryInfo, handle)
         temperature = call(
@@ -401,9 +498,16 @@ class NvmlBackend:
             pynvml.NVML_TEMPERATURE_GPU,
             fallback=pynvml.nvmlDeviceGetTemperature,
         )
+        links = self._nvlinks_of(gpu.uuid, handle)
+        fields = self._field_values(gpu.uuid, handle, links)
+        memory_temperature: float | None = fields.get((pynvml.NVML_FI_DEV_MEMORY_TEMP, 0))
+        if memory_temperature is None:
+            memory_temperature = self._memory_temperature(gpu.uuid, handle)
         power_mw = call(pynvml.nvmlDeviceGetPowerUsage, handle)
-        limit_mw = call(pynvml.nvmlDeviceGetEnforcedPowerLimit, handle)
-        energy_mj = call(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle)
+        limit_mw = field(pynvml.NVML_FI_DEV_POWER_CURRENT_LIMIT, pynvml.nvmlDeviceGetEnforcedPowerLimit)
+        energy_mj = field(
+            pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, pynvml.nvmlDeviceGetTotalEnergyConsumption
+        )
         sm_mhz = call(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM)
         memory_mhz = call(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_MEM)
         reasons = call(
@@ -414,16 +518,30 @@ class NvmlBackend:
         ecc: dict[tuple[str, str], int] = {}
         for error_name, error_type in ECC_ERROR_TYPES:
             for counter_name, counter_type in ECC_COUNTER_TYPES:
-                count = call(pynvml.nvmlDeviceGetTotalEccErrors, handle, error_type, counter_type)
+                count = field(
+                    ECC_FIELDS[(error_name, counter_name)],
+                    pynvml.nvmlDeviceGetTotalEccErrors,
+                    error_type,
+                    counter_type,
+                )
                 if count is not None:
-                    ecc[(error_name, counter_name)] = int(count)
+                    ecc[(error_name, counter_name)] = count
         retired: dict[str, int] = {}
         for cause_name, cause in RETIREMENT_CAUSES:
-            pages = call(pynvml.nvmlDeviceGetRetiredPages, handle, cause)
+            pages = fields.get((RETIREMENT_FIELDS[cause_name], 0))
+            if pages is None:
+                addresses = call(pynvml.nvmlDeviceGetRetiredPages, handle, cause)
+                pages = None if addresses is None else len(addresses)
             if pages is not None:
-                retired[cause_name] = len(pages)
-        pending_pages = call(pynvml.nvmlDeviceGetRetiredPagesPendingStatus, handle)
-        remap = call(pynvml.nvmlDeviceGetRemappedRows, handle)
+                retired[cause_name] = int(pages)
+        pending_pages = field(
+            pynvml.NVML_FI_DEV_RETIRED_PENDING, pynvml.nvmlDeviceGetRetiredPagesPendingStatus
+        )
+        remap: Sequence[int] | None
+        if all((field_id, 0) in fields for field_id in REMAPPED_ROWS_FIELDS):
+            remap = [fields[(field_id, 0)] for field_id in REMAPPED_ROWS_FIELDS]
+        else:
+            remap = call(pynvml.nvmlDeviceGetRemappedRows, handle)
         return GpuSnapshot(
             identity=gpu,
             utilization_ratio=None if utilization is None else utilization.gpu / 100.0,
@@ -432,7 +550,7 @@ class NvmlBackend:
             memory_free_bytes=None if memory is None else int(memory.free),
             memory_total_bytes=None if memory is None else int(memory.total),
             temperature_celsius=None if temperature is None else float(temperature),
-            memory_temperature_celsius=self._memory_temperature(gpu.uuid, handle),
+            memory_temperature_celsius=None if memory_temperature is None else float(memory_temperature),
             power_watts=None if power_mw is None else power_mw / 1000.0,
             power_limit_watts=None if limit_mw is None else limit_mw / 1000.0,
             energy_joules=None if energy_mj is None else energy_mj / 1000.0,
@@ -452,9 +570,27 @@ class NvmlBackend:
             pcie_link_max_generation=call(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, handle),
             pcie_link_width=call(pynvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
             pcie_link_max_width=call(pynvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
-            pcie_replays=call(pynvml.nvmlDeviceGetPcieReplayCounter, handle),
-            nvlinks=self._read_nvlinks(gpu.uuid, handle),
+            pcie_replays=field(pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, pynvml.nvmlDeviceGetPcieReplayCounter),
+            nvlinks=self._read_nvlinks(gpu.uuid, handle, links, fields),
         )
+
+    def _field_values(self, gpu: str, handle: Any, links: tuple[int, ...]) -> dict[tuple[int, int], int]:
+        """The fields of the GPU's batch NVML answered, by (field id, scope id); {} when the call fails as a whole.
+        Fields it did not answer are left out silently: their individual calls then say why, as without the batch.
+        Raises _GpuLost."""
+        batch = self._field_batches.get(gpu)
+        if batch is None or batch.links != links:
+            batch = self._field_batches[gpu] = _FieldBatch(links)
+        try:
+            return batch.read(handle)
+        except pynvml.NVMLError as error:
+            if error.value == pynvml.NVML_ERROR_GPU_IS_LOST:
+                raise _GpuLost("nvmlDeviceGetFieldValues: GPU is lost") from error
+            with self._accounting_lock:
+                if (gpu, "field batch") not in self._absent_logged:
+                    self._absent_logged.add((gpu, "field batch"))
+                    log.debug("nvmlDeviceGetFieldValues on GPU %s: %s; one call per field", gpu, error)
+            return {}
 
     def _memory_temperature(self, gpu: str, handle: Any) -> float | None:
         """HBM temperature: NVML has it only as field NVML_FI_DEV_MEMORY_TEMP (nvmlDeviceGetFieldValues)."""
@@ -470,19 +606,30 @@ class NvmlBackend:
             self._log_absent_once(gpu, "NVML_FI_DEV_MEMORY_TEMP", f"return code {value.nvmlReturn}")
         return None
 
-    def _read_nvlinks(self, gpu: str, handle: Any) -> tuple[NvLinkSnapshot, ...]:
+    def _nvlinks_of(self, gpu: str, handle: Any) -> tuple[int, ...]:
         links, found_at = self._nvlinks.get(gpu, ((), -math.inf))
         if not links and self._monotonic() - found_at >= _NVLINK_REDISCOVER_SECONDS:
             links = self._discover_nvlinks(gpu, handle)
+        return links
+
+    def _read_nvlinks(
+        self, gpu: str, handle: Any, links: tuple[int, ...], fields: Mapping[tuple[int, int], int]
+    ) -> tuple[NvLinkSnapshot, ...]:
         result = []
         for link in links:
-            state = self._call(gpu, pynvml.nvmlDeviceGetNvLinkState, handle, link)
+            state = fields.get((pynvml.NVML_FI_DEV_NVLINK_GET_STATE, link))
+            if state in _NVLINK_STATES_ACTIVE:
+                active: bool | None = _NVLINK_STATES_ACTIVE[state]
+            else:  # not answered, or a state (sleep, traffic disabled) the call may see otherwise: ask the call
+                enabled = self._call(gpu, pynvml.nvmlDeviceGetNvLinkState, handle, link)
+                active = None if enabled is None else enabled == pynvml.NVML_FEATURE_ENABLED
             errors = {}
             for counter_name, counter in NVLINK_COUNTERS:
-                count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
+                count = fields.get((NVLINK_COUNTER_FIELDS[counter_name], link))
+                if count is None:
+                    count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
                 if count is not None:
                     errors[counter_name] = int(count)
-            active = None if state is None else state == pynvml.NVML_FEATURE_ENABLED
             result.append(NvLinkSnapshot(link=link, active=active, errors=errors))
         return tuple(result)
 

@@ -8,10 +8,12 @@
 #include <nvml.h>
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -700,6 +702,98 @@ nvmlReturn_t nvmlDeviceGetTemperatureV(nvmlDevice_t device, nvmlTemperature_t *t
     return leave(rc);
 }
 
+static unsigned long long energy_mj(const fake_gpu_t *g, unsigned int slot) {
+    /* mJ since "driver load": a fixed history plus the current draw over the time since the library loaded */
+    return 3600000000ULL + 1000000ULL * slot + (unsigned long long)(g->power_mw * now_seconds());
+}
+
+/* nvmlNvLinkErrorCounter_t of an NVLink error-counter field (link in scopeId), or -1. */
+static int nvlink_counter_of_field(unsigned int field) {
+    switch (field) {
+    case NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY: return NVML_NVLINK_ERROR_DL_REPLAY;
+    case NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY: return NVML_NVLINK_ERROR_DL_RECOVERY;
+    case NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL: return NVML_NVLINK_ERROR_DL_CRC_FLIT;
+    case NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: return NVML_NVLINK_ERROR_DL_CRC_DATA;
+    case NVML_FI_DEV_NVLINK_ECC_DATA_ERROR_COUNT_TOTAL: return NVML_NVLINK_ERROR_DL_ECC_DATA;
+    default: return -1;
+    }
+}
+
+/* One field of nvmlDeviceGetFieldValues, from the same state as the function named in *function, whose injected
+ * errors (not_supported, errors) the field answers with, as the driver would fail both the same way. */
+static nvmlReturn_t field_value(const fake_gpu_t *g, unsigned int slot, nvmlFieldValue_t *f, const char **function) {
+    unsigned int link = f->scopeId;
+    int counter = nvlink_counter_of_field(f->fieldId);
+    f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+    if (counter >= 0 || f->fieldId == NVML_FI_DEV_NVLINK_GET_STATE) {
+        *function = counter >= 0 ? "nvmlDeviceGetNvLinkErrorCounter" : "nvmlDeviceGetNvLinkState";
+        if (link >= FAKE_NVLINKS) return NVML_ERROR_INVALID_ARGUMENT;
+        if (counter < 0) {
+            f->value.uiVal = g->nvlink_active[link] ? NVML_NVLINK_STATE_ACTIVE : NVML_NVLINK_STATE_INACTIVE;
+        } else {
+            f->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+            f->value.ullVal = g->nvlink_errors[link][counter];
+        }
+        return NVML_SUCCESS;
+    }
+    f->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+    switch (f->fieldId) {
+    case NVML_FI_DEV_MEMORY_TEMP:
+        *function = "nvmlDeviceGetFieldValues";
+        f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+        f->value.uiVal = g->memory_temperature;
+        return NVML_SUCCESS;
+    case NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+        *function = "nvmlDeviceGetTotalEnergyConsumption";
+        f->value.ullVal = energy_mj(g, slot);
+        return NVML_SUCCESS;
+    case NVML_FI_DEV_POWER_CURRENT_LIMIT:
+        *function = "nvmlDeviceGetEnforcedPowerLimit";
+        f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+        f->value.uiVal = g->power_limit_mw;
+        return NVML_SUCCESS;
+    case NVML_FI_DEV_ECC_SBE_VOL_TOTAL:
+    case NVML_FI_DEV_ECC_DBE_VOL_TOTAL:
+    case NVML_FI_DEV_ECC_SBE_AGG_TOTAL:
+    case NVML_FI_DEV_ECC_DBE_AGG_TOTAL: {
+        unsigned int i = f->fieldId - NVML_FI_DEV_ECC_SBE_VOL_TOTAL; /* SBE VOL, DBE VOL, SBE AGG, DBE AGG */
+        *function = "nvmlDeviceGetTotalEccErrors";
+        f->value.ullVal = g->ecc[i % 2 ? NVML_MEMORY_ERROR_TYPE_UNCORRECTED : NVML_MEMORY_ERROR_TYPE_CORRECTED]
+                                [i / 2 ? NVML_AGGREGATE_ECC : NVML_VOLATILE_ECC];
+        return NVML_SUCCESS;
+    }
+    case NVML_FI_DEV_RETIRED_SBE:
+    case NVML_FI_DEV_RETIRED_DBE:
+        *function = "nvmlDeviceGetRetiredPages";
+        f->value.ullVal = g->retired_pages[f->fieldId == NVML_FI_DEV_RETIRED_SBE
+                                               ? NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS
+                                               : NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR];
+        return NVML_SUCCESS;
+    case NVML_FI_DEV_RETIRED_PENDING:
+        *function = "nvmlDeviceGetRetiredPagesPendingStatus";
+        f->value.ullVal = g->retired_pages_pending != 0;
+        return NVML_SUCCESS;
+    case NVML_FI_DEV_REMAPPED_COR:
+    case NVML_FI_DEV_REMAPPED_UNC:
+    case NVML_FI_DEV_REMAPPED_PENDING:
+    case NVML_FI_DEV_REMAPPED_FAILURE: {
+        const unsigned int rows[] = {g->remapped_correctable, g->remapped_uncorrectable, g->remap_pending,
+                                     g->remap_failure};
+        *function = "nvmlDeviceGetRemappedRows";
+        f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+        f->value.uiVal = rows[f->fieldId - NVML_FI_DEV_REMAPPED_COR];
+        return NVML_SUCCESS;
+    }
+    case NVML_FI_DEV_PCIE_REPLAY_COUNTER:
+        *function = "nvmlDeviceGetPcieReplayCounter";
+        f->value.ullVal = g->pcie_replays;
+        return NVML_SUCCESS;
+    default:
+        *function = "nvmlDeviceGetFieldValues";
+        return NVML_ERROR_NOT_SUPPORTED;
+    }
+}
+
 nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvmlFieldValue_t *values) {
     BEGIN_DEVICE("nvmlDeviceGetFieldValues", device);
     if (!values || valuesCount < 0) return leave(NVML_ERROR_INVALID_ARGUMENT);
@@ -707,22 +801,13 @@ nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvml
     clock_gettime(CLOCK_REALTIME, &t);
     for (int i = 0; i < valuesCount; i++) {
         nvmlFieldValue_t *f = &values[i];
+        const char *function;
         f->timestamp = (long long)t.tv_sec * 1000000 + t.tv_nsec / 1000;
         f->latencyUsec = 0;
-        switch (f->fieldId) {
-        case NVML_FI_DEV_MEMORY_TEMP:
-            f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
-            f->value.uiVal = g->memory_temperature;
-            f->nvmlReturn = NVML_SUCCESS;
-            break;
-        case NVML_FI_DEV_PCIE_REPLAY_COUNTER:
-            f->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
-            f->value.ullVal = g->pcie_replays;
-            f->nvmlReturn = NVML_SUCCESS;
-            break;
-        default:
-            f->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
-        }
+        f->nvmlReturn = field_value(g, device->slot, f, &function);
+        nvmlReturn_t injected_rc = injected(config.errors, config.error_count, function);
+        if (injected_rc == NVML_SUCCESS) injected_rc = injected(g->errors, g->error_count, function);
+        if (f->nvmlReturn == NVML_SUCCESS) f->nvmlReturn = injected_rc;
     }
     return leave(NVML_SUCCESS);
 }
@@ -751,8 +836,7 @@ GETTER(nvmlDeviceGetPcieReplayCounter, unsigned int, pcie_replays)
 nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy) {
     BEGIN_DEVICE("nvmlDeviceGetTotalEnergyConsumption", device);
     if (!energy) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    /* mJ since "driver load": a fixed history plus the current draw over the time since the library loaded */
-    *energy = 3600000000ULL + 1000000ULL * device->slot + (unsigned long long)(g->power_mw * now_seconds());
+    *energy = energy_mj(g, device->slot);
     return leave(NVML_SUCCESS);
 }
 
@@ -887,28 +971,95 @@ nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long ev
     return leave(NVML_SUCCESS);
 }
 
-nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
-    /* Real NVML blocks in the driver; the fake polls its config, every 20 ms (XIDs arrive that much later). */
-    struct timespec start, now, nap = {0, 20 * 1000 * 1000};
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    for (;;) {
-        BEGIN("nvmlEventSetWait_v2");
-        struct nvmlEventSet_st *s = valid_set(set);
-        if (!s || !data) return leave(NVML_ERROR_INVALID_ARGUMENT);
-        deliver_xids();
-        if (s->head != s->tail) {
-            *data = s->queue[s->head];
-            s->head = (s->head + 1) % FAKE_QUEUE;
-            return leave(NVML_SUCCESS);
+/* One look at the set: its next event, GPU_IS_LOST when none is pending and a registered GPU is gone, or
+ * NVML_ERROR_TIMEOUT for "nothing yet". */
+static nvmlReturn_t next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
+    BEGIN("nvmlEventSetWait_v2");
+    struct nvmlEventSet_st *s = valid_set(set);
+    if (!s || !data) return leave(NVML_ERROR_INVALID_ARGUMENT);
+    deliver_xids();
+    if (s->head != s->tail) {
+        *data = s->queue[s->head];
+        s->head = (s->head + 1) % FAKE_QUEUE;
+        return leave(NVML_SUCCESS);
+    }
+    for (unsigned int slot = 0; slot < FAKE_MAX_GPUS; slot++)
+        if (s->mask[slot] && (!slot_present(slot) || config.gpus[slot].lost)) return leave(NVML_ERROR_GPU_IS_LOST);
+    return leave(NVML_ERROR_TIMEOUT);
+}
+
+#define FAKE_POLL_MS 20 /* how often a wait re-reads the config when it cannot watch it */
+
+/* An inotify descriptor watching the config file's directory for changes to the file (written in place, renamed
+ * over, created, deleted), with the file's name in *name; -1 when inotify or the directory is unavailable. */
+static int watch_config(const char *path, const char **name) {
+    char dir[sizeof(config_path)];
+    const char *slash = strrchr(path, '/');
+    *name = slash ? slash + 1 : path;
+    if (!**name || strlen(path) >= sizeof(dir)) return -1;
+    if (!slash) snprintf(dir, sizeof(dir), ".");
+    else if (slash == path) snprintf(dir, sizeof(dir), "/");
+    else snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) return -1;
+    uint32_t mask = IN_CLOSE_WRITE | IN_MODIFY | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
+                    IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
+    if (inotify_add_watch(fd, dir, mask) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Block until the watched config changes (1), the directory stops being watchable (-1) or timeout_ms pass (0). */
+static int wait_for_change(int fd, const char *name, int timeout_ms) {
+    struct pollfd p = {fd, POLLIN, 0};
+    int ready = poll(&p, 1, timeout_ms);
+    if (ready <= 0) return ready < 0 && errno != EINTR ? -1 : 0;
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    int changed = 0;
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+        for (char *at = buf; at < buf + n; at += sizeof(struct inotify_event) + ((struct inotify_event *)at)->len) {
+            const struct inotify_event *e = (const struct inotify_event *)at;
+            if (e->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) return -1;
+            if (e->mask & IN_Q_OVERFLOW || (e->len && strcmp(e->name, name) == 0)) changed = 1;
         }
-        for (unsigned int slot = 0; slot < FAKE_MAX_GPUS; slot++)
-            if (s->mask[slot] && (!slot_present(slot) || config.gpus[slot].lost)) return leave(NVML_ERROR_GPU_IS_LOST);
-        leave(NVML_SUCCESS);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        double waited_ms = (double)(now.tv_sec - start.tv_sec) * 1e3 + (double)(now.tv_nsec - start.tv_nsec) / 1e6;
-        if (waited_ms >= timeoutms) return NVML_ERROR_TIMEOUT;
+    }
+    return changed;
+}
+
+static int remaining_ms(const struct timespec *start, unsigned int timeout_ms) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long waited = (long long)(now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000;
+    return waited >= timeout_ms ? 0 : (int)((long long)timeout_ms - waited);
+}
+
+/* Real NVML blocks in the driver until an event comes. XIDs come from the config here, so the fake blocks on an
+ * inotify watch of the config file and looks again only when the file changed: no wakeups while nothing happens.
+ * Without inotify it re-reads the config every FAKE_POLL_MS; without a config (no XIDs can come) it sleeps out
+ * the timeout. A wait started before FAKE_NVML_CONFIG names a new file, or before another thread registers
+ * GPUs on the set, sees that at the next wait. */
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    const char *path = getenv("FAKE_NVML_CONFIG"), *name = "";
+    int watched = path && path[0], fd = watched ? watch_config(path, &name) : -1; /* before the first look */
+    nvmlReturn_t rc;
+    int left;
+    while ((rc = next_event(set, data)) == NVML_ERROR_TIMEOUT && (left = remaining_ms(&start, timeoutms)) > 0) {
+        if (fd >= 0 && wait_for_change(fd, name, left) >= 0) continue;
+        if (fd >= 0) {
+            close(fd);
+            fd = -1;
+        }
+        int nap_ms = watched && left > FAKE_POLL_MS ? FAKE_POLL_MS : left;
+        struct timespec nap = {nap_ms / 1000, (long)(nap_ms % 1000) * 1000000};
         nanosleep(&nap, NULL);
     }
+    if (fd >= 0) close(fd);
+    return rc;
 }
 
 nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {

@@ -110,8 +110,10 @@ def test_the_header_and_pynvml_agree_on_the_constants_the_agent_relies_on(
         assert getattr(pynvml, name) == value, name
 
 
-PROBE = r"""
-import ctypes, json, os, sys, time
+# The start of each probe script (run as PROBE_PRELUDE + probe): pynvml, and configure() to replace the fake's
+# config file atomically.
+PROBE_PRELUDE = r"""
+import ctypes, json, os, sys, threading, time
 import pynvml as n
 
 config = os.environ["FAKE_NVML_CONFIG"]
@@ -119,7 +121,9 @@ def configure(doc):
     with open(config + ".partial", "w") as f:
         json.dump(doc, f)
     os.replace(config + ".partial", config)
+"""
 
+PROBE = r"""
 def code(call, *args):
     try:
         call(*args)
@@ -158,6 +162,45 @@ n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_TX_BYTES)
 seen["pcie_throughput_seconds"] = time.monotonic() - started
 lib.nvmlErrorString.restype = ctypes.c_char_p
 seen["error_strings"] = {str(c): lib.nvmlErrorString(c).decode() for c in n.NVMLError._errcode_to_string}
+
+
+# each field stands for an individual call: the same value, and that call's injected errors per field
+def field_values(ids):
+    return [[f.nvmlReturn, f.value.uiVal if f.valueType == n.NVML_VALUE_TYPE_UNSIGNED_INT else f.value.ullVal]
+            for f in n.nvmlDeviceGetFieldValues(h, ids)]
+
+configure({"time_seconds": 100, "gpus": {"2": {
+    "ecc": {"volatile_corrected": 1, "volatile_uncorrected": 2, "aggregate_corrected": 3, "aggregate_uncorrected": 4},
+    "retired_pages": {"single_bit_ecc": 5, "double_bit_ecc": 6, "pending": True},
+    "remapped_rows": {"correctable": 7, "uncorrectable": 8, "failure": True}, "pcie": {"replay_counter": 9},
+    "power_limit_watts": 650, "nvlink_down": [17],
+    "nvlink_errors": {"17": {"replay": 10, "recovery": 11, "crc_flit": 12, "crc_data": 13, "ecc_data": 14}}}}})
+link_fields = [n.NVML_FI_DEV_NVLINK_GET_STATE, n.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
+               n.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY, n.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
+               n.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL, n.NVML_FI_DEV_NVLINK_ECC_DATA_ERROR_COUNT_TOTAL]
+device_fields = [n.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, n.NVML_FI_DEV_POWER_CURRENT_LIMIT,
+                 n.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, n.NVML_FI_DEV_ECC_DBE_VOL_TOTAL, n.NVML_FI_DEV_ECC_SBE_AGG_TOTAL,
+                 n.NVML_FI_DEV_ECC_DBE_AGG_TOTAL, n.NVML_FI_DEV_RETIRED_SBE, n.NVML_FI_DEV_RETIRED_DBE,
+                 n.NVML_FI_DEV_RETIRED_PENDING, n.NVML_FI_DEV_REMAPPED_COR, n.NVML_FI_DEV_REMAPPED_UNC,
+                 n.NVML_FI_DEV_REMAPPED_PENDING, n.NVML_FI_DEV_REMAPPED_FAILURE, n.NVML_FI_DEV_PCIE_REPLAY_COUNTER]
+fields_asked = device_fields + [(f, link) for link in (16, 17) for f in link_fields]
+seen["batched_fields"] = field_values(fields_asked)
+seen["individual_calls"] = [
+    n.nvmlDeviceGetTotalEnergyConsumption(h), n.nvmlDeviceGetEnforcedPowerLimit(h),
+    *[n.nvmlDeviceGetTotalEccErrors(h, e, c) for c in (n.NVML_VOLATILE_ECC, n.NVML_AGGREGATE_ECC)
+      for e in (n.NVML_MEMORY_ERROR_TYPE_CORRECTED, n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)],
+    len(n.nvmlDeviceGetRetiredPages(h, n.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)),
+    len(n.nvmlDeviceGetRetiredPages(h, n.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)),
+    n.nvmlDeviceGetRetiredPagesPendingStatus(h), *n.nvmlDeviceGetRemappedRows(h), n.nvmlDeviceGetPcieReplayCounter(h),
+    *[v for link in (16, 17) for v in [n.nvmlDeviceGetNvLinkState(h, link)]
+      + [n.nvmlDeviceGetNvLinkErrorCounter(h, link, c) for c in range(5)]],
+]
+seen["field_link_past_the_last"] = field_values([(n.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY, 18)])[0][0]
+configure({"gpus": {"2": {"not_supported": ["nvmlDeviceGetTotalEccErrors"],
+                          "errors": {"nvmlDeviceGetNvLinkErrorCounter": "GPU_IS_LOST"}}}})
+seen["fields_with_injected_errors"] = [r for r, _ in field_values(
+    [n.NVML_FI_DEV_ECC_DBE_VOL_TOTAL, (n.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY, 3), (n.NVML_FI_DEV_NVLINK_GET_STATE, 3),
+     n.NVML_FI_DEV_PCIE_REPLAY_COUNTER])]
 
 # retired pages: a size query first, as the header describes
 configure({"gpus": {"2": {"retired_pages": {"double_bit_ecc": 3}}}})
@@ -213,7 +256,9 @@ def probe(fake_nvml_library: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "LD_LIBRARY_PATH": str(fake_nvml_library.parent),
         "FAKE_NVML_CONFIG": str(config.path),
     }
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE_PRELUDE + PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     seen: dict[str, Any] = json.loads(done.stdout)
     seen["stderr"] = done.stderr
@@ -255,6 +300,23 @@ def test_invalid_arguments_return_invalid_argument(probe: dict[str, Any]) -> Non
 
 def test_versioned_structs_check_their_version(probe: dict[str, Any]) -> None:
     assert probe["temperature_wrong_version"] == pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+
+
+def test_each_batched_field_gives_the_value_of_the_call_it_stands_for(probe: dict[str, Any]) -> None:
+    codes = [code for code, _ in probe["batched_fields"]]
+    assert codes == [pynvml.NVML_SUCCESS] * len(codes)
+    assert [value for _, value in probe["batched_fields"]] == probe["individual_calls"]
+    assert probe["individual_calls"][1:14] == [650000, 1, 2, 3, 4, 5, 6, 1, 7, 8, 0, 1, 9]
+    assert probe["field_link_past_the_last"] == pynvml.NVML_ERROR_INVALID_ARGUMENT
+
+
+def test_a_batched_field_fails_as_the_call_it_stands_for_was_told_to(probe: dict[str, Any]) -> None:
+    assert probe["fields_with_injected_errors"] == [
+        pynvml.NVML_ERROR_NOT_SUPPORTED,
+        pynvml.NVML_ERROR_GPU_IS_LOST,
+        pynvml.NVML_SUCCESS,
+        pynvml.NVML_SUCCESS,
+    ]
 
 
 def test_field_values_report_status_per_field(probe: dict[str, Any]) -> None:
@@ -312,3 +374,44 @@ def test_a_broken_config_is_reported_and_the_last_good_one_stays_in_force(probe:
 def test_init_is_reference_counted(probe: dict[str, Any]) -> None:
     assert probe["after_one_of_two_shutdowns"] == 8
     assert probe["after_last_shutdown"] == pynvml.NVML_ERROR_UNINITIALIZED
+
+
+WAIT_PROBE = r"""
+configure({})
+n.nvmlInit()
+s = n.nvmlEventSetCreate()
+n.nvmlDeviceRegisterEvents(n.nvmlDeviceGetHandleByIndex(2), n.nvmlEventTypeXidCriticalError, s)
+threading.Timer(0.3, configure, [{"gpus": {"2": {"xid": [48]}}}]).start()
+started = time.monotonic()
+event = n.nvmlEventSetWait(s, 30000)
+print(json.dumps({"xid": event.eventData, "waited_seconds": time.monotonic() - started}))
+"""
+# Makes inotify unavailable to the process it is preloaded into, as a kernel without it or out of instances would.
+NO_INOTIFY = "#include <errno.h>\nint inotify_init1(int flags) { (void)flags; errno = EMFILE; return -1; }\n"
+
+
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "without-inotify"])
+def test_an_xid_written_while_a_wait_blocks_ends_that_wait_long_before_its_timeout(
+    inotify: bool, fake_nvml_library: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(fake_nvml_library.parent),
+        "FAKE_NVML_CONFIG": str(tmp_path / "fake-nvml.json"),
+    }
+    if not inotify:
+        (tmp_path / "no_inotify.c").write_text(NO_INOTIFY)
+        preload = tmp_path / "no_inotify.so"
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", preload, tmp_path / "no_inotify.c"], check=True)
+        env["LD_PRELOAD"] = str(preload)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE_PRELUDE + WAIT_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["xid"] == 48
+    assert seen["waited_seconds"] < 10  # the XID came 0.3 s in; the wait's timeout is 30 s

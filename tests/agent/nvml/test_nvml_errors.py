@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pynvml
 import pytest
 
 from agent.collectors.base import SourceUnavailable
 from agent.collectors.nvml import NvmlCollector
 from tests.agent.nvml.conftest import FakeNvmlConfig
-from tests.agent.nvml.nvml_support import scrape
+from tests.agent.nvml.nvml_support import Scrape, scrape
 
 GPU3 = {"gpu": "3", "uuid": "GPU-5f0e6a3c-1003-4b1d-8e2f-a1b2c3d40003"}
 
@@ -249,3 +252,122 @@ def test_one_read_without_a_handle_is_a_glitch_and_a_second_one_makes_the_gpu_lo
     assert signal.device == GPU3["uuid"] and "Unknown Error" in signal.detail
     fake_nvml.write({})
     assert scrape(collector).value("lockstep_gpu_lost", **GPU3) == 0
+
+
+# -- the field batch: one nvmlDeviceGetFieldValues per GPU stands for the individual calls ----------------------
+
+FAULTS = {
+    "time_seconds": 100,  # frozen, so both scrapes see the same energy
+    "gpus": {
+        "3": {
+            "ecc": {"volatile_corrected": 1, "volatile_uncorrected": 2, "aggregate_corrected": 3},
+            "remapped_rows": {"correctable": 4, "uncorrectable": 5, "pending": True, "failure": True},
+            "retired_pages": {"single_bit_ecc": 6, "double_bit_ecc": 7, "pending": True},
+            "pcie": {"replay_counter": 8},
+            "nvlink_down": [0, 17],
+            "nvlink_errors": {"5": {"replay": 1, "recovery": 2, "crc_flit": 3, "crc_data": 4, "ecc_data": 5}},
+            "power_limit_watts": 650,
+        }
+    },
+}
+
+
+def series_lines(result: Scrape) -> list[str]:
+    return [line for line in result.text.splitlines() if not line.startswith("#")]
+
+
+def test_the_field_batch_and_the_individual_calls_of_an_older_driver_give_the_same_metrics(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write(FAULTS)
+    batched = scrape(make_collector())
+    fake_nvml.write({**FAULTS, "errors": {"nvmlDeviceGetFieldValues": "FUNCTION_NOT_FOUND"}})
+    unbatched = scrape(make_collector())
+    assert batched.value("lockstep_gpu_nvlink_link_errors_total", link="5", counter="ecc_data", **GPU3) == 5
+    assert batched.value("lockstep_gpu_nvlink_up", link="17", **GPU3) == 0
+    assert batched.value("lockstep_gpu_remapped_rows", cause="uncorrectable", **GPU3) == 5
+    # the HBM temperature exists only as a field; everything else comes from the individual calls unchanged
+    memory_temperature = "lockstep_gpu_memory_temperature_celsius"
+    assert len(batched.samples(memory_temperature)) == 8 and unbatched.samples(memory_temperature) == []
+    without_it = [line for line in series_lines(batched) if memory_temperature not in line]
+    assert without_it == series_lines(unbatched)
+
+
+def test_nvlink_error_counters_take_no_call_of_their_own_while_the_field_batch_answers(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: Counter[str] = Counter()
+    for name in (
+        "nvmlDeviceGetNvLinkErrorCounter",
+        "nvmlDeviceGetNvLinkState",
+        "nvmlDeviceGetTotalEccErrors",
+    ):
+        real = getattr(pynvml, name)
+        monkeypatch.setattr(pynvml, name, counted(real, calls))
+    collector = make_collector()
+    scrape(collector)  # the first read finds each GPU's links with nvmlDeviceGetNvLinkState
+    calls.clear()
+    scrape(collector)
+    assert calls == Counter()
+    fake_nvml.write({"errors": {"nvmlDeviceGetFieldValues": "FUNCTION_NOT_FOUND"}})
+    scrape(collector)
+    assert calls == Counter(
+        nvmlDeviceGetNvLinkErrorCounter=8 * 18 * 5,
+        nvmlDeviceGetNvLinkState=8 * 18,
+        nvmlDeviceGetTotalEccErrors=8 * 4,
+    )
+
+
+def counted(function: Callable[..., Any], calls: Counter[str]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        calls[function.__name__] += 1
+        return function(*args)
+
+    call.__name__ = function.__name__
+    return call
+
+
+def test_a_field_the_gpu_does_not_support_leaves_its_samples_out_and_is_logged_once_not_counted(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_nvml.write(
+        {"gpus": {"3": {"not_supported": ["nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetNvLinkErrorCounter"]}}}
+    )
+    collector = make_collector()
+    with caplog.at_level(logging.DEBUG, logger="agent.backends.nvml"):
+        scrape(collector)
+        result = scrape(collector)
+    assert result.samples("lockstep_gpu_ecc_errors_total", **GPU3) == []
+    assert len(result.samples("lockstep_gpu_ecc_errors_total")) == 7 * 4
+    assert result.samples("lockstep_gpu_nvlink_errors_total", **GPU3) == []
+    assert len(result.samples("lockstep_gpu_nvlink_up", **GPU3)) == 18
+    assert result.samples("lockstep_nvml_call_errors_total") == []
+    gaps = [r.getMessage().split(" ")[0] for r in caplog.records if "leaving the field out" in r.getMessage()]
+    assert sorted(gaps) == ["nvmlDeviceGetNvLinkErrorCounter", "nvmlDeviceGetTotalEccErrors"]
+
+
+def test_an_error_in_a_batched_field_leaves_it_out_and_is_counted_under_its_call(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write({"gpus": {"3": {"errors": {"nvmlDeviceGetRemappedRows": "UNKNOWN"}}}})
+    collector = make_collector()
+    scrape(collector)
+    result = scrape(collector)
+    assert result.samples("lockstep_gpu_remapped_rows", **GPU3) == []
+    assert len(result.samples("lockstep_gpu_remapped_rows", cause="correctable")) == 7
+    assert (
+        result.value("lockstep_nvml_call_errors_total", function="nvmlDeviceGetRemappedRows", error="Unknown")
+        == 2
+    )
+
+
+def test_a_batched_field_that_finds_the_gpu_lost_makes_the_gpu_lost(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    fake_nvml.write({"gpus": {"3": {"errors": {"nvmlDeviceGetNvLinkErrorCounter": "GPU_IS_LOST"}}}})
+    collector = make_collector()
+    result = scrape(collector)
+    assert result.value("lockstep_gpu_lost", **GPU3) == 1
+    assert result.value("lockstep_gpu_lost", gpu="2") == 0
+    [signal] = [s for s in collector.evidence().hard_signals if s.kind == "gpu_lost"]
+    assert signal.device == GPU3["uuid"] and "GPU is lost" in signal.detail
