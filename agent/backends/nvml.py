@@ -95,12 +95,12 @@ DEVICE_FIELDS = (
     *REMAPPED_ROWS_FIELDS,
     pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER,
 )
-NVLINK_COUNTER_FIELDS = {  # NVLINK_COUNTERS name -> field with the link as scopeId
+# NVLINK_COUNTERS name -> field with the link as scopeId. Only the two nvml.h documents per link: its CRC flit, CRC
+# data and ECC data fields are "_TOTAL ... for all Lanes/Links" or per lane, so those counters keep their own call
+# (nvmlDeviceGetNvLinkErrorCounter) rather than risk one link showing another's errors.
+NVLINK_COUNTER_FIELDS = {
     "replay": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
     "recovery": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY,
-    "crc_flit": pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
-    "crc_data": pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
-    "ecc_data": pynvml.NVML_FI_DEV_NVLINK_ECC_DATA_ERROR_COUNT_TOTAL,
 }
 _NVLINK_STATES_ACTIVE = {  # NVML_FI_DEV_NVLINK_GET_STATE values that nvmlDeviceGetNvLinkState surely reports alike
     pynvml.NVML_NVLINK_STATE_ACTIVE: True,
@@ -625,7 +625,8 @@ class NvmlBackend:
                 active = None if enabled is None else enabled == pynvml.NVML_FEATURE_ENABLED
             errors = {}
             for counter_name, counter in NVLINK_COUNTERS:
-                count = fields.get((NVLINK_COUNTER_FIELDS[counter_name], link))
+                field = NVLINK_COUNTER_FIELDS.get(counter_name)
+                count = None if field is None else fields.get((field, link))
                 if count is None:
                     count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
                 if count is not None:

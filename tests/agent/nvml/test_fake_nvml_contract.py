@@ -176,8 +176,7 @@ configure({"time_seconds": 100, "gpus": {"2": {
     "power_limit_watts": 650, "nvlink_down": [17],
     "nvlink_errors": {"17": {"replay": 10, "recovery": 11, "crc_flit": 12, "crc_data": 13, "ecc_data": 14}}}}})
 link_fields = [n.NVML_FI_DEV_NVLINK_GET_STATE, n.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
-               n.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY, n.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
-               n.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL, n.NVML_FI_DEV_NVLINK_ECC_DATA_ERROR_COUNT_TOTAL]
+               n.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY]
 device_fields = [n.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, n.NVML_FI_DEV_POWER_CURRENT_LIMIT,
                  n.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, n.NVML_FI_DEV_ECC_DBE_VOL_TOTAL, n.NVML_FI_DEV_ECC_SBE_AGG_TOTAL,
                  n.NVML_FI_DEV_ECC_DBE_AGG_TOTAL, n.NVML_FI_DEV_RETIRED_SBE, n.NVML_FI_DEV_RETIRED_DBE,
@@ -193,7 +192,7 @@ seen["individual_calls"] = [
     len(n.nvmlDeviceGetRetiredPages(h, n.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)),
     n.nvmlDeviceGetRetiredPagesPendingStatus(h), *n.nvmlDeviceGetRemappedRows(h), n.nvmlDeviceGetPcieReplayCounter(h),
     *[v for link in (16, 17) for v in [n.nvmlDeviceGetNvLinkState(h, link)]
-      + [n.nvmlDeviceGetNvLinkErrorCounter(h, link, c) for c in range(5)]],
+      + [n.nvmlDeviceGetNvLinkErrorCounter(h, link, c) for c in range(2)]],
 ]
 seen["field_link_past_the_last"] = field_values([(n.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY, 18)])[0][0]
 configure({"gpus": {"2": {"not_supported": ["nvmlDeviceGetTotalEccErrors"],
