@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from agent.probe.nccl_timing import REGISTER, SEQUENCE, NcclTiming, one_paramete
 from agent.probe.patch import GroupNames, timed_allreduce_hook, wrap_collective
 from agent.probe.recorder import Recorder
 from agent.probe.wire import Op
+
+from .jobs import run_ranks
 
 DOCUMENTED_FIELDS = ("op_type", "seq", "time_started", "time_finished", "active_duration")
 
@@ -346,3 +349,48 @@ def test_ddp_hook_on_an_nccl_group_leaves_completion_to_nccls_hook() -> None:
     assert torch.equal(result, torch.full((8,), 0.5)) and not recorder.completed
     group.finish(FakeWorkInfo(seq=1, active_seconds=0.01))
     assert len(recorder.completed) == 1 and not recorder.pending
+
+
+# --- a real gloo job under the probe with NCCL timing on ------------------------------------------------------
+
+PROBED_GLOO_WITH_NCCL_TIMING = """
+import json, sys
+import agent.probe
+probe = agent.probe.install(sys.argv[3])  # TORCH_NCCL_ENABLE_TIMING=1 in the environment turns NCCL timing on
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+
+def rank_main(rank, world, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    probe = agent.probe.installed()
+    probe.sender.stop()  # keep the completed records here to look at
+    sub = dist.new_group([0, 1])
+    for _ in range(3):
+        dist.broadcast(torch.ones(4), src=0)
+        dist.all_reduce(torch.ones(4), group=sub, async_op=True).wait()
+        dist.barrier()
+    timing = probe.nccl_timing
+    completed = [(token[0], token[1], token[4], done) for token, done in probe.recorder.completed]
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump({"timing_on": timing is not None, "unavailable": timing.unavailable, "awaiting": len(timing.awaiting),
+                   "hooks": dist.group.WORLD._has_hooks() or sub._has_hooks(), "completed": completed,
+                   "pending": len(probe.recorder.pending)}, f)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(rank_main, args=(2, int(sys.argv[1]), sys.argv[2]), nprocs=2)
+"""
+
+
+@pytest.mark.slow
+def test_gloo_job_with_nccl_timing_on_keeps_cpu_side_completion_of_every_collective(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**subprocess_env, "TORCH_NCCL_ENABLE_TIMING": "1"}
+    for result in run_ranks(PROBED_GLOO_WITH_NCCL_TIMING, 2, env, tmp_path):
+        assert result["timing_on"] and not result["hooks"]  # gloo: no hook registered, nothing counted as missing
+        assert result["unavailable"] == 0 and result["awaiting"] == 0 and result["pending"] == 0
+        by_group: dict[str, list[int]] = {}
+        for group, seq, issued, done in result["completed"]:
+            by_group.setdefault(group, []).append(seq)
+            assert done >= issued > 0
+        assert sorted(by_group.pop("default")) == list(range(6)) and [sorted(s) for s in by_group.values()] == [[0, 1, 2]]
