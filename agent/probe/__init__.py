@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from agent.probe.dispatch import install_allreduce_kernel
 from agent.probe.identity import identify
@@ -35,7 +35,19 @@ __all__ = ["Probe", "install", "installed"]
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET_DIR = "/run/lockstep"
-ON = ("1", "true", "yes", "y", "on")
+
+
+def switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """Environment variable `name` as on (1, true, yes, on) or off (0, false, no, off); `default` otherwise."""
+    value = environ.get(name, "").strip().lower()
+    return True if value in ("1", "true", "yes", "on") else False if value in ("0", "false", "no", "off") else default
+
+
+def nccl_timing_wanted(environ: Mapping[str, str]) -> bool:
+    """LOCKSTEP_PROBE_NCCL_TIMING, else whether torch times NCCL collectives (TORCH_NCCL_ENABLE_TIMING or its older
+    name NCCL_ENABLE_TIMING): torch refuses the on-completion hook without it."""
+    torch_timing = switch(environ, "TORCH_NCCL_ENABLE_TIMING", switch(environ, "NCCL_ENABLE_TIMING", False))
+    return switch(environ, "LOCKSTEP_PROBE_NCCL_TIMING", torch_timing)
 
 
 class Probe:
@@ -129,16 +141,14 @@ def install(socket_dir: str | None = None, ddp_hook: bool | None = None, nccl_ti
     """Install the probe in this process (idempotent). `socket_dir` defaults to $LOCKSTEP_SOCKET_DIR, then
     /run/lockstep. `ddp_hook` (default: on unless LOCKSTEP_PROBE_DDP=0) registers the timing communication hook
     on DDP models whose user registered none: it makes DDP's all-reduces visible at the cost of a Python call
-    per gradient bucket. `nccl_timing` (default: $LOCKSTEP_PROBE_NCCL_TIMING, else on when torch's
-    TORCH_NCCL_ENABLE_TIMING is) times NCCL collectives by ProcessGroupNCCL's on-completion hook
-    (agent/probe/nccl_timing.py). Never raises for a missing agent: records are dropped and counted until it appears."""
+    per gradient bucket. `nccl_timing` (default: `nccl_timing_wanted`) times NCCL collectives by ProcessGroupNCCL's
+    on-completion hook (agent/probe/nccl_timing.py). Never raises for a missing agent: records are dropped and counted until it appears."""
     global _probe
     if _probe is None:
         if ddp_hook is None:
-            ddp_hook = os.environ.get("LOCKSTEP_PROBE_DDP", "1").strip().lower() not in ("0", "false", "no", "off")
+            ddp_hook = switch(os.environ, "LOCKSTEP_PROBE_DDP", True)
         if nccl_timing is None:
-            torch_timing = os.environ.get("TORCH_NCCL_ENABLE_TIMING") or os.environ.get("NCCL_ENABLE_TIMING", "")
-            nccl_timing = os.environ.get("LOCKSTEP_PROBE_NCCL_TIMING", torch_timing).strip().lower() in ON
+            nccl_timing = nccl_timing_wanted(os.environ)
         _probe = Probe(socket_dir or os.environ.get("LOCKSTEP_SOCKET_DIR") or DEFAULT_SOCKET_DIR, ddp_hook, nccl_timing)
         _probe.patch()
         atexit.register(_probe.stop)

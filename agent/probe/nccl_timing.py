@@ -5,9 +5,10 @@ Without this, an NCCL record's completion is when the Work's future callback ran
 the kernel was queued, not when it ran. With it (torch's `ProcessGroup._register_on_completion_hook`, which needs
 `TORCH_NCCL_ENABLE_TIMING=1`), a record completed by the hook carries, in the probe's clock (Unix s):
 
-- completed_at = `WorkInfo.time_finished`: when ProcessGroupNCCL noticed the kernel's end. Late by at most one
-  poll of its watchdog (100 ms in the releases read; adaptive in the newest) plus the hook thread's wake-up and
-  its wait for the GIL. Never early.
+- completed_at = `WorkInfo.time_finished`: when ProcessGroupNCCL noticed the kernel's end. Never early; late by
+  up to one poll of its watchdog (100 ms in the releases read; adaptive in the newest), the hook thread's wake-up,
+  and the GIL waits of the hooks run before it in the same poll (torch reads the time just before calling each
+  hook; a hook waits up to Python's switch interval, 5 ms, for a training thread that holds the GIL).
 - issued_at = completed_at - `WorkInfo.active_duration`, the kernel's start by CUDA events: late by the same
   amount (it is derived from completed_at), never before the CPU issue (clamped to it).
 - so the record's wait, completed_at - issued_at, is the CUDA-event duration itself: exact to the events'

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch._C import _distributed_c10d as c10d
 
+from agent.probe import nccl_timing_wanted
 from agent.probe.nccl_timing import REGISTER, SEQUENCE, NcclTiming, one_parameter
 from agent.probe.patch import GroupNames, timed_allreduce_hook, wrap_collective
 from agent.probe.recorder import Recorder
@@ -394,3 +395,18 @@ def test_gloo_job_with_nccl_timing_on_keeps_cpu_side_completion_of_every_collect
             by_group.setdefault(group, []).append(seq)
             assert done >= issued > 0
         assert sorted(by_group.pop("default")) == list(range(6)) and [sorted(s) for s in by_group.values()] == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize(("environ", "wanted"), [
+    ({}, False),
+    ({"TORCH_NCCL_ENABLE_TIMING": "1"}, True),
+    ({"NCCL_ENABLE_TIMING": "true"}, True),
+    ({"TORCH_NCCL_ENABLE_TIMING": "0", "NCCL_ENABLE_TIMING": "1"}, False),
+    ({"TORCH_NCCL_ENABLE_TIMING": "1", "LOCKSTEP_PROBE_NCCL_TIMING": "0"}, False),
+    ({"LOCKSTEP_PROBE_NCCL_TIMING": "on"}, True),
+    ({"TORCH_NCCL_ENABLE_TIMING": "1", "LOCKSTEP_PROBE_NCCL_TIMING": "maybe"}, True),
+])  # fmt: skip
+def test_nccl_timing_is_on_where_torch_times_nccl_unless_the_probe_is_told_otherwise(
+    environ: dict[str, str], wanted: bool
+) -> None:
+    assert nccl_timing_wanted(environ) is wanted
