@@ -40,7 +40,9 @@ DEFAULT_SOCKET_DIR = "/run/lockstep"
 def switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
     """Environment variable `name` as on (1, true, yes, on) or off (0, false, no, off); `default` otherwise."""
     value = environ.get(name, "").strip().lower()
-    return True if value in ("1", "true", "yes", "on") else False if value in ("0", "false", "no", "off") else default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    return False if value in ("0", "false", "no", "off") else default
 
 
 def nccl_timing_wanted(environ: Mapping[str, str]) -> bool:
@@ -141,15 +143,17 @@ def install(socket_dir: str | None = None, ddp_hook: bool | None = None, nccl_ti
     """Install the probe in this process (idempotent). `socket_dir` defaults to $LOCKSTEP_SOCKET_DIR, then
     /run/lockstep. `ddp_hook` (default: on unless LOCKSTEP_PROBE_DDP=0) registers the timing communication hook
     on DDP models whose user registered none: it makes DDP's all-reduces visible at the cost of a Python call
-    per gradient bucket. `nccl_timing` (default: `nccl_timing_wanted`) times NCCL collectives by ProcessGroupNCCL's
-    on-completion hook (agent/probe/nccl_timing.py). Never raises for a missing agent: records are dropped and counted until it appears."""
+    per gradient bucket. `nccl_timing` (default: `nccl_timing_wanted`) times NCCL collectives by
+    ProcessGroupNCCL's on-completion hook (agent/probe/nccl_timing.py). Never raises for a missing agent: records
+    are dropped and counted until it appears."""
     global _probe
     if _probe is None:
         if ddp_hook is None:
             ddp_hook = switch(os.environ, "LOCKSTEP_PROBE_DDP", True)
         if nccl_timing is None:
             nccl_timing = nccl_timing_wanted(os.environ)
-        _probe = Probe(socket_dir or os.environ.get("LOCKSTEP_SOCKET_DIR") or DEFAULT_SOCKET_DIR, ddp_hook, nccl_timing)
+        socket_dir = socket_dir or os.environ.get("LOCKSTEP_SOCKET_DIR") or DEFAULT_SOCKET_DIR
+        _probe = Probe(socket_dir, ddp_hook, nccl_timing)
         _probe.patch()
         atexit.register(_probe.stop)
         os.register_at_fork(after_in_child=_probe.forget_after_fork)

@@ -168,8 +168,8 @@ class NcclTiming:
             self.unavailable += 1
             if not self._logged:
                 self._logged = True
-                log.info("lockstep probe: no NCCL timing for group %s (%s); its completion times are CPU-side "
-                         "(set TORCH_NCCL_ENABLE_TIMING=1 for GPU-side times)", name, exc)  # fmt: skip
+                log.info("lockstep probe: no NCCL timing for group %s (%s): its completion times are CPU-side",
+                         name, exc)  # fmt: skip
             return None
         return registration
 

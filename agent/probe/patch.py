@@ -156,7 +156,8 @@ def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupN
     return wrapped
 
 
-def timed_allreduce_hook(recorder: Recorder, group: str, timing: NcclTiming | None = None) -> Callable[[Any, Any], Any]:
+def timed_allreduce_hook(recorder: Recorder, group: str,
+                         timing: NcclTiming | None = None) -> Callable[[Any, Any], Any]:  # fmt: skip
     """DDP communication hook doing what DDP's C++ default does and no more — scale the bucket by 1 / world size,
     all-reduce it by sum on the process group — and recording it.
 

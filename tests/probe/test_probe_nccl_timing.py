@@ -372,9 +372,9 @@ def rank_main(rank, world, port, out):
     timing = probe.nccl_timing
     completed = [(token[0], token[1], token[4], done) for token, done in probe.recorder.completed]
     with open(f"{out}.{rank}", "w") as f:
-        json.dump({"timing_on": timing is not None, "unavailable": timing.unavailable, "awaiting": len(timing.awaiting),
-                   "hooks": dist.group.WORLD._has_hooks() or sub._has_hooks(), "completed": completed,
-                   "pending": len(probe.recorder.pending)}, f)
+        json.dump({"timing_on": timing is not None, "unavailable": timing.unavailable,
+                   "awaiting": len(timing.awaiting), "hooks": dist.group.WORLD._has_hooks() or sub._has_hooks(),
+                   "completed": completed, "pending": len(probe.recorder.pending)}, f)
     dist.destroy_process_group()
 
 if __name__ == "__main__":
@@ -394,7 +394,8 @@ def test_gloo_job_with_nccl_timing_on_keeps_cpu_side_completion_of_every_collect
         for group, seq, issued, done in result["completed"]:
             by_group.setdefault(group, []).append(seq)
             assert done >= issued > 0
-        assert sorted(by_group.pop("default")) == list(range(6)) and [sorted(s) for s in by_group.values()] == [[0, 1, 2]]
+        assert sorted(by_group.pop("default")) == list(range(6))  # broadcasts and barriers
+        assert [sorted(seqs) for seqs in by_group.values()] == [[0, 1, 2]]  # the subgroup's all-reduces
 
 
 @pytest.mark.parametrize(("environ", "wanted"), [
