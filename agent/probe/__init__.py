@@ -13,10 +13,11 @@ import os
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from agent.probe.dispatch import install_allreduce_kernel
 from agent.probe.identity import identify
+from agent.probe.nccl_timing import NcclTiming
 from agent.probe.patch import (
     C10D,
     DDP_MODULE,
@@ -36,13 +37,29 @@ log = logging.getLogger(__name__)
 DEFAULT_SOCKET_DIR = "/run/lockstep"
 
 
+def switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """Environment variable `name` as on (1, true, yes, on) or off (0, false, no, off); `default` otherwise."""
+    value = environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    return False if value in ("0", "false", "no", "off") else default
+
+
+def nccl_timing_wanted(environ: Mapping[str, str]) -> bool:
+    """LOCKSTEP_PROBE_NCCL_TIMING, else whether torch times NCCL collectives (TORCH_NCCL_ENABLE_TIMING or its older
+    name NCCL_ENABLE_TIMING): torch refuses the on-completion hook without it."""
+    torch_timing = switch(environ, "TORCH_NCCL_ENABLE_TIMING", switch(environ, "NCCL_ENABLE_TIMING", False))
+    return switch(environ, "LOCKSTEP_PROBE_NCCL_TIMING", torch_timing)
+
+
 class Probe:
     """One per process: the recorder the wrappers feed and the sender that starts with the process group."""
 
-    def __init__(self, socket_dir: str, ddp_hook: bool = True) -> None:
+    def __init__(self, socket_dir: str, ddp_hook: bool = True, nccl_timing: bool = False) -> None:
         self.socket_dir = socket_dir
         self.ddp_hook = ddp_hook
         self.recorder = Recorder()
+        self.nccl_timing = NcclTiming(self.recorder) if nccl_timing else None
         self.groups = GroupNames()
         self.sender: Sender | None = None
         self.kernel: object | None = None  # holds the dispatcher registration (agent/probe/dispatch.py)
@@ -64,13 +81,13 @@ class Probe:
             sys.meta_path.insert(0, PostImportHook(later))
 
     def _patch_c10d(self, c10d: types.ModuleType) -> None:
-        patch_collectives(c10d, self.recorder, self.groups, self.cpu_seen_below)
+        patch_collectives(c10d, self.recorder, self.groups, self.cpu_seen_below, self.nccl_timing)
         patch_init(c10d, self.activate)
         if c10d.is_initialized():
             self.activate("")
 
     def _patch_ddp(self, ddp_module: types.ModuleType) -> None:
-        patch_ddp(ddp_module, self.recorder, self.groups, self.cpu_seen_below)
+        patch_ddp(ddp_module, self.recorder, self.groups, self.cpu_seen_below, self.nccl_timing)
 
     def cpu_seen_below(self) -> bool:
         """Whether the dispatcher kernel records CPU all-reduces (then the wrapper and the DDP hook leave them)."""
@@ -89,6 +106,8 @@ class Probe:
                     log.debug("lockstep probe: no dispatcher kernel for all-reduce", exc_info=True)
             self.groups.default_name = str(getattr(dist.group.WORLD, "group_name", "0"))
             self.recorder.reset()
+            if self.nccl_timing is not None:
+                self.nccl_timing.reset(dist.group.WORLD)
             if self.sender is not None:
                 self.sender.stop()
             self.sender = Sender(self.recorder, identity, self.socket_dir)
@@ -96,6 +115,8 @@ class Probe:
         log.debug("lockstep probe active: job %s rank %d/%d", identity.job, identity.rank, identity.world_size)
 
     def stop(self) -> None:
+        if self.nccl_timing is not None:
+            self.nccl_timing.close()
         with self._lock:
             if self.sender is not None:
                 self.sender.stop()
@@ -106,6 +127,8 @@ class Probe:
         self._lock = threading.Lock()
         self.recorder.completed.clear()
         self.recorder.pending.clear()
+        if self.nccl_timing is not None:
+            self.nccl_timing.reset(None)
 
 
 _probe: Probe | None = None
@@ -116,16 +139,21 @@ def installed() -> Probe | None:
     return _probe
 
 
-def install(socket_dir: str | None = None, ddp_hook: bool | None = None) -> Probe:
+def install(socket_dir: str | None = None, ddp_hook: bool | None = None, nccl_timing: bool | None = None) -> Probe:
     """Install the probe in this process (idempotent). `socket_dir` defaults to $LOCKSTEP_SOCKET_DIR, then
     /run/lockstep. `ddp_hook` (default: on unless LOCKSTEP_PROBE_DDP=0) registers the timing communication hook
     on DDP models whose user registered none: it makes DDP's all-reduces visible at the cost of a Python call
-    per gradient bucket. Never raises for a missing agent: records are dropped and counted until it appears."""
+    per gradient bucket. `nccl_timing` (default: `nccl_timing_wanted`) times NCCL collectives by
+    ProcessGroupNCCL's on-completion hook (agent/probe/nccl_timing.py). Never raises for a missing agent: records
+    are dropped and counted until it appears."""
     global _probe
     if _probe is None:
         if ddp_hook is None:
-            ddp_hook = os.environ.get("LOCKSTEP_PROBE_DDP", "1").strip().lower() not in ("0", "false", "no", "off")
-        _probe = Probe(socket_dir or os.environ.get("LOCKSTEP_SOCKET_DIR") or DEFAULT_SOCKET_DIR, ddp_hook)
+            ddp_hook = switch(os.environ, "LOCKSTEP_PROBE_DDP", True)
+        if nccl_timing is None:
+            nccl_timing = nccl_timing_wanted(os.environ)
+        socket_dir = socket_dir or os.environ.get("LOCKSTEP_SOCKET_DIR") or DEFAULT_SOCKET_DIR
+        _probe = Probe(socket_dir, ddp_hook, nccl_timing)
         _probe.patch()
         atexit.register(_probe.stop)
         os.register_at_fork(after_in_child=_probe.forget_after_fork)

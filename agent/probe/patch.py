@@ -17,6 +17,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent.probe.nccl_timing import NcclTiming
 from agent.probe.recorder import Recorder, Token
 from agent.probe.wire import Op
 
@@ -89,8 +90,10 @@ def _complete_on(result: Any, recorder: Recorder, token: Token) -> None:
 
 
 def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, recorder: Recorder,
-                    groups: GroupNames, cpu_seen_below: Callable[[], bool] = _never) -> Callable[..., Any]:  # fmt: skip
-    """`fn` with issue/complete records around it; sync calls complete on return, async ones via the Work.
+                    groups: GroupNames, cpu_seen_below: Callable[[], bool] = _never,
+                    timing: NcclTiming | None = None) -> Callable[..., Any]:  # fmt: skip
+    """`fn` with issue/complete records around it; sync calls complete on return, async ones via the Work, and
+    those NCCL's timing covers (`timing`, agent/probe/nccl_timing.py) from its on-completion hook.
     `cpu_seen_below()`: the dispatcher kernel (agent/probe/dispatch.py) records this op for CPU tensors, so the
     wrapper leaves those alone (one record per collective)."""
     params = list(inspect.signature(fn).parameters)
@@ -100,13 +103,16 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        token = None
+        token = key = None
         try:
-            group = groups.name(_arg(args, kwargs, group_index, "group", None))
+            process_group = _arg(args, kwargs, group_index, "group", None)
+            group = groups.name(process_group)
             data = _arg(args, kwargs, data_index, data_param or "", None)
             if group is not None and not (getattr(data, "is_cpu", False) and cpu_seen_below()):
                 is_async = bool(_arg(args, kwargs, async_index, "async_op", False))
                 token = recorder.issue(group, op, nbytes(data) if data is not None else 0)
+                if timing is not None:
+                    key = timing.expect(group, process_group, token)
         except Exception:
             log.debug("lockstep probe: not recording %s", fn.__name__, exc_info=True)
         if token is None:  # not a member of the group, or the arguments puzzled us: just the call
@@ -115,7 +121,11 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
             result = fn(*args, **kwargs)
         except BaseException:
             recorder.abandon(token)
+            if timing is not None and key is not None:
+                timing.cancel(key)
             raise
+        if timing is not None and key is not None and timing.confirm(process_group, key):
+            return result  # the hook completes it with NCCL's times
         if is_async and result is not None:
             _complete_on(result, recorder, token)
         else:
@@ -127,7 +137,8 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
 
 
 def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupNames,
-                      cpu_all_reduce_seen_below: Callable[[], bool] = _never) -> list[str]:  # fmt: skip
+                      cpu_all_reduce_seen_below: Callable[[], bool] = _never,
+                      timing: NcclTiming | None = None) -> list[str]:  # fmt: skip
     """Wrap the collectives in torch.distributed.distributed_c10d (and the torch.distributed re-exports);
     `cpu_all_reduce_seen_below()` tells whether the dispatcher kernel records `all_reduce` of CPU tensors."""
     package = sys.modules.get("torch.distributed")
@@ -137,7 +148,7 @@ def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupN
         if fn is None or getattr(fn, _PATCHED, False):
             continue
         seen_below = cpu_all_reduce_seen_below if name == "all_reduce" else _never
-        wrapper = wrap_collective(fn, op, data_param, recorder, groups, seen_below)
+        wrapper = wrap_collective(fn, op, data_param, recorder, groups, seen_below, timing)
         setattr(c10d, name, wrapper)
         if package is not None and getattr(package, name, None) is fn:
             setattr(package, name, wrapper)
@@ -145,7 +156,8 @@ def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupN
     return wrapped
 
 
-def timed_allreduce_hook(recorder: Recorder, group: str) -> Callable[[Any, Any], Any]:
+def timed_allreduce_hook(recorder: Recorder, group: str,
+                         timing: NcclTiming | None = None) -> Callable[[Any, Any], Any]:  # fmt: skip
     """DDP communication hook doing what DDP's C++ default does and no more — scale the bucket by 1 / world size,
     all-reduce it by sum on the process group — and recording it.
 
@@ -155,20 +167,26 @@ def timed_allreduce_hook(recorder: Recorder, group: str) -> Callable[[Any, Any],
     write of the gradients per step. The all-reduce goes to the process group directly, as the C++ default does,
     not through `torch.distributed.all_reduce`'s argument checks. Completion is recorded in the `then` callback that
     hands the result to DDP, which a Python hook needs anyway (DDP rejects a future whose value is not a Python
-    object), so the probe adds no callback or thread hand-off of its own."""
+    object), so the probe adds no callback or thread hand-off of its own. On NCCL groups `timing` covers, its
+    on-completion hook completes the record instead (agent/probe/nccl_timing.py)."""
 
     def lockstep_allreduce_hook(process_group, bucket):  # no annotations: DDP validates them against its types
         tensor = bucket.buffer()
         token = recorder.issue(group, Op.all_reduce, tensor.numel() * tensor.element_size())
         tensor.mul_(1.0 / process_group.size())
+        key = timing.expect(group, process_group, token) if timing is not None else None
         try:
             fut = process_group.allreduce([tensor]).get_future()
         except BaseException:
             recorder.abandon(token)
+            if timing is not None and key is not None:
+                timing.cancel(key)
             raise
+        timed = timing is not None and key is not None and timing.confirm(process_group, key)
 
         def done(fut: Any) -> Any:
-            recorder.complete(token)
+            if not timed:
+                recorder.complete(token)
             return fut.value()[0]
 
         return fut.then(done)
@@ -177,7 +195,7 @@ def timed_allreduce_hook(recorder: Recorder, group: str) -> Callable[[Any, Any],
 
 
 def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNames,
-              cpu_seen_below: Callable[[], bool] = _never) -> None:  # fmt: skip
+              cpu_seen_below: Callable[[], bool] = _never, timing: NcclTiming | None = None) -> None:  # fmt: skip
     """Make DDP's bucket all-reduces visible to the probe.
 
     Without a communication hook DDP's C++ reducer calls the process group directly and nothing in Python
@@ -212,7 +230,7 @@ def patch_ddp(ddp_module: types.ModuleType, recorder: Recorder, groups: GroupNam
         if module.__dict__.get("_lockstep_hooked") or (module.device_type == "cpu" and cpu_seen_below()):
             return
         try:
-            hook = timed_allreduce_hook(recorder, groups.name(module.process_group) or "default")
+            hook = timed_allreduce_hook(recorder, groups.name(module.process_group) or "default", timing)
             module.register_comm_hook(module.process_group, hook)
         except Exception:
             log.debug("lockstep probe: cannot install the DDP comm hook", exc_info=True)

@@ -1,7 +1,8 @@
 """The probe's hot path: numbers each collective per process group and queues it for the sender thread.
 
 Called from the wrapped torch.distributed functions and the DDP communication hook (agent/probe/patch.py) on
-the training thread, and from backend threads when an async collective completes. Per call it does a clock read,
+the training thread, and from backend threads when an async collective completes (its future, or ProcessGroupNCCL's
+on-completion hook: agent/probe/nccl_timing.py). Per call it does a clock read,
 a dict update and a deque append: no locks, no I/O, never raises, bounded memory (drops and counts when full).
 """
 
@@ -40,10 +41,17 @@ class Recorder:
         return token
 
     def complete(self, token: Token, measured: bool = True) -> None:
-        completed_at = time.time() if measured else 0.0
+        self._done(token, token, time.time() if measured else 0.0)
+
+    def complete_at(self, token: Token, started_at: float, completed_at: float) -> None:
+        """Complete `token` with the backend's times (Unix s; agent/probe/nccl_timing.py): the kernel's start
+        replaces the CPU issue time, so the record's wait is how long the collective ran."""
+        self._done(token, (token[0], token[1], token[2], token[3], started_at), completed_at)
+
+    def _done(self, token: Token, record: Token, completed_at: float) -> None:
         self.pending.pop((token[0], token[1]), None)
         if len(self.completed) < self.capacity:
-            self.completed.append((token, completed_at))
+            self.completed.append((record, completed_at))
         else:
             self.dropped += 1
 

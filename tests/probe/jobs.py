@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.collectors.collective import CollectiveCollector
 from agent.evidence import RankEvidence
@@ -73,3 +76,17 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
 
 def ranks_by_number(collector: CollectiveCollector, group: str = "default") -> dict[int, RankEvidence]:
     return {r.rank: r for r in collector.evidence().ranks if r.process_group == group}
+
+
+def run_ranks(source: str, ranks: int, env: dict[str, str], tmp_path: Path) -> list[dict[str, Any]]:
+    """Run a script that spawns `ranks` ranks (argv: a free port, an output prefix, a socket directory); the
+    JSON each rank wrote to `<prefix>.<rank>`."""
+    script = tmp_path / "ranks.py"
+    script.write_text(source)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "rank"
+    subprocess.run([sys.executable, str(script), str(port), str(out), str(tmp_path / "sock")], env=env, check=True,
+                   timeout=300, capture_output=True)  # fmt: skip
+    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(ranks)]

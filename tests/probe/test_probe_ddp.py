@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from .jobs import DDP_JOB, Job, ranks_by_number, start_collector, wait_for
+from .jobs import DDP_JOB, Job, ranks_by_number, run_ranks, start_collector, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -170,20 +167,6 @@ def rank_main(rank, world, port, out):
 if __name__ == "__main__":
     mp.spawn(rank_main, args=(3, int(sys.argv[1]), sys.argv[2]), nprocs=3)
 """
-
-
-def run_ranks(source: str, ranks: int, env: dict[str, str], tmp_path: Path) -> list[dict[str, Any]]:
-    """Run a script that spawns `ranks` ranks (argv: a free port, an output prefix, a socket directory); the
-    JSON each rank wrote to `<prefix>.<rank>`."""
-    script = tmp_path / "ranks.py"
-    script.write_text(source)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path / "rank"
-    subprocess.run([sys.executable, str(script), str(port), str(out), str(tmp_path / "sock")], env=env, check=True,
-                   timeout=300, capture_output=True)  # fmt: skip
-    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(ranks)]
 
 
 def test_probe_hook_averages_gradients_bit_identically_to_ddp_without_a_hook_and_times_every_bucket(
