@@ -1,8 +1,8 @@
 """Agent overhead: CPU share of one core, RSS and scrape latency, side by side with prometheus-node-exporter.
 
-Both exporters run on this machine in the same run and are scraped once a second for --seconds, with the Accept
-header Prometheus sends. The agent reads a fixture sysfs tree with --nics ConnectX RoCE ports (copied from
-tests/fixtures), 8 fake GPUs when the fake NVML library is built (`make fake-nvml`), and --ranks probe senders
+Both exporters run on this machine in the same run and are scraped once a second for --seconds, over a kept-alive
+connection with the Accept header Prometheus sends (no gzip for either). The agent reads a fixture sysfs tree with
+--nics ConnectX RoCE ports (copied from tests/fixtures), 8 fake GPUs when the fake NVML library is built (`make fake-nvml`), and --ranks probe senders
 (one process each, the probe's own Recorder and Sender) issuing --collectives-per-second each into its socket.
 Budget: < 1% of a core, < 60 MB RSS, scrape < 10 ms.
 
@@ -12,6 +12,7 @@ Budget: < 1% of a core, < 60 MB RSS, scrape < 10 ms.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,21 +91,32 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0
 
 
 def measure(name: str, process: subprocess.Popen[bytes], url: str, seconds: float) -> Measurement:
-    """Scrape `url` once a second; CPU share is the process's CPU time over wall time in the window."""
+    """Scrape `url` once a second over one kept-alive connection, as Prometheus does; CPU share is the process's
+    CPU time over wall time in the window."""
     proc = psutil.Process(process.pid)
-    request = urllib.request.Request(url, headers={"Accept": PROMETHEUS_ACCEPT})
-    urllib.request.urlopen(request, timeout=10).read()  # warm-up scrape, outside the window
+    target = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(target.netloc, timeout=10)
+
+    def scrape() -> bytes:
+        connection.request("GET", target.path, headers={"Accept": PROMETHEUS_ACCEPT})
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise SystemExit(f"{url}: HTTP {response.status}")
+        return body
+
+    scrape()  # warm-up scrape, outside the window
     cpu_start, wall_start = sum(proc.cpu_times()[:2]), time.monotonic()
     latencies: list[float] = []
     body = b""
     while time.monotonic() - wall_start < seconds:
         tick = time.monotonic()
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body = response.read()
+        body = scrape()
         latencies.append(time.monotonic() - tick)
         time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
     cpu = sum(proc.cpu_times()[:2]) - cpu_start
     wall = time.monotonic() - wall_start
+    connection.close()
     series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
     return Measurement(name, cpu / wall, proc.memory_info().rss, latencies, len(body), series, body.decode())
 

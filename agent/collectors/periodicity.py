@@ -8,6 +8,7 @@ on scrape and evidence pull the rate history of the last `window_seconds` goes t
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -32,26 +33,39 @@ log = logging.getLogger(__name__)
 RESCAN_SECONDS = 5.0  # how often new or vanished interfaces are noticed
 
 
-class _Series:
-    """One interface's samples, (monotonic s, rx+tx bytes), the oldest overwritten: two preallocated numpy rings
-    (a deque of tuples cost ~10x the memory and a conversion on every scrape)."""
+class _Ring:
+    """The last `capacity` sampling ticks: monotonic s, and rx+tx bytes of each interface in `names` (NaN where a
+    read failed or the interface was not there yet), the oldest overwritten. One row per tick, written with one
+    numpy assignment: the sampler runs 20 times a second, so its Python work per tick is kept to the reads."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, names: tuple[str, ...]) -> None:
+        self.names = names
         self.times = np.zeros(capacity)
-        self.counts = np.zeros(capacity)  # float: exact up to 2**53 bytes
+        self.counts = np.full((capacity, len(names)), np.nan)  # float: exact up to 2**53 bytes
         self.size = 0
         self._next = 0
 
-    def append(self, at: float, count: int) -> None:
-        self.times[self._next], self.counts[self._next] = at, count
+    def append(self, at: float, counts: list[float]) -> None:
+        self.times[self._next] = at
+        self.counts[self._next] = counts
         self._next = (self._next + 1) % len(self.times)
-        self.size = min(self.size + 1, len(self.times))
+        if self.size < len(self.times):
+            self.size += 1
 
     def ordered(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of (times, counts), oldest first."""
         if self.size < len(self.times):
             return self.times[: self.size].copy(), self.counts[: self.size].copy()
-        return np.roll(self.times, -self._next), np.roll(self.counts, -self._next)
+        return np.roll(self.times, -self._next), np.roll(self.counts, -self._next, axis=0)
+
+    def with_names(self, names: tuple[str, ...]) -> _Ring:
+        """The same ticks for another set of interfaces: columns of those still there are kept, new ones are NaN."""
+        ring = _Ring(len(self.times), names)
+        ring.times[:], ring.size, ring._next = self.times, self.size, self._next
+        for column, name in enumerate(names):
+            if name in self.names:
+                ring.counts[:, column] = self.counts[:, self.names.index(name)]
+        return ring
 
 
 class PeriodicityCollector(Collector):
@@ -63,8 +77,8 @@ class PeriodicityCollector(Collector):
         self.settings = settings
         self.interval_seconds = 1.0 / settings.sample_hz
         self._capacity = int(settings.window_seconds * settings.sample_hz) + 1
-        self._history: dict[str, _Series] = {}
         self._counters: dict[str, ByteCounters] = {}
+        self._ring = _Ring(self._capacity, ())  # columns in the order of _counters
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,9 +109,10 @@ class PeriodicityCollector(Collector):
                 self._counters[name] = ByteCounters(self.settings.sysfs_net, name)
             except OSError:
                 log.debug("cannot open the byte counters of %s", name)
-        with self._lock:
-            for name in set(self._history) - set(self._counters):
-                del self._history[name]
+        names = tuple(self._counters)
+        if names != self._ring.names:
+            with self._lock:
+                self._ring = self._ring.with_names(names)
 
     def _run(self) -> None:
         next_rescan = 0.0
@@ -114,26 +129,26 @@ class PeriodicityCollector(Collector):
             time.sleep(max(0.0, next_sample - time.monotonic()))  # half the CPU of Event.wait; close() waits a tick
 
     def sample(self, now: float) -> None:
-        """Read every interface's counters once (one sampling tick), then store them under one lock."""
-        values = []
-        for name, counters in list(self._counters.items()):
+        """Read every interface's counters once (one sampling tick) and store them as one row."""
+        values: list[float] = []
+        for counters in self._counters.values():
             try:
-                values.append((name, counters.read()))
+                values.append(counters.read())
             except (OSError, ValueError):
-                continue  # interface going away; the next rescan drops it
+                values.append(math.nan)  # interface going away; the next rescan drops it
         with self._lock:
-            for name, value in values:
-                history = self._history.get(name)
-                if history is None:
-                    history = self._history[name] = _Series(self._capacity)
-                history.append(now, value)
+            self._ring.append(now, values)
 
     def patterns(self) -> dict[str, tuple[TrafficPattern, float]]:
         """Interface -> (pattern, window s) from the rate history held now."""
         with self._lock:
-            histories = {name: history.ordered() for name, history in self._history.items() if history.size >= 3}
+            names, (all_times, all_counts) = self._ring.names, self._ring.ordered()
         result = {}
-        for name, (times, counts) in histories.items():
+        for column, name in enumerate(names):
+            read = ~np.isnan(all_counts[:, column])
+            if read.sum() < 3:
+                continue
+            times, counts = all_times[read], all_counts[read, column]
             steps = np.diff(times)
             deltas = np.diff(counts)
             valid = (steps > 0) & (deltas >= 0)  # a counter reset (interface re-created) is no traffic
