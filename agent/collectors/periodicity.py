@@ -100,7 +100,9 @@ class PeriodicityCollector(Collector):
             counters.close()
         self._counters.clear()
 
-    def _rescan(self) -> None:
+    def rescan(self) -> None:
+        """Open the counters of interfaces that appeared, close those of vanished ones (the sampler does this every
+        RESCAN_SECONDS); the history of the others is kept."""
         wanted = set(interfaces(self.settings.sysfs_net, self.settings.interfaces, self.settings.exclude))
         for name in set(self._counters) - wanted:
             self._counters.pop(name).close()
@@ -120,7 +122,7 @@ class PeriodicityCollector(Collector):
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_rescan:
-                self._rescan()
+                self.rescan()
                 next_rescan = now + RESCAN_SECONDS
             self.sample(now)
             next_sample += self.interval_seconds

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import time
 from pathlib import Path
@@ -125,6 +127,47 @@ def test_an_interface_that_vanishes_between_scrapes_is_dropped_without_errors(sy
     assert ("lockstep_rdma_port_active", port("mlx5_1")) not in v
     assert not [name for name, _ in v if "read_errors" in name]
     assert [n.name for n in collector.evidence().nics] == ["eno1", "ens1f0np0", "ibp65s0", "mlx5_0/1"]
+
+
+def test_counter_files_held_open_follow_a_device_recreated_under_the_same_name(sysfs_copy: Path) -> None:
+    collector = NetworkCollector(SysfsNet(sysfs_copy))
+    counters = sysfs_copy / "class/infiniband/mlx5_1/ports/1/counters"
+    before = values(collector)[("lockstep_rdma_port_transmit_bytes_total", port("mlx5_1"))]
+    bump(counters / "port_xmit_data", 10)  # rewritten in place: the open file reads the new value
+    assert values(collector)[("lockstep_rdma_port_transmit_bytes_total", port("mlx5_1"))] == before + 40
+    # a driver reload: the port's directory is made anew (another inode), its old files are gone
+    stale = sysfs_copy / "stale-mlx5_1"
+    (sysfs_copy / "class/infiniband/mlx5_1").rename(stale)
+    shutil.copytree(stale, sysfs_copy / "class/infiniband/mlx5_1")
+    (counters / "port_xmit_data").write_text("5\n")
+    (stale / "ports/1/counters/port_xmit_data").write_text("999999\n")  # what a file held open would still say
+    v = values(collector)
+    assert v[("lockstep_rdma_port_transmit_bytes_total", port("mlx5_1"))] == 20
+    assert not [name for name, _ in v if "read_errors" in name]
+
+
+def test_a_counter_that_fails_to_read_is_counted_and_opened_again_next_scrape(
+    sysfs_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = NetworkCollector(SysfsNet(sysfs_copy))
+    counter = sysfs_copy / "class/net/eno1/statistics/rx_bytes"
+    values(collector)  # opens the counter files
+    real_pread, failing = os.pread, {str(counter)}
+
+    def pread(fd: int, size: int, offset: int) -> bytes:  # the device answers ENODEV on its open file, once
+        if os.readlink(f"/proc/self/fd/{fd}") in failing:
+            failing.clear()
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    v = values(collector)
+    assert ("lockstep_net_receive_bytes_total", interface("eno1")) not in v
+    errors = [dict(labels) for (name, labels), _ in v.items() if name == "lockstep_collector_read_errors_total"]
+    assert [e["source"] for e in errors] == ["class/net/eno1/statistics/rx_bytes"]
+    counter.unlink()
+    counter.write_text("1234\n")  # a new file: read only if the failed one was closed and the path opened again
+    assert values(collector)[("lockstep_net_receive_bytes_total", interface("eno1"))] == 1234
 
 
 def test_evidence_reports_rates_over_the_window_for_physical_nics_and_rdma_ports(sysfs_copy: Path) -> None:

@@ -153,3 +153,31 @@ def test_estimator_never_fails_on_random_traffic(seed: int) -> None:
     pattern = estimate(rates, 0.05, 1e5)
     assert pattern.period_seconds is None or 0.1 <= pattern.period_seconds <= len(rates) * 0.05 / 3
     assert 0.0 <= pattern.regularity <= 1.0
+
+
+def test_history_of_each_interface_survives_others_appearing_and_vanishing(tmp_path: Path) -> None:
+    def interface(name: str, sent: int) -> None:
+        statistics = tmp_path / name / "statistics"
+        statistics.mkdir(parents=True, exist_ok=True)
+        (statistics / "rx_bytes").write_text("0\n")
+        (statistics / "tx_bytes").write_text(f"{sent}\n")
+
+    collector = PeriodicityCollector(
+        PeriodicitySettings(sysfs_net=str(tmp_path), sample_hz=10, window_seconds=60, exclude=[], min_bytes_per_second=0)
+    )
+    interface("eth0", 0)
+    collector.rescan()
+    for tick in range(1, 51):  # 10 MB/s on eth0 for 5 s
+        interface("eth0", tick * 1_000_000)
+        if tick == 20:
+            interface("eth1", 0)  # appears
+            collector.rescan()
+        collector.sample(tick / 10)
+    eth0_window = collector.patterns()["eth0"][1]
+    (tmp_path / "eth1").rename(tmp_path / "gone")  # vanishes
+    collector.rescan()
+    patterns = collector.patterns()
+    assert set(patterns) == {"eth0"}
+    assert patterns["eth0"][1] == pytest.approx(eth0_window) == pytest.approx(4.9)
+    assert patterns["eth0"][0].mean_bytes_per_second == pytest.approx(10e6)
+    collector.close()
