@@ -31,7 +31,7 @@ from agent.backends.nvml import (
 )
 from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import EvidencePart, GpuEvidence, HardSignal, HardSignalKind
-from agent.families import CounterFamily, GaugeFamily
+from agent.families import CounterFamily, Family, GaugeFamily
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings, NvmlSettings
@@ -635,7 +635,7 @@ class _GpuFamilies:
     """Metric families with the GPU labels, made on first use in one scrape, in the order first used."""
 
     def __init__(self) -> None:
-        self._families: dict[str, Metric] = {}
+        self._families: dict[str, Family] = {}
 
     def gauge(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> GaugeFamily:
         return self._family(GaugeFamily, name, help_text, extra_labels)
@@ -659,4 +659,4 @@ class _GpuFamilies:
             family.add_metric(labels, float(value))
 
     def all(self) -> list[Metric]:
-        return [family for family in self._families.values() if family.samples]
+        return [family for family in self._families.values() if family.rows]
