@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -111,63 +111,72 @@ class CollectiveState:
         self.senders: dict[RankKey, Sender] = {}
         self.invalid: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self.accepted = 0
-        self._inbox: list[Datagram] = []  # received, not applied yet; guarded by _inbox_lock
+        # Received, not applied yet, guarded by _inbox_lock: each sender's whole records, joined as they arrive (one
+        # buffer per sender process, in the order senders first appeared), and the datagrams with a torn tail.
+        self._inbox: dict[int | None, bytearray] = {}
+        self._inbox_torn = 0
         self._inbox_bytes = 0
-        self._inbox_since = 0.0  # monotonic s of the oldest queued datagram
+        self._inbox_since = 0.0  # monotonic s of the oldest queued record
         self._inbox_lock = threading.Lock()
 
     def enqueue(self, datagram: Datagram) -> None:
-        """Queue a datagram (the receive thread: no decoding, so the socket's short queue is drained at once);
-        applied when it is older than INGEST_SECONDS, the queue holds INGEST_BYTES, or someone reads."""
-        with self._inbox_lock:
-            if not self._inbox:
-                self._inbox_since = time.monotonic()
-            self._inbox.append(datagram)
-            self._inbox_bytes += len(datagram.data)
-            full = self._inbox_bytes >= INGEST_BYTES
-        if full:
+        """Queue a datagram's records (the receive thread: no decoding, so the socket's short queue is drained at
+        once); applied when they are older than INGEST_SECONDS, the queue holds INGEST_BYTES, or someone reads."""
+        if self._queue(datagram):
             self.ingest()
 
+    def _queue(self, datagram: Datagram) -> bool:
+        """Add the datagram's whole records to its sender's buffer; whether the queue is full."""
+        data = datagram.data
+        whole = len(data) - len(data) % wire.RECORD_BYTES
+        with self._inbox_lock:
+            if datagram.truncated or whole != len(data) or not data:
+                self._inbox_torn += 1  # the torn tail; whole records before it still count
+            if whole:
+                if not self._inbox_bytes:
+                    self._inbox_since = time.monotonic()
+                queued = self._inbox.get(datagram.pid)
+                if queued is None:
+                    queued = self._inbox[datagram.pid] = bytearray()
+                queued += memoryview(data)[:whole]
+                self._inbox_bytes += whole
+            return self._inbox_bytes >= INGEST_BYTES
+
     def ingest_due(self) -> bool:
-        """Whether queued datagrams have waited INGEST_SECONDS."""
-        return bool(self._inbox) and time.monotonic() - self._inbox_since >= INGEST_SECONDS
+        """Whether queued records have waited INGEST_SECONDS."""
+        return bool(self._inbox_bytes) and time.monotonic() - self._inbox_since >= INGEST_SECONDS
 
     def ingest(self) -> None:
-        """Apply every queued datagram now."""
+        """Apply every queued record now."""
         with self.lock:
             self._ingest_locked()
 
     def _ingest_locked(self) -> None:
         with self._inbox_lock:
-            datagrams, self._inbox, self._inbox_bytes = self._inbox, [], 0
-        if datagrams:
-            self._apply_datagrams(datagrams)
+            by_sender, torn = self._inbox, self._inbox_torn
+            self._inbox, self._inbox_torn, self._inbox_bytes = {}, 0, 0
+        if by_sender or torn:
+            self._apply_senders(by_sender, torn)
 
     def receive(self, datagram: Datagram) -> None:
         """Apply one datagram now (after any queued ones)."""
         with self.lock:
+            self._queue(datagram)
             self._ingest_locked()
-            self._apply_datagrams([datagram])
 
-    def _apply_datagrams(self, datagrams: list[Datagram]) -> None:
-        """Apply datagrams in arrival order; count each bad record under its reason.
+    def _apply_senders(self, by_sender: Mapping[int | None, bytes | bytearray], torn: int) -> None:
+        """Apply each sender's records in arrival order; count each bad record under its reason, and `torn`
+        datagrams as truncated.
 
-        Each sender's datagrams are joined and decoded and checked in one numpy pass (senders in the order they
-        first appear, so the first to claim a rank keeps it); trust is asked once per (job, rank) and process
-        group, and each (job, rank, process group) window takes its records as one batch."""
+        A sender's records are decoded and checked in one numpy pass (senders in the order they first appear, so
+        the first to claim a rank keeps it); trust is asked once per (job, rank) and process group, and each
+        (job, rank, process group) window takes its records as one batch."""
         reasons: Counter[str] = Counter()
-        by_sender: dict[int | None, list[bytes]] = {}
-        for datagram in datagrams:
-            data = datagram.data
-            whole = len(data) - len(data) % wire.RECORD_BYTES
-            if datagram.truncated or whole != len(data) or not data:
-                reasons["truncated"] += 1  # the torn tail; whole records before it still count
-            if whole:
-                by_sender.setdefault(datagram.pid, []).append(data if whole == len(data) else data[:whole])
+        reasons["truncated"] += torn
         now = self.clock()
         skew = self.settings.max_clock_skew_seconds
-        for pid, parts in by_sender.items():
-            decoded = wire.decode_records(parts[0] if len(parts) == 1 else b"".join(parts))
+        for pid, data in by_sender.items():
+            decoded = wire.decode_records(data)
             records = decoded.records
             reasons.update(decoded.reasons)
             issued_at = records["issued_at"]

@@ -142,7 +142,7 @@ def _bad_fields(kind: int, op: int, issued_at: float, completed_at: float) -> bo
     )  # fmt: skip
 
 
-def decode(buf: bytes | memoryview, offset: int = 0) -> Record:
+def decode(buf: bytes | bytearray | memoryview, offset: int = 0) -> Record:
     """Decode the record at `offset`; raise DecodeError(reason) for anything that is not a valid record."""
     if len(buf) - offset < RECORD_BYTES:
         raise DecodeError("truncated")
@@ -211,7 +211,7 @@ class Decoded(NamedTuple):
     uniform: bool  # all records share job, rank and identity (what one probe process sends); groups may differ
 
 
-def decode_records(buf: bytes) -> Decoded:
+def decode_records(buf: bytes | bytearray) -> Decoded:
     """Decode and check the whole records in `buf` at once (the agent's path; a torn tail is ignored).
 
     Same checks and reasons as `decode`. A buffer whose records share their identity bytes (one probe process's
