@@ -3,11 +3,13 @@ for CPU tensors (gloo), so DDP's reducer keeps its default path and the probe st
 
 Every `ProcessGroup.allreduce` — DDP's C++ reducer, builtin C++ comm hooks, `torch.distributed.all_reduce` —
 goes through the dispatcher op `c10d::allreduce_`. No kernel is registered for it under AutogradCPU, so one
-registered there runs first for CPU tensors: it records the issue, calls the op below autograd (the original
-CPU kernel, unchanged), and records completion from the Work's future. Unlike a DDP communication hook this
-adds no pass over the gradients (with a hook, DDP copies them into the bucket without scaling, and the hook must
-scale them in a separate pass). Not seen here: CUDA tensors (NCCL: the DDP hook and the Python wrappers cover
-them) and tensors made under `torch.inference_mode()` (they skip autograd dispatch).
+registered there runs first for CPU tensors: it records the issue, redispatches to the keys after autograd (the
+original CPU kernel, unchanged, as PyTorch's own autograd fallback does), and records completion from the Work's
+future. The redispatch goes straight to the op's handle: calling the op again from Python (`op(...)` under
+`_AutoDispatchBelowAutograd`) parses its arguments against the schema, ~40 us more per all-reduce. Unlike a DDP
+communication hook this adds no pass over the gradients (with a hook, DDP copies them into the bucket without
+scaling, and the hook must scale them in a separate pass). Not seen here: CUDA tensors (NCCL: the DDP hook and the
+Python wrappers cover them) and tensors made under `torch.inference_mode()` (they skip autograd dispatch).
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
         raise KernelNotInstalled(f"c10d::allreduce_ has another schema here: {op._schema}")
     if torch._C._dispatch_has_kernel_for_dispatch_key("c10d::allreduce_", DISPATCH_KEY):
         raise KernelNotInstalled(f"c10d::allreduce_ has a {DISPATCH_KEY} kernel already; not replacing it")
-    below_autograd = torch._C._AutoDispatchBelowAutograd
+    redispatch = op._handle.redispatch_boxed
+    after_autograd = torch._C._after_autograd_keyset
     unbox_group, unbox_work = c10d.ProcessGroup.unbox, c10d.Work.unbox
 
-    def allreduce_(tensors, process_group, reduce_op, sparse_indices=None, async_op=True, timeout=-1):  # the schema: defaults may be left out
+    def allreduce_(keyset, tensors, process_group, reduce_op, sparse_indices=None, async_op=True, timeout=-1):  # the schema: defaults may be left out
         token = None
         try:
             group = group_name(unbox_group(process_group))
@@ -57,13 +60,12 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
                 token = recorder.issue(group, Op.all_reduce, nbytes(tensors))
         except Exception:
             log.debug("lockstep probe: not recording an all-reduce", exc_info=True)
-        with below_autograd():
-            try:
-                result = op(tensors, process_group, reduce_op, sparse_indices, async_op, timeout)
-            except BaseException:
-                if token is not None:
-                    recorder.abandon(token)
-                raise
+        try:
+            result = redispatch(keyset & after_autograd, tensors, process_group, reduce_op, sparse_indices, async_op, timeout)
+        except BaseException:
+            if token is not None:
+                recorder.abandon(token)
+            raise
         if token is not None:
             try:
                 unbox_work(result[1]).get_future().add_done_callback(lambda _fut: recorder.complete(token))
@@ -72,5 +74,5 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
         return result
 
     library = torch.library.Library("c10d", "IMPL")
-    library.impl("allreduce_", allreduce_, DISPATCH_KEY)
+    library.impl("allreduce_", allreduce_, DISPATCH_KEY, with_keyset=True)
     return library

@@ -206,11 +206,14 @@ def rank_main(rank, world, port, out):
     for name, ddp in (("default_path", default_path), ("builtin_hook", builtin_hook)):
         before = issued()
         for _ in range(3):
-            ddp(torch.randn(8, 16)).sum().backward()
+            ddp(torch.randn(8, 16) + rank).sum().backward()  # each rank its own gradients
         counts[name] = issued() - before
+        counts[f"{name}_gradient"] = [p.grad.sum().item() for p in ddp.parameters()]
     before = issued()
-    dist.all_reduce(torch.ones(1))
+    summed = torch.ones(1)
+    dist.all_reduce(summed)
     counts["all_reduce"] = issued() - before
+    counts["all_reduce_sum"] = summed.item()
     counts["comm_hook"] = default_path._get_ddp_logging_data().get("comm_hook", "")
     counts["pending"] = len(probe.recorder.pending)
     with open(f"{out}.{rank}", "w") as f:
@@ -225,9 +228,13 @@ if __name__ == "__main__":
 def test_probe_records_cpu_ddp_on_its_default_path_builtin_hooks_and_each_all_reduce_once(
     subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    for counts in run_ranks(PROBED_CPU_DDP, 2, subprocess_env, tmp_path):
+    results = run_ranks(PROBED_CPU_DDP, 2, subprocess_env, tmp_path)
+    for counts in results:
         assert counts["comm_hook"] == ""  # DDP keeps its C++ default path: the probe registered no hook
         assert counts["default_path"] > 3  # every bucket of 3 steps, several per step once DDP rebuilt its buckets
         assert counts["builtin_hook"] == counts["default_path"]  # a builtin C++ hook's all-reduces too
         assert counts["all_reduce"] == 1  # torch.distributed.all_reduce: recorded once, not by wrapper and kernel
+        assert counts["all_reduce_sum"] == 2.0  # and reduced: the kernel passes every all-reduce on to gloo
         assert counts["pending"] == 0
+    for name in ("default_path_gradient", "builtin_hook_gradient"):  # ranks' own gradients, averaged alike
+        assert results[0][name] == results[1][name]
