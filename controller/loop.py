@@ -111,6 +111,10 @@ class ControllerLoop:
                 await asyncio.wait_for(stop.wait(), max(0.05, remaining))
 
     async def cycle(self) -> Snapshot:
+        # The cycle's time is when it starts: cycles start a steady `interval_seconds` apart, so persistence
+        # measured between cycles (N windows spanning faulty_min_seconds) does not depend on how long each
+        # discovery and fetch took (a faster fetch once put the 4th 5-s window 14.98 s after the first).
+        now = self.clock()
         phases: dict[str, float] = {}
         mark = time.monotonic()
 
@@ -142,7 +146,6 @@ class ControllerLoop:
         evidence, misattributed = self._trusted_ranks(evidence, cluster)
         lap("fetch")
 
-        now = self.clock()
         result = self.engine.step(evidence, now, cluster.topology or None)
         verdicts = dict(result.verdicts)
         for node in evidence:  # a node without a verdict is unknown, never silently healthy

@@ -321,6 +321,6 @@ class RankWindow:
             dropped_records=dropped_records,
             samples=[
                 CollectiveSample(seq=s.seq, op=s.op.name, bytes=s.bytes, arrival=s.issued_at, wait_seconds=s.wait_seconds)
-                for s in self._completed(slots[len(slots) - max_samples :] if max_samples > 0 else slots[:0])
+                for s in self._completed(slots[max(0, len(slots) - max_samples) :])
             ],
         )

@@ -103,6 +103,8 @@ def align(groups: Sequence[RankGroup], samples_per_rank: int, min_collectives: i
     usable_count = np.add.reduceat(usable.astype(np.int64), group_start)
     unusable_count = ranks_per_group - usable_count
     median_pos = group_start + unusable_count + np.maximum(usable_count - 1, 0) // 2
+    # A group without a usable rank: any of its rows (none of them is kept).
+    median_pos = np.minimum(median_pos, group_start + ranks_per_group - 1)
     median_last = last[order[median_pos]]
     keep = usable & (last >= median_last[group_of_row] - window)
     kept_count = np.add.reduceat(keep.astype(np.int64), group_start)

@@ -93,7 +93,8 @@ class DetectionConfig:
 
     # --- hysteresis and freshness -----------------------------------------------------------------------
     suspect_windows: int = 3
-    """Fresh evidence windows in a row with a statistical finding before the node is 'suspect'."""
+    """Fresh evidence windows in a row with a statistical finding before the node is 'suspect' (a window judged
+    on partly new collectives counts for their share of half a window: verdicts.py)."""
     faulty_windows: int = 4
     """... and before it is 'faulty' (one noisy window, even two, never makes a verdict)."""
     faulty_min_seconds: float = 15.0

@@ -3,7 +3,8 @@
 Hard findings act at once (a warning sign — confidence below `FAULTY_CONFIDENCE` — makes 'suspect') and are
 held for `hard_hold_seconds` after their signal leaves the agent's window. Statistical findings must persist:
 counted only on fresh evidence windows (the same document seen twice is one window; findings that name
-their collectives count only when at least half of those are new since the last counted window), 'suspect' after
+their collectives count by their collectives new since the last counted one: half a window of them or more is one
+window, fewer are their share of one, whatever the cycle's phase against the job's collectives), 'suspect' after
 `suspect_windows`, 'faulty' after `faulty_windows` spanning `faulty_min_seconds`, with `miss_tolerance`
 windows allowed inside a streak; a streak follows one subject (reason, job, and the finding's
 `evidence["subject"]`, e.g. the same late rank), so noise that picks a different rank each window never adds
@@ -13,6 +14,7 @@ up. A hang is its own persistence (peers waited long already): it acts at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from controller.detect.config import DetectionConfig
 from controller.model import Finding, NodeVerdict, Severity, Verdict
@@ -24,7 +26,7 @@ IMMEDIATE_REASONS = frozenset({"Hang"})
 
 @dataclass
 class _Streak:
-    windows: int
+    windows: Fraction  # exact: shares of windows add up to whole ones
     first_seen: float
     misses: int = 0
     finding: Finding | None = None
@@ -94,17 +96,18 @@ class VerdictKeeper:
                 )
                 streak = memory.streaks.get(key)
                 if streak is None:
-                    memory.streaks[key] = _Streak(windows=1, first_seen=now, finding=f, last_collective=last)
+                    memory.streaks[key] = _Streak(Fraction(1), now, finding=f, last_collective=last)
                     continue
                 streak.misses, streak.finding = 0, f
-                # Documents fetched faster than collectives happen overlap: count a window only when at least
-                # half of its collectives are new since the last counted one.
-                if (
-                    last is None
-                    or streak.last_collective is None
-                    or last - streak.last_collective >= (last - first + 1) / 2
-                ):
+                # Windows judged in successive cycles overlap: a window counts by its new collectives, half a
+                # window of them (or more: one judgement never counts twice) for one window, fewer for their
+                # share. The same collectives are never counted twice; no new collective is left uncounted.
+                if last is None or streak.last_collective is None:
                     streak.windows += 1
+                    streak.last_collective = last
+                elif last > streak.last_collective:
+                    half = Fraction(last - first + 1, 2)
+                    streak.windows += min(Fraction(1), (last - streak.last_collective) / half)
                     streak.last_collective = last
             for key in set(memory.streaks) - set(present):
                 streak = memory.streaks[key]
@@ -140,7 +143,7 @@ class VerdictKeeper:
         config = self.config
         if finding.reason in IMMEDIATE_REASONS:
             return Verdict.FAULTY, finding.confidence, finding
-        persisted = min(1.0, streak.windows / config.faulty_windows)
+        persisted = min(1.0, float(streak.windows) / config.faulty_windows)
         if streak.windows >= config.faulty_windows and now - streak.first_seen >= config.faulty_min_seconds:
             return Verdict.FAULTY, finding.confidence * persisted, finding
         if streak.windows >= config.suspect_windows:

@@ -9,7 +9,12 @@ import pytest
 
 from controller.detect import DetectionConfig, DetectionEngine
 from controller.detect.ranks import group_ranks
-from controller.detect.straggler import find_stragglers, leave_one_out_median, median_along
+from controller.detect.straggler import (
+    find_stragglers,
+    find_stragglers_many,
+    leave_one_out_median,
+    median_along,
+)
 from controller.model import Verdict
 from tests.detect.helpers import documents, lockstep_ranks
 
@@ -123,3 +128,14 @@ def test_sorted_median_gives_numpys_median_with_nans_and_infinities(
         expected = np.median(values, axis=axis, keepdims=keepdims)
     got = median_along(values, axis=axis, keepdims=keepdims)
     assert got.shape == expected.shape and np.array_equal(got, expected, equal_nan=True)
+
+
+def test_groups_whose_ranks_all_sent_too_few_samples_are_left_out_and_the_others_still_compared() -> None:
+    # The first group's ranks each sent fewer samples than `min_collectives` (the last group of the cycle once
+    # put its median position one past the end of the rank arrays: the whole cycle failed).
+    few = group_ranks(documents(lockstep_ranks(4, 1, 60.0, job="a", samples=3), 60.0, 4))  # type: ignore[arg-type]
+    late = group_ranks(documents(lockstep_ranks(4, 1, 60.0, job="b", late_node=2), 60.0, 4))  # type: ignore[arg-type]
+    groups = [g for jobs in (late, few) for job in jobs.values() for g in job.values()]
+    reports = find_stragglers_many([(g, 1.0) for g in groups], CONFIG)
+    assert [[f.node for f in r.findings] for r in reports] == [["n2"], []]
+    assert find_stragglers(groups[1], 1.0, CONFIG).findings == []

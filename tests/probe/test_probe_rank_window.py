@@ -69,3 +69,12 @@ def test_zero_evidence_samples_sends_no_samples_not_all_of_them() -> None:
     evidence = window.evidence(now=1001.0, window_seconds=60, max_samples=0, dropped_records=0)
     assert evidence.samples == []
     assert len(window.evidence(now=1001.0, window_seconds=60, max_samples=3, dropped_records=0).samples) == 3
+
+
+def test_a_window_holding_fewer_collectives_than_evidence_samples_sends_all_of_them() -> None:
+    # 40 steps x 3 buckets = 120 collectives in the window, 128 asked for: all 120, the newest last (a negative
+    # slice start once sent only the last 128 - 120 = 8, and fewer than the controller's minimum near 128).
+    window = ddp_like_window(steps=40, period=0.25)
+    for asked in (128, 200, 239):
+        samples = window.evidence(now=1010.0, window_seconds=60, max_samples=asked, dropped_records=0).samples
+        assert [s.seq for s in samples] == list(range(120))
