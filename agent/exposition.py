@@ -2,8 +2,9 @@
 
 prometheus_client escapes every metric and label name character by character on every sample, which costs more
 than reading all the sysfs files of a scrape. Here a name is checked once (cached) and then written as is; only
-label values and HELP texts are escaped. Anything unusual (histograms with _created, timestamps, exemplars, a name that needs
-escaping, a non-default escaping scheme) goes through prometheus_client itself. Tests compare both outputs.
+label values and HELP texts are escaped; the agent's own families (`agent.families`) are written from their rows.
+Anything unusual (library histograms, timestamps, exemplars, a name that needs escaping, a non-default escaping
+scheme) goes through prometheus_client itself. Tests compare both outputs.
 """
 
 from __future__ import annotations
@@ -18,16 +19,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.utils import floatToGoString
 
-from agent.families import Family, HistogramFamily
+from agent.families import Layout, RowFamily
 
 _LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _PLAIN_ESCAPINGS = (openmetrics.UNDERSCORES, openmetrics.ALLOWUTF8)  # identical output for legacy names
-_FAST_TYPES = frozenset({"counter", "gauge", "unknown", "histogram"})
-_SAMPLE_SUFFIXES = {
-    "counter": ("_total",),
-    "histogram": ("_bucket", "_count", "_sum"),
-}  # others: the name alone
+_FAST_TYPES = frozenset({"counter", "gauge", "unknown"})
 
 Encoder = Callable[["MetricSource"], bytes]
 
@@ -89,17 +86,17 @@ def encode_openmetrics(source: MetricSource) -> bytes:
 def _plain_lines(metric: Metric) -> list[str] | None:
     """The family's sample lines written directly, or None where that would not be exactly prometheus_client's
     output (leave it to the library)."""
-    if metric.type not in _FAST_TYPES or not _legacy_name(metric.name):
+    if not _legacy_name(metric.name):
         return None
-    if isinstance(metric, Family):
-        return _family_lines(metric)
-    if isinstance(metric, HistogramFamily):
-        return _histogram_lines(metric)
-    expected = _sample_names(metric.name, metric.type)
+    if isinstance(metric, RowFamily):
+        return _row_lines(metric)
+    if metric.type not in _FAST_TYPES:
+        return None
+    expected = metric.name + "_total" if metric.type == "counter" else metric.name
     lines = []
     for sample in metric.samples:
         if (
-            sample.name not in expected  # e.g. a counter's _created sample: the library places those
+            sample.name != expected  # e.g. a counter's _created sample: the library places those
             or sample.timestamp is not None
             or sample.exemplar is not None
             or sample.native_histogram is not None
@@ -112,73 +109,36 @@ def _plain_lines(metric: Metric) -> list[str] | None:
     return lines
 
 
-def _family_lines(family: Family) -> list[str] | None:
-    """A Family's rows as sample lines; the prefixes come from a cache per family name and label names."""
-    prefixes = _family_prefixes(family.sample_name, family.label_names)
-    if prefixes is None:
-        return None
-    lines = []
-    for labels, value in family.rows:
-        prefix = prefixes.get(labels)
-        if prefix is None:
-            if len(prefixes) >= MAX_PREFIXES_PER_FAMILY:  # series of ended jobs: start over rather than grow
-                prefixes.clear()
-            prefix = prefixes[labels] = _prefix.__wrapped__(
-                family.sample_name, tuple(zip(family.label_names, labels, strict=True))
-            )
-        lines.append(f"{prefix}{floatToGoString(value)}\n")
-    return lines
-
-
-def _histogram_lines(family: HistogramFamily) -> list[str] | None:
-    """A HistogramFamily's rows as sample lines: each series' buckets, then _count and _sum."""
-    if float(family.le[0]) < 0:
-        return None  # the library leaves out _count and _sum then: let it write the family
-    table = _histogram_table(family.name, family.label_names, family.le)
+def _row_lines(family: RowFamily) -> list[str] | None:
+    """A RowFamily's rows as sample lines; each series' prefixes come from a cache per family."""
+    table = _series_table(family.label_names, family.layout)
     if table is None:
         return None
     lines: list[str] = []
-    for labels, counts, sum_value in family.rows:
-        series = table.get(labels)
-        if series is None:
-            if len(table) >= MAX_PREFIXES_PER_FAMILY:
+    single = len(family.layout) == 1  # gauges and counters: a line per series without a generator
+    for labels, values in family.rows:
+        prefixes = table.get(labels)
+        if prefixes is None:
+            if len(table) >= MAX_SERIES_PER_FAMILY:  # series of ended jobs: start over rather than grow
                 table.clear()
-            series = table[labels] = _histogram_prefixes(family, labels)
-        *buckets, count, total = series
-        lines.extend(
-            f"{prefix}{floatToGoString(value)}\n" for prefix, value in zip(buckets, counts, strict=True)
-        )
-        lines.append(f"{count}{floatToGoString(counts[-1])}\n")
-        lines.append(f"{total}{floatToGoString(sum_value)}\n")
+            named = tuple(zip(family.label_names, labels, strict=True))
+            prefixes = table[labels] = tuple(_prefix.__wrapped__(name, (*named, *extra)) for name, extra in family.layout)
+        if single:
+            lines.append(f"{prefixes[0]}{floatToGoString(values[0])}\n")
+        else:
+            lines.extend(f"{prefix}{floatToGoString(value)}\n" for prefix, value in zip(prefixes, values, strict=True))
     return lines
 
 
-def _histogram_prefixes(family: HistogramFamily, labels: tuple[str, ...]) -> tuple[str, ...]:
-    """The prefixes of one histogram series: each bucket's, then _count's and _sum's."""
-    named = tuple(zip(family.label_names, labels, strict=True))
-    prefix = _prefix.__wrapped__
-    buckets = [prefix(family.name + "_bucket", (*named, ("le", le))) for le in family.le]
-    return (*buckets, prefix(family.name + "_count", named), prefix(family.name + "_sum", named))
-
-
-@functools.lru_cache(maxsize=1024)
-def _histogram_table(
-    name: str, label_names: tuple[str, ...], le: tuple[str, ...]
-) -> dict[tuple[str, ...], tuple[str, ...]] | None:
-    """label values -> the series' prefixes (filled by `_histogram_lines`); None if a label name needs escaping."""
-    if not all(_legacy_label(label) for label in (*label_names, "le")):
-        return None
-    return {}
-
-
-MAX_PREFIXES_PER_FAMILY = 16384
+MAX_SERIES_PER_FAMILY = 16384
 
 
 @functools.lru_cache(maxsize=4096)
-def _family_prefixes(sample_name: str, label_names: tuple[str, ...]) -> dict[tuple[str, ...], str] | None:
-    """label values -> `name{labels} ` for one family (filled by `_family_lines`); None if a label name needs
-    escaping (the library writes those)."""
-    if not all(_legacy_label(name) for name in label_names):
+def _series_table(label_names: tuple[str, ...], layout: Layout) -> dict[tuple[str, ...], tuple[str, ...]] | None:
+    """label values -> the `name{labels} ` prefixes of a series' samples, for one family (filled by `_row_lines`);
+    None if a label name needs escaping (the library writes those)."""
+    extra = [label for _, labels in layout for label, _ in labels]
+    if not all(_legacy_label(label) for label in (*label_names, *extra)):
         return None
     return {}
 
@@ -192,12 +152,6 @@ def _prefix(name: str, labels: tuple[tuple[str, str], ...]) -> str:
     if labels:
         return name + "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels)) + "} "
     return name + " "
-
-
-@functools.lru_cache(maxsize=4096)
-def _sample_names(name: str, kind: str) -> frozenset[str]:
-    """The sample names a family of this type writes without the library's help (no _created, no _gsum)."""
-    return frozenset(name + suffix for suffix in _SAMPLE_SUFFIXES.get(kind, ("",)))
 
 
 @functools.lru_cache(maxsize=4096)
