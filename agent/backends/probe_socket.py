@@ -23,7 +23,7 @@ _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 @dataclass(frozen=True)
 class Datagram:
-    data: bytes
+    data: bytes | memoryview  # from ProbeSocket.receive: a view of its buffer, valid until the next receive
     pid: int | None  # None: the kernel attached no credentials
     uid: int | None
     truncated: bool
@@ -54,8 +54,8 @@ class ProbeSocket:
         self.sock.setblocking(False)
         self._readable = select.poll()
         self._readable.register(self.sock, select.POLLIN)
-        # One buffer for every datagram, each copied out at its size: recvmsg would allocate max_datagram_bytes per
-        # datagram and shrink it, leaving holes that the queued datagrams keep the heap from reusing (~1.5 MB).
+        # One buffer for every datagram, lent to the caller until the next receive (the collector copies the records
+        # into its sender's queue): recvmsg would allocate max_datagram_bytes per datagram and shrink it.
         self._buffer = bytearray(max_datagram_bytes)
         self._ancillary_bytes = socket.CMSG_SPACE(_CREDENTIALS.size)
 
@@ -64,7 +64,8 @@ class ProbeSocket:
         return bool(self._readable.poll(timeout_seconds * 1000))
 
     def receive(self) -> Datagram | None:
-        """The next queued datagram, or None if none is queued (never blocks)."""
+        """The next queued datagram, or None if none is queued (never blocks). Its data is a view of this socket's
+        buffer: use it before the next call."""
         try:
             size, ancillary, flags, _ = self.sock.recvmsg_into([self._buffer], self._ancillary_bytes)
         except BlockingIOError:
@@ -73,7 +74,7 @@ class ProbeSocket:
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= _CREDENTIALS.size:
                 pid, uid, _gid = _CREDENTIALS.unpack_from(payload)
-        return Datagram(bytes(memoryview(self._buffer)[:size]), pid, uid, bool(flags & socket.MSG_TRUNC))
+        return Datagram(memoryview(self._buffer)[:size], pid, uid, bool(flags & socket.MSG_TRUNC))
 
     def close(self) -> None:
         self.sock.close()

@@ -63,11 +63,12 @@ class Sender:
 
 _HEARTBEAT = int(wire.Kind.HEARTBEAT)
 # How long received datagrams may wait to be applied in one batch (s). Reads (scrapes, evidence pulls) apply them
-# first, so this only bounds their age between reads; each batch costs ~0.1 ms per sender whatever its size.
+# first, so this only bounds their age between reads; each batch costs ~0.1-0.3 ms per sender whatever its size.
 INGEST_SECONDS = 2.0
 INGEST_BYTES = 1 << 20  # queued datagram bytes that are applied at once, whatever their age
-# The receiver sleeps this long (s) after a drain, so 8 ranks flushing 5 times a second wake it ~10 times, not 40;
-# the probe's sender keeps what meets a full queue (Linux's default net.unix.max_dgram_qlen is 10) for its next flush.
+# The receiver sleeps this long (s) after a drain, so many ranks' datagrams (8 ranks flushing twice a second send ~30)
+# wake it at most ~10 times a second; the probe's sender keeps what meets a full queue (Linux's default
+# net.unix.max_dgram_qlen is 10) for its next flush.
 GATHER_SECONDS = 0.1
 BUSY_DRAIN_DATAGRAMS = 4  # a drain that found this many datagrams does not sleep: the queue is filling fast
 MAX_DATAGRAMS_PER_DRAIN = 1024  # then ingest and expiry get their turn even under a flood
