@@ -1,14 +1,15 @@
 """NIC byte counters from sysfs (`<root>/<iface>/statistics/{rx,tx}_bytes`), cheap enough to read at 10+ Hz.
 
-Files stay open and are re-read with pread at offset 0, which makes sysfs produce a fresh value (~1 us per read
-instead of ~10 us for open+read+close).
+Files stay open and are re-read with pread at offset 0 (`agent.backends.sysfs.OpenFiles`), which makes sysfs produce
+a fresh value (~1 us per read instead of ~10 us for open+read+close).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
+
+from agent.backends.sysfs import OpenFiles
 
 
 def interfaces(root: str, include: list[str], exclude: list[str]) -> list[str]:
@@ -29,23 +30,22 @@ def interfaces(root: str, include: list[str], exclude: list[str]) -> list[str]:
 
 
 class ByteCounters:
-    """Open rx_bytes/tx_bytes files of one interface."""
+    """The rx_bytes/tx_bytes files of one interface, held open (`agent.backends.sysfs.OpenFiles`)."""
 
     def __init__(self, root: str, name: str) -> None:
         base = os.path.join(root, name, "statistics")
         self.name = name
-        self._rx = os.open(os.path.join(base, "rx_bytes"), os.O_RDONLY)
+        self._rx, self._tx = os.path.join(base, "rx_bytes"), os.path.join(base, "tx_bytes")
+        self._files = OpenFiles()
         try:
-            self._tx = os.open(os.path.join(base, "tx_bytes"), os.O_RDONLY)
-        except OSError:
-            os.close(self._rx)
+            self.read()  # opens both now: an interface without counters raises here, not at the first tick
+        except (OSError, ValueError):
+            self._files.close()
             raise
 
     def read(self) -> int:
         """rx + tx bytes since the interface came up; raises OSError when the interface is gone."""
-        return int(os.pread(self._rx, 32, 0)) + int(os.pread(self._tx, 32, 0))
+        return int(self._files.read(self._rx)) + int(self._files.read(self._tx))
 
     def close(self) -> None:
-        for fd in (self._rx, self._tx):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._files.close()

@@ -283,16 +283,15 @@ class _Reader:
         self._problems.append(ReadProblem(source=os.path.relpath(path, self._root), reason=reason))
 
 
-class _DeviceFiles:
-    """The open counter files of one device directory (identified by its inode), and its listed directories."""
+class OpenFiles:
+    """sysfs files held open and re-read with pread at offset 0 (a fresh value each time, without open and close);
+    a failed read closes the file, so the next read opens it again."""
 
-    def __init__(self, inode: int) -> None:
-        self.inode = inode
+    def __init__(self) -> None:
         self._fds: dict[str, int] = {}
-        self._listings: dict[str, tuple[float, list[str]]] = {}
 
     def read(self, path: str) -> bytes:
-        """The file's content now; a failed read closes it, so the next read opens it again."""
+        """The file's content now (up to 64 bytes: one value)."""
         fd = self._fds.get(path)
         if fd is None:
             fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -303,6 +302,21 @@ class _DeviceFiles:
             os.close(fd)
             raise
 
+    def close(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
+class _DeviceFiles(OpenFiles):
+    """The open counter files of one device directory (identified by its inode), and its listed directories."""
+
+    def __init__(self, inode: int) -> None:
+        super().__init__()
+        self.inode = inode
+        self._listings: dict[str, tuple[float, list[str]]] = {}
+
     def listing(self, directory: str) -> list[str]:
         """`_list(directory)`, listed again after LISTING_SECONDS."""
         now = time.monotonic()
@@ -310,12 +324,6 @@ class _DeviceFiles:
         if listed is None or now - listed[0] > LISTING_SECONDS:
             listed = self._listings[directory] = (now, _list(directory))
         return listed[1]
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
 
 
 _NO_FILES = _DeviceFiles(0)
