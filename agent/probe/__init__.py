@@ -15,6 +15,7 @@ import threading
 import types
 from collections.abc import Callable, Mapping
 
+from agent.probe.bootstrap import OFF, ON
 from agent.probe.dispatch import install_allreduce_kernel
 from agent.probe.identity import identify
 from agent.probe.nccl_timing import NcclTiming
@@ -40,9 +41,9 @@ DEFAULT_SOCKET_DIR = "/run/lockstep"
 def switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
     """Environment variable `name` as on (1, true, yes, on) or off (0, false, no, off); `default` otherwise."""
     value = environ.get(name, "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
+    if value in ON:
         return True
-    return False if value in ("0", "false", "no", "off") else default
+    return False if value in OFF else default
 
 
 def nccl_timing_wanted(environ: Mapping[str, str]) -> bool:

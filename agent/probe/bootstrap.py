@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
-ON = ("1", "true", "yes", "on")
+ON = ("1", "true", "yes", "on")  # how an environment switch says on (agent.probe.switch) ...
+OFF = ("0", "false", "no", "off")  # ... and off
 
 
 def activate() -> None:
