@@ -33,8 +33,9 @@ class Sender:
     for longer than `pending_report_seconds` (the hang signal), and a heartbeat every `heartbeat_seconds`.
 
     Each flush wakes the thread and takes the GIL from the training thread (0.2-0.3 ms of this thread's CPU per
-    flush on the 2-core development VM, mostly the wakeup, not the records), so it flushes as often as the agent
-    applies received records in a batch (every 0.5 s, agent/collectors/collective.py INGEST_SECONDS), not more."""
+    flush on the 2-core development VM, mostly the wakeup, not the records), so it flushes every 0.5 s: records
+    reach the agent within half a second, which applies them in batches anyway (at its reads, or after
+    agent/collectors/collective.py INGEST_SECONDS)."""
 
     def __init__(
         self,
