@@ -2,7 +2,8 @@
 
 For each group, the window is the last `samples_per_rank` sequence numbers that its ranks have all completed
 (the lowest last sequence number among its ranks, leaving out ranks far behind the median — those are hang
-suspects), restricted to collectives every kept rank has a sample for. Groups with the same number of kept
+suspects), restricted to collectives every kept rank has a sample for and, in a job issuing few collectives a
+second, to those issued within `within_seconds` of the newest (at least `min_collectives` of them). Groups with the same number of kept
 ranks are stacked into one 3-D array so that the straggler statistics run as a few numpy calls per cycle, not
 per job: at 10,000 nodes that is the difference between seconds and a fraction of one.
 """
@@ -29,6 +30,8 @@ class Stack:
     wait: np.ndarray  # (G, R, C) s, nan where unknown
     first_seq: np.ndarray  # (G,) lowest sequence number of the window
     last_seq: np.ndarray  # (G,) highest
+    seq: np.ndarray  # (G, C) sequence number of each compared collective
+    clock: np.ndarray  # (G, C) its arrival at the group's first kept rank (Unix s, that agent's clock)
     ranks: np.ndarray  # (G, R) rank numbers
     node_codes: np.ndarray  # (G, R) index into `node_names`
     compute_gaps: np.ndarray  # (G, R) agents' compute gap p50 (s), nan where unknown
@@ -84,8 +87,11 @@ def _concatenate(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype)
 
 
-def align(groups: Sequence[RankGroup], samples_per_rank: int, min_collectives: int) -> list[Stack]:
-    """Stacks of aligned groups; groups with fewer than two comparable ranks or too few collectives are left out."""
+def align(
+    groups: Sequence[RankGroup], samples_per_rank: int, min_collectives: int, within_seconds: float
+) -> list[Stack]:
+    """Stacks of aligned groups; groups with fewer than two comparable ranks or too few collectives are left
+    out. `within_seconds`: compare only collectives issued this long before each group's newest one (s)."""
     if not groups:
         return []
     window = samples_per_rank
@@ -130,7 +136,19 @@ def align(groups: Sequence[RankGroup], samples_per_rank: int, min_collectives: i
     complete = np.logical_and.reduceat(present, group_start, axis=0)  # (groups, window)
 
     kept_rows = np.flatnonzero(keep)
+    if not len(kept_rows):
+        return []
     kept_start = np.concatenate(([0], np.cumsum(kept_count)[:-1]))
+    # Each group's clock of its collectives: the arrivals of its first kept rank (finite where complete).
+    times = arrival_matrix[kept_rows[np.minimum(kept_start, len(kept_rows) - 1)]]  # (groups, window)
+    newest = np.max(np.where(complete, times, -np.inf), axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        recent = times >= newest - within_seconds
+    from_newest = np.cumsum(complete[:, ::-1], axis=1)[:, ::-1]  # complete columns at or after each one
+    old = complete & ~(recent | (from_newest <= min_collectives))
+    complete &= ~old
+    # The window's first sequence number: `lo`, or the first one left after dropping the old collectives.
+    lo = np.where(old.any(axis=1), lo + np.argmax(complete, axis=1), lo)
     by_shape: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
     for g in np.flatnonzero(kept_count >= 2):
         columns = np.flatnonzero(complete[g])
@@ -149,6 +167,8 @@ def align(groups: Sequence[RankGroup], samples_per_rank: int, min_collectives: i
                 wait=np.take_along_axis(wait_matrix[rows], columns, axis=2),
                 first_seq=lo[index],
                 last_seq=hi[index],
+                seq=hi[index][:, None] - window + 1 + columns[:, 0, :],
+                clock=np.take_along_axis(times[index], columns[:, 0, :], axis=1),
                 ranks=flat.ranks[rows],
                 node_codes=flat.node_codes[rows],
                 compute_gaps=flat.compute_gaps[rows],

@@ -28,6 +28,10 @@ class DetectionConfig:
     per-node test keeps node-wide stragglers visible; a single slow GPU needs more windows)."""
     scale_ranks: int = 20_000
     """Ranks compared in one cycle above which `samples_per_rank_at_scale` applies."""
+    samples_within_seconds: float = 16.0
+    """... and only those of them issued in the last 16 s (at least `min_collectives`): a straggler turns the
+    window's median late once it fills ~60% of the window, so older collectives only delay the finding. 32
+    collectives are 8 s of a job issuing 4 a second, but 64 s of a 2 s step with one gradient bucket."""
     min_collectives: int = 6
     """Collectives seen by every compared rank before any comparison: fewer is one noisy moment, not a trend."""
     straggler_lateness_step_ratio: float = 0.04
@@ -37,6 +41,11 @@ class DetectionConfig:
     """Lateness below 2 ms is clock and scheduler noise (NTP-synced clocks agree within ~1 ms)."""
     straggler_noise_multiple: float = 4.0
     """Lateness must also exceed this many robust spreads (1.4826·MAD) of the on-time ranks' lateness."""
+    straggler_persistent_noise_multiple: float = 8.0
+    """Before 'faulty', the late collectives of a streak together put the median lateness this many standard
+    errors (1.25 jitter / sqrt(collectives)) above the per-collective jitter: twice the one-window test. A 20%
+    straggler is late by ~20 jitters, so a handful of collectives settle it; lateness near the noise needs
+    many. (The count is `collectives_needed` of the finding; verdicts.py asks for at least `min_collectives`.)"""
     straggler_consistency_ratio: float = 0.6
     """Share of the window's collectives on which the culprit is late: a straggler is late again and again."""
     straggler_wait_share: float = 0.5
@@ -93,12 +102,18 @@ class DetectionConfig:
 
     # --- hysteresis and freshness -----------------------------------------------------------------------
     suspect_windows: int = 3
-    """Fresh evidence windows in a row with a statistical finding before the node is 'suspect' (a window judged
-    on partly new collectives counts for their share of half a window: verdicts.py)."""
+    """Fresh evidence windows in a row with a statistical finding that names no collectives (slow link, the
+    clock-free summary form) before the node is 'suspect'."""
     faulty_windows: int = 4
     """... and before it is 'faulty' (one noisy window, even two, never makes a verdict)."""
     faulty_min_seconds: float = 15.0
-    """... spanning at least this long, so fast cycles (1 s) do not shorten the persistence in time."""
+    """... spanning at least this long, so fast cycles (1 s) do not shorten the persistence in time. For a
+    finding that names its collectives: the job's time its late collectives span after the first window that
+    showed it (verdicts.py), so a straggler is found as fast in a job issuing one collective a second as in
+    one issuing fifty, and a one-rank transient (a checkpoint write, a GC pause, a slow batch) must last the
+    window's 60% plus 15 s to make 'faulty'."""
+    suspect_min_seconds: float = 8.0
+    """... and before 'suspect': longer than a garbage-collection pause, a slow data batch or a log flush."""
     miss_tolerance: int = 1
     """Windows without the finding tolerated inside a streak (a straggler hidden by one noisy window)."""
     stale_after_seconds: float = 45.0

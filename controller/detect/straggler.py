@@ -100,7 +100,9 @@ def _late_beyond_noise(
     the threshold."""
     median = median_along(deviation, axis=-1)
     standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(deviation.shape[-1])
-    consistency = (deviation > threshold[..., None] / 2).mean(axis=-1)
+    over = deviation > threshold[..., None] / 2
+    half = over.shape[-1] // 2  # late in both halves of the window: a transient fills one part of it
+    consistency = np.minimum(over[..., :half].mean(axis=-1), over[..., half:].mean(axis=-1))
     late = (
         (median >= threshold)
         & (median > config.straggler_noise_multiple * standard_error)
@@ -116,6 +118,7 @@ class _Judgement:
     late: np.ndarray
     method: np.ndarray
     consistency: np.ndarray
+    needed: np.ndarray  # (G, R) late collectives that settle the finding beyond the jitter (count)
 
     def strength(self, g: int, i: int) -> float:
         return float(self.lateness[g, i] if self.method[g, i] == "arrival" else self.deficit[g, i])
@@ -127,6 +130,7 @@ class _Judgement:
             "lateness_seconds": round(float(self.lateness[g, i]), 6),
             "wait_deficit_seconds": None if np.isnan(deficit) else round(deficit, 6),
             "consistency": round(float(self.consistency[g, i]), 3),
+            "collectives_needed": int(self.needed[g, i]),
         }
 
 
@@ -149,7 +153,13 @@ def _judge(
         late &= ~waits_known | (deficit_median >= config.straggler_wait_share * late_median)
     clock_free = waits_known & waits_less & ~late & gaps_ok
     method = np.where(late, "arrival", np.where(clock_free, "clock-free", ""))
-    return _Judgement(late_median, deficit_median, late | clock_free, method, consistency)
+    strength, jitter = np.where(late, late_median, deficit_median), np.where(late, *jitters)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        needed = np.ceil(
+            np.square(config.straggler_persistent_noise_multiple * MEDIAN_STANDARD_ERROR * jitter / strength)
+        )
+    needed = np.where(late | clock_free, np.nan_to_num(needed, nan=0.0, posinf=0.0), 0.0)
+    return _Judgement(late_median, deficit_median, late | clock_free, method, consistency, needed)
 
 
 def find_stragglers(group: RankGroup, step_period: float | None, config: DetectionConfig) -> StragglerReport:
@@ -174,7 +184,9 @@ def find_stragglers_many(
     comparable = [i for i, (group, _) in enumerate(groups) if steps[i] > 0 and len(group.entries) >= 2]
     ranks = sum(len(groups[i][0].entries) for i in comparable)
     window = config.samples_per_rank if ranks <= config.scale_ranks else config.samples_per_rank_at_scale
-    stacks = align([groups[i][0] for i in comparable], window, config.min_collectives)
+    stacks = align(
+        [groups[i][0] for i in comparable], window, config.min_collectives, config.samples_within_seconds
+    )
     aligned: set[int] = set()
     for stack in stacks:
         members = [comparable[g] for g in stack.groups]
@@ -215,6 +227,7 @@ def _judge_stack(
         gaps_ok = ~gaps_known | (excess >= config.straggler_lateness_floor_seconds)
     verdict = _judge(lateness, deficit, waits_known, gaps_ok, threshold, jitters, config)
     wait_median = median_along(stack.wait, axis=-1)
+    spacing = seconds_per_collective(stack, steps)
     pooled = _judge_nodes(stack, lateness, deficit, waits_known, threshold, jitters, config)
     rank_lists = stack.ranks.tolist()
     for g, (group, report, rank_ids) in enumerate(zip(groups, reports, rank_lists, strict=True)):
@@ -241,9 +254,18 @@ def _judge_stack(
                 {
                     "collectives": [int(stack.first_seq[g]), int(stack.last_seq[g])],
                     "compared_collectives": int(stack.arrival.shape[-1]),
+                    "seconds_per_collective": round(float(spacing[g]), 6),
                     "peer_wait_seconds": float(np.median(wait_median[g])) if waits_known[g, 0] else None,
                 },
             )
+
+
+def seconds_per_collective(stack: Stack, steps: np.ndarray) -> np.ndarray:
+    """Per group of the stack: the job's time per collective over its window (s). A gap between two collectives
+    counts at most two step periods per collective: a data-parallel job issues one at least every step, so a
+    longer gap is a pause (checkpoint, evaluation) that is no evidence of anything."""
+    gaps = np.minimum(np.diff(stack.clock, axis=1), 2 * steps[:, None] * np.diff(stack.seq, axis=1))
+    return np.maximum(gaps, 0.0).sum(axis=1) / np.maximum(stack.seq[:, -1] - stack.seq[:, 0], 1)
 
 
 def _judge_nodes(
@@ -359,6 +381,9 @@ def _node_findings(
         rank_ids = sorted({r for c in culprits if c.node == node for r in c.ranks})
         pooled = any(c.detail.get("pooled") for c in culprits if c.node == node)
         strength = max(c.strength_seconds for c in culprits if c.node == node)
+        needed = [
+            n for c in culprits if c.node == node and isinstance(n := c.detail.get("collectives_needed"), int)
+        ]
         confidence = min(
             0.99,
             config.confidence_floor
@@ -391,6 +416,7 @@ def _node_findings(
                     "culprits": ranks,
                     "peers": [n for n in nodes if n != node],
                     "threshold_seconds": round(threshold, 6),
+                    **({"collectives_needed": min(needed)} if needed else {}),
                     "step_period_seconds": round(step_period, 6) if step_period else None,
                     **window,
                 },

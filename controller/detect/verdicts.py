@@ -1,20 +1,25 @@
 """Verdict hysteresis: this cycle's findings per node -> healthy / suspect / faulty, with memory across cycles.
 
 Hard findings act at once (a warning sign — confidence below `FAULTY_CONFIDENCE` — makes 'suspect') and are
-held for `hard_hold_seconds` after their signal leaves the agent's window. Statistical findings must persist:
-counted only on fresh evidence windows (the same document seen twice is one window; findings that name
-their collectives count by their collectives new since the last counted one: half a window of them or more is one
-window, fewer are their share of one, whatever the cycle's phase against the job's collectives), 'suspect' after
-`suspect_windows`, 'faulty' after `faulty_windows` spanning `faulty_min_seconds`, with `miss_tolerance`
-windows allowed inside a streak; a streak follows one subject (reason, job, and the finding's
+held for `hard_hold_seconds` after their signal leaves the agent's window. Statistical findings must persist,
+counted only on fresh evidence; a streak follows one subject (reason, job, and the finding's
 `evidence["subject"]`, e.g. the same late rank), so noise that picks a different rank each window never adds
-up. A hang is its own persistence (peers waited long already): it acts at once.
+up, and `miss_tolerance` windows without the finding are allowed inside a streak.
+
+A finding that names its collectives (`evidence["collectives"]` = [first, last] sequence numbers, with
+`seconds_per_collective`) persists in the job's own evidence: after the first window that showed it, each
+later window adds the collectives it covers that no earlier one did, and the job's time they span. The node is
+'suspect' after `suspect_min_seconds` of them, 'faulty' after `faulty_min_seconds` and at least
+`min_collectives` (and the finding's `collectives_needed`: weak lateness needs more) distinct collectives —
+whatever the job's collective rate or the cycle's phase against it; the same collectives judged again add
+nothing. Other findings count whole fresh windows: `suspect_windows`, then `faulty_windows` spanning
+`faulty_min_seconds` of controller time. A hang is its own persistence (peers waited long already): it acts at
+once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 from controller.detect.config import DetectionConfig
 from controller.model import Finding, NodeVerdict, Severity, Verdict
@@ -26,11 +31,15 @@ IMMEDIATE_REASONS = frozenset({"Hang"})
 
 @dataclass
 class _Streak:
-    windows: Fraction  # exact: shares of windows add up to whole ones
-    first_seen: float
-    misses: int = 0
+    first_seen: float  # controller time (s)
+    windows: int = 1  # fresh windows with the finding (naming collectives: windows with new ones)
+    misses: int = 0  # fresh windows without it, forgiven after `faulty_windows` windows with it in a row
+    hits_in_row: int = 1
+    present: bool = True  # in the last fresh window (False also after the node's evidence went missing)
     finding: Finding | None = None
     last_collective: int | None = None  # end of the last counted window of collectives
+    collectives: int = 0  # distinct collectives covered after the first window
+    seconds: float = 0.0  # the job's time they span (s)
 
 
 @dataclass
@@ -63,6 +72,8 @@ class VerdictKeeper:
     def unknown(self, node: str, now: float) -> NodeVerdict:
         """No fresh evidence: unknown (statistical streaks pause; hard memory is kept)."""
         memory = self._nodes.get(node) or self._nodes.setdefault(node, _NodeMemory.fresh(node, now))
+        for streak in memory.streaks.values():
+            streak.present = False  # the time without evidence never counts as persistence
         if memory.verdict is not Verdict.UNKNOWN:
             memory.verdict, memory.since = Verdict.UNKNOWN, now
         return NodeVerdict(node=node, verdict=Verdict.UNKNOWN, since=memory.since)
@@ -90,34 +101,38 @@ class VerdictKeeper:
                 if f.severity is Severity.STATISTICAL
             }
             for key, f in present.items():
-                span = f.evidence.get("collectives")
-                first, last = (
-                    (int(span[0]), int(span[1])) if isinstance(span, list) and len(span) == 2 else (0, None)
-                )
+                span = _collectives(f)
                 streak = memory.streaks.get(key)
                 if streak is None:
-                    memory.streaks[key] = _Streak(Fraction(1), now, finding=f, last_collective=last)
+                    memory.streaks[key] = _Streak(now, finding=f, last_collective=span[1] if span else None)
                     continue
-                streak.misses, streak.finding = 0, f
-                # Windows judged in successive cycles overlap: a window counts by its new collectives, half a
-                # window of them (or more: one judgement never counts twice) for one window, fewer for their
-                # share. The same collectives are never counted twice; no new collective is left uncounted.
-                if last is None or streak.last_collective is None:
+                streak.finding, continued, streak.present = f, streak.present, True
+                streak.hits_in_row += 1
+                if streak.hits_in_row >= config.faulty_windows:
+                    streak.misses = 0
+                if span is None or streak.last_collective is None:
                     streak.windows += 1
-                    streak.last_collective = last
-                elif last > streak.last_collective:
-                    half = Fraction(last - first + 1, 2)
-                    streak.windows += min(Fraction(1), (last - streak.last_collective) / half)
-                    streak.last_collective = last
+                    streak.last_collective = span[1] if span else None
+                elif span[1] > streak.last_collective:
+                    streak.windows += 1
+                    # Windows judged in successive cycles overlap: count what this one covers that no earlier
+                    # one did, up to half of it (one judgement is one test: it never counts as two windows).
+                    # Time counts from the previous window's end if that one showed the finding too, else
+                    # (after a miss, or missing evidence) only what this window covers.
+                    covered = max(streak.last_collective, span[0] - 1)
+                    streak.collectives += min(span[1] - covered, (span[1] - span[0] + 1) // 2)
+                    since = streak.last_collective if continued else covered
+                    streak.seconds += (span[1] - since) * _seconds_per_collective(f)
+                    streak.last_collective = span[1]
             for key in set(memory.streaks) - set(present):
                 streak = memory.streaks[key]
-                streak.misses += 1
+                streak.misses, streak.hits_in_row, streak.present = streak.misses + 1, 0, False
                 if streak.misses > config.miss_tolerance:
                     del memory.streaks[key]
 
         graded = [(_hard_level(f), f.confidence, f) for _, f in memory.held_hard.values()]
         for streak in memory.streaks.values():
-            if streak.finding is not None and not streak.misses:
+            if streak.finding is not None and streak.present:
                 graded.append(self._statistical_grade(streak, streak.finding, now))
         graded = sorted(
             (g for g in graded if g[0] is not Verdict.HEALTHY),
@@ -143,12 +158,55 @@ class VerdictKeeper:
         config = self.config
         if finding.reason in IMMEDIATE_REASONS:
             return Verdict.FAULTY, finding.confidence, finding
-        persisted = min(1.0, float(streak.windows) / config.faulty_windows)
-        if streak.windows >= config.faulty_windows and now - streak.first_seen >= config.faulty_min_seconds:
+        if streak.last_collective is not None:
+            persisted = min(1.0, streak.seconds / config.faulty_min_seconds)
+            faulty = (
+                streak.windows >= config.faulty_windows
+                and streak.seconds >= config.faulty_min_seconds
+                and streak.collectives >= self._needed(finding, config.faulty_windows)
+            )
+            suspect = (
+                streak.windows >= config.suspect_windows
+                and streak.seconds >= config.suspect_min_seconds
+                and streak.collectives >= self._needed(finding, config.suspect_windows)
+            )
+        else:
+            persisted = min(1.0, streak.windows / config.faulty_windows)
+            faulty = (
+                streak.windows >= config.faulty_windows
+                and now - streak.first_seen >= config.faulty_min_seconds
+            )
+            suspect = streak.windows >= config.suspect_windows
+        if faulty:
             return Verdict.FAULTY, finding.confidence * persisted, finding
-        if streak.windows >= config.suspect_windows:
+        if suspect:
             return Verdict.SUSPECT, finding.confidence * persisted, finding
         return Verdict.HEALTHY, 0.0, finding
+
+    def _needed(self, finding: Finding, windows: int) -> int:
+        """New collectives a streak of `finding` needs: what its strength over the jitter asks for
+        (`collectives_needed`), never more than `windows` windows counting half a window of new collectives
+        each (the first one whole), never fewer than `min_collectives`."""
+        first, last = _collectives(finding) or (0, -1)
+        cap = (windows - 1) * (last - first + 1) // 2
+        return max(self.config.min_collectives, min(_int(finding.evidence.get("collectives_needed")), cap))
+
+
+def _collectives(finding: Finding) -> tuple[int, int] | None:
+    """The [first, last] sequence numbers of the window the finding was judged on, where it names them."""
+    span = finding.evidence.get("collectives")
+    if isinstance(span, list) and len(span) == 2:
+        return int(span[0]), int(span[1])
+    return None
+
+
+def _seconds_per_collective(finding: Finding) -> float:
+    value = finding.evidence.get("seconds_per_collective")
+    return max(0.0, float(value)) if isinstance(value, (int, float)) else 0.0
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, (int, float)) else 0
 
 
 _ORDER = {Verdict.UNKNOWN: -1, Verdict.HEALTHY: 0, Verdict.SUSPECT: 1, Verdict.FAULTY: 2}
