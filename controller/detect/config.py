@@ -42,12 +42,13 @@ class DetectionConfig:
     straggler_noise_multiple: float = 4.0
     """Lateness must also exceed this many robust spreads (1.4826·MAD) of the on-time ranks' lateness."""
     straggler_persistent_noise_multiple: float = 8.0
-    """Before 'faulty', the late collectives of a streak together put the median lateness this many standard
-    errors (1.25 jitter / sqrt(collectives)) above the per-collective jitter: twice the one-window test. A 20%
-    straggler is late by ~20 jitters, so a handful of collectives settle it; lateness near the noise needs
-    many. (The count is `collectives_needed` of the finding; verdicts.py asks for at least `min_collectives`.)"""
+    """Before a verdict, a streak's new late collectives put the median lateness this many standard errors
+    (1.25 jitter / sqrt(collectives)) above the per-collective jitter: twice the one-window test. A 20%
+    straggler is late by ~20 jitters, so `min_collectives` settle it; lateness near the noise needs more, never
+    more than the `suspect_windows` / `faulty_windows` windows of half-new collectives (verdicts.py)."""
     straggler_consistency_ratio: float = 0.6
-    """Share of the window's collectives on which the culprit is late: a straggler is late again and again."""
+    """Share of the collectives on which the culprit is late, in each half of the window: a straggler is late
+    again and again, a transient (a checkpoint write, a GC pause) fills one part of the window."""
     straggler_wait_share: float = 0.5
     """The culprit waits less than its peers by at least this share of its lateness (it arrives last, so the
     others waited for it). A rank whose clock is ahead looks late but waits as long as everyone: not blamed."""
@@ -102,24 +103,28 @@ class DetectionConfig:
 
     # --- hysteresis and freshness -----------------------------------------------------------------------
     suspect_windows: int = 3
-    """Fresh evidence windows in a row with a statistical finding that names no collectives (slow link, the
-    clock-free summary form) before the node is 'suspect'."""
+    """Fresh evidence windows in a row with a statistical finding before the node is 'suspect' (for a finding
+    that names its collectives: windows with new ones)."""
     faulty_windows: int = 4
     """... and before it is 'faulty' (one noisy window, even two, never makes a verdict)."""
     faulty_min_seconds: float = 15.0
     """... spanning at least this long, so fast cycles (1 s) do not shorten the persistence in time. For a
     finding that names its collectives: the job's time its late collectives span after the first window that
     showed it (verdicts.py), so a straggler is found as fast in a job issuing one collective a second as in
-    one issuing fifty, and a one-rank transient (a checkpoint write, a GC pause, a slow batch) must last the
-    window's 60% plus 15 s to make 'faulty'."""
+    one issuing fifty, and a one-rank transient (a checkpoint write, a GC pause, a slow batch) must fill most
+    of both halves of a window and then last 15 s more to make 'faulty'."""
     suspect_min_seconds: float = 8.0
-    """... and before 'suspect': longer than a garbage-collection pause, a slow data batch or a log flush."""
+    """... and, as `faulty_min_seconds`, before 'suspect': longer than a garbage-collection pause, a slow data
+    batch or a log flush."""
     miss_tolerance: int = 1
-    """Windows without the finding tolerated inside a streak (a straggler hidden by one noisy window)."""
+    """Windows without the finding tolerated inside a streak (a straggler hidden by one noisy window), forgiven
+    after `faulty_windows` windows with it in a row: a transient seen in every other window never adds up."""
     stale_after_seconds: float = 45.0
     """Evidence whose `collected_at` has not advanced for this long (controller time) is missing: unknown."""
     restart_grace_seconds: float = 30.0
-    """After a job restarts or rescales, compare its ranks only after this long: warm-up is uneven."""
+    """After a job starts, restarts or rescales, compare its ranks only after this long: warm-up is uneven. A
+    job first seen by this controller (a new one after a failover) counts from its start as its youngest
+    rank's collectives tell it, so a failover does not blind the detectors for 30 s."""
     idle_after_step_multiple: float = 3.0
     """No rank issued a collective for this many step periods (and at least `hang_min_seconds`): the job is
     idle (checkpoint, evaluation)."""

@@ -18,13 +18,15 @@ from functools import partial
 from itertools import repeat
 from typing import NamedTuple
 
+import numpy as np
+
 from agent.evidence import Evidence
 from controller.detect.config import DetectionConfig
 from controller.detect.fabric import regroup_fabric
 from controller.detect.hang import find_hang
 from controller.detect.hard import hard_findings
 from controller.detect.link import find_slow_links, link_figures
-from controller.detect.ranks import JobKey, RankGroup, estimate_step_period, group_ranks
+from controller.detect.ranks import JobKey, RankEntry, RankGroup, estimate_step_period, group_ranks
 from controller.detect.straggler import StragglerReport, find_stragglers_many
 from controller.detect.verdicts import VerdictKeeper
 from controller.model import Finding, JobState, JobView, NodeVerdict, RankTable, Severity
@@ -217,7 +219,7 @@ class DetectionEngine:
     def _note_ranks(self, key: JobKey, groups: Mapping[str, RankGroup], now: float) -> bool:
         """Update rank memory; True while the job is (re)starting: new processes, sequence reset, new size."""
         memory = self._jobs.get(key)
-        restarted = memory is None
+        restarted = False
         for name, group in groups.items():  # whole columns of the ranks' fields: no per-rank statement
             f = group.fields
             known_ranks = self._ranks.setdefault((key, name), {})
@@ -227,7 +229,10 @@ class DetectionEngine:
             memories = map(_new_memory, zip(f.pids, f.world_sizes, f.last_seqs, f.nodes, repeat(now)))
             known_ranks.update(zip(f.numbers, memories, strict=True))
         if memory is None:
-            memory = self._jobs[key] = _JobMemory(restarted_at=now)
+            # First sight (a new job, or a new controller after a failover): the grace runs from the job's
+            # start as its youngest rank's collectives tell it, not from now.
+            age = min((_age_seconds(e) for g in groups.values() for e in g.entries), default=0.0)
+            memory = self._jobs[key] = _JobMemory(restarted_at=now - age)
         if restarted:
             if now - memory.restarted_at >= self.config.restart_grace_seconds:
                 log.info(
@@ -343,6 +348,16 @@ def _restarted(
         and ((pid and rank.pid and pid != rank.pid) or size != rank.world_size or seq < rank.last_seq)
         for rank, pid, size, seq in zip(known, pids, sizes, last_seqs, strict=True)
     )
+
+
+def _age_seconds(entry: RankEntry) -> float:
+    """How long the rank's process has issued collectives at least (s): its samples' time span, and the
+    collectives before its oldest sample at their pace (warm-up is slower: a lower bound); 0 without samples."""
+    seq, arrival = entry.columns.seq, entry.columns.arrival
+    if len(seq) < 2 or not np.isfinite(arrival[[0, -1]]).all() or seq[-1] <= seq[0]:
+        return 0.0
+    pace = (arrival[-1] - arrival[0]) / (seq[-1] - seq[0])  # s per collective
+    return max(0.0, float(entry.collected_at - arrival[0] + max(int(seq[0]), 0) * pace))
 
 
 def _main_group(groups: Mapping[str, RankGroup]) -> RankGroup:

@@ -177,3 +177,14 @@ def test_job_view_ranks_read_as_rank_views_and_serialise_as_a_list_of_them() -> 
         "wait_seconds": views[2].wait_seconds,
         "compute_gap_seconds": views[2].compute_gap_seconds,
     }
+
+
+def test_a_new_controller_compares_a_job_running_for_minutes_at_once_and_a_starting_job_after_its_grace() -> None:
+    # After a failover the new controller sees every job for the first time. A job whose collectives have run for
+    # 5 minutes is past its warm-up: its straggler is compared in the first cycle, not 30 s later.
+    running = DetectionEngine().step(documents(lockstep_ranks(4, 8, 300.0, late_node=2), 300.0, 4), 300.0)
+    assert [j.state for j in running.jobs] == [JobState.SLOW]
+    assert {f.node for f in running.findings if f.reason == "Straggler"} == {"n2"}
+    # A job that started 10 s ago (its first collectives are in its samples) still gets the whole grace.
+    starting = DetectionEngine().step(documents(lockstep_ranks(4, 8, 5.0, late_node=2), 5.0, 4), 5.0)
+    assert [j.state for j in starting.jobs] == [JobState.RESTARTING] and not starting.findings
