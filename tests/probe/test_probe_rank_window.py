@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from agent.collectors.rank_window import RankWindow, repeat_length
-from agent.probe.wire import Kind, Op, Record, decode_records, encode
+from agent.probe.identity import Identity
+from agent.probe.wire import Kind, Op, Record, decode, encode
+
+IDENTITY = Identity(job="j", rank=0, world_size=2, local_rank=0, pod="", namespace="")
 
 
 def rec(seq: int, issued: float, wait: float | None, op: Op = Op.all_reduce, nbytes: int = 1000,
         kind: Kind = Kind.COMPLETE) -> Record:  # fmt: skip
-    return Record(kind=kind, op=op, rank=0, world_size=2, local_rank=0, seq=seq, bytes=nbytes, issued_at=issued,
-                  completed_at=None if wait is None else issued + wait, dropped_total=0, job="j", group="default",
-                  pod="", namespace="")  # fmt: skip
+    return Record(kind=kind, op=op, group="default", seq=seq, bytes=nbytes, issued_at=issued,
+                  completed_at=None if wait is None else issued + wait)  # fmt: skip
 
 
 def add(window: RankWindow, record: Record) -> None:
-    """Feed one record the way the collector does: decoded from its wire bytes."""
-    assert window.add(decode_records(encode(record)).records) == []
+    """Feed one record the way the collector does: decoded from its datagram."""
+    assert window.add(decode(encode(IDENTITY, [record])).records) == []
 
 
 def ddp_like_window(steps: int, period: float, t0: float = 1000.0) -> RankWindow:
