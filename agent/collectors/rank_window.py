@@ -71,19 +71,18 @@ class Completed(NamedTuple):
     wait_seconds: float | None  # completed_at - issued_at
 
 
-def repeat_length(signature: list[tuple[Op, int]], max_length: int = 256) -> int | None:
-    """Smallest K such that the (op, bytes) sequence repeats every K collectives (90% of positions agree):
+def signature(ops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+    """One number per collective, equal where (op, bytes) are equal: what repeat_length compares. (Sizes above
+    2^60 bytes wrap; they cannot occur.)"""
+    return (nbytes.astype(np.uint64) << np.uint64(4)) | ops.astype(np.uint64)  # op < 16
+
+
+def repeat_length(signature: np.ndarray, max_length: int = 256) -> int | None:
+    """Smallest K such that the signature (see `signature`) repeats every K collectives (90% of positions agree):
     the collectives per training step. None when there is no repeating pattern in the data."""
     n = len(signature)
     for k in range(1, min(max_length, n // 2) + 1):
-        allowed = (n - k) // 10
-        mismatches = 0
-        for i in range(n - k):
-            if signature[i] != signature[i + k]:
-                mismatches += 1
-                if mismatches > allowed:
-                    break
-        else:
+        if np.count_nonzero(signature[:-k] != signature[k:]) <= (n - k) // 10:
             return k
     return None
 
@@ -152,12 +151,16 @@ class RankWindow:
         """Count the newest samples into totals and progress: once per scrape, not per datagram."""
         if not self._unfolded:
             return
-        slots = (self._next - self._unfolded + np.arange(self._unfolded)) % self.max_samples
-        samples = self._ring[slots]
+        start = self._next - self._unfolded
+        ring = self._ring
+        samples = ring[start : self._next] if start >= 0 else np.concatenate((ring[start:], ring[: self._next]))
         self._unfolded = 0
         issued_at, completed_at = samples["issued_at"], samples["completed_at"]
         self._progress(self.last_seq, float(issued_at.max()), float(np.maximum(issued_at, completed_at).max()))
         ops, measured, waits = samples["op"], completed_at > 0, completed_at - issued_at
+        if (ops == ops[0]).all():  # the usual batch: one op class
+            self._totals_of(int(ops[0])).add(samples["bytes"], waits[measured])
+            return
         for op in np.unique(ops).tolist():
             same = ops == op
             self._totals_of(op).add(samples["bytes"][same], waits[same & measured])
@@ -280,7 +283,7 @@ class RankWindow:
         seqs = samples["seq"]
         key = (len(samples), int(seqs[0]), int(seqs[-1])) if len(samples) else (0, 0, 0)
         if self._period_cache[0] != key:
-            k = repeat_length(list(zip(samples["op"].tolist(), samples["bytes"].tolist(), strict=True)))
+            k = repeat_length(signature(samples["op"], samples["bytes"]))
             self._period_cache = (key, None if k is None else step_period_seconds(samples["issued_at"], k))
         return self._period_cache[1]
 

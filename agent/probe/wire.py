@@ -203,11 +203,10 @@ def text(raw: bytes) -> str:
     return text
 
 
-_VALID_KIND = np.zeros(256, dtype=bool)  # indexed by a record's u1 kind / op
-_VALID_KIND[[int(k) for k in Kind]] = True
-_VALID_OP = np.zeros(256, dtype=bool)
-_VALID_OP[[int(o) for o in Op]] = True
-_COMPLETE = int(Kind.COMPLETE)
+# Whether a record's kind and op are known, indexed by its first two bytes read as one little-endian u2 (kind + 256 op).
+_VALID_KIND_OP = np.zeros(1 << 16, dtype=bool)
+_VALID_KIND_OP[[int(kind) + 256 * int(op) for kind in Kind for op in Op]] = True
+_KIND_OP_VIEW = np.dtype({"names": ["kind_op"], "formats": ["<u2"], "offsets": [0], "itemsize": RECORD_BYTES})
 
 
 class Decoded(NamedTuple):
@@ -279,16 +278,17 @@ def _group_name(raw: bytes) -> str | None:
 
 
 def _bad_rows(records: np.ndarray, groups: tuple[str | None, ...]) -> np.ndarray | None:
-    """Mask of the records with a field out of range, or None when all are valid (the common case)."""
-    kind, issued_at, completed_at, indexes = records["kind"], records["issued_at"], records["completed_at"], records["group"]
+    """Mask of the records with a field out of range (unknown kind or op, a group index past the table or naming a
+    group that is not UTF-8, NaN or negative times, a completion before its issue), or None when all are valid."""
+    issued_at, completed_at, indexes = records["issued_at"], records["completed_at"], records["group"]
     with np.errstate(invalid="ignore"):
-        bad = (
-            ~_VALID_KIND[kind] | ~_VALID_OP[records["op"]]
-            | ~((issued_at >= 0) & (completed_at >= 0))
-            | ((kind == _COMPLETE) & (completed_at > 0) & (completed_at < issued_at))
-            | (indexes >= len(groups))
+        ok = (
+            _VALID_KIND_OP[records.view(_KIND_OP_VIEW)["kind_op"]]
+            & (np.minimum(issued_at, completed_at) >= 0)  # False for NaN too
+            & ~((completed_at > 0) & (completed_at < issued_at))
+            & (indexes < len(groups))
         )  # fmt: skip
     for index, name in enumerate(groups):
         if name is None:
-            bad |= indexes == index
-    return bad if bad.any() else None
+            ok &= indexes != index
+    return None if ok.all() else ~ok

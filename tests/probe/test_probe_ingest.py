@@ -82,6 +82,19 @@ def test_a_record_whose_group_index_is_past_the_table_is_malformed_and_the_other
     assert collective.accepted == 2 and dropped(collective) == {"malformed": 1}
 
 
+def test_records_with_an_unknown_kind_or_op_or_impossible_times_are_malformed_and_the_others_still_count() -> None:
+    data = bytearray(wire.encode(IDENTITY, completed("a", 6)))
+    data[record_offset(data, 0)] = 9  # kind
+    data[record_offset(data, 1) + 1] = 200  # op
+    struct.pack_into("<d", data, record_offset(data, 2) + 24, float("nan"))  # issued_at
+    struct.pack_into("<d", data, record_offset(data, 3) + 32, NOW - 60)  # completed_at, a minute before its issue
+    collective = state()
+    receive(collective, bytes(data))
+    assert collective.accepted == 2 and dropped(collective) == {"malformed": 4}
+    [window] = collective.windows.values()
+    assert [sample.seq for sample in window.samples] == [4, 5]
+
+
 def test_records_of_a_process_group_whose_name_is_not_utf8_are_malformed_and_the_others_still_count() -> None:
     data = bytearray(wire.encode(IDENTITY, [*completed("a", 2), *completed("b", 3)]))
     second_name = wire.HEADER_BYTES + wire.GROUP_BYTES

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from agent.collectors.rank_window import RankWindow, repeat_length
+import numpy as np
+
+from agent.collectors.rank_window import RankWindow, repeat_length, signature
 from agent.probe.identity import Identity
 from agent.probe.wire import Kind, Op, Record, decode, encode
 
@@ -33,7 +35,8 @@ def ddp_like_window(steps: int, period: float, t0: float = 1000.0) -> RankWindow
 
 def test_step_period_is_the_repeat_of_the_collective_pattern_not_the_gap_between_buckets() -> None:
     window = ddp_like_window(steps=20, period=0.25)
-    assert repeat_length([(s.op, s.bytes) for s in window.samples]) == 3
+    held = window.samples
+    assert repeat_length(signature(np.array([s.op for s in held]), np.array([s.bytes for s in held]))) == 3
     evidence = window.evidence(now=1000.0 + 20 * 0.25, window_seconds=60, max_samples=10, dropped_records=0)
     assert evidence.step_period_seconds is not None and abs(evidence.step_period_seconds - 0.25) < 1e-6
     assert evidence.collectives_in_window == 60 and len(evidence.samples) == 10
