@@ -113,6 +113,8 @@ class RankWindow:
         self.max_pending = max_pending
         self._ring = np.zeros(max_samples, dtype=SAMPLE_DTYPE)
         self._next = 0  # ring index the next sample goes to
+        self._stored = 0  # samples ever written to the ring
+        self._ordered_from = 0  # the ring holds its samples in sequence order once _stored reaches this
         self.count = 0  # samples held, <= max_samples
         self._unfolded = 0  # newest samples not yet counted in totals and progress (folded when read or overwritten)
         self.pending: dict[int, tuple[Op, float]] = {}
@@ -226,6 +228,7 @@ class RankWindow:
             self._restart()
             return self._add_completed(record)
         self._store(seq, record)  # a gap filled late: kept, ordered at evidence time
+        self._ordered_from = self._stored + self.max_samples  # out of sequence order until it is overwritten
         return []
 
     def _restart(self) -> None:
@@ -252,6 +255,7 @@ class RankWindow:
             if end > size:
                 self._ring[: end - size] = chunk[size - start :]
             self._next = end % size
+            self._stored += len(chunk)
             self.count = min(size, self.count + len(chunk))
             self._unfolded += len(chunk)
 
@@ -267,14 +271,21 @@ class RankWindow:
             for seq, op, nbytes, issued, done in rows
         ]
 
-    def _window_slots(self, now: float, window_seconds: float) -> np.ndarray:
-        """Ring slots of the samples issued within the last `window_seconds`, in sequence order."""
+    def _window_slots(self, now: float, window_seconds: float, newest: int | None = None) -> np.ndarray:
+        """Ring slots of the samples issued within the last `window_seconds`, in sequence order; at most the `newest`.
+
+        Records arrive in sequence order (a late one is rare), and then arrival order is sequence order: no sort."""
+        if self._stored >= self._ordered_from:
+            held = self.count if newest is None else min(self.count, newest)
+            slots = (self._next - held + np.arange(held)) % self.max_samples
+            return slots[self._ring["issued_at"][slots] >= now - window_seconds]
         slots = np.flatnonzero(self._ring["issued_at"][: self.count] >= now - window_seconds)
-        return slots[np.argsort(self._ring["seq"][slots], kind="stable")]
+        slots = slots[np.argsort(self._ring["seq"][slots], kind="stable")]
+        return slots if newest is None else slots[-newest:]
 
     def step_period_seconds(self, now: float, window_seconds: float) -> float | None:
         """The rank's step period (s) over the last `window_seconds`; see _period_of."""
-        return self._period_of(self._window_slots(now, window_seconds))
+        return self._period_of(self._window_slots(now, window_seconds, newest=PERIOD_SAMPLES))
 
     def _period_of(self, slots: np.ndarray) -> float | None:
         """Step period (s) of the samples at `slots` (sequence order): the (op, bytes) pattern's repeat, refined by

@@ -83,3 +83,17 @@ def test_a_window_holding_fewer_collectives_than_evidence_samples_sends_all_of_t
     for asked in (128, 200, 239):
         samples = window.evidence(now=1010.0, window_seconds=60, max_samples=asked, dropped_records=0).samples
         assert [s.seq for s in samples] == list(range(120))
+
+
+def test_a_collective_that_arrives_late_takes_its_place_in_sequence_order_while_the_ring_holds_it() -> None:
+    window = RankWindow("j", 0, "default", max_samples=16)
+    for seq in [0, 1, 2, 3, 4, 6, 7, 5]:  # 5 completes after 6 and 7
+        add(window, rec(seq, 1000.0 + seq * 0.1, 0.001))
+    evidence = window.evidence(now=1001.0, window_seconds=60, max_samples=16, dropped_records=0)
+    assert [s.seq for s in evidence.samples] == list(range(8))
+    for seq in range(8, 40):  # the late one is overwritten: arrival order is sequence order again
+        add(window, rec(seq, 1000.0 + seq * 0.1, 0.001))
+    evidence = window.evidence(now=1004.0, window_seconds=60, max_samples=16, dropped_records=0)
+    assert [s.seq for s in evidence.samples] == list(range(24, 40))
+    assert window.step_period_seconds(1004.0, 60) == evidence.step_period_seconds
+    assert evidence.step_period_seconds is not None and abs(evidence.step_period_seconds - 0.1) < 1e-6
