@@ -209,7 +209,7 @@ class CollectiveState:
         sender.dropped_total = max(sender.dropped_total, claimed.dropped_total)
         skew = self.settings.max_clock_skew_seconds
         for group, parts in claimed.groups.items():
-            records = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            records = wire.join(parts)
             issued_at = records["issued_at"]
             if issued_at.min() < now - skew or issued_at.max() > now + skew:
                 skewed = np.abs(issued_at - now) > skew

@@ -206,6 +206,7 @@ def text(raw: bytes) -> str:
 # Whether a record's kind and op are known, indexed by its first two bytes read as one little-endian u2 (kind + 256 op).
 _VALID_KIND_OP = np.zeros(1 << 16, dtype=bool)
 _VALID_KIND_OP[[int(kind) + 256 * int(op) for kind in Kind for op in Op]] = True
+_RAW_RECORD = np.dtype(f"V{RECORD_BYTES}")
 _KIND_OP_VIEW = np.dtype({"names": ["kind_op"], "formats": ["<u2"], "offsets": [0], "itemsize": RECORD_BYTES})
 
 
@@ -270,6 +271,14 @@ def decode(buf: bytes | bytearray | memoryview) -> Decoded:
     return Decoded(identity, dropped_total, groups, records[~bad], int(bad.sum()))
 
 
+def join(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Records of several datagrams as one array (numpy's concatenate of structured arrays compares their fields
+    first, ~25 us; as raw 40-byte items it is a copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([part.view(_RAW_RECORD) for part in parts]).view(RECORD_DTYPE)
+
+
 def _group_name(raw: bytes) -> str | None:
     try:
         return text(raw) or "default"
@@ -281,13 +290,12 @@ def _bad_rows(records: np.ndarray, groups: tuple[str | None, ...]) -> np.ndarray
     """Mask of the records with a field out of range (unknown kind or op, a group index past the table or naming a
     group that is not UTF-8, NaN or negative times, a completion before its issue), or None when all are valid."""
     issued_at, completed_at, indexes = records["issued_at"], records["completed_at"], records["group"]
-    with np.errstate(invalid="ignore"):
-        ok = (
-            _VALID_KIND_OP[records.view(_KIND_OP_VIEW)["kind_op"]]
-            & (np.minimum(issued_at, completed_at) >= 0)  # False for NaN too
-            & ~((completed_at > 0) & (completed_at < issued_at))
-            & (indexes < len(groups))
-        )  # fmt: skip
+    ok = (
+        _VALID_KIND_OP[records.view(_KIND_OP_VIEW)["kind_op"]]
+        & (np.minimum(issued_at, completed_at) >= 0)  # False for NaN too (comparisons with NaN do not warn)
+        & ~((completed_at > 0) & (completed_at < issued_at))
+        & (indexes < len(groups))
+    )  # fmt: skip
     for index, name in enumerate(groups):
         if name is None:
             ok &= indexes != index
