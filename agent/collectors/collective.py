@@ -1,8 +1,9 @@
 """Collective collector: receives probe records from the training processes on this node (Unix socket),
 keeps per-rank windows and serves them as `lockstep_collective_*` metrics and the `ranks` of the evidence.
 
-Data flow: probe (agent/probe) -> probe.sock (agent/backends/probe_socket.py) -> trust check
-(agent/collectors/trust.py) -> RankWindow (agent/collectors/rank_window.py) -> collect() / evidence().
+Data flow: probe (agent/probe) -> probe.sock (agent/backends/probe_socket.py) -> queued datagrams -> header check
+(agent/probe/wire.py decode) and trust check of its identity (agent/collectors/trust.py), once per datagram ->
+RankWindow (agent/collectors/rank_window.py) -> collect() / evidence().
 """
 
 from __future__ import annotations

@@ -96,8 +96,9 @@ def _quantile(values: np.ndarray, q: float) -> float | None:
 class RankWindow:
     """Recent collectives of one (job, rank, process group), bounded by count and by age.
 
-    Completed collectives live in preallocated ring buffers (numpy columns); a probe datagram is applied as one
-    batch, and summaries (period, percentiles, gaps) are computed only when evidence or metrics ask.
+    Completed collectives live in preallocated ring buffers (numpy columns); the records one sender sent for the
+    group since the last ingest are applied as one batch, and summaries (period, percentiles, gaps) are computed
+    only when evidence or metrics ask.
     """
 
     def __init__(self, job: str, rank: int, group: str, max_samples: int, max_pending: int = 64) -> None:
@@ -150,7 +151,7 @@ class RankWindow:
         return self._last_progress_at
 
     def _fold(self) -> None:
-        """Count the newest samples into totals and progress: once per scrape, not per datagram."""
+        """Count the newest samples into totals and progress: once per read, not per batch."""
         if not self._unfolded:
             return
         start = self._next - self._unfolded
