@@ -67,6 +67,7 @@ class Sender:
 # first, so this only bounds their age between reads; each batch costs ~0.1 ms per sender whatever its size.
 INGEST_SECONDS = 2.0
 INGEST_BYTES = 1 << 20  # queued datagram bytes that are applied at once, whatever their age
+QUEUED_DATAGRAM_BYTES = 128  # what a queued datagram costs beyond its data: a flood of tiny ones is applied early too
 # The receiver sleeps this long (s) after a drain, so many ranks' datagrams (8 ranks flushing twice a second send 16)
 # wake it at most ~10 times a second; the probe's sender keeps what meets a full queue (Linux's default
 # net.unix.max_dgram_qlen is 10) for its next flush.
@@ -124,19 +125,18 @@ class CollectiveState:
             self.ingest()
 
     def _queue(self, datagram: Datagram) -> bool:
-        """Add the datagram to its sender's queue; whether the queue is full."""
-        data = bytes(datagram.data)
+        """Add a copy of the datagram to its sender's queue; whether the queue is full."""
         with self._inbox_lock:
             if not self._inbox and not self._inbox_torn:
                 self._inbox_since = time.monotonic()
-            if datagram.truncated:
+            if datagram.truncated:  # longer than the socket's buffer: not one of our probe's
                 self._inbox_torn += 1
-            else:
-                queued = self._inbox.get(datagram.pid)
-                if queued is None:
-                    queued = self._inbox[datagram.pid] = []
-                queued.append(data)
-                self._inbox_bytes += len(data)
+                return False
+            queued = self._inbox.get(datagram.pid)
+            if queued is None:
+                queued = self._inbox[datagram.pid] = []
+            queued.append(bytes(datagram.data))
+            self._inbox_bytes += len(datagram.data) + QUEUED_DATAGRAM_BYTES
             return self._inbox_bytes >= INGEST_BYTES
 
     def ingest_due(self) -> bool:
