@@ -119,8 +119,9 @@ def encode_text(text: str, size: int) -> bytes:
     return raw[:size].decode("utf-8", "ignore").encode("utf-8")
 
 
-Token = tuple[str, int, int, int, float]  # the probe's hot-path record: group, seq, op, bytes, issued_at (recorder.py)
-Row = tuple[int, Token, float]  # kind, token, completed_at (0.0 = not completed or not measurable)
+# What the probe's sender packs: kind, the recorder's token (group, seq, op, bytes, issued_at: recorder.py Token) and
+# completed_at (0.0 = not completed or not measurable).
+Row = tuple[int, tuple[str, int, int, int, float], float]
 
 
 class Packer:
