@@ -87,10 +87,9 @@ class Claimed:
 
     def add(self, decoded: wire.Decoded) -> None:
         self.dropped_total = max(self.dropped_total, decoded.dropped_total)
-        batches = decoded.by_group()
         if not len(decoded.records) and not decoded.malformed:
             self.heartbeats += 1
-        for group, records in batches:
+        for group, records in decoded.by_group():
             self.groups.setdefault(group, []).append(records)
 
     def records(self) -> int:
