@@ -3,9 +3,10 @@ header, then short records) and sends them to the node's agent.
 
 Sends are non-blocking Unix datagrams to `<socket_dir>/probe.sock`. A slow agent (its socket queue full) costs
 a backlog the next flush sends first, bounded at `BACKLOG_RECORDS`; an absent or restarting agent costs dropped
-records (counted, reported in every later datagram's header). Never a blocked or failing training step. Every send names the
-socket path again, so a restarted agent is picked up without reconnect logic. At interpreter exit the last flush
-retries a full queue for up to `FINAL_FLUSH_SECONDS`, so the job's last collectives are delivered or counted.
+records (counted, reported in every later datagram's header). Never a blocked or failing training step. Every
+send names the socket path again, so a restarted agent is picked up without reconnect logic. At interpreter exit
+the last flush retries a full queue for up to `FINAL_FLUSH_SECONDS`, so the job's last collectives are delivered
+or counted.
 """
 
 from __future__ import annotations
