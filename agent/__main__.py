@@ -138,8 +138,7 @@ def run(settings: AgentSettings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
+    stop.wait()  # the handler runs in this thread and ends the wait: no wakeup a second to look at `stop`
     log.info("stopping")
     server.stop()
 
