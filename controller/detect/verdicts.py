@@ -4,17 +4,20 @@ Hard findings act at once (a warning sign — confidence below `FAULTY_CONFIDENC
 held for `hard_hold_seconds` after their signal leaves the agent's window. Statistical findings must persist,
 counted only on fresh evidence; a streak follows one subject (reason, job, and the finding's
 `evidence["subject"]`, e.g. the same late rank), so noise that picks a different rank each window never adds
-up, and `miss_tolerance` windows without the finding are allowed inside a streak.
+up. `miss_tolerance` windows without the finding are allowed inside a streak, forgiven only after
+`faulty_windows` windows with it in a row: a transient caught by every other window never adds up.
 
 A finding that names its collectives (`evidence["collectives"]` = [first, last] sequence numbers, with
 `seconds_per_collective`) persists in the job's own evidence: after the first window that showed it, each
-later window adds the collectives it covers that no earlier one did, and the job's time they span. The node is
-'suspect' after `suspect_min_seconds` of them, 'faulty' after `faulty_min_seconds` and at least
-`min_collectives` (and the finding's `collectives_needed`: weak lateness needs more) distinct collectives —
-whatever the job's collective rate or the cycle's phase against it; the same collectives judged again add
-nothing. Other findings count whole fresh windows: `suspect_windows`, then `faulty_windows` spanning
-`faulty_min_seconds` of controller time. A hang is its own persistence (peers waited long already): it acts at
-once.
+later window with new collectives adds those no earlier window covered (at most half of its own: one judgement
+never counts as two) and the job's time since the previous window's end (only its own span after a miss or
+missing evidence). The node is 'suspect' after `suspect_windows` such windows and `suspect_min_seconds`,
+'faulty' after `faulty_windows` and `faulty_min_seconds`, each with as many new collectives as the finding's
+`collectives_needed` (lateness near the jitter needs more; at least `min_collectives`, never more than those
+windows of half-new collectives) — whatever the job's collective rate or the cycle's phase against it; the same
+collectives judged again add nothing. Other findings count fresh windows: `suspect_windows`, then
+`faulty_windows` spanning `faulty_min_seconds` of controller time. A hang is its own persistence (peers waited
+long already): it acts at once.
 """
 
 from __future__ import annotations
