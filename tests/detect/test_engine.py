@@ -179,7 +179,7 @@ def test_job_view_ranks_read_as_rank_views_and_serialise_as_a_list_of_them() -> 
     }
 
 
-def test_a_new_controller_compares_a_job_running_for_minutes_at_once_and_a_starting_job_after_its_grace() -> None:
+def test_after_a_failover_a_job_running_for_minutes_is_compared_at_once_a_starting_one_waits() -> None:
     # After a failover the new controller sees every job for the first time. A job whose collectives have run for
     # 5 minutes is past its warm-up: its straggler is compared in the first cycle, not 30 s later.
     running = DetectionEngine().step(documents(lockstep_ranks(4, 8, 300.0, late_node=2), 300.0, 4), 300.0)
