@@ -2,22 +2,24 @@
 
 prometheus_client escapes every metric and label name character by character on every sample, which costs more
 than reading all the sysfs files of a scrape. Here a name is checked once (cached) and then written as is; only
-label values and HELP texts are escaped; the agent's own families (`agent.families`) are written from their rows.
-Anything unusual (library histograms, timestamps, exemplars, a name that needs escaping, a non-default escaping
-scheme) goes through prometheus_client itself. Tests compare both outputs.
+label values and HELP texts are escaped; the agent's own families (`agent.families`) are written from their rows,
+and a series whose values did not change since the last scrape is written with the lines it had then (most of a
+node's ~1,400 series: limits, states, error counters at zero). Anything unusual (library histograms, timestamps,
+exemplars, a name that needs escaping, a non-default escaping scheme) goes through prometheus_client itself.
+Tests compare both outputs.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from prometheus_client import exposition
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
-from prometheus_client.utils import floatToGoString
 
 from agent.families import Layout, RowFamily
 
@@ -105,38 +107,69 @@ def _plain_lines(metric: Metric) -> list[str] | None:
         prefix = _prefix(sample.name, tuple(sample.labels.items()))
         if not prefix:
             return None
-        lines.append(f"{prefix}{floatToGoString(sample.value)}\n")
+        lines.append(f"{prefix}{go_float(sample.value)}\n")
     return lines
 
 
 def _row_lines(family: RowFamily) -> list[str] | None:
-    """A RowFamily's rows as sample lines; each series' prefixes come from a cache per family."""
+    """A RowFamily's rows as sample lines. Per family a cache holds each series' `name{labels} ` prefixes, and the
+    lines last written with the values they were written for: a series whose values are the same again (equal,
+    and zeros of the same sign: 0.0 == -0.0 but "-0.0" is written) gets those lines again."""
     table = _series_table(family.label_names, family.layout)
     if table is None:
         return None
     lines: list[str] = []
+    append = lines.append
     single = len(family.layout) == 1  # gauges and counters: a line per series without a generator
     for labels, values in family.rows:
-        prefixes = table.get(labels)
-        if prefixes is None:
+        series = table.get(labels)
+        if series is not None:
+            before = series[1]
+            if values == before and (0.0 not in values or _signs(values) == _signs(before)):
+                append(series[2])
+                continue
+            prefixes = series[0]
+        else:
             if len(table) >= MAX_SERIES_PER_FAMILY:  # series of ended jobs: start over rather than grow
                 table.clear()
             named = tuple(zip(family.label_names, labels, strict=True))
-            prefixes = table[labels] = tuple(_prefix.__wrapped__(name, (*named, *extra)) for name, extra in family.layout)
+            prefixes = tuple(_prefix.__wrapped__(name, (*named, *extra)) for name, extra in family.layout)
         if single:
-            lines.append(f"{prefixes[0]}{floatToGoString(values[0])}\n")
+            text = f"{prefixes[0]}{go_float(values[0])}\n"
         else:
-            lines.extend(f"{prefix}{floatToGoString(value)}\n" for prefix, value in zip(prefixes, values, strict=True))
+            text = "".join([f"{prefix}{go_float(value)}\n" for prefix, value in zip(prefixes, values, strict=True)])
+        table[labels] = (prefixes, tuple(values), text)  # one assignment: a concurrent scrape sees old or new
+        append(text)
     return lines
 
 
+def _signs(values: Sequence[float]) -> list[float]:
+    return [math.copysign(1.0, value) for value in values]
+
+
+def go_float(value: float) -> str:
+    """prometheus_client's floatToGoString, the same text in less time: Python's shortest repr, written with an
+    exponent from 1e6 up as Go writes it ("1.234567e+06"; Python switches at 1e16), and +Inf, -Inf, NaN."""
+    value = float(value)
+    if 1e6 <= value < 1e16:
+        text = repr(value)
+        dot = text.find(".")
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    if value - value == 0:  # finite
+        return repr(value)
+    return _NOT_FINITE[repr(value)]
+
+
+_NOT_FINITE = {"inf": "+Inf", "-inf": "-Inf", "nan": "NaN"}
 MAX_SERIES_PER_FAMILY = 16384
+_Series = tuple[tuple[str, ...], tuple[float, ...], str]  # prefixes of its samples, values last written, their lines
 
 
 @functools.lru_cache(maxsize=4096)
-def _series_table(label_names: tuple[str, ...], layout: Layout) -> dict[tuple[str, ...], tuple[str, ...]] | None:
-    """label values -> the `name{labels} ` prefixes of a series' samples, for one family (filled by `_row_lines`);
-    None if a label name needs escaping (the library writes those)."""
+def _series_table(label_names: tuple[str, ...], layout: Layout) -> dict[tuple[str, ...], _Series] | None:
+    """label values -> a series' `name{labels} ` prefixes of its samples, its last values and their lines, for one
+    family (filled by `_row_lines`); None if a label name needs escaping (the library writes those)."""
     extra = [label for _, labels in layout for label, _ in labels]
     if not all(_legacy_label(label) for label in (*label_names, *extra)):
         return None
