@@ -1,7 +1,8 @@
 """NVML collector: GPU telemetry and hard GPU faults, from agent/backends/nvml.py to /metrics and /api/v1/evidence.
 
 Every scrape and evidence pull reads a fresh snapshot per GPU. A background thread counts XID events
-(nvmlEventSetWait) per code and samples the slow PCIe throughput. Conditions (throttling, pending row remaps, a lost
+(nvmlEventSetWait) per code, samples the slow PCIe throughput and refreshes the NVLink counters NVML has only by
+one call per link (see agent/backends/nvml.py for what is read how often). Conditions (throttling, pending row remaps, a lost
 GPU ...) carry the time since when they have been seen continuously; XIDs stay in a window with first and last seen.
 Which XIDs are critical is the controller's decision: this module passes the code on.
 """
@@ -307,7 +308,8 @@ class NvmlCollector(Collector):
         self._backend.close()
 
     def _background(self, listening: threading.Event) -> None:
-        """Count XID events as they come and sample PCIe throughput now and then; never dies."""
+        """Count XID events as they come, sample PCIe throughput and refresh NVLink counters now and then; never
+        dies."""
         try:
             self._backend.listen_for_xids()
         except Exception as error:  # NVML unavailable or broken: the loop below retries and logs
@@ -315,11 +317,15 @@ class NvmlCollector(Collector):
         listening.set()
         interval = self._settings.pcie_throughput_interval_seconds
         next_pcie = 0.0
+        next_nvlink = time.monotonic() + self._settings.nvlink_error_interval_seconds  # a first read reads them
         while not self._stop.is_set():
             try:
                 if interval > 0 and time.monotonic() >= next_pcie:
                     sampled = self._sample_pcie()
                     next_pcie = time.monotonic() + (interval if sampled else 1.0)
+                if time.monotonic() >= next_nvlink:
+                    self._backend.refresh_nvlink_errors()
+                    next_nvlink = time.monotonic() + self._settings.nvlink_error_interval_seconds
                 event = self._backend.wait_for_xid(XID_WAIT_SECONDS)
             except NvmlUnavailable:
                 self._stop.wait(max(self._settings.init_retry_seconds, XID_WAIT_SECONDS))
