@@ -12,9 +12,9 @@ Tests compare both outputs.
 from __future__ import annotations
 
 import functools
-import math
 import re
 from collections.abc import Callable, Iterable, Sequence
+from math import copysign
 from typing import Protocol
 
 from prometheus_client import exposition
@@ -120,12 +120,17 @@ def _row_lines(family: RowFamily) -> list[str] | None:
         return None
     lines: list[str] = []
     append = lines.append
-    single = len(family.layout) == 1  # gauges and counters: a line per series without a generator
+    single = len(family.layout) == 1  # gauges and counters: one value, compared without a generator
     for labels, values in family.rows:
         series = table.get(labels)
         if series is not None:
             before = series[1]
-            if values == before and (0.0 not in values or _signs(values) == _signs(before)):
+            if single:
+                value, last = values[0], before[0]
+                same = value == last and (value or copysign(1.0, value) == copysign(1.0, last))
+            else:
+                same = values == before and (0.0 not in values or _signs(values) == _signs(before))
+            if same:
                 append(series[2])
                 continue
             prefixes = series[0]
@@ -144,7 +149,7 @@ def _row_lines(family: RowFamily) -> list[str] | None:
 
 
 def _signs(values: Sequence[float]) -> list[float]:
-    return [math.copysign(1.0, value) for value in values]
+    return [copysign(1.0, value) for value in values]
 
 
 def go_float(value: float) -> str:
