@@ -14,14 +14,13 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
-from math import copysign
 from typing import Protocol
 
 from prometheus_client import exposition
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from agent.families import Layout, RowFamily
+from agent.families import Layout, Row, RowFamily
 
 _LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -112,44 +111,39 @@ def _plain_lines(metric: Metric) -> list[str] | None:
 
 
 def _row_lines(family: RowFamily) -> list[str] | None:
-    """A RowFamily's rows as sample lines. Per family a cache holds each series' `name{labels} ` prefixes, and the
-    lines last written with the values they were written for: a series whose values are the same again (equal,
-    and zeros of the same sign: 0.0 == -0.0 but "-0.0" is written) gets those lines again."""
-    table = _series_table(family.label_names, family.layout)
-    if table is None:
+    """A RowFamily's rows as sample lines, from what was written for the family last time where the rows are the
+    same (rows of floats with one text per value: `agent.families`): all of its lines if every row is, else each
+    series' lines if its values are, else a new line with the series' cached `name{labels} ` prefix."""
+    written = _written(family.label_names, family.layout)
+    if written is None:
         return None
+    last = written.last
+    if last is not None and family.rows == last[0]:
+        return last[1]
+    series = written.series
     lines: list[str] = []
     append = lines.append
-    single = len(family.layout) == 1  # gauges and counters: one value, compared without a generator
+    single = len(family.layout) == 1  # gauges and counters: a line per series without a generator
     for labels, values in family.rows:
-        series = table.get(labels)
-        if series is not None:
-            before = series[1]
-            if single:
-                value, last = values[0], before[0]
-                same = value == last and (value or copysign(1.0, value) == copysign(1.0, last))
-            else:
-                same = values == before and (0.0 not in values or _signs(values) == _signs(before))
-            if same:
-                append(series[2])
+        known = series.get(labels)
+        if known is not None:
+            if values == known[1]:
+                append(known[2])
                 continue
-            prefixes = series[0]
+            prefixes = known[0]
         else:
-            if len(table) >= MAX_SERIES_PER_FAMILY:  # series of ended jobs: start over rather than grow
-                table.clear()
+            if len(series) >= MAX_SERIES_PER_FAMILY:  # series of ended jobs: start over rather than grow
+                series.clear()
             named = tuple(zip(family.label_names, labels, strict=True))
             prefixes = tuple(_prefix.__wrapped__(name, (*named, *extra)) for name, extra in family.layout)
         if single:
             text = f"{prefixes[0]}{go_float(values[0])}\n"
         else:
             text = "".join([f"{prefix}{go_float(value)}\n" for prefix, value in zip(prefixes, values, strict=True)])
-        table[labels] = (prefixes, tuple(values), text)  # one assignment: a concurrent scrape sees old or new
+        series[labels] = (prefixes, values, text)  # one assignment: a concurrent scrape sees old or new
         append(text)
+    written.last = (list(family.rows), lines)  # a copy: rows appended to this family later are no match
     return lines
-
-
-def _signs(values: Sequence[float]) -> list[float]:
-    return [copysign(1.0, value) for value in values]
 
 
 def go_float(value: float) -> str:
@@ -168,17 +162,25 @@ def go_float(value: float) -> str:
 
 _NOT_FINITE = {"inf": "+Inf", "-inf": "-Inf", "nan": "NaN"}
 MAX_SERIES_PER_FAMILY = 16384
-_Series = tuple[tuple[str, ...], tuple[float, ...], str]  # prefixes of its samples, values last written, their lines
+
+
+class _Written:
+    """What was written for one family: per series (label values) its `name{labels} ` prefixes, values and lines,
+    and the family's rows and lines of the last scrape."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, ...], tuple[tuple[str, ...], Sequence[float], str]] = {}
+        self.last: tuple[list[Row], list[str]] | None = None  # replaced as a whole: concurrent scrapes see one
 
 
 @functools.lru_cache(maxsize=4096)
-def _series_table(label_names: tuple[str, ...], layout: Layout) -> dict[tuple[str, ...], _Series] | None:
-    """label values -> a series' `name{labels} ` prefixes of its samples, its last values and their lines, for one
-    family (filled by `_row_lines`); None if a label name needs escaping (the library writes those)."""
+def _written(label_names: tuple[str, ...], layout: Layout) -> _Written | None:
+    """What was written for the family of these label names and samples (filled by `_row_lines`); None if a label
+    name needs escaping (the library writes those)."""
     extra = [label for _, labels in layout for label, _ in labels]
     if not all(_legacy_label(label) for label in (*label_names, *extra)):
         return None
-    return {}
+    return _Written()
 
 
 @functools.lru_cache(maxsize=16384)  # the series of one scrape are a few thousand

@@ -119,18 +119,29 @@ def test_fast_openmetrics_encoding_is_identical_to_prometheus_client(families) -
     assert encode_openmetrics(source) == openmetrics.generate_latest(source)  # type: ignore[arg-type]
 
 
-def test_a_series_is_written_anew_whenever_its_values_change_even_to_a_zero_of_the_other_sign() -> None:
-    """The encoder reuses a series' lines while its values stay the same; every scrape must still be exact."""
+def test_a_series_is_written_anew_whenever_its_values_change_and_a_family_whenever_a_row_does() -> None:
+    """The encoder reuses a family's lines while its rows stay the same, and a series' while its values do; every
+    scrape must still be exact."""
     nan, inf = float("nan"), float("inf")
-    for value in [1.5, 1.5, 2.0, 0.0, -0.0, -0.0, 0.0, 0, nan, nan, 1e6, 1e6, inf, -inf, 3]:
-        gauge = GaugeFamily("lockstep_test_changing", "changes between scrapes", labels=["a"])
-        gauge.add_metric(["x"], value)
-        gauge.add_metric(["y"], 7.0)
-        histogram = HistogramFamily("lockstep_test_changing_seconds", "changes too", ["a"], ["0.5", "+Inf"])
-        histogram.add_metric(["x"], [0, 2], value)
-        source = Frozen([gauge, histogram])
-        assert encode_openmetrics(source) == openmetrics.generate_latest(source)  # type: ignore[arg-type]
-        assert encode_text(source) == exposition.generate_latest(source)  # type: ignore[arg-type]
+    for value in [1.5, 1.5, 2.0, 0.0, -0.0, -0.0, 0.0, 0, nan, nan, 1e6, 1e6, inf, -inf, 3, 3]:
+        for other in (7.0, value):
+            gauge = GaugeFamily("lockstep_test_changing", "changes between scrapes", labels=["a"])
+            gauge.add_metric(["x"], value)
+            gauge.add_metric(["y"], other)
+            histogram = HistogramFamily("lockstep_test_changing_seconds", "changes too", ["a"], ["0.5", "+Inf"])
+            histogram.add_metric(["x"], [0, 2], value)
+            source = Frozen([gauge, histogram])
+            assert encode_openmetrics(source) == openmetrics.generate_latest(source)  # type: ignore[arg-type]
+            assert encode_text(source) == exposition.generate_latest(source)  # type: ignore[arg-type]
+
+
+def test_a_zero_is_written_as_0_whatever_its_sign() -> None:
+    gauge = GaugeFamily("lockstep_test_zero", "a zero that came out of float arithmetic", labels=["a"])
+    gauge.add_metric(["x"], -1.0 * 0.0)
+    histogram = HistogramFamily("lockstep_test_zero_seconds", "no observation", [], ["0.5", "+Inf"])
+    histogram.add_metric([], [-0.0, -0.0], -0.0)
+    text = encode_text(Frozen([gauge, histogram])).decode()
+    assert "-0.0" not in text and 'lockstep_test_zero{a="x"} 0.0' in text and "lockstep_test_zero_seconds_sum 0.0" in text
 
 
 def test_values_are_written_as_prometheus_client_writes_them() -> None:
