@@ -111,6 +111,9 @@ NVLINK_COUNTER_FIELDS = {
     "replay": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
     "recovery": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY,
 }
+NVLINK_COUNTERS_BATCHED = tuple(
+    (name, NVLINK_COUNTER_FIELDS[name], c) for name, c in NVLINK_COUNTERS if name in NVLINK_COUNTER_FIELDS
+)
 NVLINK_COUNTERS_BY_CALL = tuple((name, c) for name, c in NVLINK_COUNTERS if name not in NVLINK_COUNTER_FIELDS)
 _NVLINK_STATES_ACTIVE = {  # NVML_FI_DEV_NVLINK_GET_STATE values that nvmlDeviceGetNvLinkState surely reports alike
     pynvml.NVML_NVLINK_STATE_ACTIVE: True,
@@ -325,8 +328,8 @@ class NvmlBackend:
         self._field_batches: dict[str, _FieldBatch] = {}  # uuid -> its nvmlDeviceGetFieldValues request
         self._identified: dict[tuple[int | None, int], GpuIdentity] = {}  # (handle address, index) -> identity
         self._fixed: dict[tuple[str, str], int] = {}  # (uuid, NVML function) -> its answer, which cannot change
-        # uuid -> (links, NVLINK_COUNTERS_BY_CALL by (link, counter name)) as last read by refresh_nvlink_errors
-        self._nvlink_errors: dict[str, tuple[tuple[int, ...], dict[tuple[int, str], int]]] = {}
+        # uuid -> (links, per link its NVLINK_COUNTERS_BY_CALL by name) as last read by refresh_nvlink_errors
+        self._nvlink_errors: dict[str, tuple[tuple[int, ...], dict[int, dict[str, int]]]] = {}
         self._absent_logged: set[tuple[str, str]] = set()
         self._errors_logged: set[tuple[str, str, str]] = set()
         self._errors: Counter[tuple[str, str]] = Counter()
@@ -680,27 +683,25 @@ class NvmlBackend:
                 enabled = self._call(gpu, pynvml.nvmlDeviceGetNvLinkState, handle, link)
                 active = None if enabled is None else enabled == pynvml.NVML_FEATURE_ENABLED
             errors = {}
-            for counter_name, counter in NVLINK_COUNTERS:
-                field = NVLINK_COUNTER_FIELDS.get(counter_name)
-                if field is None:
-                    count = by_call.get((link, counter_name))
-                else:
-                    count = fields.get((field, link))
-                    if count is None:
-                        count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
+            for counter_name, field, counter in NVLINK_COUNTERS_BATCHED:
+                count = fields.get((field, link))
+                if count is None:
+                    count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
                 if count is not None:
                     errors[counter_name] = int(count)
+            errors.update(by_call[link])
             result.append(NvLinkSnapshot(link=link, active=active, errors=errors))
         return tuple(result)
 
-    def _nvlink_errors_by_call(self, gpu: str, handle: Any, links: tuple[int, ...]) -> dict[tuple[int, str], int]:
-        """NVLINK_COUNTERS_BY_CALL of each link, by (link, counter name); raises _GpuLost."""
-        counts = {}
+    def _nvlink_errors_by_call(self, gpu: str, handle: Any, links: tuple[int, ...]) -> dict[int, dict[str, int]]:
+        """NVLINK_COUNTERS_BY_CALL of each link, by name; raises _GpuLost."""
+        counts: dict[int, dict[str, int]] = {}
         for link in links:
+            counts[link] = {}
             for counter_name, counter in NVLINK_COUNTERS_BY_CALL:
                 count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
                 if count is not None:
-                    counts[(link, counter_name)] = int(count)
+                    counts[link][counter_name] = int(count)
         return counts
 
     def refresh_nvlink_errors(self) -> None:
