@@ -683,8 +683,8 @@ class NvmlBackend:
                 enabled = self._call(gpu, pynvml.nvmlDeviceGetNvLinkState, handle, link)
                 active = None if enabled is None else enabled == pynvml.NVML_FEATURE_ENABLED
             errors = {}
-            for counter_name, field, counter in NVLINK_COUNTERS_BATCHED:
-                count = fields.get((field, link))
+            for counter_name, field_id, counter in NVLINK_COUNTERS_BATCHED:
+                count = fields.get((field_id, link))
                 if count is None:
                     count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
                 if count is not None:
