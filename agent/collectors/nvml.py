@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GPU_LABELS = ("gpu", "uuid", "model", "pci_bus_id")
-XID_WAIT_SECONDS = 0.5  # one nvmlEventSetWait; bounds how long close() waits for the background thread
+XID_WAIT_SECONDS = 1.0  # one nvmlEventSetWait (an XID ends it at once); bounds how long close() waits for the thread
 LISTEN_WAIT_SECONDS = 10.0  # how long start() waits for the GPUs to be registered for XID events
 
 # Clock-event reasons that are hard evidence. sw_power_cap is not: a busy GPU at its power limit shows it all the
