@@ -140,11 +140,11 @@ def run(settings: AgentSettings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    frozen = False
-    while not stop.wait(1.0):
-        if not frozen and app.ready.is_set():
-            _freeze_startup_objects()
-            frozen = True
+    while not stop.is_set() and not app.ready.wait(1.0):  # startup only: a wakeup a second until ready
+        pass
+    if not stop.is_set():
+        _freeze_startup_objects()
+    stop.wait()  # the handler runs in this thread and ends the wait: no wakeup a second to look at `stop`
     log.info("stopping")
     server.stop()
 

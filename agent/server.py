@@ -10,6 +10,8 @@ blocks another request.
 from __future__ import annotations
 
 import logging
+import os
+import selectors
 import socket
 import threading
 from dataclasses import dataclass
@@ -107,12 +109,39 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """Accepts connections until `stop`, waking only for a connection or `stop` (serve_forever polls twice a second
+    to notice shutdown: two thread wakeups a second for nothing)."""
+
     daemon_threads = True
 
     def __init__(self, host: str, port: int, app: AgentApp) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.app = app
         super().__init__((host, port), _Handler)
+        self._wake_read, self._wake_write = os.pipe()
+        self._stopping = False
+        self._stopped = threading.Event()
+
+    def accept_until_stopped(self) -> None:
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake_read, selectors.EVENT_READ)
+                while not self._stopping:
+                    if any(key.fileobj is self for key, _ in selector.select()) and not self._stopping:
+                        self.handle_request()  # the connection is there: accepts it without waiting
+        finally:
+            self._stopped.set()
+
+    def stop(self) -> None:
+        """Stop accepting; returns once the accept loop has ended (connections in progress finish on their own)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        os.write(self._wake_write, b"x")
+        self._stopped.wait(timeout=5.0)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
 
 
 @dataclass
@@ -124,7 +153,7 @@ class RunningServer:
     port: int
 
     def stop(self) -> None:
-        self.server.shutdown()
+        self.server.stop()
         self.server.server_close()
         self.server.app.close()
 
@@ -134,7 +163,7 @@ def serve(app: AgentApp, host: str, port: int) -> RunningServer:
     OSError if the bind fails (before any collector starts)."""
     server = _Server(host, port, app)
     app.start()
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    threading.Thread(target=server.accept_until_stopped, name="http", daemon=True).start()
     bound = server.server_address[1]
     log.info("serving on http://%s:%d (/metrics, /api/v1/evidence, /healthz, /readyz)", host, bound)
     return RunningServer(server=server, host=host, port=bound)

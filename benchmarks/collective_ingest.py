@@ -1,10 +1,11 @@
-"""Agent-side cost of probe records: decode + trust + window update per record, and one evidence/metrics build.
+"""Probe records, both ends: the probe's cost to pack a collective, the agent's to apply it (header check, trust,
+window update), and one evidence and one metrics build at that load.
 
-Feeds the collective collector's state with datagrams as 8 ranks at 500 collectives/s would send them (full
-datagrams of MAX_RECORDS_PER_DATAGRAM records) and prints microseconds per record and the share of one core
-that load costs (DESIGN.md budget for the whole agent: under 1% of a core at that load). The peer, measured in
-the same run: struct-decoding each record alone (`wire.decode`), which the record-at-a-time agent paid before
-any trust or window work.
+Packs the records of --ranks ranks at --rate collectives/s with the probe's own Packer, in datagrams of one
+sender flush (0.5 s of collectives), feeds them to the collective collector's state and prints microseconds per
+record and the share of one core that load costs (DESIGN.md budget for the whole agent: under 1% of a core at
+that load). Peers, measured in the same run: `struct.unpack` of each record alone (the least a record-at-a-time
+reader pays before any trust or window work), and for the probe, `struct.pack` of each record alone.
 
     python benchmarks/collective_ingest.py [--ranks 8] [--records 40000]
 """
@@ -25,7 +26,11 @@ from agent.backends.probe_socket import Datagram  # noqa: E402
 from agent.collectors.collective import CollectiveState  # noqa: E402
 from agent.collectors.trust import Trust  # noqa: E402
 from agent.probe import wire  # noqa: E402
+from agent.probe.identity import Identity  # noqa: E402
 from agent.settings import CollectiveSettings  # noqa: E402
+
+FLUSH_SECONDS = 0.5  # the probe sender's flush interval (agent/probe/transport.py): one flush, one datagram
+COMPLETE = int(wire.Kind.COMPLETE)
 
 
 def main() -> int:
@@ -37,43 +42,58 @@ def main() -> int:
     args = parser.parse_args()
     now = time.time()
     per_rank = args.records // args.ranks
-    datagrams = []
+    per_flush = max(1, int(args.rate * FLUSH_SECONDS))
+    datagrams, pack_runs, struct_runs = [], [], []
     for rank in range(args.ranks):
-        for start in range(0, per_rank, wire.MAX_RECORDS_PER_DATAGRAM):
-            records = [
-                wire.encode(wire.Record(wire.Kind.COMPLETE, wire.Op.all_reduce, rank, args.ranks, rank, seq,
-                                        4 << 20, now + seq / args.rate, now + seq / args.rate + 0.002, 0,
-                                        "bench-job", "default", f"pod-{rank}", "ml"))  # fmt: skip
-                for seq in range(start, min(per_rank, start + wire.MAX_RECORDS_PER_DATAGRAM))
-            ]
-            datagrams.append(Datagram(b"".join(records), os.getpid() + rank, 0, False))
+        packer = wire.Packer(Identity("bench-job", rank, args.ranks, rank, f"pod-{rank}", "ml"))
+        rows: list[wire.Row] = [
+            (COMPLETE, ("default", seq, wire.Op.all_reduce, 4 << 20, now + seq / args.rate), now + seq / args.rate + 0.002)
+            for seq in range(per_rank)
+        ]
+        flushes = [rows[start : start + per_flush] for start in range(0, per_rank, per_flush)]
+        for flush in flushes:
+            datagrams += [Datagram(data, os.getpid() + rank, 0, False) for data, _ in packer.pack(flush, 0)]
+        for _ in range(args.trials if rank == 0 else 0):  # the probe's side, on one rank's records
+            started = time.process_time()
+            for flush in flushes:
+                packer.pack(flush, 0)
+            pack_runs.append((time.process_time() - started) / per_rank)
+            started = time.process_time()
+            for flush in flushes:  # the peer: each record's fields alone, no header, no group table
+                [wire.RECORD.pack(kind, op, 0, seq, nbytes, issued_at, done) for kind, (_, seq, op, nbytes, issued_at), done in flush]
+            struct_runs.append((time.process_time() - started) / per_rank)
     ingest_runs, decode_runs = [], []
     for _ in range(args.trials):  # interleaved trials, best of each: the machine may be shared
         state = CollectiveState(CollectiveSettings(trust="process"), Trust("process", lambda pid: None, lambda pid: True))
-        started = time.perf_counter()
+        started = time.process_time()
         for datagram in datagrams:
             state.receive(datagram)
-        ingest_runs.append((time.perf_counter() - started) / state.accepted)
-        started = time.perf_counter()
-        for datagram in datagrams:  # the peer: struct-unpacking each record alone, the old agent's first step
-            for offset in range(0, len(datagram.data), wire.RECORD_BYTES):
-                wire.decode(datagram.data, offset)
-        decode_runs.append((time.perf_counter() - started) / state.accepted)
-    started = time.perf_counter()
+        ingest_runs.append((time.process_time() - started) / state.accepted)
+        started = time.process_time()
+        for datagram in datagrams:  # the peer: struct-unpacking each record alone
+            data = datagram.data
+            first = wire.HEADER_BYTES + wire.HEADER.unpack_from(data)[2] * wire.GROUP_BYTES  # after the group table
+            for offset in range(first, len(data), wire.RECORD_BYTES):
+                wire.RECORD.unpack_from(data, offset)
+        decode_runs.append((time.process_time() - started) / state.accepted)
+    started = time.process_time()
     state.evidence()
-    evidence = time.perf_counter() - started
-    started = time.perf_counter()
+    evidence = time.process_time() - started
+    started = time.process_time()
     state.metrics()
-    metrics = time.perf_counter() - started
+    metrics = time.process_time() - started
     us_per_record = min(ingest_runs) * 1e6
     print(json.dumps({
         "benchmark": "collective_ingest", "records": state.accepted, "invalid": sum(state.invalid.values()),
-        "records_per_datagram": wire.MAX_RECORDS_PER_DATAGRAM,
+        "datagrams": len(datagrams), "wire_version": wire.VERSION, "record_bytes": wire.RECORD_BYTES,
         "us_per_record": us_per_record,
         "us_per_record_median": statistics.median(ingest_runs) * 1e6,
         "core_share_at_load": us_per_record * 1e-6 * args.ranks * args.rate,
-        "peer_per_record_decode_us": min(decode_runs) * 1e6,
-        "ratio_ingest_to_per_record_decode": min(ingest_runs) / min(decode_runs),
+        "peer_per_record_unpack_us": min(decode_runs) * 1e6,
+        "ratio_ingest_to_per_record_unpack": min(ingest_runs) / min(decode_runs),
+        "probe_pack_us_per_record": min(pack_runs) * 1e6,
+        "peer_probe_struct_pack_us_per_record": min(struct_runs) * 1e6,
+        "ratio_pack_to_struct_pack": min(pack_runs) / min(struct_runs),
         "evidence_build_ms": evidence * 1e3, "metrics_build_ms": metrics * 1e3,
     }, indent=1))  # fmt: skip
     return 0

@@ -1,4 +1,4 @@
-"""A small, real data-parallel training job (torch DDP, gloo, CPU) for tests, the demo and benchmarks.
+"""A small, real data-parallel training job (torch DDP or FSDP2, gloo, CPU) for tests, the demo and benchmarks.
 
 It is an ordinary training script: it knows nothing of Lockstep. Run it under the probe with LOCKSTEP_PROBE=1.
 
@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=4, help="hidden layers of the MLP")
     parser.add_argument("--batch", type=int, default=32, help="samples per rank per step")
     parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket_cap_mb: smaller = more all-reduces")
+    parser.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
+                        help="ddp: DistributedDataParallel (all-reduces of gradient buckets); fsdp: FSDP2 fully_shard "
+                        "per layer (parameter all-gathers in forward and backward, gradient reduce-scatters)")
     parser.add_argument("--step-seconds", type=float, default=0.0,
                         help="pace steps to at least this period (idle time counts as compute)")
     parser.add_argument("--extra-allreduces", type=int, default=0,
@@ -96,6 +99,18 @@ def build_model(args: argparse.Namespace) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def parallelize(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+    if args.parallel == "ddp":
+        return DistributedDataParallel(model, bucket_cap_mb=args.bucket_mb)
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
 def train(args: argparse.Namespace) -> None:
     """One rank: init the process group from env (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), train, report."""
     torch.set_num_threads(args.threads)
@@ -105,7 +120,7 @@ def train(args: argparse.Namespace) -> None:
         Path(args.pid_dir).mkdir(parents=True, exist_ok=True)
         Path(args.pid_dir, f"rank{rank}.pid").write_text(str(os.getpid()))
     torch.manual_seed(args.seed)
-    model = DistributedDataParallel(build_model(args), bucket_cap_mb=args.bucket_mb)
+    model = parallelize(build_model(args), args)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(args.seed + rank)
@@ -120,7 +135,7 @@ def train(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(inputs), targets)
-        loss.backward()  # DDP all-reduces the gradient buckets here
+        loss.backward()  # DDP all-reduces the gradient buckets here (FSDP: all-gathers, reduce-scatters)
         optimizer.step()
         compute = time.perf_counter() - started
         for _ in range(args.extra_allreduces):

@@ -54,7 +54,7 @@ class ProbeSocket:
         self.sock.setblocking(False)
         self._readable = select.poll()
         self._readable.register(self.sock, select.POLLIN)
-        # One buffer for every datagram, lent to the caller until the next receive (the collector copies the records
+        # One buffer for every datagram, lent to the caller until the next receive (the collector copies the datagram
         # into its sender's queue): recvmsg would allocate max_datagram_bytes per datagram and shrink it.
         self._buffer = bytearray(max_datagram_bytes)
         self._ancillary_bytes = socket.CMSG_SPACE(_CREDENTIALS.size)

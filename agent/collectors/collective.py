@@ -1,8 +1,9 @@
 """Collective collector: receives probe records from the training processes on this node (Unix socket),
 keeps per-rank windows and serves them as `lockstep_collective_*` metrics and the `ranks` of the evidence.
 
-Data flow: probe (agent/probe) -> probe.sock (agent/backends/probe_socket.py) -> trust check
-(agent/collectors/trust.py) -> RankWindow (agent/collectors/rank_window.py) -> collect() / evidence().
+Data flow: probe (agent/probe) -> probe.sock (agent/backends/probe_socket.py) -> queued datagrams -> header check
+(agent/probe/wire.py decode) and trust check of its identity (agent/collectors/trust.py), once per datagram ->
+RankWindow (agent/collectors/rank_window.py) -> collect() / evidence().
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from agent.collectors.trust import Trust
 from agent.evidence import EvidencePart
 from agent.families import CounterFamily, GaugeFamily, HistogramFamily
 from agent.probe import wire
+from agent.probe.identity import Identity
 from agent.settings import CollectiveSettings
 
 if TYPE_CHECKING:
@@ -39,10 +41,10 @@ WindowKey = tuple[str, int, str]  # job, rank, process group
 
 # Why a record is dropped: the `reason` label of lockstep_collective_invalid_records_total.
 DROP_REASONS = (
-    "truncated",  # datagram or record shorter than a record
-    "bad_magic",  # not a Lockstep probe record
-    "bad_version",  # a probe of another wire version
-    "malformed",  # fields out of range (rank >= world size, NaN times, bad text)
+    "truncated",  # datagram shorter than its header says (or than a header), or cut by the kernel
+    "bad_magic",  # not a Lockstep probe datagram
+    "bad_version",  # a probe of another wire version (wire.VERSION)
+    "malformed",  # fields out of range (rank >= world size, NaN times, group index past the table, bad text)
     "no_credentials",  # the kernel attached no sender credentials
     "not_a_pod",  # trust=pod and the sender is in no pod
     "rank_claimed_by_other",  # another live sender owns this (job, rank)
@@ -61,42 +63,37 @@ class Sender:
     dropped_total: int = 0
 
 
-_HEARTBEAT = int(wire.Kind.HEARTBEAT)
 # How long received datagrams may wait to be applied in one batch (s). Reads (scrapes, evidence pulls) apply them
-# first, so this only bounds their age between reads; each batch costs ~0.1-0.3 ms per sender whatever its size.
+# first, so this only bounds their age between reads; each batch costs ~0.1 ms per sender whatever its size.
 INGEST_SECONDS = 2.0
 INGEST_BYTES = 1 << 20  # queued datagram bytes that are applied at once, whatever their age
-# The receiver sleeps this long (s) after a drain, so many ranks' datagrams (8 ranks flushing twice a second send ~30)
+QUEUED_DATAGRAM_BYTES = 128  # what a queued datagram costs beyond its data: a flood of tiny ones is applied early too
+# The receiver sleeps this long (s) after a drain, so many ranks' datagrams (8 ranks flushing twice a second send 16)
 # wake it at most ~10 times a second; the probe's sender keeps what meets a full queue (Linux's default
 # net.unix.max_dgram_qlen is 10) for its next flush.
 GATHER_SECONDS = 0.1
 BUSY_DRAIN_DATAGRAMS = 4  # a drain that found this many datagrams does not sleep: the queue is filling fast
 MAX_DATAGRAMS_PER_DRAIN = 1024  # then ingest and expiry get their turn even under a flood
 WAIT_BUCKET_LABELS = (*(repr(bound) for bound in WAIT_BUCKETS_SECONDS), "+Inf")  # `le` of the wait histogram
-BatchKey = tuple[bytes, int, bytes]  # raw job, rank, raw group
 
 
-def _batches(decoded: wire.Decoded) -> list[tuple[BatchKey, np.ndarray]]:
-    """Split decoded records by (job, rank, group), keeping arrival order within each; one probe process's
-    records are one batch per process group (its heartbeats, which name no group, one more)."""
-    records = decoded.records
-    if not len(records):
-        return []
-    if decoded.uniform:
-        job, rank, groups = records["job"][0], int(records["rank"][0]), records["group"]
-        first = groups == groups[0]
-        if first.all():
-            return [((job, rank, groups[0]), records)]
-        others = records[~first]  # few: heartbeats, or a second process group
-        other_groups = others["group"]
-        return [((job, rank, groups[0]), records[first])] + [
-            ((job, rank, group), others[other_groups == group]) for group in dict.fromkeys(other_groups.tolist())
-        ]
-    rows: dict[BatchKey, list[int]] = {}
-    keys = zip(records["job"].tolist(), records["rank"].tolist(), records["group"].tolist(), strict=True)
-    for index, key in enumerate(keys):
-        rows.setdefault(key, []).append(index)
-    return [(key, records[index]) for key, index in rows.items()]
+@dataclass
+class Claimed:
+    """One identity's datagrams from one sender, in an ingest: its records by process group, in arrival order."""
+
+    dropped_total: int = 0
+    heartbeats: int = 0  # datagrams without records
+    groups: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def add(self, decoded: wire.Decoded) -> None:
+        self.dropped_total = max(self.dropped_total, decoded.dropped_total)
+        if not len(decoded.records) and not decoded.malformed:
+            self.heartbeats += 1
+        for group, records in decoded.by_group():
+            self.groups.setdefault(group, []).append(records)
+
+    def records(self) -> int:
+        return sum(len(part) for parts in self.groups.values() for part in parts)
 
 
 class CollectiveState:
@@ -112,43 +109,41 @@ class CollectiveState:
         self.senders: dict[RankKey, Sender] = {}
         self.invalid: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self.accepted = 0
-        # Received, not applied yet, guarded by _inbox_lock: each sender's whole records, joined as they arrive (one
-        # buffer per sender process, in the order senders first appeared), and the datagrams with a torn tail.
-        self._inbox: dict[int | None, bytearray] = {}
+        # Received, not applied yet, guarded by _inbox_lock: each sender's datagrams in arrival order (senders in the
+        # order they first appeared), and the count of datagrams the kernel truncated.
+        self._inbox: dict[int | None, list[bytes]] = {}
         self._inbox_torn = 0
         self._inbox_bytes = 0
-        self._inbox_since = 0.0  # monotonic s of the oldest queued record
+        self._inbox_since = 0.0  # monotonic s of the oldest queued datagram
         self._inbox_lock = threading.Lock()
 
     def enqueue(self, datagram: Datagram) -> None:
-        """Queue a datagram's records (the receive thread: no decoding, so the socket's short queue is drained at
-        once); applied when they are older than INGEST_SECONDS, the queue holds INGEST_BYTES, or someone reads."""
+        """Queue a datagram (the receive thread: a copy, no decoding, so the socket's short queue is drained at once);
+        applied when it is older than INGEST_SECONDS, the queue holds INGEST_BYTES, or someone reads."""
         if self._queue(datagram):
             self.ingest()
 
     def _queue(self, datagram: Datagram) -> bool:
-        """Add the datagram's whole records to its sender's buffer; whether the queue is full."""
-        data = datagram.data
-        whole = len(data) - len(data) % wire.RECORD_BYTES
+        """Add a copy of the datagram to its sender's queue; whether the queue is full."""
         with self._inbox_lock:
-            if datagram.truncated or whole != len(data) or not data:
-                self._inbox_torn += 1  # the torn tail; whole records before it still count
-            if whole:
-                if not self._inbox_bytes:
-                    self._inbox_since = time.monotonic()
-                queued = self._inbox.get(datagram.pid)
-                if queued is None:
-                    queued = self._inbox[datagram.pid] = bytearray()
-                queued += memoryview(data)[:whole]
-                self._inbox_bytes += whole
+            if not self._inbox and not self._inbox_torn:
+                self._inbox_since = time.monotonic()
+            if datagram.truncated:  # longer than the socket's buffer: not one of our probe's
+                self._inbox_torn += 1
+                return False
+            queued = self._inbox.get(datagram.pid)
+            if queued is None:
+                queued = self._inbox[datagram.pid] = []
+            queued.append(bytes(datagram.data))
+            self._inbox_bytes += len(datagram.data) + QUEUED_DATAGRAM_BYTES
             return self._inbox_bytes >= INGEST_BYTES
 
     def ingest_due(self) -> bool:
-        """Whether queued records have waited INGEST_SECONDS."""
-        return bool(self._inbox_bytes) and time.monotonic() - self._inbox_since >= INGEST_SECONDS
+        """Whether queued datagrams have waited INGEST_SECONDS."""
+        return bool(self._inbox or self._inbox_torn) and time.monotonic() - self._inbox_since >= INGEST_SECONDS
 
     def ingest(self) -> None:
-        """Apply every queued record now."""
+        """Apply every queued datagram now."""
         with self.lock:
             self._ingest_locked()
 
@@ -165,38 +160,41 @@ class CollectiveState:
             self._queue(datagram)
             self._ingest_locked()
 
-    def _apply_senders(self, by_sender: Mapping[int | None, bytes | bytearray], torn: int) -> None:
-        """Apply each sender's records in arrival order; count each bad record under its reason, and `torn`
-        datagrams as truncated.
+    def _apply_senders(self, by_sender: Mapping[int | None, Iterable[bytes]], torn: int) -> None:
+        """Apply each sender's datagrams in arrival order; count each dropped record under its reason (a datagram
+        dropped whole counts its records, at least one), and `torn` datagrams as truncated.
 
-        A sender's records are decoded and checked in one numpy pass (senders in the order they first appear, so
-        the first to claim a rank keeps it); trust is asked once per (job, rank) and process group, and each
-        (job, rank, process group) window takes its records as one batch."""
+        Each datagram's header is checked once (wire.decode) and its records read with one np.frombuffer; trust is
+        asked once per sender and identity, and each (job, rank, process group) window takes the records of all
+        the sender's queued datagrams as one batch."""
         reasons: Counter[str] = Counter()
         reasons["truncated"] += torn
         now = self.clock()
-        skew = self.settings.max_clock_skew_seconds
-        for pid, data in by_sender.items():
-            decoded = wire.decode_records(data)
-            records = decoded.records
-            reasons.update(decoded.reasons)
-            issued_at = records["issued_at"]
-            if len(records) and (issued_at.min() < now - skew or issued_at.max() > now + skew):
-                skewed = np.abs(issued_at - now) > skew
-                reasons["out_of_window"] += int(skewed.sum())
-                decoded = decoded._replace(records=records[~skewed])
-            for key, batch in _batches(decoded):
-                refused = self._apply(key, batch, pid, now)
-                reasons.update(refused)
-                self.accepted += len(batch) - len(refused)
+        for pid, datagrams in by_sender.items():
+            claims: dict[Identity, Claimed] = {}
+            for data in datagrams:
+                try:
+                    decoded = wire.decode(data)
+                except wire.DecodeError as exc:
+                    reasons[exc.reason] += exc.records
+                    continue
+                reasons["malformed"] += decoded.malformed
+                claimed = claims.get(decoded.identity)
+                if claimed is None:
+                    claimed = claims[decoded.identity] = Claimed()
+                claimed.add(decoded)
+            for identity, claimed in claims.items():
+                reasons.update(self._apply(identity, claimed, pid, now))
         self.invalid.update(reasons)
 
-    def _apply(self, key: BatchKey, records: np.ndarray, pid: int | None, now: float) -> list[str]:
-        """Apply the records of one (job, rank, group) from one sender; the drop reasons of those refused."""
-        job, rank, group = wire.text(key[0]), key[1], wire.text(key[2]) or "default"
+    def _apply(self, identity: Identity, claimed: Claimed, pid: int | None, now: float) -> Counter[str]:
+        """Apply one sender's records under one identity; the drop reasons of the records refused."""
+        refused: Counter[str] = Counter()
+        job, rank = identity.job, identity.rank
         reason, changed_hands = self.trust.admit(job, rank, pid)
         if reason is not None:
-            return [reason] * len(records)
+            refused[reason] += claimed.records() + claimed.heartbeats
+            return refused
         assert pid is not None
         rank_key = (job, rank)
         if changed_hands:
@@ -208,23 +206,30 @@ class CollectiveState:
         if sender is None:
             sender = self.senders[rank_key] = Sender(pid, now)
         sender.last_heard = now
-        sender.dropped_total = max(sender.dropped_total, int(records["dropped_total"].max()))
-        beats = records["kind"] == _HEARTBEAT
-        collectives = records[~beats] if beats.any() else records
-        if not len(collectives):
-            return []
-        window_key = (job, rank, group)
-        window = self.windows.get(window_key)
-        if window is None:
-            if len(self.windows) >= self.settings.max_ranks:
-                return ["too_many_ranks"] * len(collectives)
-            window = self.windows[window_key] = RankWindow(*window_key, max_samples=self.settings.max_samples_per_rank)
-        if window.pid != pid:
-            first = collectives[0]
-            local_rank = int(first["local_rank"])
-            window.identify(int(first["world_size"]), local_rank if local_rank >= 0 else None,
-                            wire.text(first["pod"]), wire.text(first["namespace"]), pid)  # fmt: skip
-        return window.add(collectives)
+        sender.dropped_total = max(sender.dropped_total, claimed.dropped_total)
+        skew = self.settings.max_clock_skew_seconds
+        for group, parts in claimed.groups.items():
+            records = wire.join(parts)
+            issued_at = records["issued_at"]
+            if issued_at.min() < now - skew or issued_at.max() > now + skew:
+                skewed = np.abs(issued_at - now) > skew
+                refused["out_of_window"] += int(skewed.sum())
+                records = records[~skewed]
+                if not len(records):
+                    continue
+            window_key = (job, rank, group)
+            window = self.windows.get(window_key)
+            if window is None:
+                if len(self.windows) >= self.settings.max_ranks:
+                    refused["too_many_ranks"] += len(records)
+                    continue
+                window = self.windows[window_key] = RankWindow(*window_key, max_samples=self.settings.max_samples_per_rank)
+            if window.pid != pid:
+                window.identify(identity.world_size, identity.local_rank, identity.pod, identity.namespace, pid)
+            dropped = window.add(records)
+            refused.update(dropped)
+            self.accepted += len(records) - len(dropped)
+        return refused
 
     def _forget(self, rank_key: RankKey) -> None:
         self.senders.pop(rank_key, None)

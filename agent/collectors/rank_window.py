@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from agent.collectors.step_period import step_period_seconds
-from agent.evidence import CollectiveSample, RankEvidence
+from agent.evidence import RankEvidence
 from agent.probe.wire import OP_CLASS, RECORD_DTYPE, Kind, Op
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ _SAMPLE_VIEW = np.dtype({
 })  # fmt: skip
 _COMPLETE, _ISSUE = int(Kind.COMPLETE), int(Kind.ISSUE)
 _OP_CLASS_OF: dict[int, str] = {int(op): name for op, name in OP_CLASS.items()}
+_OP_NAME: dict[int, str] = {int(op): op.name for op in Op}
 PERIOD_SAMPLES = 512  # newest collectives the step period is estimated from
 
 
@@ -70,19 +71,18 @@ class Completed(NamedTuple):
     wait_seconds: float | None  # completed_at - issued_at
 
 
-def repeat_length(signature: list[tuple[Op, int]], max_length: int = 256) -> int | None:
-    """Smallest K such that the (op, bytes) sequence repeats every K collectives (90% of positions agree):
+def signature(ops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+    """One number per collective, equal where (op, bytes) are equal: what repeat_length compares. (Sizes above
+    2^60 bytes wrap; they cannot occur.)"""
+    return (nbytes.astype(np.uint64) << np.uint64(4)) | ops.astype(np.uint64)  # op < 16
+
+
+def repeat_length(signature: np.ndarray, max_length: int = 256) -> int | None:
+    """Smallest K such that the signature (see `signature`) repeats every K collectives (90% of positions agree):
     the collectives per training step. None when there is no repeating pattern in the data."""
     n = len(signature)
     for k in range(1, min(max_length, n // 2) + 1):
-        allowed = (n - k) // 10
-        mismatches = 0
-        for i in range(n - k):
-            if signature[i] != signature[i + k]:
-                mismatches += 1
-                if mismatches > allowed:
-                    break
-        else:
+        if np.count_nonzero(signature[:-k] != signature[k:]) <= (n - k) // 10:
             return k
     return None
 
@@ -96,8 +96,9 @@ def _quantile(values: np.ndarray, q: float) -> float | None:
 class RankWindow:
     """Recent collectives of one (job, rank, process group), bounded by count and by age.
 
-    Completed collectives live in preallocated ring buffers (numpy columns); a probe datagram is applied as one
-    batch, and summaries (period, percentiles, gaps) are computed only when evidence or metrics ask.
+    Completed collectives live in preallocated ring buffers (numpy columns); the records one sender sent for the
+    group since the last ingest are applied as one batch, and summaries (period, percentiles, gaps) are computed
+    only when evidence or metrics ask.
     """
 
     def __init__(self, job: str, rank: int, group: str, max_samples: int, max_pending: int = 64) -> None:
@@ -113,6 +114,8 @@ class RankWindow:
         self.max_pending = max_pending
         self._ring = np.zeros(max_samples, dtype=SAMPLE_DTYPE)
         self._next = 0  # ring index the next sample goes to
+        self._stored = 0  # samples ever written to the ring
+        self._ordered_from = 0  # the ring holds its samples in sequence order once _stored reaches this
         self.count = 0  # samples held, <= max_samples
         self._unfolded = 0  # newest samples not yet counted in totals and progress (folded when read or overwritten)
         self.pending: dict[int, tuple[Op, float]] = {}
@@ -148,15 +151,19 @@ class RankWindow:
         return self._last_progress_at
 
     def _fold(self) -> None:
-        """Count the newest samples into totals and progress: once per scrape, not per datagram."""
+        """Count the newest samples into totals and progress: once per read, not per batch."""
         if not self._unfolded:
             return
-        slots = (self._next - self._unfolded + np.arange(self._unfolded)) % self.max_samples
-        samples = self._ring[slots]
+        start = self._next - self._unfolded
+        ring = self._ring
+        samples = ring[start : self._next] if start >= 0 else np.concatenate((ring[start:], ring[: self._next]))
         self._unfolded = 0
         issued_at, completed_at = samples["issued_at"], samples["completed_at"]
         self._progress(self.last_seq, float(issued_at.max()), float(np.maximum(issued_at, completed_at).max()))
         ops, measured, waits = samples["op"], completed_at > 0, completed_at - issued_at
+        if (ops == ops[0]).all():  # the usual batch: one op class
+            self._totals_of(int(ops[0])).add(samples["bytes"], waits[measured])
+            return
         for op in np.unique(ops).tolist():
             same = ops == op
             self._totals_of(op).add(samples["bytes"][same], waits[same & measured])
@@ -166,10 +173,9 @@ class RankWindow:
         self.world_size, self.local_rank, self.pod, self.namespace, self.pid = world_size, local_rank, pod, namespace, pid
 
     def add(self, records: np.ndarray) -> list[str]:
-        """Apply a batch of decoded records (wire.RECORD_DTYPE, one process, datagram order); the drop reasons of
-        the records refused as replayed or older than the window."""
-        kinds = records["kind"].tolist()
-        if kinds.count(_COMPLETE) == len(kinds):
+        """Apply a batch of decoded records (wire.RECORD_DTYPE, one process and process group, arrival order); the
+        drop reasons of the records refused as replayed or older than the window."""
+        if (records["kind"] == _COMPLETE).all():
             return self._add_completed(records)
         dropped: list[str] = []
         for index in range(len(records)):  # ISSUE records are rare (a collective pending for long): one by one
@@ -223,6 +229,7 @@ class RankWindow:
             self._restart()
             return self._add_completed(record)
         self._store(seq, record)  # a gap filled late: kept, ordered at evidence time
+        self._ordered_from = self._stored + self.max_samples  # out of sequence order until it is overwritten
         return []
 
     def _restart(self) -> None:
@@ -249,6 +256,7 @@ class RankWindow:
             if end > size:
                 self._ring[: end - size] = chunk[size - start :]
             self._next = end % size
+            self._stored += len(chunk)
             self.count = min(size, self.count + len(chunk))
             self._unfolded += len(chunk)
 
@@ -264,14 +272,21 @@ class RankWindow:
             for seq, op, nbytes, issued, done in rows
         ]
 
-    def _window_slots(self, now: float, window_seconds: float) -> np.ndarray:
-        """Ring slots of the samples issued within the last `window_seconds`, in sequence order."""
+    def _window_slots(self, now: float, window_seconds: float, newest: int | None = None) -> np.ndarray:
+        """Ring slots of the samples issued within the last `window_seconds`, in sequence order; at most the `newest`.
+
+        Records arrive in sequence order (a late one is rare), and then arrival order is sequence order: no sort."""
+        if self._stored >= self._ordered_from:
+            held = self.count if newest is None else min(self.count, newest)
+            slots = (self._next - held + np.arange(held)) % self.max_samples
+            return slots[self._ring["issued_at"][slots] >= now - window_seconds]
         slots = np.flatnonzero(self._ring["issued_at"][: self.count] >= now - window_seconds)
-        return slots[np.argsort(self._ring["seq"][slots], kind="stable")]
+        slots = slots[np.argsort(self._ring["seq"][slots], kind="stable")]
+        return slots if newest is None else slots[-newest:]
 
     def step_period_seconds(self, now: float, window_seconds: float) -> float | None:
         """The rank's step period (s) over the last `window_seconds`; see _period_of."""
-        return self._period_of(self._window_slots(now, window_seconds))
+        return self._period_of(self._window_slots(now, window_seconds, newest=PERIOD_SAMPLES))
 
     def _period_of(self, slots: np.ndarray) -> float | None:
         """Step period (s) of the samples at `slots` (sequence order): the (op, bytes) pattern's repeat, refined by
@@ -280,7 +295,7 @@ class RankWindow:
         seqs = samples["seq"]
         key = (len(samples), int(seqs[0]), int(seqs[-1])) if len(samples) else (0, 0, 0)
         if self._period_cache[0] != key:
-            k = repeat_length(list(zip(samples["op"].tolist(), samples["bytes"].tolist(), strict=True)))
+            k = repeat_length(signature(samples["op"], samples["bytes"]))
             self._period_cache = (key, None if k is None else step_period_seconds(samples["issued_at"], k))
         return self._period_cache[1]
 
@@ -319,8 +334,17 @@ class RankWindow:
             compute_gap_seconds_p50=_quantile(gaps, 0.5),
             bytes_per_second=int(window["bytes"].sum()) / span,
             dropped_records=dropped_records,
-            samples=[
-                CollectiveSample(seq=s.seq, op=s.op.name, bytes=s.bytes, arrival=s.issued_at, wait_seconds=s.wait_seconds)
-                for s in self._completed(slots[max(0, len(slots) - max_samples) :])
-            ],
+            samples=self._samples(window[max(0, len(window) - max_samples) :]),
         )
+
+    @staticmethod
+    def _samples(rows: np.ndarray) -> list[Any]:
+        """Evidence samples of ring rows as plain dicts: pydantic validates them as CollectiveSample with the rank's
+        document in one call (a model per sample costs three times as much)."""
+        issued_at, completed_at = rows["issued_at"], rows["completed_at"]
+        waits = np.where(completed_at != 0, completed_at - issued_at, np.nan).tolist()
+        columns = (rows["seq"].tolist(), rows["op"].tolist(), rows["bytes"].tolist(), issued_at.tolist(), waits)
+        return [
+            {"seq": seq, "op": _OP_NAME[op], "bytes": nbytes, "arrival": arrival, "wait_seconds": wait if wait == wait else None}
+            for seq, op, nbytes, arrival, wait in zip(*columns, strict=True)
+        ]

@@ -37,13 +37,15 @@ def step_period_seconds(issued_at: Sequence[float], pattern_length: int) -> floa
 
 
 def _step_lag(gaps: np.ndarray, pattern_length: int) -> int:
-    """Collectives per step: the smallest multiple of `pattern_length` at which the gap sequence repeats."""
+    """Collectives per step: the smallest multiple of `pattern_length` at which the gap sequence repeats (its
+    autocorrelation, normalised per overlapping pair, reaches MIN_CORRELATION)."""
     centred = gaps - gaps.mean()
     energy = float(np.dot(centred, centred))
     if len(gaps) < 2 * pattern_length or energy <= (MIN_GAP_SPREAD_RATIO * gaps.mean()) ** 2 * len(gaps):
         return pattern_length
-    for lag in range(pattern_length, len(gaps) // MIN_REPEATS + 1, pattern_length):
-        correlation = float(np.dot(centred[:-lag], centred[lag:])) / energy * len(gaps) / (len(gaps) - lag)
-        if correlation >= MIN_CORRELATION:
-            return lag
-    return pattern_length
+    lags = np.arange(pattern_length, len(gaps) // MIN_REPEATS + 1, pattern_length)
+    # every lag's sum of centred[i] * centred[i + lag] at once (np.correlate's "full" output from index len - 1)
+    sums = np.correlate(centred, centred, "full")[len(gaps) - 1 + lags]
+    correlations = sums / energy * len(gaps) / (len(gaps) - lags)
+    repeats = np.flatnonzero(correlations >= MIN_CORRELATION)
+    return int(lags[repeats[0]]) if len(repeats) else pattern_length

@@ -1,8 +1,9 @@
 """Who may speak for a rank: the collective collector's trust policy for probe records.
 
-A record claims a job and a rank; a forged straggler could get an innocent node cordoned, so each (job, rank)
-is bound to the first sender that claims it — its pod (pod uid from the sender's cgroup, kernel-verified pid
-via SO_PASSCRED) or, outside Kubernetes, its process — until that sender's process is gone.
+A datagram's header claims a job and a rank for all its records (agent/probe/wire.py); a forged straggler could
+get an innocent node cordoned, so each (job, rank) is bound to the first sender that claims it — its pod (pod uid
+from the sender's cgroup, kernel-verified pid via SO_PASSCRED) or, outside Kubernetes, its process — until that
+sender's process is gone. The collector asks once per sender and identity in each batch of datagrams.
 """
 
 from __future__ import annotations

@@ -32,8 +32,10 @@ COLLECTIVES: dict[str, tuple[Op, str | None]] = {
     "all_reduce": (Op.all_reduce, "tensor"),
     "broadcast": (Op.broadcast, "tensor"),
     "all_gather": (Op.all_gather, "tensor"),
+    "all_gather_single": (Op.all_gather, "input_tensor"),  # FSDP2's all-gather (torch >= 2.12)
     "all_gather_into_tensor": (Op.all_gather, "input_tensor"),
     "reduce_scatter": (Op.reduce_scatter, "input_list"),
+    "reduce_scatter_single": (Op.reduce_scatter, "input"),  # FSDP2's gradient reduce-scatter (torch >= 2.12)
     "reduce_scatter_tensor": (Op.reduce_scatter, "input"),
     "reduce": (Op.reduce, "tensor"),
     "barrier": (Op.barrier, None),
@@ -42,6 +44,10 @@ COLLECTIVES: dict[str, tuple[Op, str | None]] = {
     "gather": (Op.gather, "tensor"),
     "scatter": (Op.scatter, "tensor"),
 }
+
+# Older names that call their successor through the module (torch >= 2.12): wrapped only where the successor is
+# absent, so one collective is recorded once.
+DELEGATES_TO = {"all_gather_into_tensor": "all_gather_single", "reduce_scatter_tensor": "reduce_scatter_single"}
 
 
 def nbytes(data: Any) -> int:
@@ -145,7 +151,7 @@ def patch_collectives(c10d: types.ModuleType, recorder: Recorder, groups: GroupN
     wrapped = []
     for name, (op, data_param) in COLLECTIVES.items():
         fn = getattr(c10d, name, None)
-        if fn is None or getattr(fn, _PATCHED, False):
+        if fn is None or getattr(fn, _PATCHED, False) or hasattr(c10d, DELEGATES_TO.get(name, "")):
             continue
         seen_below = cpu_all_reduce_seen_below if name == "all_reduce" else _never
         wrapper = wrap_collective(fn, op, data_param, recorder, groups, seen_below, timing)

@@ -1,10 +1,12 @@
-"""The probe's sender thread: drains the recorder, packs wire records and sends them to the node's agent.
+"""The probe's sender thread: drains the recorder, packs datagrams (agent/probe/wire.py: the identity once in a
+header, then short records) and sends them to the node's agent.
 
 Sends are non-blocking Unix datagrams to `<socket_dir>/probe.sock`. A slow agent (its socket queue full) costs
 a backlog the next flush sends first, bounded at `BACKLOG_RECORDS`; an absent or restarting agent costs dropped
-records (counted, reported in every later record). Never a blocked or failing training step. Every send names the
-socket path again, so a restarted agent is picked up without reconnect logic. At interpreter exit the last flush
-retries a full queue for up to `FINAL_FLUSH_SECONDS`, so the job's last collectives are delivered or counted.
+records (counted, reported in every later datagram's header). Never a blocked or failing training step. Every
+send names the socket path again, so a restarted agent is picked up without reconnect logic. At interpreter exit
+the last flush retries a full queue for up to `FINAL_FLUSH_SECONDS`, so the job's last collectives are delivered
+or counted.
 """
 
 from __future__ import annotations
@@ -15,22 +17,25 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 
 from agent.probe import wire
 from agent.probe.identity import Identity
-from agent.probe.recorder import Recorder, Token
+from agent.probe.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "probe.sock"
-BACKLOG_RECORDS = 4096  # ~1.2 MB of packed records held while the agent's queue is full
+BACKLOG_RECORDS = 4096  # records (~170 kB packed) held while the agent's queue is full
 FINAL_FLUSH_SECONDS = 0.5  # how long the exit flush retries a full queue (training is over by then)
 _QUEUE_FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+_COMPLETE, _ISSUE = int(wire.Kind.COMPLETE), int(wire.Kind.ISSUE)
 
 
 class Sender:
     """Background thread: every `flush_interval_seconds` it sends completed collectives, collectives pending
-    for longer than `pending_report_seconds` (the hang signal), and a heartbeat every `heartbeat_seconds`.
+    for longer than `pending_report_seconds` (the hang signal), and a heartbeat (a datagram without records) when
+    it sent nothing for `heartbeat_seconds`.
 
     Each flush wakes the thread and takes the GIL from the training thread (0.2-0.3 ms of this thread's CPU per
     flush on the 2-core development VM, mostly the wakeup, not the records), so it flushes every 0.5 s: records
@@ -55,17 +60,14 @@ class Sender:
         self.sent_records = 0
         self.send_errors = 0
         self._dropped_in_transport = 0
-        self._backlog: list[bytes] = []  # packed records the agent's full queue did not take yet
+        self._packer = wire.Packer(identity)
+        self._backlog: deque[tuple[bytes, int]] = deque()  # datagrams the agent's full queue did not take yet, records
+        self._backlog_records = 0
         self._reported_pending: set[tuple[str, int]] = set()
-        self._last_heartbeat = 0.0
+        self._last_sent = 0.0  # Unix s of the last datagram packed: any datagram tells the agent the process lives
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
-        self._ident = (
-            wire.encode_text(identity.job, wire.JOB_BYTES),
-            wire.encode_text(identity.pod, wire.POD_BYTES),
-            wire.encode_text(identity.namespace, wire.NAMESPACE_BYTES),
-        )
         self._thread = threading.Thread(target=self._run, name="lockstep-probe", daemon=True)
 
     @property
@@ -76,7 +78,7 @@ class Sender:
     @property
     def backlogged(self) -> int:
         """Records waiting for room in the agent's socket queue."""
-        return len(self._backlog)
+        return self._backlog_records
 
     def start(self) -> None:
         self._thread.start()
@@ -95,7 +97,8 @@ class Sender:
         while self._backlog and time.monotonic() < deadline:
             time.sleep(0.005)
             self._send_backlog()
-        self._dropped_in_transport += len(self._backlog)
+        while self._backlog:
+            self._drop(self._backlog.popleft()[1])
         self._sock.close()
 
     def _flush_safely(self) -> None:
@@ -104,62 +107,53 @@ class Sender:
         except Exception:  # the probe must never take the training process down
             log.debug("lockstep probe flush failed", exc_info=True)
 
-    def _pack(self, kind: wire.Kind, token: Token, completed_at: float) -> bytes:
-        group, seq, op, nbytes, issued_at = token
-        ident = self.identity
-        job, pod, namespace = self._ident
-        return wire.RECORD.pack(
-            wire.MAGIC, wire.VERSION, kind, op, ident.rank, ident.world_size,
-            -1 if ident.local_rank is None else ident.local_rank, seq, nbytes, issued_at, completed_at,
-            self.dropped & 0xFFFFFFFF, 0, job, wire.encode_text(group, wire.GROUP_BYTES), pod, namespace,
-        )  # fmt: skip
-
     def flush(self) -> None:
-        """Send what the recorder holds now; one datagram per MAX_RECORDS_PER_DATAGRAM records."""
+        """Send what the recorder holds now (a heartbeat datagram when it holds nothing and one is due)."""
         now = time.time()
-        records: list[bytes] = []
+        rows: list[wire.Row] = []
         completed = self.recorder.completed
         while completed:
             token, completed_at = completed.popleft()
-            records.append(self._pack(wire.Kind.COMPLETE, token, completed_at))
+            rows.append((_COMPLETE, token, completed_at))
         pending = self.recorder.pending.copy()
         self._reported_pending &= pending.keys()
         newly_pending = []
         for key, token in pending.items():
             if key not in self._reported_pending and now - token[4] >= self.pending_report_seconds:
                 newly_pending.append(key)
-                records.append(self._pack(wire.Kind.ISSUE, token, 0.0))
-        if now - self._last_heartbeat >= self.heartbeat_seconds:
-            self._last_heartbeat = now
-            records.append(self._pack(wire.Kind.HEARTBEAT, ("", 0, wire.Op.unknown, 0, now), 0.0))
-        self._backlog += records
+                rows.append((_ISSUE, token, 0.0))
+        if rows or (not self._backlog and now - self._last_sent >= self.heartbeat_seconds):  # a backlog says it too
+            self._last_sent = now
+            for datagram, records in self._packer.pack(rows, self.dropped):
+                self._backlog.append((datagram, records))
+                self._backlog_records += records
         if self._send_backlog():  # else report them again next flush: a restarted agent still learns of the hang
             self._reported_pending.update(newly_pending)
 
     def _send_backlog(self) -> bool:
         """Send the backlog a datagram at a time; False if the agent is absent (those records are dropped).
-        A full queue keeps the rest for the next flush, the oldest dropped beyond BACKLOG_RECORDS."""
-        step = wire.MAX_RECORDS_PER_DATAGRAM
+        A full queue keeps the rest for the next flush, the oldest datagrams dropped beyond BACKLOG_RECORDS."""
         backlog = self._backlog
-        sent = 0
         try:
-            while sent < len(backlog):
-                chunk = backlog[sent : sent + step]
-                self._sock.sendto(b"".join(chunk), self.path)
-                sent += len(chunk)
-                self.sent_records += len(chunk)
+            while backlog:
+                datagram, records = backlog[0]
+                self._sock.sendto(datagram, self.path)
+                backlog.popleft()
+                self._backlog_records -= records
+                self.sent_records += records
         except OSError as exc:  # agent absent (ENOENT, ECONNREFUSED), slow (EAGAIN), forbidden (EACCES)
             self.send_errors += 1
             if self.send_errors == 1:
                 log.info("lockstep probe: agent socket %s unavailable (%s); counting dropped records", self.path, exc)
             if exc.errno in _QUEUE_FULL:
-                rest = backlog[sent:]
-                overflow = max(0, len(rest) - BACKLOG_RECORDS)
-                self._dropped_in_transport += overflow
-                self._backlog = rest[overflow:]
+                while self._backlog_records > BACKLOG_RECORDS:
+                    self._drop(backlog.popleft()[1])
                 return True
-            self._dropped_in_transport += len(backlog) - sent
-            self._backlog = []
+            while backlog:
+                self._drop(backlog.popleft()[1])
             return False
-        self._backlog = []
         return True
+
+    def _drop(self, records: int) -> None:
+        self._backlog_records -= records
+        self._dropped_in_transport += records

@@ -13,18 +13,19 @@ import pytest
 
 from agent.backends.cgroup import pod_uid_from_cgroup
 from agent.probe import wire
+from agent.probe.identity import Identity
 
 from .jobs import start_collector, wait_for
 
 
-def record(seq: int = 0, rank: int = 0, job: str = "job-a", **fields: object) -> wire.Record:
+def datagram(seq: int = 0, rank: int = 0, job: str = "job-a", **fields: object) -> bytes:
+    """One datagram of rank `rank` of a 4-rank job holding one completed collective, its fields replaced by `fields`."""
     now = time.time()
-    base = wire.Record(
-        kind=wire.Kind.COMPLETE, op=wire.Op.all_reduce, rank=rank, world_size=4, local_rank=rank, seq=seq,
-        bytes=1024, issued_at=now - 0.01, completed_at=now, dropped_total=0, job=job, group="default", pod="",
-        namespace="",
-    )  # fmt: skip
-    return base._replace(**fields)
+    record = wire.Record(
+        kind=wire.Kind.COMPLETE, op=wire.Op.all_reduce, group="default", seq=seq, bytes=1024, issued_at=now - 0.01,
+        completed_at=now,
+    )._replace(**fields)  # fmt: skip
+    return wire.encode(Identity(job=job, rank=rank, world_size=4, local_rank=rank, pod="", namespace=""), [record])
 
 
 def send(socket_dir: Path, payload: bytes) -> None:
@@ -40,18 +41,19 @@ def collector(socket_dir: Path):
 
 
 def test_bad_datagrams_are_counted_by_reason_and_good_ones_after_them_still_count(collector, socket_dir) -> None:
-    good = wire.encode(record(seq=0))
-    bad_version = bytearray(wire.encode(record(seq=1)))
+    good = datagram(seq=0)
+    bad_version = bytearray(datagram(seq=1))
     bad_version[4] = 99
-    send(socket_dir, good[:100])  # truncated
+    send(socket_dir, good[:100])  # shorter than a header
     send(socket_dir, b"XXXX" + good[4:])  # foreign magic
     send(socket_dir, bytes(bad_version))
-    send(socket_dir, wire.encode(record(seq=2, rank=7)))  # rank 7 of a 4-rank job
+    send(socket_dir, datagram(seq=2, rank=7))  # rank 7 of a 4-rank job
     send(socket_dir, good)
     send(socket_dir, good)  # the same collective again: a replay
-    send(socket_dir, wire.encode(record(seq=3, issued_at=time.time() - 86400, completed_at=time.time() - 86399)))
+    send(socket_dir, datagram(seq=3, issued_at=time.time() - 86400, completed_at=time.time() - 86399))
     send(socket_dir, b"")
-    send(socket_dir, wire.encode(record(seq=1)) + good[:50])  # one good record then a torn one
+    send(socket_dir, datagram(seq=1)[:-8])  # its record torn
+    send(socket_dir, datagram(seq=1))
     wait_for(lambda: collector.state.accepted == 2 and sum(collector.state.invalid.values()) == 8, 10, "all datagrams")
     assert {k: v for k, v in collector.state.invalid.items() if v} == {
         "truncated": 3, "bad_magic": 1, "bad_version": 1, "malformed": 1, "duplicate": 1, "out_of_window": 1,
@@ -68,11 +70,12 @@ SENDER = """
 import socket, sys, time
 sys.path.insert(0, {repo!r})
 from agent.probe import wire
-r = wire.Record(kind=wire.Kind.COMPLETE, op=wire.Op.all_reduce, rank=0, world_size=2, local_rank=0, seq={seq},
-    bytes=8, issued_at=time.time() - 0.5, completed_at=time.time(), dropped_total=0, job="job-b", group="default",
-    pod="", namespace="")
+from agent.probe.identity import Identity
+r = wire.Record(kind=wire.Kind.COMPLETE, op=wire.Op.all_reduce, group="default", seq={seq}, bytes=8,
+    issued_at=time.time() - 0.5, completed_at=time.time())
+identity = Identity(job="job-b", rank=0, world_size=2, local_rank=0, pod="", namespace="")
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.sendto(wire.encode(r), {path!r})
+s.sendto(wire.encode(identity, [r]), {path!r})
 print("sent", flush=True)
 time.sleep({linger})
 """
@@ -108,7 +111,7 @@ def test_another_process_cannot_speak_for_a_rank_while_its_owner_lives(collector
 def test_pod_trust_refuses_processes_outside_kubernetes_pods(socket_dir: Path) -> None:
     collector = start_collector(socket_dir, trust="pod")
     try:
-        send(socket_dir, wire.encode(record()))
+        send(socket_dir, datagram())
         wait_for(lambda: collector.state.invalid["not_a_pod"] == 1, 10, "the refusal")
         assert collector.evidence().ranks == []
     finally:
@@ -143,10 +146,10 @@ def test_pod_uid_is_read_from_cgroupfs_and_systemd_cgroup_paths(cgroup: str, uid
 
 def test_a_process_group_created_anew_restarts_the_window_instead_of_looking_replayed(collector, socket_dir) -> None:
     for seq in range(3):
-        send(socket_dir, wire.encode(record(seq=seq)))
+        send(socket_dir, datagram(seq=seq))
     wait_for(lambda: collector.state.accepted == 3, 10, "the first incarnation")
     time.sleep(0.01)
-    send(socket_dir, wire.encode(record(seq=0)))  # seq 0 again, issued now: a new process group
+    send(socket_dir, datagram(seq=0))  # seq 0 again, issued now: a new process group
     wait_for(lambda: collector.state.accepted == 4, 10, "the new incarnation")
     [rank] = collector.evidence().ranks
     assert [s.seq for s in rank.samples] == [0] and rank.last_seq == 0

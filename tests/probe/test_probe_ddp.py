@@ -238,3 +238,33 @@ def test_probe_records_cpu_ddp_on_its_default_path_builtin_hooks_and_each_all_re
         assert counts["pending"] == 0
     for name in ("default_path_gradient", "builtin_hook_gradient"):  # ranks' own gradients, averaged alike
         assert results[0][name] == results[1][name]
+
+
+def test_agent_sees_every_fsdp_all_gather_and_reduce_scatter_with_true_bytes(ddp_job, socket_dir: Path) -> None:
+    """FSDP2 (fully_shard per layer) moves parameters and gradients with all-gathers and reduce-scatters, not
+    all-reduces: each shows on every rank, in the same order, with this rank's bytes (its shard for an all-gather,
+    the whole gradient for a reduce-scatter)."""
+    collector = start_collector(socket_dir, evidence_samples=4096, window_seconds=600)
+    try:
+        steps, hidden, layers, world = 12, 64, 2, 2
+        job = ddp_job("--parallel", "fsdp", "--nproc", str(world), "--steps", str(steps), "--hidden", str(hidden),
+                      "--layers", str(layers))  # fmt: skip
+        job.finish()
+        wait_for(lambda: all(r.samples and r.samples[-1].op == "barrier" for r in ranks_by_number(collector).values())
+                 and len(ranks_by_number(collector)) == world, 30, "every rank's final barrier")  # fmt: skip
+        ranks = ranks_by_number(collector)
+    finally:
+        collector.close()
+    reference = [(s.seq, s.op, s.bytes) for s in ranks[0].samples]
+    for rank, evidence in ranks.items():
+        assert [s.seq for s in evidence.samples] == list(range(len(reference))), f"rank {rank} has gaps or disorder"
+        assert [(s.seq, s.op, s.bytes) for s in evidence.samples] == reference, f"rank {rank} differs from rank 0"
+    ops = [op for _, op, _ in reference]
+    linear_layers = layers + 2  # every Linear is its own FSDP unit
+    assert ops.count("reduce_scatter") == steps * linear_layers  # each unit's gradients, once per step
+    assert ops.count("all_gather") >= steps * linear_layers  # each unit's parameters, at least once per step
+    assert ops.count("all_reduce") == 0 and ops.count("barrier") == 1
+    parameter_bytes = mlp_parameter_bytes(hidden, layers)
+    assert sum(b for _, op, b in reference if op == "reduce_scatter") == steps * parameter_bytes
+    forward_gathers = [b for _, op, b in reference[: 2 * linear_layers] if op == "all_gather"][:linear_layers]
+    assert sum(forward_gathers) == parameter_bytes // world  # the first forward gathers every shard once

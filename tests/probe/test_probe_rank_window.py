@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from agent.collectors.rank_window import RankWindow, repeat_length
-from agent.probe.wire import Kind, Op, Record, decode_records, encode
+import numpy as np
+
+from agent.collectors.rank_window import RankWindow, repeat_length, signature
+from agent.probe.identity import Identity
+from agent.probe.wire import Kind, Op, Record, decode, encode
+
+IDENTITY = Identity(job="j", rank=0, world_size=2, local_rank=0, pod="", namespace="")
 
 
 def rec(seq: int, issued: float, wait: float | None, op: Op = Op.all_reduce, nbytes: int = 1000,
         kind: Kind = Kind.COMPLETE) -> Record:  # fmt: skip
-    return Record(kind=kind, op=op, rank=0, world_size=2, local_rank=0, seq=seq, bytes=nbytes, issued_at=issued,
-                  completed_at=None if wait is None else issued + wait, dropped_total=0, job="j", group="default",
-                  pod="", namespace="")  # fmt: skip
+    return Record(kind=kind, op=op, group="default", seq=seq, bytes=nbytes, issued_at=issued,
+                  completed_at=None if wait is None else issued + wait)  # fmt: skip
 
 
 def add(window: RankWindow, record: Record) -> None:
-    """Feed one record the way the collector does: decoded from its wire bytes."""
-    assert window.add(decode_records(encode(record)).records) == []
+    """Feed one record the way the collector does: decoded from its datagram."""
+    assert window.add(decode(encode(IDENTITY, [record])).records) == []
 
 
 def ddp_like_window(steps: int, period: float, t0: float = 1000.0) -> RankWindow:
@@ -31,7 +35,8 @@ def ddp_like_window(steps: int, period: float, t0: float = 1000.0) -> RankWindow
 
 def test_step_period_is_the_repeat_of_the_collective_pattern_not_the_gap_between_buckets() -> None:
     window = ddp_like_window(steps=20, period=0.25)
-    assert repeat_length([(s.op, s.bytes) for s in window.samples]) == 3
+    held = window.samples
+    assert repeat_length(signature(np.array([s.op for s in held]), np.array([s.bytes for s in held]))) == 3
     evidence = window.evidence(now=1000.0 + 20 * 0.25, window_seconds=60, max_samples=10, dropped_records=0)
     assert evidence.step_period_seconds is not None and abs(evidence.step_period_seconds - 0.25) < 1e-6
     assert evidence.collectives_in_window == 60 and len(evidence.samples) == 10
@@ -78,3 +83,17 @@ def test_a_window_holding_fewer_collectives_than_evidence_samples_sends_all_of_t
     for asked in (128, 200, 239):
         samples = window.evidence(now=1010.0, window_seconds=60, max_samples=asked, dropped_records=0).samples
         assert [s.seq for s in samples] == list(range(120))
+
+
+def test_a_collective_that_arrives_late_takes_its_place_in_sequence_order_while_the_ring_holds_it() -> None:
+    window = RankWindow("j", 0, "default", max_samples=16)
+    for seq in [0, 1, 2, 3, 4, 6, 7, 5]:  # 5 completes after 6 and 7
+        add(window, rec(seq, 1000.0 + seq * 0.1, 0.001))
+    evidence = window.evidence(now=1001.0, window_seconds=60, max_samples=16, dropped_records=0)
+    assert [s.seq for s in evidence.samples] == list(range(8))
+    for seq in range(8, 40):  # the late one is overwritten: arrival order is sequence order again
+        add(window, rec(seq, 1000.0 + seq * 0.1, 0.001))
+    evidence = window.evidence(now=1004.0, window_seconds=60, max_samples=16, dropped_records=0)
+    assert [s.seq for s in evidence.samples] == list(range(24, 40))
+    assert window.step_period_seconds(1004.0, 60) == evidence.step_period_seconds
+    assert evidence.step_period_seconds is not None and abs(evidence.step_period_seconds - 0.1) < 1e-6

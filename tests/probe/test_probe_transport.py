@@ -15,15 +15,19 @@ from agent.probe.transport import Sender
 IDENTITY = Identity(job="job-x", rank=1, world_size=4, local_rank=1, pod="pod-1", namespace="ml")
 
 
-def receive_all(sock: socket.socket) -> list[wire.Record]:
-    records = []
+def receive_datagrams(sock: socket.socket) -> list[wire.Decoded]:
+    datagrams = []
     sock.setblocking(False)
     while True:
         try:
             data = sock.recv(65536)
         except BlockingIOError:
-            return records
-        records += [wire.decode(data, offset) for offset in range(0, len(data), wire.RECORD_BYTES)]
+            return datagrams
+        datagrams.append(wire.decode(data))
+
+
+def receive_all(sock: socket.socket) -> list[wire.Record]:
+    return [record for datagram in receive_datagrams(sock) for record in datagram.as_records()]
 
 
 def test_sender_delivers_completed_and_long_pending_collectives_with_the_rank_identity(tmp_path: Path) -> None:
@@ -35,14 +39,15 @@ def test_sender_delivers_completed_and_long_pending_collectives_with_the_rank_id
         recorder.complete(recorder.issue("default", wire.Op.all_reduce, 4096))
     stuck = recorder.issue("default", wire.Op.broadcast, 64)
     sender.flush()
-    first = receive_all(receiver)
+    datagrams = receive_datagrams(receiver)
+    first = [record for datagram in datagrams for record in datagram.as_records()]
     time.sleep(0.06)
     sender.flush()
     sender.flush()  # a pending collective is reported once, not on every flush
     second = receive_all(receiver)
     completes = [r for r in first if r.kind == wire.Kind.COMPLETE]
     assert [r.seq for r in completes] == list(range(100))
-    assert all(r.job == "job-x" and r.rank == 1 and r.world_size == 4 and r.pod == "pod-1" for r in first)
+    assert len(datagrams) == 1 and datagrams[0].identity == IDENTITY, "the identity once, in the header"
     assert all(r.completed_at is not None and r.completed_at >= r.issued_at for r in completes)
     issues = [r for r in second if r.kind == wire.Kind.ISSUE]
     assert [(r.seq, r.op) for r in issues] == [(stuck[1], wire.Op.broadcast)]
@@ -73,20 +78,27 @@ def test_a_hang_is_reported_again_to_an_agent_that_was_away(tmp_path: Path) -> N
     receiver.close()
 
 
+def flush_small_datagrams(recorder: Recorder, sender: Sender, flushes: int = 20) -> None:
+    """Send 10 collectives per flush, `flushes` times, to an agent that reads none: more datagrams than its queue
+    takes (Linux's default net.unix.max_dgram_qlen is 10)."""
+    for _ in range(flushes):
+        for _ in range(10):
+            recorder.complete(recorder.issue("default", wire.Op.all_reduce, 8))
+        sender.flush()
+
+
 def test_a_full_agent_queue_is_a_backlog_sent_next_flush_in_order_not_a_drop(tmp_path: Path) -> None:
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(str(tmp_path / "probe.sock"))
     recorder = Recorder()
     sender = Sender(recorder, IDENTITY, str(tmp_path))
-    for _ in range(2000):  # ~80 datagrams: more than the socket queue or the send buffer takes at once
-        recorder.complete(recorder.issue("default", wire.Op.all_reduce, 8))
-    sender.flush()
-    assert sender.send_errors > 0, "the queue never filled: the test does not test the backlog"
+    flush_small_datagrams(recorder, sender)
+    assert sender.send_errors > 0 and sender.backlogged, "the queue never filled: the test does not test the backlog"
     received = receive_all(receiver)
     while sender.backlogged:
         sender.flush()
         received += receive_all(receiver)
-    assert [r.seq for r in received if r.kind == wire.Kind.COMPLETE] == list(range(2000))
+    assert [r.seq for r in received if r.kind == wire.Kind.COMPLETE] == list(range(200))
     assert sender.dropped == 0
     receiver.close()
 
@@ -97,8 +109,10 @@ def test_the_exit_flush_waits_briefly_for_a_slow_agent_so_the_last_collectives_a
     recorder = Recorder()
     sender = Sender(recorder, IDENTITY, str(tmp_path), flush_interval_seconds=60.0)
     sender.start()
-    for _ in range(2000):
+    flush_small_datagrams(recorder, sender)  # the thread waits 60 s for its first flush: these are ours alone
+    for _ in range(50):
         recorder.complete(recorder.issue("default", wire.Op.all_reduce, 8))
+    assert sender.backlogged, "the queue never filled: the test does not test the exit flush's retries"
     stopping = threading.Thread(target=sender.stop)
     stopping.start()  # the interpreter exits while the agent's queue is full ...
     received: list[wire.Record] = []
@@ -108,6 +122,41 @@ def test_the_exit_flush_waits_briefly_for_a_slow_agent_so_the_last_collectives_a
         received += receive_all(receiver)
     stopping.join()
     received += receive_all(receiver)
-    assert [r.seq for r in received if r.kind == wire.Kind.COMPLETE] == list(range(2000))
+    assert [r.seq for r in received if r.kind == wire.Kind.COMPLETE] == list(range(250))
     assert sender.dropped == 0
+    receiver.close()
+
+
+def test_an_idle_sender_sends_a_heartbeat_datagram_that_carries_its_count_of_lost_records(tmp_path: Path) -> None:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "probe.sock"))
+    recorder = Recorder(capacity=5)
+    sender = Sender(recorder, IDENTITY, str(tmp_path), heartbeat_seconds=0.05)
+    for _ in range(8):  # 3 more than the recorder holds
+        recorder.complete(recorder.issue("default", wire.Op.all_reduce, 8))
+    sender.flush()
+    sender.flush()  # nothing new, and a datagram just went out: nothing to say
+    [collectives] = receive_datagrams(receiver)
+    time.sleep(0.06)
+    sender.flush()
+    [heartbeat] = receive_datagrams(receiver)
+    assert len(collectives.records) == 5 and collectives.dropped_total == 3
+    assert len(heartbeat.records) == 0 and heartbeat.dropped_total == 3 and heartbeat.identity == IDENTITY
+    receiver.close()
+
+
+def test_a_flush_touching_many_process_groups_splits_them_over_datagrams_each_with_its_own_table(tmp_path: Path) -> None:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "probe.sock"))
+    recorder = Recorder()
+    sender = Sender(recorder, IDENTITY, str(tmp_path))
+    groups = [f"pair-{index}" for index in range(wire.MAX_GROUPS_PER_DATAGRAM + 4)]
+    for _ in range(2):
+        for group in groups:
+            recorder.complete(recorder.issue(group, wire.Op.send, 8))
+    sender.flush()
+    datagrams = receive_datagrams(receiver)
+    assert len(datagrams) >= 2 and all(len(d.groups) <= wire.MAX_GROUPS_PER_DATAGRAM for d in datagrams)
+    received = sorted((r.group, r.seq) for d in datagrams for r in d.as_records())
+    assert received == sorted((group, seq) for group in groups for seq in range(2))
     receiver.close()
