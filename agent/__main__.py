@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import logging
 import signal
 import sys
@@ -134,13 +135,26 @@ def run(settings: AgentSettings) -> None:
     """Serve until SIGTERM or SIGINT."""
     runner = CollectorRunner.from_settings(settings)
     host, port = settings.listen_address
-    server = serve(build_app(runner), host, port)
+    app = build_app(runner)
+    server = serve(app, host, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set() and not app.ready.wait(1.0):  # startup only: a wakeup a second until ready
+        pass
+    if not stop.is_set():
+        _freeze_startup_objects()
     stop.wait()  # the handler runs in this thread and ends the wait: no wakeup a second to look at `stop`
     log.info("stopping")
     server.stop()
+
+
+def _freeze_startup_objects() -> None:
+    """Leave what startup and the first collection made (modules, settings, caches: ~48,000 objects) out of the
+    garbage collector's full collections, which then scan a few thousand objects instead: ~1 ms instead of ~20 ms
+    on whichever thread (often a scrape's) happens to trigger one."""
+    gc.collect()
+    gc.freeze()
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters

@@ -2,24 +2,25 @@
 
 prometheus_client escapes every metric and label name character by character on every sample, which costs more
 than reading all the sysfs files of a scrape. Here a name is checked once (cached) and then written as is; only
-label values and HELP texts are escaped; the agent's own families (`agent.families`) are written from their rows.
-Anything unusual (library histograms, timestamps, exemplars, a name that needs escaping, a non-default escaping
-scheme) goes through prometheus_client itself. Tests compare both outputs.
+label values and HELP texts are escaped; the agent's own families (`agent.families`) are written from their rows,
+and a series whose values did not change since the last scrape is written with the lines it had then (most of a
+node's ~1,400 series: limits, states, error counters at zero). Anything unusual (library histograms, timestamps,
+exemplars, a name that needs escaping, a non-default escaping scheme) goes through prometheus_client itself.
+Tests compare both outputs.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from prometheus_client import exposition
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
-from prometheus_client.utils import floatToGoString
 
-from agent.families import Layout, RowFamily
+from agent.families import Layout, Row, RowFamily
 
 _LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -105,42 +106,81 @@ def _plain_lines(metric: Metric) -> list[str] | None:
         prefix = _prefix(sample.name, tuple(sample.labels.items()))
         if not prefix:
             return None
-        lines.append(f"{prefix}{floatToGoString(sample.value)}\n")
+        lines.append(f"{prefix}{go_float(sample.value)}\n")
     return lines
 
 
 def _row_lines(family: RowFamily) -> list[str] | None:
-    """A RowFamily's rows as sample lines; each series' prefixes come from a cache per family."""
-    table = _series_table(family.label_names, family.layout)
-    if table is None:
+    """A RowFamily's rows as sample lines, from what was written for the family last time where the rows are the
+    same (rows of floats with one text per value: `agent.families`): all of its lines if every row is, else each
+    series' lines if its values are, else a new line with the series' cached `name{labels} ` prefix."""
+    written = _written(family.label_names, family.layout)
+    if written is None:
         return None
+    last = written.last
+    if last is not None and family.rows == last[0]:
+        return last[1]
+    series = written.series
     lines: list[str] = []
+    append = lines.append
     single = len(family.layout) == 1  # gauges and counters: a line per series without a generator
     for labels, values in family.rows:
-        prefixes = table.get(labels)
-        if prefixes is None:
-            if len(table) >= MAX_SERIES_PER_FAMILY:  # series of ended jobs: start over rather than grow
-                table.clear()
-            named = tuple(zip(family.label_names, labels, strict=True))
-            prefixes = table[labels] = tuple(_prefix.__wrapped__(name, (*named, *extra)) for name, extra in family.layout)
-        if single:
-            lines.append(f"{prefixes[0]}{floatToGoString(values[0])}\n")
+        known = series.get(labels)
+        if known is not None:
+            if values == known[1]:
+                append(known[2])
+                continue
+            prefixes = known[0]
         else:
-            lines.extend(f"{prefix}{floatToGoString(value)}\n" for prefix, value in zip(prefixes, values, strict=True))
+            if len(series) >= MAX_SERIES_PER_FAMILY:  # series of ended jobs: start over rather than grow
+                series.clear()
+            named = tuple(zip(family.label_names, labels, strict=True))
+            prefixes = tuple(_prefix.__wrapped__(name, (*named, *extra)) for name, extra in family.layout)
+        if single:
+            text = f"{prefixes[0]}{go_float(values[0])}\n"
+        else:
+            text = "".join([f"{prefix}{go_float(value)}\n" for prefix, value in zip(prefixes, values, strict=True)])
+        series[labels] = (prefixes, values, text)  # one assignment: a concurrent scrape sees old or new
+        append(text)
+    written.last = (list(family.rows), lines)  # a copy: rows appended to this family later are no match
     return lines
 
 
+def go_float(value: float) -> str:
+    """prometheus_client's floatToGoString, the same text in less time: Python's shortest repr, written with an
+    exponent from 1e6 up as Go writes it ("1.234567e+06"; Python switches at 1e16), and +Inf, -Inf, NaN."""
+    value = float(value)
+    if 1e6 <= value < 1e16:
+        text = repr(value)
+        dot = text.find(".")
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    if value - value == 0:  # finite
+        return repr(value)
+    return _NOT_FINITE[repr(value)]
+
+
+_NOT_FINITE = {"inf": "+Inf", "-inf": "-Inf", "nan": "NaN"}
 MAX_SERIES_PER_FAMILY = 16384
 
 
+class _Written:
+    """What was written for one family: per series (label values) its `name{labels} ` prefixes, values and lines,
+    and the family's rows and lines of the last scrape."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, ...], tuple[tuple[str, ...], Sequence[float], str]] = {}
+        self.last: tuple[list[Row], list[str]] | None = None  # replaced as a whole: concurrent scrapes see one
+
+
 @functools.lru_cache(maxsize=4096)
-def _series_table(label_names: tuple[str, ...], layout: Layout) -> dict[tuple[str, ...], tuple[str, ...]] | None:
-    """label values -> the `name{labels} ` prefixes of a series' samples, for one family (filled by `_row_lines`);
-    None if a label name needs escaping (the library writes those)."""
+def _written(label_names: tuple[str, ...], layout: Layout) -> _Written | None:
+    """What was written for the family of these label names and samples (filled by `_row_lines`); None if a label
+    name needs escaping (the library writes those)."""
     extra = [label for _, labels in layout for label, _ in labels]
     if not all(_legacy_label(label) for label in (*label_names, *extra)):
         return None
-    return {}
+    return _Written()
 
 
 @functools.lru_cache(maxsize=16384)  # the series of one scrape are a few thousand

@@ -6,6 +6,9 @@ is the per-sample work a scrape of ~1,400 series repeats every second: prometheu
 label dict for every sample, and the encoder takes it apart again. Here `add_metric` appends one row (label values,
 and the values of the series' samples in the order of `layout`), and `agent.exposition` writes the rows directly,
 with each series' `name{labels} ` prefixes cached across scrapes. `samples` is built on demand for everyone else.
+
+Values are kept as floats, a zero always as 0.0 (`value + 0.0` turns -0.0 into 0.0; Prometheus reads both as the
+same zero): equal rows then always have the same text, so the encoder can reuse a family's lines.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class Family(RowFamily):
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:
         """One series: its label values, in the order of the family's label names, and its value."""
-        self.rows.append((tuple(labels), (value,)))
+        self.rows.append((tuple(labels), (value + 0.0,)))
 
 
 class GaugeFamily(Family):
@@ -91,5 +94,6 @@ class HistogramFamily(RowFamily):
         """One series: label values, the count at or below each bound (the +Inf one is the total), the sum."""
         if len(cumulative_counts) != len(self.le):
             raise ValueError(f"histogram {self.name}: {len(cumulative_counts)} counts for {len(self.le)} buckets")
-        values = (*cumulative_counts, cumulative_counts[-1], sum_value) if self._with_sum else tuple(cumulative_counts)
+        counts = [count + 0.0 for count in cumulative_counts]
+        values = (*counts, counts[-1], sum_value + 0.0) if self._with_sum else tuple(counts)
         self.rows.append((tuple(labels), values))

@@ -50,6 +50,13 @@ class NvmlSettings(BaseModel):
         description="Sample nvmlDeviceGetPcieThroughput this often in the background: each call measures for "
         "20 ms, far too slow for a scrape of 8 GPUs. 0 turns the PCIe throughput metrics off.",
     )
+    nvlink_error_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Read the NVLink CRC flit, CRC data and ECC data counters this often in the background: NVML "
+        "has them only by one call per link and counter (54 per H100), too many for every scrape. They feed rates on "
+        "dashboards; an NVLink going down is its state, read on every scrape.",
+    )
     pcie_busy_utilization_ratio: float = Field(
         default=0.5,
         ge=0,

@@ -1,10 +1,13 @@
-"""NVML collector cost on 8 fake GPUs, against its floor: the bare pynvml calls it makes, in the same process.
+"""NVML collector cost on 8 fake GPUs, against its peer: the bare pynvml calls for the same data, in the same process.
 
-Prints CPU ms per call of: the bare pynvml loop (the individual calls for the same data, no error handling, no
-snapshot objects), the same data with the backend's field batch through pynvml's own nvmlDeviceGetFieldValues
-wrapper, the backend's read(), the collector's collect(), collect() encoded as the agent serves /metrics, and
-evidence(); and each as a ratio to the bare loop. Builds the fake NVML first (`make fake-nvml`). The fake answers a
-call in ~1 us; NVIDIA's library goes to the driver for most, so real calls cost more and batching saves more.
+Prints CPU ms per call of: the bare pynvml loop (the individual calls for every value on every read, no error
+handling, no snapshot objects), the same data with the backend's field batch through pynvml's own
+nvmlDeviceGetFieldValues wrapper, the backend's read(), the collector's collect(), collect() encoded as the agent
+serves /metrics, and evidence(); and each as a ratio to the bare loop. The backend's read() makes fewer calls than
+the bare loop (identity and widest PCIe link kept, NVLink CRC and ECC data counters refreshed in the background:
+agent/backends/nvml.py), so it can come out below it. Builds the fake NVML first (`make fake-nvml`). The fake
+answers a call in ~1 us; NVIDIA's library goes to the driver for most, so real calls cost more and saving them saves
+more.
 
     python benchmarks/nvml_collector.py [--rounds 200]
 """
@@ -118,7 +121,7 @@ def main() -> int:
 
     bare = cpu_ms_per_call(bare_pynvml_read, args.rounds)
     rows = [
-        ("bare pynvml calls (floor)", bare),
+        ("bare pynvml calls (peer)", bare),
         ("bare, fields batched", cpu_ms_per_call(bare_pynvml_batched_read, args.rounds)),
         ("backend.read()", cpu_ms_per_call(backend.read, args.rounds)),
         ("collector.collect()", cpu_ms_per_call(lambda: list(collector.collect()), args.rounds)),
@@ -128,7 +131,7 @@ def main() -> int:
     print(
         f"NVML collector, 8 fake H100s x 18 NVLinks, {series} series, CPU ms per call over {args.rounds} calls"
     )
-    print(f"{'':28s} {'CPU ms':>8s} {'x floor':>8s}")
+    print(f"{'':28s} {'CPU ms':>8s} {'x peer':>8s}")
     for name, ms in rows:
         print(f"{name:28s} {ms:8.2f} {ms / bare:8.2f}")
     collector.close()

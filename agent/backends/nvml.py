@@ -7,6 +7,15 @@ any other error -> the field is None and the error is counted in `call_errors()`
 is read with one nvmlDeviceGetFieldValues per GPU (`_FieldBatch`); a field the batch does not answer is read with
 its own call, so the return codes above mean the same with or without the batch.
 
+Not every value is asked for on every read (on real GPUs a call costs 10 us to 1 ms; the fake answers in ~2 us).
+Kept while the GPU stays reachable, since they cannot change while the driver runs: a GPU's identity (uuid, name, PCI
+bus id: 3 calls) and its maximum PCIe generation and width (2 calls). Read off the scrape path, every few seconds by
+the collector's background thread (`refresh_nvlink_errors`): the NVLink CRC flit, CRC data and ECC data counters,
+which NVML has no per-link field for (3 calls per link: 54 of the ~70 calls per H100). They are no hard-fault
+evidence (an NVLink going down is its state, read every time), only rates for dashboards. Everything that signals a
+fault (XIDs, ECC, row remaps, retired pages, throttling, current PCIe link, NVLink state, a lost GPU) is read on
+every read. A GPU found lost, and an nvmlShutdown, forget what was kept.
+
 Loading: pynvml opens "libnvidia-ml.so.1" by soname. With `library_path` the backend loads that file first
 (ctypes.CDLL); the dynamic loader then answers pynvml's soname lookup with the library already loaded, so tests
 and the demo point an agent at the fake NVML without LD_LIBRARY_PATH. A process keeps the first NVML it loaded.
@@ -102,6 +111,10 @@ NVLINK_COUNTER_FIELDS = {
     "replay": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
     "recovery": pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY,
 }
+NVLINK_COUNTERS_BATCHED = tuple(
+    (name, NVLINK_COUNTER_FIELDS[name], c) for name, c in NVLINK_COUNTERS if name in NVLINK_COUNTER_FIELDS
+)
+NVLINK_COUNTERS_BY_CALL = tuple((name, c) for name, c in NVLINK_COUNTERS if name not in NVLINK_COUNTER_FIELDS)
 _NVLINK_STATES_ACTIVE = {  # NVML_FI_DEV_NVLINK_GET_STATE values that nvmlDeviceGetNvLinkState surely reports alike
     pynvml.NVML_NVLINK_STATE_ACTIVE: True,
     pynvml.NVML_NVLINK_STATE_INACTIVE: False,
@@ -203,6 +216,10 @@ class GpuBackend(Protocol):
 
     def read_pcie_throughput(self) -> dict[str, PcieThroughput]:
         """PCIe throughput by GPU uuid; slow (NVML samples each counter for 20 ms): call off the scrape path."""
+        ...
+
+    def refresh_nvlink_errors(self) -> None:
+        """Read the NVLink error counters `read` takes as last refreshed; call off the scrape path."""
         ...
 
     def listen_for_xids(self) -> bool:
@@ -309,6 +326,10 @@ class NvmlBackend:
         self._handles: dict[str, Any] = {}  # uuid -> handle of the GPUs reachable in the last read
         self._nvlinks: dict[str, tuple[tuple[int, ...], float]] = {}  # uuid -> (links that exist, when found)
         self._field_batches: dict[str, _FieldBatch] = {}  # uuid -> its nvmlDeviceGetFieldValues request
+        self._identified: dict[tuple[int | None, int], GpuIdentity] = {}  # (handle address, index) -> identity
+        self._fixed: dict[tuple[str, str], int] = {}  # (uuid, NVML function) -> its answer, which cannot change
+        # uuid -> (links, per link its NVLINK_COUNTERS_BY_CALL by name) as last read by refresh_nvlink_errors
+        self._nvlink_errors: dict[str, tuple[tuple[int, ...], dict[int, dict[str, int]]]] = {}
         self._absent_logged: set[tuple[str, str]] = set()
         self._errors_logged: set[tuple[str, str, str]] = set()
         self._errors: Counter[tuple[str, str]] = Counter()
@@ -362,6 +383,9 @@ class NvmlBackend:
 
     def _close_nvml(self) -> None:
         self._free_event_set()
+        self._identified.clear()  # handles may differ after the next nvmlInit
+        self._fixed.clear()
+        self._nvlink_errors.clear()
         if self._open:
             self._open = False
             try:
@@ -422,6 +446,9 @@ class NvmlBackend:
             except pynvml.NVMLError as error:
                 raise self._give_up(f"nvmlDeviceGetCount_v2 failed: {error}") from error
             read = [r for r in (self._read_gpu(index) for index in range(count)) if r is not None]
+            for snapshot, _ in read:
+                if snapshot.lost:
+                    self._forget(snapshot.identity)
             self._handles = {
                 snapshot.identity.uuid: handle for snapshot, handle in read if handle is not None
             }
@@ -429,18 +456,33 @@ class NvmlBackend:
 
     def _identify(self, index: int) -> tuple[Any, GpuIdentity]:
         """Handle and identity of the GPU at index. Raises pynvml.NVMLError if there is no handle, _GpuLost if
-        the GPU is lost; an identity field NVML cannot give is left empty (the uuid then reads "GPU <index>")."""
+        the GPU is lost; an identity field NVML cannot give is left empty (the uuid then reads "GPU <index>").
+        A complete identity is kept for the handle (a GPU's, for the session) and index (shifted when a GPU
+        before it vanishes); `_forget` drops it when the GPU is lost."""
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        key = (_handle_key(handle), index)
+        known = self._identified.get(key)
+        if known is not None:
+            return handle, known
         gpu = f"GPU {index}"
         uuid = self._call(gpu, pynvml.nvmlDeviceGetUUID, handle)
         model = self._call(gpu, pynvml.nvmlDeviceGetName, handle)
         pci = self._call(gpu, pynvml.nvmlDeviceGetPciInfo, handle)
-        return handle, GpuIdentity(
+        identity = GpuIdentity(
             index=index,
             uuid=_text(uuid or ""),
             model=_text(model or ""),
             pci_bus_id="" if pci is None else _text(pci.busId),
         )
+        if identity.uuid and identity.model and identity.pci_bus_id:
+            self._identified[key] = identity
+        return handle, identity
+
+    def _forget(self, gpu: GpuIdentity) -> None:
+        """Drop what is kept about a GPU found lost: if it comes back (reset), it is read afresh."""
+        self._identified = {key: known for key, known in self._identified.items() if known.uuid != gpu.uuid}
+        self._fixed = {key: value for key, value in self._fixed.items() if key[0] != gpu.uuid}
+        self._nvlink_errors.pop(gpu.uuid, None)
 
     def _read_gpu(self, index: int) -> tuple[GpuSnapshot, Any] | None:
         """The GPU's snapshot and handle (None if unreachable); None to leave out a GPU this agent may not see."""
@@ -567,12 +609,23 @@ class NvmlBackend:
             row_remap_pending=None if remap is None else bool(remap[2]),
             row_remap_failure=None if remap is None else bool(remap[3]),
             pcie_link_generation=call(pynvml.nvmlDeviceGetCurrPcieLinkGeneration, handle),
-            pcie_link_max_generation=call(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, handle),
+            pcie_link_max_generation=self._fixed_value(gpu.uuid, pynvml.nvmlDeviceGetMaxPcieLinkGeneration, handle),
             pcie_link_width=call(pynvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
-            pcie_link_max_width=call(pynvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
+            pcie_link_max_width=self._fixed_value(gpu.uuid, pynvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
             pcie_replays=field(pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, pynvml.nvmlDeviceGetPcieReplayCounter),
             nvlinks=self._read_nvlinks(gpu.uuid, handle, links, fields),
         )
+
+    def _fixed_value(self, gpu: str, function: Callable[[Any], int], handle: Any) -> int | None:
+        """A value that cannot change while the driver runs (the PCIe link the GPU and system allow): asked until
+        NVML answers it, then kept."""
+        key = (gpu, function.__name__)
+        value = self._fixed.get(key)
+        if value is None:
+            value = self._call(gpu, function, handle)
+            if value is not None:
+                self._fixed[key] = value
+        return value
 
     def _field_values(self, gpu: str, handle: Any, links: tuple[int, ...]) -> dict[tuple[int, int], int]:
         """The fields of the GPU's batch NVML answered, by (field id, scope id); {} when the call fails as a whole.
@@ -615,6 +668,12 @@ class NvmlBackend:
     def _read_nvlinks(
         self, gpu: str, handle: Any, links: tuple[int, ...], fields: Mapping[tuple[int, int], int]
     ) -> tuple[NvLinkSnapshot, ...]:
+        """State and error counters per link: from the field batch, else by call; NVLINK_COUNTERS_BY_CALL as
+        `refresh_nvlink_errors` last read them (read here only the first time, or when the links changed)."""
+        refreshed = self._nvlink_errors.get(gpu)
+        if refreshed is None or refreshed[0] != links:
+            refreshed = self._nvlink_errors[gpu] = (links, self._nvlink_errors_by_call(gpu, handle, links))
+        by_call = refreshed[1]
         result = []
         for link in links:
             state = fields.get((pynvml.NVML_FI_DEV_NVLINK_GET_STATE, link))
@@ -624,15 +683,39 @@ class NvmlBackend:
                 enabled = self._call(gpu, pynvml.nvmlDeviceGetNvLinkState, handle, link)
                 active = None if enabled is None else enabled == pynvml.NVML_FEATURE_ENABLED
             errors = {}
-            for counter_name, counter in NVLINK_COUNTERS:
-                field = NVLINK_COUNTER_FIELDS.get(counter_name)
-                count = None if field is None else fields.get((field, link))
+            for counter_name, field_id, counter in NVLINK_COUNTERS_BATCHED:
+                count = fields.get((field_id, link))
                 if count is None:
                     count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
                 if count is not None:
                     errors[counter_name] = int(count)
+            errors.update(by_call[link])
             result.append(NvLinkSnapshot(link=link, active=active, errors=errors))
         return tuple(result)
+
+    def _nvlink_errors_by_call(self, gpu: str, handle: Any, links: tuple[int, ...]) -> dict[int, dict[str, int]]:
+        """NVLINK_COUNTERS_BY_CALL of each link, by name; raises _GpuLost."""
+        counts: dict[int, dict[str, int]] = {}
+        for link in links:
+            counts[link] = {}
+            for counter_name, counter in NVLINK_COUNTERS_BY_CALL:
+                count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
+                if count is not None:
+                    counts[link][counter_name] = int(count)
+        return counts
+
+    def refresh_nvlink_errors(self) -> None:
+        """Read NVLINK_COUNTERS_BY_CALL of the GPUs reachable in the last read, for the reads until the next
+        refresh; under neither lock (3 calls per link), so it does not stall a scrape."""
+        with self._lock:
+            self._ensure_open()
+            handles = dict(self._handles)
+            links = {uuid: self._nvlinks.get(uuid, ((), 0.0))[0] for uuid in handles}
+        for uuid, handle in handles.items():
+            try:
+                self._nvlink_errors[uuid] = (links[uuid], self._nvlink_errors_by_call(uuid, handle, links[uuid]))
+            except _GpuLost:
+                self._nvlink_errors.pop(uuid, None)  # the next read asks again, and finds the GPU lost
 
     def _discover_nvlinks(self, gpu: str, handle: Any) -> tuple[int, ...]:
         """Links whose state NVML reports. Remembered; a GPU without any (PCIe cards) is asked again only every

@@ -4,11 +4,13 @@ The network collector (and anything sampling NIC counters) turns these plain rea
 evidence. The root is injectable so tests read fixture trees. Files that cannot be read or parsed become
 `ReadProblem`s next to the reading; an interface or port that vanished mid-read is simply absent.
 
-Counter files (`statistics/`, `counters/`, `hw_counters/`: ~600 on a node with 8 RDMA ports) stay open and are
-re-read with pread at offset 0, which makes sysfs produce a fresh value: ~3 us per counter instead of ~10 us for
-open+read+close. They belong to their device directory: when it is re-created (driver reload, a new netdev of
-the same name; seen as a new inode) or a read fails, its files are opened afresh. The names in `counters/` and
-`hw_counters/` are listed again every `LISTING_SECONDS`.
+Files (counters in `statistics/`, `counters/`, `hw_counters/`: ~600 on a node with 8 RDMA ports, and attributes
+such as operstate, carrier_changes, state) stay open and are re-read with pread at offset 0, which makes sysfs
+produce a fresh value: ~3 us per file instead of ~10 us for open+read+close. They belong to their device directory:
+when it is re-created (driver reload, a new netdev of the same name; seen as a new inode) or a read fails, its files
+are opened afresh. What cannot change while the directory exists is looked up once per directory: whether an
+interface has a `device` link (physical), and the names in `counters/`, `hw_counters/` and an RDMA device's
+`device/net/`, which are listed again every `LISTING_SECONDS`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ IFF_UP = 0x1  # `flags` bit: administratively up
 HW_COUNTER_SETTINGS = frozenset({"lifespan"})
 
 LISTING_SECONDS = 60.0  # how long the names in a port's counters/ and hw_counters/ are taken as known
+TEXT_BYTES = 256  # read of an attribute (operstate, rate, ...): more than any holds
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*Gb/sec")
 _STATE = re.compile(r"^\s*(\d+)\s*:\s*(\S+)")
@@ -145,23 +148,22 @@ class SysfsNet:
         if files is None:
             return None
         found: list[ReadProblem] = []
-        reader = _Reader(self._root, found)
+        reader = _Reader(self._root, found, files)
         speed_mbps = reader.integer(f"{base}/speed", missing_ok=True, einval_ok=True)
         flags = reader.integer(f"{base}/flags", missing_ok=True)
+        if files.physical is None:
+            files.physical = os.path.exists(f"{base}/device")
         reading = InterfaceReading(
             name=name,
-            physical=os.path.exists(f"{base}/device"),
+            physical=files.physical,
             arp_type=reader.integer(f"{base}/type"),
             operstate=reader.text(f"{base}/operstate") or "unknown",
             admin_up=None if flags is None else bool(flags & IFF_UP),
             mtu_bytes=reader.integer(f"{base}/mtu"),
             speed_bits_per_second=speed_mbps * 1e6 if speed_mbps is not None and speed_mbps > 0 else None,
             carrier_changes=reader.integer(f"{base}/carrier_changes", missing_ok=True, einval_ok=True),
+            statistics=reader.counters(files.paths(f"{base}/statistics", NET_STATISTICS)),
         )
-        for stat in NET_STATISTICS:
-            value = reader.counter(files, f"{base}/statistics/{stat}")
-            if value is not None:
-                reading.statistics[stat] = value
         if not os.path.exists(base):
             return None
         problems.extend(found)
@@ -178,7 +180,7 @@ class SysfsNet:
         if files is None:
             return None
         found: list[ReadProblem] = []
-        reader = _Reader(self._root, found)
+        reader = _Reader(self._root, found, files)
         state, state_name = reader.numbered(f"{base}/state")
         phys_state, phys_state_name = reader.numbered(f"{base}/phys_state")
         reading = RdmaPortReading(
@@ -190,18 +192,10 @@ class SysfsNet:
             phys_state=phys_state,
             phys_state_name=phys_state_name,
             rate_bits_per_second=reader.rate(f"{base}/rate"),
-            netdevs=tuple(_list(f"{self._ib}/{device}/device/net")),
+            netdevs=tuple(name for name, _ in files.listing(f"{self._ib}/{device}/device/net")),
+            counters=reader.counters(files.listing(f"{base}/counters")),
+            hw_counters=reader.counters(files.listing(f"{base}/hw_counters", HW_COUNTER_SETTINGS)),
         )
-        for name in files.listing(f"{base}/counters"):
-            value = reader.counter(files, f"{base}/counters/{name}")
-            if value is not None:
-                reading.counters[name] = value
-        for name in files.listing(f"{base}/hw_counters"):
-            if name in HW_COUNTER_SETTINGS:
-                continue
-            value = reader.counter(files, f"{base}/hw_counters/{name}")
-            if value is not None:
-                reading.hw_counters[name] = value
         if not os.path.exists(base):
             return None
         problems.extend(found)
@@ -209,26 +203,24 @@ class SysfsNet:
 
 
 class _Reader:
-    """Reads small sysfs files, turning every failure into a ReadProblem (or None where absence is normal)."""
+    """Reads small sysfs files of one device directory through its open files, turning every failure into a
+    ReadProblem (or None where absence is normal)."""
 
-    def __init__(self, root: str, problems: list[ReadProblem]) -> None:
+    def __init__(self, root: str, problems: list[ReadProblem], files: OpenFiles) -> None:
         self._root = root
         self._problems = problems
+        self._files = files
 
     def text(self, path: str, *, missing_ok: bool = False, einval_ok: bool = False) -> str | None:
         try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                return os.read(fd, 4096).decode("ascii", errors="replace").strip()
-            finally:
-                os.close(fd)
+            return self._files.read(path, TEXT_BYTES).decode("ascii", errors="replace").strip()
         except FileNotFoundError:
             if not missing_ok:
                 self._problem(path, "missing")
         except OSError as error:
             # EINVAL is how drivers say "not available now" (speed of a link that is down, some counters)
             if not (einval_ok and error.errno == errno.EINVAL):
-                self._problem(path, os.strerror(error.errno) if error.errno else str(error))
+                self._unreadable(path, error)
         return None
 
     def integer(self, path: str, *, missing_ok: bool = False, einval_ok: bool = False) -> int | None:
@@ -241,21 +233,21 @@ class _Reader:
             self._problem(path, f"not an integer: {text[:40]!r}")
             return None
 
-    def counter(self, files: _DeviceFiles, path: str) -> int | None:
-        """A decimal counter, read through the device's open file (opened on first use)."""
-        try:
-            data = files.read(path)
-        except FileNotFoundError:
-            self._problem(path, "missing")
-            return None
-        except OSError as error:
-            self._problem(path, os.strerror(error.errno) if error.errno else str(error))
-            return None
-        try:
-            return int(data)
-        except ValueError:
-            self._problem(path, f"not an integer: {data[:40].decode('ascii', errors='replace').strip()!r}")
-            return None
+    def counters(self, files: list[tuple[str, str]]) -> dict[str, int]:
+        """The decimal counters of (name, path) `files`, by name; unreadable ones left out (and noted)."""
+        read = self._files.read
+        counts = {}
+        for name, path in files:
+            try:
+                data = read(path)
+            except OSError as error:
+                self._unreadable(path, error)
+                continue
+            try:
+                counts[name] = int(data)
+            except ValueError:
+                self._problem(path, f"not an integer: {data[:40].decode('ascii', errors='replace').strip()!r}")
+        return counts
 
     def numbered(self, path: str) -> tuple[int | None, str]:
         """'4: ACTIVE' as (4, 'ACTIVE')."""
@@ -279,6 +271,12 @@ class _Reader:
             return None
         return float(match.group(1)) * 1e9
 
+    def _unreadable(self, path: str, error: OSError) -> None:
+        if isinstance(error, FileNotFoundError):
+            self._problem(path, "missing")
+        else:
+            self._problem(path, os.strerror(error.errno) if error.errno else str(error))
+
     def _problem(self, path: str, reason: str) -> None:
         self._problems.append(ReadProblem(source=os.path.relpath(path, self._root), reason=reason))
 
@@ -290,13 +288,13 @@ class OpenFiles:
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
 
-    def read(self, path: str) -> bytes:
-        """The file's content now (up to 64 bytes: one value)."""
+    def read(self, path: str, size: int = 64) -> bytes:
+        """The file's content now (up to `size` bytes; 64 hold a counter)."""
         fd = self._fds.get(path)
         if fd is None:
             fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return os.pread(fd, 64, 0)
+            return os.pread(fd, size, 0)
         except OSError:
             del self._fds[path]
             os.close(fd)
@@ -310,20 +308,30 @@ class OpenFiles:
 
 
 class _DeviceFiles(OpenFiles):
-    """The open counter files of one device directory (identified by its inode), and its listed directories."""
+    """The open files of one device directory (identified by its inode), what it lists, and whether it is physical."""
 
     def __init__(self, inode: int) -> None:
         super().__init__()
         self.inode = inode
-        self._listings: dict[str, tuple[float, list[str]]] = {}
+        self.physical: bool | None = None  # an interface with a `device` link; None until looked at
+        self._listings: dict[str, tuple[float, list[tuple[str, str]]]] = {}
+        self._paths: dict[str, list[tuple[str, str]]] = {}
 
-    def listing(self, directory: str) -> list[str]:
-        """`_list(directory)`, listed again after LISTING_SECONDS."""
+    def listing(self, directory: str, leave_out: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+        """(name, path) of each entry of `directory` but `leave_out`, listed again after LISTING_SECONDS."""
         now = time.monotonic()
         listed = self._listings.get(directory)
         if listed is None or now - listed[0] > LISTING_SECONDS:
-            listed = self._listings[directory] = (now, _list(directory))
+            names = [name for name in _list(directory) if name not in leave_out]
+            listed = self._listings[directory] = (now, [(name, f"{directory}/{name}") for name in names])
         return listed[1]
+
+    def paths(self, directory: str, names: tuple[str, ...]) -> list[tuple[str, str]]:
+        """(name, path) of the given files of `directory`."""
+        paths = self._paths.get(directory)
+        if paths is None:
+            paths = self._paths[directory] = [(name, f"{directory}/{name}") for name in names]
+        return paths
 
 
 _NO_FILES = _DeviceFiles(0)

@@ -326,7 +326,7 @@ def _port_sample(reading: RdmaPortReading) -> NicSample:
     tx_bytes = counters.get("port_xmit_data", 0) * 4
     rx_bytes = counters.get("port_rcv_data", 0) * 4
     return NicSample(
-        kind="roce" if reading.link_layer == "Ethernet" else "infiniband",
+        kind=_port_kind(reading),
         up=reading.state == RDMA_STATE_ACTIVE,
         disabled=reading.phys_state == RDMA_PHYS_STATE_DISABLED,
         link_speed_bits_per_second=reading.rate_bits_per_second,
@@ -338,6 +338,10 @@ def _port_sample(reading: RdmaPortReading) -> NicSample:
         carrier_changes=counters.get("link_downed", 0),
         xmit_wait_ticks=counters.get("port_xmit_wait"),
     )
+
+
+def _port_kind(reading: RdmaPortReading) -> NicKind:
+    return "roce" if reading.link_layer == "Ethernet" else "infiniband"
 
 
 def _interface_families(interfaces: list[InterfaceReading]) -> Iterable[Metric]:
@@ -359,17 +363,18 @@ def _interface_families(interfaces: list[InterfaceReading]) -> Iterable[Metric]:
         labels=["interface", "operstate", "kind", "physical"],
     )
     for i in interfaces:
+        name = (i.name,)
         for stat, value in i.statistics.items():
-            counters[stat].add_metric([i.name], float(value))
+            counters[stat].add_metric(name, value)
         if i.carrier_changes is not None:
-            carrier_changes.add_metric([i.name], float(i.carrier_changes))
+            carrier_changes.add_metric(name, i.carrier_changes)
         if i.speed_bits_per_second is not None:
-            speed.add_metric([i.name], i.speed_bits_per_second / 8)
+            speed.add_metric(name, i.speed_bits_per_second / 8)
         if i.mtu_bytes is not None:
-            mtu.add_metric([i.name], float(i.mtu_bytes))
+            mtu.add_metric(name, i.mtu_bytes)
         sample = _interface_sample(i)
-        up.add_metric([i.name], 1.0 if sample.up else 0.0)
-        info.add_metric([i.name, i.operstate, sample.kind, str(i.physical).lower()], 1.0)
+        up.add_metric(name, 1.0 if sample.up else 0.0)
+        info.add_metric((i.name, i.operstate, sample.kind, str(i.physical).lower()), 1.0)
     return [*counters.values(), carrier_changes, speed, mtu, up, info]
 
 
@@ -406,22 +411,21 @@ def _rdma_families(ports: list[RdmaPortReading]) -> Iterable[Metric]:
         labels=[*labels, "kind", "state", "phys_state", "netdev"],
     )
     for p in ports:
-        port = [p.device, str(p.port)]
+        port = (p.device, str(p.port))
         for file, value in p.counters.items():
             if file in named:
                 family, factor = named[file]
-                family.add_metric(port, float(value * factor))
+                family.add_metric(port, value * factor)
             else:
-                other.add_metric([*port, file], float(value))
+                other.add_metric((*port, file), value)
         for counter, value in p.hw_counters.items():
-            hw.add_metric([*port, counter], float(value))
+            hw.add_metric((*port, counter), value)
         if p.state is not None:
-            state.add_metric(port, float(p.state))
+            state.add_metric(port, p.state)
             active.add_metric(port, 1.0 if p.state == RDMA_STATE_ACTIVE else 0.0)
         if p.phys_state is not None:
-            phys.add_metric(port, float(p.phys_state))
+            phys.add_metric(port, p.phys_state)
         if p.rate_bits_per_second is not None:
             rate.add_metric(port, p.rate_bits_per_second / 8)
-        kind = _port_sample(p).kind
-        info.add_metric([*port, kind, p.state_name, p.phys_state_name, ",".join(p.netdevs)], 1.0)
+        info.add_metric((*port, _port_kind(p), p.state_name, p.phys_state_name, ",".join(p.netdevs)), 1.0)
     return [*(family for family, _ in named.values()), other, hw, state, phys, active, rate, info]

@@ -1,7 +1,8 @@
 """NVML collector: GPU telemetry and hard GPU faults, from agent/backends/nvml.py to /metrics and /api/v1/evidence.
 
 Every scrape and evidence pull reads a fresh snapshot per GPU. A background thread counts XID events
-(nvmlEventSetWait) per code and samples the slow PCIe throughput. Conditions (throttling, pending row remaps, a lost
+(nvmlEventSetWait) per code, samples the slow PCIe throughput and refreshes the NVLink counters NVML has only by
+one call per link (see agent/backends/nvml.py for what is read how often). Conditions (throttling, pending row remaps, a lost
 GPU ...) carry the time since when they have been seen continuously; XIDs stay in a window with first and last seen.
 Which XIDs are critical is the controller's decision: this module passes the code on.
 """
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GPU_LABELS = ("gpu", "uuid", "model", "pci_bus_id")
-XID_WAIT_SECONDS = 0.5  # one nvmlEventSetWait; bounds how long close() waits for the background thread
+XID_WAIT_SECONDS = 1.0  # one nvmlEventSetWait (an XID ends it at once); bounds how long close() waits for the thread
 LISTEN_WAIT_SECONDS = 10.0  # how long start() waits for the GPUs to be registered for XID events
 
 # Clock-event reasons that are hard evidence. sw_power_cap is not: a busy GPU at its power limit shows it all the
@@ -307,7 +308,8 @@ class NvmlCollector(Collector):
         self._backend.close()
 
     def _background(self, listening: threading.Event) -> None:
-        """Count XID events as they come and sample PCIe throughput now and then; never dies."""
+        """Count XID events as they come, sample PCIe throughput and refresh NVLink counters now and then; never
+        dies."""
         try:
             self._backend.listen_for_xids()
         except Exception as error:  # NVML unavailable or broken: the loop below retries and logs
@@ -315,11 +317,15 @@ class NvmlCollector(Collector):
         listening.set()
         interval = self._settings.pcie_throughput_interval_seconds
         next_pcie = 0.0
+        next_nvlink = time.monotonic() + self._settings.nvlink_error_interval_seconds  # a first read reads them
         while not self._stop.is_set():
             try:
                 if interval > 0 and time.monotonic() >= next_pcie:
                     sampled = self._sample_pcie()
                     next_pcie = time.monotonic() + (interval if sampled else 1.0)
+                if time.monotonic() >= next_nvlink:
+                    self._backend.refresh_nvlink_errors()
+                    next_nvlink = time.monotonic() + self._settings.nvlink_error_interval_seconds
                 event = self._backend.wait_for_xid(XID_WAIT_SECONDS)
             except NvmlUnavailable:
                 self._stop.wait(max(self._settings.init_retry_seconds, XID_WAIT_SECONDS))
@@ -496,112 +502,62 @@ class NvmlCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         reading = self._refresh()
-        families = _GpuFamilies()
         count = GaugeFamily(
             "lockstep_gpus",
             "GPUs this agent reads: nvmlDeviceGetCount_v2 less those it has no permission to open.",
         )
         count.add_metric([], len(reading.snapshots))
-        lost = families.gauge(
-            "lockstep_gpu_lost",
-            "1 if NVML cannot reach the GPU (NVML_ERROR_GPU_IS_LOST, no handle from nvmlDeviceGetHandleByIndex_v2) "
-            "or it vanished from the device list since the agent started.",
-        )
-        for s in reading.snapshots:
-            labels = _labels(s.identity)
-            lost.add_metric(labels, float(s.lost))
-            if not s.lost:
-                self._add_gpu(families, labels, s)
-        for gpu in reading.vanished:
-            lost.add_metric(_labels(gpu), 1.0)
         driver = GaugeFamily(
             "lockstep_nvml_driver_info",
             "The NVIDIA driver version (nvmlSystemGetDriverVersion); always 1.",
             labels=["driver_version"],
         )
         driver.add_metric([reading.driver_version], 1.0)
-        return [count, driver, *families.all(), *self._xid_families(), self._error_family()]
+        lost = _gpu_family(
+            GaugeFamily,
+            "lockstep_gpu_lost",
+            "1 if NVML cannot reach the GPU (NVML_ERROR_GPU_IS_LOST, no handle from nvmlDeviceGetHandleByIndex_v2) "
+            "or it vanished from the device list since the agent started.",
+        )
+        gpus: list[_Gpu] = []
+        for s in reading.snapshots:
+            labels = _labels(s.identity)
+            lost.add_metric(labels, float(s.lost))
+            if not s.lost:
+                gpus.append((labels, s))
+        for gpu in reading.vanished:
+            lost.add_metric(_labels(gpu), 1.0)
+        families = [
+            lost,
+            *(_each_gpu(GaugeFamily, metric, help_text, gpus, attribute) for metric, attribute, help_text in _GAUGES),
+            *(_each_gpu(CounterFamily, metric, help_text, gpus, attribute) for metric, attribute, help_text in _COUNTERS),
+            *_health_families(gpus),
+            *self._pcie_throughput_families(gpus),
+            *_nvlink_families(gpus),
+        ]
+        return [count, driver, *(f for f in families if f.rows), *self._xid_families(), self._error_family()]
 
-    def _add_gpu(self, families: _GpuFamilies, labels: list[str], s: GpuSnapshot) -> None:
-        for metric, attribute, help_text in _GAUGES:
-            families.add(families.gauge(metric, help_text), labels, getattr(s, attribute))
-        for metric, attribute, help_text in _COUNTERS:
-            families.add(families.counter(metric, help_text), labels, getattr(s, attribute))
-        if s.clock_event_reasons is not None:
-            reasons = families.gauge(
-                "lockstep_gpu_clock_event_reason_active",
-                "1 while this reason holds the clocks down (nvmlDeviceGetCurrentClocksEventReasons).",
-                ("reason",),
-            )
-            for name, bit in CLOCK_EVENT_REASONS:
-                reasons.add_metric([*labels, name], float(bool(s.clock_event_reasons & bit)))
-        ecc = families.counter(
-            "lockstep_gpu_ecc_errors",
-            "ECC errors; volatile since the driver loaded, aggregate over the GPU's life (nvmlDeviceGetTotalEccErrors).",
-            ("error", "counter"),
-        )
-        for (error, counter), value in s.ecc_errors.items():
-            families.add(ecc, [*labels, error, counter], value)
-        retired = families.gauge(
-            "lockstep_gpu_retired_pages",
-            "Retired memory pages by cause (nvmlDeviceGetRetiredPages).",
-            ("cause",),
-        )
-        for cause, pages in s.retired_pages.items():
-            families.add(retired, [*labels, cause], pages)
-        remapped = families.gauge(
-            "lockstep_gpu_remapped_rows",
-            "Memory rows remapped, by the errors that caused it (nvmlDeviceGetRemappedRows).",
-            ("cause",),
-        )
-        families.add(remapped, [*labels, "correctable"], s.remapped_rows_correctable)
-        families.add(remapped, [*labels, "uncorrectable"], s.remapped_rows_uncorrectable)
-        self._add_pcie_throughput(families, labels, s.identity.uuid)
-        self._add_nvlinks(families, labels, s)
-
-    @staticmethod
-    def _add_nvlinks(families: _GpuFamilies, labels: list[str], s: GpuSnapshot) -> None:
-        """State per link; error counters per GPU, and per link only once a link has counted one: 18 links x 5
-        counters of zeros per GPU would be most of a node's series (and millions in a large cluster)."""
-        up = families.gauge(
-            "lockstep_gpu_nvlink_up", "1 if the NVLink is active (nvmlDeviceGetNvLinkState).", ("link",)
-        )
-        totals = families.counter(
-            "lockstep_gpu_nvlink_errors",
-            "NVLink data-link errors summed over the GPU's links, by counter (nvmlDeviceGetNvLinkErrorCounter).",
-            ("counter",),
-        )
-        per_link = families.counter(
-            "lockstep_gpu_nvlink_link_errors",
-            "NVLink data-link errors of one link, by counter, present once nonzero (nvmlDeviceGetNvLinkErrorCounter).",
-            ("link", "counter"),
-        )
-        summed: Counter[str] = Counter()
-        for link in s.nvlinks:
-            families.add(up, [*labels, str(link.link)], link.active)
-            for counter, value in link.errors.items():
-                summed[counter] += value
-                if value:
-                    families.add(per_link, [*labels, str(link.link), counter], value)
-        for counter, value in summed.items():
-            families.add(totals, [*labels, counter], value)
-
-    def _add_pcie_throughput(self, families: _GpuFamilies, labels: list[str], uuid: str) -> None:
-        """The background sample, if it is recent (a GPU that stopped answering leaves no stale rate behind)."""
-        with self._lock:
-            sample, at = self._pcie.get(uuid, (None, 0.0))
-        if sample is None or time.monotonic() - at > 3 * self._settings.pcie_throughput_interval_seconds:
-            return
-        tx = families.gauge(
+    def _pcie_throughput_families(self, gpus: list[_Gpu]) -> list[GaugeFamily]:
+        """The background samples that are recent (a GPU that stopped answering leaves no stale rate behind)."""
+        tx = _gpu_family(
+            GaugeFamily,
             "lockstep_gpu_pcie_transmit_bytes_per_second",
             "PCIe transmit throughput over NVML's 20 ms measurement, taken in the background (nvmlDeviceGetPcieThroughput TX, KB/s x 1024).",
         )
-        rx = families.gauge(
+        rx = _gpu_family(
+            GaugeFamily,
             "lockstep_gpu_pcie_receive_bytes_per_second",
             "PCIe receive throughput over NVML's 20 ms measurement, taken in the background (nvmlDeviceGetPcieThroughput RX, KB/s x 1024).",
         )
-        families.add(tx, labels, sample.tx_bytes_per_second)
-        families.add(rx, labels, sample.rx_bytes_per_second)
+        oldest = time.monotonic() - 3 * self._settings.pcie_throughput_interval_seconds
+        with self._lock:
+            samples = dict(self._pcie)
+        for labels, s in gpus:
+            sample, at = samples.get(s.identity.uuid, (None, 0.0))
+            if sample is not None and at >= oldest:
+                _add(tx, labels, sample.tx_bytes_per_second)
+                _add(rx, labels, sample.rx_bytes_per_second)
+        return [tx, rx]
 
     def _xid_families(self) -> list[Metric]:
         xids = CounterFamily(
@@ -625,38 +581,96 @@ class NvmlCollector(Collector):
 
 
 _F = TypeVar("_F", GaugeFamily, CounterFamily)
+_Gpu = tuple[tuple[str, ...], GpuSnapshot]  # a reachable GPU's label values and snapshot
 
 
-def _labels(gpu: GpuIdentity) -> list[str]:
-    return [str(gpu.index), gpu.uuid, gpu.model, gpu.pci_bus_id]
+def _labels(gpu: GpuIdentity) -> tuple[str, ...]:
+    return (str(gpu.index), gpu.uuid, gpu.model, gpu.pci_bus_id)
 
 
-class _GpuFamilies:
-    """Metric families with the GPU labels, made on first use in one scrape, in the order first used."""
+def _gpu_family(kind: type[_F], name: str, help_text: str, extra_labels: Sequence[str] = ()) -> _F:
+    return kind(name, help_text, labels=[*GPU_LABELS, *extra_labels])
 
-    def __init__(self) -> None:
-        self._families: dict[str, Family] = {}
 
-    def gauge(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> GaugeFamily:
-        return self._family(GaugeFamily, name, help_text, extra_labels)
+def _add(family: Family, labels: tuple[str, ...], value: float | bool | None) -> None:
+    """Add a sample unless NVML had no value (never NaN: absent is absent)."""
+    if value is not None and math.isfinite(value):
+        family.add_metric(labels, value)
 
-    def counter(self, name: str, help_text: str, extra_labels: Sequence[str] = ()) -> CounterFamily:
-        return self._family(CounterFamily, name, help_text, extra_labels)
 
-    def _family(self, kind: type[_F], name: str, help_text: str, extra_labels: Sequence[str]) -> _F:
-        family = self._families.get(name)
-        if family is None:
-            family = self._families[name] = kind(name, help_text, labels=[*GPU_LABELS, *extra_labels])
-        assert isinstance(family, kind)
-        return family
+def _each_gpu(kind: type[_F], name: str, help_text: str, gpus: list[_Gpu], attribute: str) -> _F:
+    """A family of one GpuSnapshot attribute, a series per GPU."""
+    family = _gpu_family(kind, name, help_text)
+    for labels, s in gpus:
+        _add(family, labels, getattr(s, attribute))
+    return family
 
-    @staticmethod
-    def add(
-        family: GaugeFamily | CounterFamily, labels: list[str], value: float | bool | None
-    ) -> None:
-        """Add a sample unless NVML had no value (never NaN: absent is absent)."""
-        if value is not None and math.isfinite(value):
-            family.add_metric(labels, float(value))
 
-    def all(self) -> list[Metric]:
-        return [family for family in self._families.values() if family.rows]
+def _health_families(gpus: list[_Gpu]) -> list[Family]:
+    """Clock-event reasons, ECC errors, retired pages and remapped rows of each GPU."""
+    reasons = _gpu_family(
+        GaugeFamily,
+        "lockstep_gpu_clock_event_reason_active",
+        "1 while this reason holds the clocks down (nvmlDeviceGetCurrentClocksEventReasons).",
+        ("reason",),
+    )
+    ecc = _gpu_family(
+        CounterFamily,
+        "lockstep_gpu_ecc_errors",
+        "ECC errors; volatile since the driver loaded, aggregate over the GPU's life (nvmlDeviceGetTotalEccErrors).",
+        ("error", "counter"),
+    )
+    retired = _gpu_family(
+        GaugeFamily,
+        "lockstep_gpu_retired_pages",
+        "Retired memory pages by cause (nvmlDeviceGetRetiredPages).",
+        ("cause",),
+    )
+    remapped = _gpu_family(
+        GaugeFamily,
+        "lockstep_gpu_remapped_rows",
+        "Memory rows remapped, by the errors that caused it (nvmlDeviceGetRemappedRows).",
+        ("cause",),
+    )
+    for labels, s in gpus:
+        if s.clock_event_reasons is not None:
+            for name, bit in CLOCK_EVENT_REASONS:
+                reasons.add_metric((*labels, name), float(bool(s.clock_event_reasons & bit)))
+        for (error, counter), value in s.ecc_errors.items():
+            _add(ecc, (*labels, error, counter), value)
+        for cause, pages in s.retired_pages.items():
+            _add(retired, (*labels, cause), pages)
+        _add(remapped, (*labels, "correctable"), s.remapped_rows_correctable)
+        _add(remapped, (*labels, "uncorrectable"), s.remapped_rows_uncorrectable)
+    return [reasons, ecc, retired, remapped]
+
+
+def _nvlink_families(gpus: list[_Gpu]) -> list[Family]:
+    """State per link; error counters per GPU, and per link only once a link has counted one: 18 links x 5
+    counters of zeros per GPU would be most of a node's series (and millions in a large cluster)."""
+    up = _gpu_family(
+        GaugeFamily, "lockstep_gpu_nvlink_up", "1 if the NVLink is active (nvmlDeviceGetNvLinkState).", ("link",)
+    )
+    totals = _gpu_family(
+        CounterFamily,
+        "lockstep_gpu_nvlink_errors",
+        "NVLink data-link errors summed over the GPU's links, by counter (nvmlDeviceGetNvLinkErrorCounter).",
+        ("counter",),
+    )
+    per_link = _gpu_family(
+        CounterFamily,
+        "lockstep_gpu_nvlink_link_errors",
+        "NVLink data-link errors of one link, by counter, present once nonzero (nvmlDeviceGetNvLinkErrorCounter).",
+        ("link", "counter"),
+    )
+    for labels, s in gpus:
+        summed: Counter[str] = Counter()
+        for link in s.nvlinks:
+            _add(up, (*labels, str(link.link)), link.active)
+            for counter, value in link.errors.items():
+                summed[counter] += value
+                if value:
+                    per_link.add_metric((*labels, str(link.link), counter), value)
+        for counter, value in summed.items():
+            totals.add_metric((*labels, counter), value)
+    return [up, totals, per_link]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import struct
+
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, exposition
 from prometheus_client.metrics_core import (
@@ -12,12 +15,13 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from agent.backends.procfs import Procfs
 from agent.backends.sysfs import SysfsNet
 from agent.collectors.host import HostCollector
 from agent.collectors.network import NetworkCollector
-from agent.exposition import encode_openmetrics, encode_text, negotiate
+from agent.exposition import encode_openmetrics, encode_text, go_float, negotiate
 from agent.families import CounterFamily, GaugeFamily, HistogramFamily
 from tests.agent.conftest import PROCFS_GPU_NODE, SYSFS_GPU_NODE
 
@@ -113,6 +117,40 @@ def test_fast_text_encoding_is_identical_to_prometheus_client(families) -> None:
 def test_fast_openmetrics_encoding_is_identical_to_prometheus_client(families) -> None:
     source = Frozen(families())
     assert encode_openmetrics(source) == openmetrics.generate_latest(source)  # type: ignore[arg-type]
+
+
+def test_a_series_is_written_anew_whenever_its_values_change_and_a_family_whenever_a_row_does() -> None:
+    """The encoder reuses a family's lines while its rows stay the same, and a series' while its values do; every
+    scrape must still be exact."""
+    nan, inf = float("nan"), float("inf")
+    for value in [1.5, 1.5, 2.0, 0.0, -0.0, -0.0, 0.0, 0, nan, nan, 1e6, 1e6, inf, -inf, 3, 3]:
+        for other in (7.0, value):
+            gauge = GaugeFamily("lockstep_test_changing", "changes between scrapes", labels=["a"])
+            gauge.add_metric(["x"], value)
+            gauge.add_metric(["y"], other)
+            histogram = HistogramFamily("lockstep_test_changing_seconds", "changes too", ["a"], ["0.5", "+Inf"])
+            histogram.add_metric(["x"], [0, 2], value)
+            source = Frozen([gauge, histogram])
+            assert encode_openmetrics(source) == openmetrics.generate_latest(source)  # type: ignore[arg-type]
+            assert encode_text(source) == exposition.generate_latest(source)  # type: ignore[arg-type]
+
+
+def test_a_zero_is_written_as_0_whatever_its_sign() -> None:
+    gauge = GaugeFamily("lockstep_test_zero", "a zero that came out of float arithmetic", labels=["a"])
+    gauge.add_metric(["x"], -1.0 * 0.0)
+    histogram = HistogramFamily("lockstep_test_zero_seconds", "no observation", [], ["0.5", "+Inf"])
+    histogram.add_metric([], [-0.0, -0.0], -0.0)
+    text = encode_text(Frozen([gauge, histogram])).decode()
+    assert "-0.0" not in text and 'lockstep_test_zero{a="x"} 0.0' in text and "lockstep_test_zero_seconds_sum 0.0" in text
+
+
+def test_values_are_written_as_prometheus_client_writes_them() -> None:
+    edges = [0.0, -0.0, 1.0, -1.0, 0.1, 5e-324, 999999.9999999999, 1e6, 1e6 + 0.5, 1234567.0, -1234567.0, 1e15]
+    edges += [9999999999999998.0, 1e16, 1.5e16, 1e300, float("inf"), float("-inf"), float("nan"), 0, 7, True]
+    bits = random.Random(2).getrandbits
+    values = edges + [struct.unpack("<d", struct.pack("<Q", bits(64)))[0] for _ in range(20000)]
+    values += [float(bits(64) >> (bits(6))) for _ in range(20000)]
+    assert [go_float(v) for v in values] == [floatToGoString(v) for v in values]
 
 
 def test_prometheus_servers_accept_header_gets_the_fast_openmetrics_encoder() -> None:

@@ -254,3 +254,43 @@ def test_collectors_run_one_after_another_so_they_never_contend_for_the_interpre
     runner = CollectorRunner([Recording("a"), Recording("b"), Recording("c")], node_name="n", timeout_seconds=5)
     list(runner.collect())
     assert spans == [(edge, name) for name in "abc" for edge in ("start", "end")]
+
+
+class Where(Static):
+    """Records the thread each call runs on."""
+
+    def __init__(self, name: str, threads: list[str]) -> None:
+        super().__init__(name)
+        self.threads = threads
+
+    def collect(self) -> Iterable[Metric]:
+        self.threads.append(threading.current_thread().name)
+        return super().collect()
+
+
+def test_every_collector_of_a_scrape_runs_on_one_reused_worker_thread() -> None:
+    threads: list[str] = []
+    runner = CollectorRunner([Where(name, threads) for name in "abc"], node_name="n", timeout_seconds=5)
+    try:
+        for _ in range(3):
+            list(runner.collect())
+    finally:
+        runner.close()
+    assert len(threads) == 9 and len(set(threads)) == 1 and threads[0] != threading.current_thread().name
+
+
+def test_collectors_after_a_hanging_one_move_to_another_worker_and_workers_do_not_pile_up(hanging: Hanging) -> None:
+    threads: list[str] = []
+    before = set(threading.enumerate())
+    runner = CollectorRunner([hanging, Where("b", threads), Where("c", threads)], node_name="n", timeout_seconds=1)
+    try:
+        for _ in range(3):
+            families = {f.name: f for f in runner.collect()}
+            success = {s.labels["collector"]: s.value for s in families["lockstep_collector_success"].samples}
+            assert success == {"hanging": 0.0, "b": 1.0, "c": 1.0}
+        workers = [t for t in threading.enumerate() if t not in before and t.name.startswith("collectors-")]
+        assert hanging.started == 1 and len(threads) == 6
+        assert len(workers) == 2, "one stuck in the hanging collector, one serving the others"
+    finally:
+        hanging.release.set()
+        runner.close()

@@ -15,7 +15,7 @@ import pytest
 from agent.collectors.base import SourceUnavailable
 from agent.collectors.nvml import NvmlCollector
 from tests.agent.nvml.conftest import FakeNvmlConfig
-from tests.agent.nvml.nvml_support import Scrape, scrape
+from tests.agent.nvml.nvml_support import Scrape, scrape, wait_until
 
 GPU3 = {"gpu": "3", "uuid": "GPU-5f0e6a3c-1003-4b1d-8e2f-a1b2c3d40003"}
 
@@ -293,7 +293,7 @@ def test_the_field_batch_and_the_individual_calls_of_an_older_driver_give_the_sa
     assert without_it == series_lines(unbatched)
 
 
-def test_batched_nvlink_counters_take_no_call_of_their_own_while_the_field_batch_answers(
+def test_after_the_first_read_a_scrape_calls_nvml_only_for_what_can_change_and_the_batch_does_not_answer(
     fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: Counter[str] = Counter()
@@ -301,22 +301,62 @@ def test_batched_nvlink_counters_take_no_call_of_their_own_while_the_field_batch
         "nvmlDeviceGetNvLinkErrorCounter",
         "nvmlDeviceGetNvLinkState",
         "nvmlDeviceGetTotalEccErrors",
+        "nvmlDeviceGetUUID",
+        "nvmlDeviceGetName",
+        "nvmlDeviceGetPciInfo",
+        "nvmlDeviceGetMaxPcieLinkGeneration",
+        "nvmlDeviceGetMaxPcieLinkWidth",
     ):
         real = getattr(pynvml, name)
         monkeypatch.setattr(pynvml, name, counted(real, calls))
     collector = make_collector()
-    scrape(collector)  # the first read finds each GPU's links with nvmlDeviceGetNvLinkState
+    scrape(collector)  # the first read finds each GPU's links, identity, widest PCIe link and NVLink CRC counters
+    assert calls["nvmlDeviceGetNvLinkErrorCounter"] == 8 * 18 * 3 and calls["nvmlDeviceGetUUID"] == 8
     calls.clear()
     scrape(collector)
-    assert calls == Counter(nvmlDeviceGetNvLinkErrorCounter=8 * 18 * 3)  # CRC flit, CRC data, ECC data: per link only by call
+    assert calls == Counter()  # identity and PCIe maximum kept, CRC and ECC data counters left to the refresh
+    collector._backend.refresh_nvlink_errors()
+    assert calls == Counter(nvmlDeviceGetNvLinkErrorCounter=8 * 18 * 3)  # CRC flit, CRC data, ECC data
     calls.clear()
     fake_nvml.write({"errors": {"nvmlDeviceGetFieldValues": "FUNCTION_NOT_FOUND"}})
     scrape(collector)
     assert calls == Counter(
-        nvmlDeviceGetNvLinkErrorCounter=8 * 18 * 5,
+        nvmlDeviceGetNvLinkErrorCounter=8 * 18 * 2,  # replay and recovery, which the batch would have answered
         nvmlDeviceGetNvLinkState=8 * 18,
         nvmlDeviceGetTotalEccErrors=8 * 4,
     )
+
+
+def test_nvlink_crc_and_ecc_data_counters_are_refreshed_in_the_background_and_batched_ones_on_every_scrape(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    collector = make_collector(start=True, nvlink_error_interval_seconds=0.2)
+    scrape(collector)
+    fake_nvml.write({"gpus": {"3": {"nvlink_errors": {"5": {"replay": 2, "crc_flit": 7, "ecc_data": 1}}}}})
+    assert scrape(collector).value("lockstep_gpu_nvlink_link_errors_total", link="5", counter="replay", **GPU3) == 2
+    refreshed = wait_until(
+        lambda: scrape(collector).value(
+            "lockstep_gpu_nvlink_link_errors_total", link="5", counter="crc_flit", **GPU3
+        ),
+        what="the background refresh to read the CRC flit counter",
+    )
+    assert refreshed == 7
+    assert scrape(collector).value("lockstep_gpu_nvlink_errors_total", counter="ecc_data", **GPU3) == 1
+
+
+def test_a_gpu_lost_and_back_is_identified_afresh(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: Counter[str] = Counter()
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", counted(pynvml.nvmlDeviceGetUUID, calls))
+    collector = make_collector()
+    scrape(collector)
+    fake_nvml.write({"gpus": {"3": {"lost": True}}})
+    assert scrape(collector).value("lockstep_gpu_lost", **GPU3) == 1
+    fake_nvml.write({})
+    calls.clear()
+    assert scrape(collector).value("lockstep_gpu_lost", **GPU3) == 0
+    assert calls == Counter(nvmlDeviceGetUUID=1)
 
 
 def counted(function: Callable[..., Any], calls: Counter[str]) -> Callable[..., Any]:

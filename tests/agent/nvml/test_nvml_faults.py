@@ -254,3 +254,35 @@ def test_a_gpu_that_comes_back_is_no_longer_lost(
     fake_nvml.write({})
     assert signals_of(collector, "gpu_lost") == []
     assert scrape(collector).value("lockstep_gpu_lost", **GPU3) == 0
+
+
+def test_every_hard_fault_shows_in_the_first_read_after_it_happens_on_a_collector_that_read_before(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    """What the backend keeps between reads (identity, widest PCIe link, NVLink CRC counters) hides no fault."""
+    collector = make_collector()
+    scrape(collector)
+    assert collector.evidence().hard_signals == []
+    fake_nvml.write(
+        {
+            "gpus": {
+                "1": {"ecc": {"volatile_uncorrected": 1}, "remapped_rows": {"pending": True, "failure": True}},
+                "2": {"retired_pages": {"pending": True}, "thermal_throttle": True, "pcie": {"width": 4}},
+                "3": {"nvlink_down": [2]},
+                "4": {"power_throttle": True},
+                "5": {"lost": True},
+            }
+        }
+    )
+    found = {(s.kind, s.device[-1]) for s in collector.evidence().hard_signals}
+    assert found == {
+        ("ecc_uncorrectable", "1"),
+        ("row_remap_pending", "1"),
+        ("row_remap_failure", "1"),
+        ("retired_pages_pending", "2"),
+        ("thermal_throttle", "2"),
+        ("pcie_degraded", "2"),
+        ("nvlink_down", "3"),
+        ("power_throttle", "4"),
+        ("gpu_lost", "5"),
+    }

@@ -36,6 +36,7 @@ def test_the_nvml_exposition_of_a_fixed_node_matches_the_golden_file(
     collector = make_collector()
     scrape(collector)  # GPU 6 known before it is lost, as on a real node
     fake_nvml.write(FIXED_NODE)
+    collector._backend.refresh_nvlink_errors()  # as the background thread does every nvlink_error_interval_seconds
     text = scrape(collector).text
     if os.environ.get("LOCKSTEP_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
