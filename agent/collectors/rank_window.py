@@ -7,6 +7,7 @@ statistics, no sockets, no clocks of its own (callers pass `now`, Unix s).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -38,6 +39,8 @@ _COMPLETE, _ISSUE = int(Kind.COMPLETE), int(Kind.ISSUE)
 _OP_CLASS_OF: dict[int, str] = {int(op): name for op, name in OP_CLASS.items()}
 _OP_NAME: dict[int, str] = {int(op): op.name for op in Op}
 PERIOD_SAMPLES = 512  # newest collectives the step period is estimated from
+PERIOD_REUSE_SECONDS = 5.0  # a step period found is reused this long (s): it changes with the job, not with each
+# new collective, and estimating it was a third of a scrape's collective work under load (8 ranks x 500/s)
 
 
 @dataclass
@@ -124,7 +127,7 @@ class RankWindow:
         self.last_completed_seq = -1
         self._last_issued_at = 0.0
         self._last_progress_at = 0.0
-        self._period_cache: tuple[tuple[int, int, int], float | None] = ((-1, -1, -1), None)
+        self._period_cache: tuple[tuple[int, int, int], float, float | None] = ((-1, -1, -1), -math.inf, None)
 
     def knows(self, seq: int) -> bool:
         """Whether `seq` already completed in this window (a duplicate or replayed record)."""
@@ -286,18 +289,27 @@ class RankWindow:
 
     def step_period_seconds(self, now: float, window_seconds: float) -> float | None:
         """The rank's step period (s) over the last `window_seconds`; see _period_of."""
-        return self._period_of(self._window_slots(now, window_seconds, newest=PERIOD_SAMPLES))
+        if self._period_reusable(now):
+            return self._period_cache[2]
+        return self._period_of(now, self._window_slots(now, window_seconds, newest=PERIOD_SAMPLES))
 
-    def _period_of(self, slots: np.ndarray) -> float | None:
+    def _period_reusable(self, now: float) -> bool:
+        _, found_at, period = self._period_cache
+        return period is not None and 0.0 <= now - found_at < PERIOD_REUSE_SECONDS
+
+    def _period_of(self, now: float, slots: np.ndarray) -> float | None:
         """Step period (s) of the samples at `slots` (sequence order): the (op, bytes) pattern's repeat, refined by
-        the gaps between collectives (see step_period.py). Read straight from the ring; cached until it changes."""
+        the gaps between collectives (see step_period.py). Read straight from the ring; a period found is reused for
+        PERIOD_REUSE_SECONDS (Unix s `now`), and none found is looked for again once new collectives arrived."""
+        if self._period_reusable(now):
+            return self._period_cache[2]
         samples = self._ring[slots[-PERIOD_SAMPLES:]]
         seqs = samples["seq"]
         key = (len(samples), int(seqs[0]), int(seqs[-1])) if len(samples) else (0, 0, 0)
         if self._period_cache[0] != key:
             k = repeat_length(signature(samples["op"], samples["bytes"]))
-            self._period_cache = (key, None if k is None else step_period_seconds(samples["issued_at"], k))
-        return self._period_cache[1]
+            self._period_cache = (key, now, None if k is None else step_period_seconds(samples["issued_at"], k))
+        return self._period_cache[2]
 
     def evidence(self, now: float, window_seconds: float, max_samples: int, dropped_records: int) -> RankEvidence:
         slots = self._window_slots(now, window_seconds)
@@ -323,7 +335,7 @@ class RankWindow:
             window_seconds=span,
             collectives_in_window=len(window),
             collectives_per_second=len(window) / span,
-            step_period_seconds=self._period_of(slots),
+            step_period_seconds=self._period_of(now, slots),
             last_seq=self.last_seq,
             last_progress_at=self.last_progress_at,
             pending_seq=pending_seq,

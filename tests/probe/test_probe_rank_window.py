@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.collectors.rank_window import RankWindow, repeat_length, signature
+from agent.collectors.rank_window import PERIOD_REUSE_SECONDS, RankWindow, repeat_length, signature
 from agent.probe.identity import Identity
 from agent.probe.wire import Kind, Op, Record, decode, encode
 
@@ -97,3 +97,25 @@ def test_a_collective_that_arrives_late_takes_its_place_in_sequence_order_while_
     assert [s.seq for s in evidence.samples] == list(range(24, 40))
     assert window.step_period_seconds(1004.0, 60) == evidence.step_period_seconds
     assert evidence.step_period_seconds is not None and abs(evidence.step_period_seconds - 0.1) < 1e-6
+
+
+def test_a_step_period_found_is_reused_for_a_few_seconds_then_estimated_again() -> None:
+    window = ddp_like_window(steps=20, period=0.25)  # steps at 1000.0 .. 1004.75
+    first = window.step_period_seconds(1005.0, 60)
+    assert first is not None and abs(first - 0.25) < 1e-6
+    for step in range(20, 60):  # the job slows to 0.5 s steps, issued at 1005.0 .. 1024.5
+        for bucket, size in enumerate((100, 200, 300)):
+            add(window, rec(3 * step + bucket, 1005.0 + (step - 20) * 0.5 + bucket * 0.01, 0.005, nbytes=size))
+    assert window.step_period_seconds(1005.0 + PERIOD_REUSE_SECONDS - 0.1, 15) == first  # new collectives, same period
+    later = window.step_period_seconds(1025.0, 15)  # past the reuse time: estimated again, on the slow steps
+    assert later is not None and abs(later - 0.5) < 1e-6
+
+
+def test_no_step_period_found_yet_is_looked_for_again_as_soon_as_collectives_arrive() -> None:
+    window = ddp_like_window(steps=1, period=0.25)  # one step: no repeat yet
+    assert window.step_period_seconds(1000.1, 60) is None
+    for step in range(1, 20):
+        for bucket, size in enumerate((100, 200, 300)):
+            add(window, rec(3 * step + bucket, 1000.0 + step * 0.25 + bucket * 0.01, 0.005, nbytes=size))
+    period = window.step_period_seconds(1000.2, 60)  # well within PERIOD_REUSE_SECONDS of the first look
+    assert period is not None and abs(period - 0.25) < 1e-6
