@@ -4,15 +4,18 @@ Both exporters run on this machine in the same run and are scraped once a second
 connection with the Accept header Prometheus sends (no gzip for either). The agent reads a fixture sysfs tree with
 --nics ConnectX RoCE ports (copied from tests/fixtures), 8 fake GPUs when the fake NVML library is built (`make fake-nvml`), and --ranks probe senders
 (one process each, the probe's own Recorder and Sender) issuing --collectives-per-second each into its socket.
-Budget: < 1% of a core, < 60 MB RSS, scrape < 10 ms.
+With --evidence-every 5 the agent also serves the controller's evidence pulls, as in a cluster (node-exporter has
+no such API). Budget: < 1% of a core, < 60 MB RSS, scrape < 10 ms.
 
     python benchmarks/agent_overhead.py [--seconds 30] [--nics 8] [--ranks 8] [--collectives-per-second 500]
+                                        [--evidence-every 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import math
 import os
 import re
 import shutil
@@ -90,33 +93,46 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0
     raise SystemExit(f"{url} not ready after {timeout:g} s")
 
 
-def measure(name: str, process: subprocess.Popen[bytes], url: str, seconds: float) -> Measurement:
-    """Scrape `url` once a second over one kept-alive connection, as Prometheus does; CPU share is the process's
-    CPU time over wall time in the window."""
+def measure(
+    name: str, process: subprocess.Popen[bytes], url: str, seconds: float, evidence_every: float = 0.0
+) -> Measurement:
+    """Scrape `url` once a second over one kept-alive connection, as Prometheus does, and with `evidence_every` > 0
+    also pull the agent's /api/v1/evidence that often (s) over another, as the controller does; CPU share is the
+    process's CPU time over wall time in the window. Latencies are the scrapes'."""
     proc = psutil.Process(process.pid)
     target = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(target.netloc, timeout=10)
+    controller = http.client.HTTPConnection(target.netloc, timeout=10)
 
-    def scrape() -> bytes:
-        connection.request("GET", target.path, headers={"Accept": PROMETHEUS_ACCEPT})
-        response = connection.getresponse()
+    def get(conn: http.client.HTTPConnection, path: str) -> bytes:
+        conn.request("GET", path, headers={"Accept": PROMETHEUS_ACCEPT})
+        response = conn.getresponse()
         body = response.read()
         if response.status != 200:
-            raise SystemExit(f"{url}: HTTP {response.status}")
+            raise SystemExit(f"{target.netloc}{path}: HTTP {response.status}")
         return body
+
+    def scrape() -> bytes:
+        return get(connection, target.path)
 
     scrape()  # warm-up scrape, outside the window
     cpu_start, wall_start = sum(proc.cpu_times()[:2]), time.monotonic()
     latencies: list[float] = []
     body = b""
+    next_evidence = wall_start + 0.5 if evidence_every > 0 else math.inf  # half-way between two scrapes
     while time.monotonic() - wall_start < seconds:
         tick = time.monotonic()
         body = scrape()
         latencies.append(time.monotonic() - tick)
+        if tick + 0.5 >= next_evidence:
+            time.sleep(max(0.0, next_evidence - time.monotonic()))
+            get(controller, "/api/v1/evidence")
+            next_evidence += evidence_every
         time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
     cpu = sum(proc.cpu_times()[:2]) - cpu_start
     wall = time.monotonic() - wall_start
     connection.close()
+    controller.close()
     series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
     return Measurement(name, cpu / wall, proc.memory_info().rss, latencies, len(body), series, body.decode())
 
@@ -153,6 +169,11 @@ def main() -> int:
     parser.add_argument("--nics", type=int, default=8, help="RoCE ports in the generated sysfs tree")
     parser.add_argument("--ranks", type=int, default=8, help="training ranks sending probe records")
     parser.add_argument("--collectives-per-second", type=float, default=500.0, help="per rank")
+    parser.add_argument(
+        "--evidence-every", type=float, default=0.0,
+        help="also pull the agent's /api/v1/evidence every this many s, as the controller does (default 5 s there); "
+        "0 = scrapes only",
+    )  # fmt: skip
     parser.add_argument(
         "--agent-arg", action="append", default=[], help="extra agent flag, e.g. --agent-arg=--no-collector.periodicity"
     )
@@ -205,9 +226,10 @@ def main() -> int:
             print(
                 f"agent: {args.nics} RoCE ports + fixture netdevs, GPUs: {gpus}, {args.ranks} ranks x "
                 f"{args.collectives_per_second:g} collectives/s; scraping each exporter 1/s for {args.seconds:g} s"
+                + (f"; the agent's evidence pulled every {args.evidence_every:g} s" if args.evidence_every > 0 else "")
             )
             results = [
-                measure("lockstep-agent", agent, agent_url, args.seconds),
+                measure("lockstep-agent", agent, agent_url, args.seconds, args.evidence_every),
                 measure("node-exporter", exporter, exporter_url, args.seconds),
             ]
         finally:
