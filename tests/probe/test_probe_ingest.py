@@ -13,12 +13,11 @@ from agent.probe import wire
 from agent.probe.identity import Identity
 from agent.settings import CollectiveSettings
 
-NOW = time.time()
 IDENTITY = Identity(job="job", rank=0, world_size=2, local_rank=0, pod="pod", namespace="ns")
 
 
 def record(group: str, seq: int, kind: wire.Kind = wire.Kind.COMPLETE) -> wire.Record:
-    issued_at = NOW + seq * 0.01
+    issued_at = time.time() + seq * 0.01  # now, not at import: the collector drops records older than its window
     return wire.Record(kind, wire.Op.all_reduce, group, seq, 1024, issued_at,
                        issued_at + 0.001 if kind == wire.Kind.COMPLETE else None)  # fmt: skip
 
@@ -87,7 +86,7 @@ def test_records_with_an_unknown_kind_or_op_or_impossible_times_are_malformed_an
     data[record_offset(data, 0)] = 9  # kind
     data[record_offset(data, 1) + 1] = 200  # op
     struct.pack_into("<d", data, record_offset(data, 2) + 24, float("nan"))  # issued_at
-    struct.pack_into("<d", data, record_offset(data, 3) + 32, NOW - 60)  # completed_at, a minute before its issue
+    struct.pack_into("<d", data, record_offset(data, 3) + 32, time.time() - 60)  # completed_at, a minute before its issue
     collective = state()
     receive(collective, bytes(data))
     assert collective.accepted == 2 and dropped(collective) == {"malformed": 4}
@@ -117,7 +116,7 @@ def test_a_header_whose_record_count_disagrees_with_the_length_drops_the_datagra
 
 def test_a_datagram_of_the_previous_wire_version_is_counted_as_bad_version_and_never_misread() -> None:
     version_1 = struct.pack("<4sBBBx iii QQ dd II 64s32s64s64s", b"LKSP", 1, int(wire.Kind.COMPLETE), 1, 0, 2, 0, 5,
-                            1024, NOW, NOW + 0.001, 0, 0, b"job", b"default", b"pod", b"ns")  # fmt: skip
+                            1024, time.time(), time.time() + 0.001, 0, 0, b"job", b"default", b"pod", b"ns")  # fmt: skip
     collective = state()
     receive(collective, version_1 * 3)
     receive(collective, b"LKSP\x02")  # this version, shorter than its header
