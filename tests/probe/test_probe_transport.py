@@ -5,14 +5,35 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from agent.probe import wire
 from agent.probe.identity import Identity
 from agent.probe.recorder import Recorder
 from agent.probe.transport import Sender
 
+BindAgent = Callable[[], socket.socket]
 IDENTITY = Identity(job="job-x", rank=1, world_size=4, local_rank=1, pod="pod-1", namespace="ml")
+
+
+@pytest.fixture
+def bind_agent(tmp_path: Path) -> Iterator[BindAgent]:
+    """Binds the agent's end of `<tmp_path>/probe.sock` when called (a test may start without an agent); closed after
+    the test."""
+    sockets: list[socket.socket] = []
+
+    def bind() -> socket.socket:
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sockets.append(receiver)
+        receiver.bind(str(tmp_path / "probe.sock"))
+        return receiver
+
+    yield bind
+    for receiver in sockets:
+        receiver.close()
 
 
 def receive_datagrams(sock: socket.socket) -> list[wire.Decoded]:
@@ -30,9 +51,10 @@ def receive_all(sock: socket.socket) -> list[wire.Record]:
     return [record for datagram in receive_datagrams(sock) for record in datagram.as_records()]
 
 
-def test_sender_delivers_completed_and_long_pending_collectives_with_the_rank_identity(tmp_path: Path) -> None:
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(tmp_path / "probe.sock"))
+def test_sender_delivers_completed_and_long_pending_collectives_with_the_rank_identity(
+    tmp_path: Path, bind_agent: BindAgent,
+) -> None:
+    receiver = bind_agent()
     recorder = Recorder()
     sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=0.05)
     for _ in range(100):
@@ -52,7 +74,6 @@ def test_sender_delivers_completed_and_long_pending_collectives_with_the_rank_id
     issues = [r for r in second if r.kind == wire.Kind.ISSUE]
     assert [(r.seq, r.op) for r in issues] == [(stuck[1], wire.Op.broadcast)]
     assert sender.dropped == 0
-    receiver.close()
 
 
 def test_sender_without_an_agent_drops_and_counts_and_never_raises(tmp_path: Path) -> None:
@@ -66,16 +87,14 @@ def test_sender_without_an_agent_drops_and_counts_and_never_raises(tmp_path: Pat
     assert len(recorder.completed) == 0  # memory is released even when nothing can be sent
 
 
-def test_a_hang_is_reported_again_to_an_agent_that_was_away(tmp_path: Path) -> None:
+def test_a_hang_is_reported_again_to_an_agent_that_was_away(tmp_path: Path, bind_agent: BindAgent) -> None:
     recorder = Recorder()
     sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=0.0)
     stuck = recorder.issue("default", wire.Op.all_reduce, 64)
     sender.flush()  # no agent yet: the report is lost
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(tmp_path / "probe.sock"))
+    receiver = bind_agent()
     sender.flush()
     assert [(r.kind, r.seq) for r in receive_all(receiver) if r.kind == wire.Kind.ISSUE] == [(wire.Kind.ISSUE, stuck[1])]
-    receiver.close()
 
 
 def flush_small_datagrams(recorder: Recorder, sender: Sender, flushes: int = 20) -> None:
@@ -87,9 +106,10 @@ def flush_small_datagrams(recorder: Recorder, sender: Sender, flushes: int = 20)
         sender.flush()
 
 
-def test_a_full_agent_queue_is_a_backlog_sent_next_flush_in_order_not_a_drop(tmp_path: Path) -> None:
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(tmp_path / "probe.sock"))
+def test_a_full_agent_queue_is_a_backlog_sent_next_flush_in_order_not_a_drop(
+    tmp_path: Path, bind_agent: BindAgent,
+) -> None:
+    receiver = bind_agent()
     recorder = Recorder()
     sender = Sender(recorder, IDENTITY, str(tmp_path))
     flush_small_datagrams(recorder, sender)
@@ -100,12 +120,12 @@ def test_a_full_agent_queue_is_a_backlog_sent_next_flush_in_order_not_a_drop(tmp
         received += receive_all(receiver)
     assert [r.seq for r in received if r.kind == wire.Kind.COMPLETE] == list(range(200))
     assert sender.dropped == 0
-    receiver.close()
 
 
-def test_the_exit_flush_waits_briefly_for_a_slow_agent_so_the_last_collectives_arrive(tmp_path: Path) -> None:
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(tmp_path / "probe.sock"))
+def test_the_exit_flush_waits_briefly_for_a_slow_agent_so_the_last_collectives_arrive(
+    tmp_path: Path, bind_agent: BindAgent,
+) -> None:
+    receiver = bind_agent()
     recorder = Recorder()
     sender = Sender(recorder, IDENTITY, str(tmp_path), flush_interval_seconds=60.0)
     sender.start()
@@ -124,12 +144,12 @@ def test_the_exit_flush_waits_briefly_for_a_slow_agent_so_the_last_collectives_a
     received += receive_all(receiver)
     assert [r.seq for r in received if r.kind == wire.Kind.COMPLETE] == list(range(250))
     assert sender.dropped == 0
-    receiver.close()
 
 
-def test_an_idle_sender_sends_a_heartbeat_datagram_that_carries_its_count_of_lost_records(tmp_path: Path) -> None:
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(tmp_path / "probe.sock"))
+def test_an_idle_sender_sends_a_heartbeat_datagram_that_carries_its_count_of_lost_records(
+    tmp_path: Path, bind_agent: BindAgent,
+) -> None:
+    receiver = bind_agent()
     recorder = Recorder(capacity=5)
     sender = Sender(recorder, IDENTITY, str(tmp_path), heartbeat_seconds=0.05)
     for _ in range(8):  # 3 more than the recorder holds
@@ -142,12 +162,12 @@ def test_an_idle_sender_sends_a_heartbeat_datagram_that_carries_its_count_of_los
     [heartbeat] = receive_datagrams(receiver)
     assert len(collectives.records) == 5 and collectives.dropped_total == 3
     assert len(heartbeat.records) == 0 and heartbeat.dropped_total == 3 and heartbeat.identity == IDENTITY
-    receiver.close()
 
 
-def test_a_flush_touching_many_process_groups_splits_them_over_datagrams_each_with_its_own_table(tmp_path: Path) -> None:
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(tmp_path / "probe.sock"))
+def test_a_flush_touching_many_process_groups_splits_them_over_datagrams_each_with_its_own_table(
+    tmp_path: Path, bind_agent: BindAgent,
+) -> None:
+    receiver = bind_agent()
     recorder = Recorder()
     sender = Sender(recorder, IDENTITY, str(tmp_path))
     groups = [f"pair-{index}" for index in range(wire.MAX_GROUPS_PER_DATAGRAM + 4)]
@@ -159,4 +179,3 @@ def test_a_flush_touching_many_process_groups_splits_them_over_datagrams_each_wi
     assert len(datagrams) >= 2 and all(len(d.groups) <= wire.MAX_GROUPS_PER_DATAGRAM for d in datagrams)
     received = sorted((r.group, r.seq) for d in datagrams for r in d.as_records())
     assert received == sorted((group, seq) for group in groups for seq in range(2))
-    receiver.close()
