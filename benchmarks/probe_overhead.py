@@ -1,6 +1,6 @@
 """Probe overhead on a real DDP job (gloo, CPU): training step time with the probe vs without.
 
-Two measurements, both against a live collective collector in this process:
+Three measurements, all against a live collective collector in this process:
 
 1. interleaved steps (robust on a shared machine): two identical 2-rank DDP jobs run at once, one under the
    probe (installed in its processes: dispatcher kernel, wrappers, sender thread), one without, and take turns
@@ -8,11 +8,20 @@ Two measurements, both against a live collective collector in this process:
    interval (bootstrap over the pairs of adjacent steps), its spread over blocks of steps, and the same ratio for
    the rank's CPU time per step (less sensitive to other load on the machine);
 2. separate runs of tools/ddp_job.py with and without LOCKSTEP_PROBE=1 in ABBA order (end to end, including
-   the probe's sender thread; sensitive to load drift between runs).
+   the probe's sender thread; sensitive to load drift between runs);
+3. per collective, precisely: CPU time per all-reduce (time.process_time, all threads of the process: the
+   probe's sender included) of a one-rank gloo group without and with the probe, in alternating subprocesses,
+   for a small tensor and a bucket-sized one (the DDP job's gradient bytes per all-reduce); the probe's added
+   microseconds times the all-reduces per step the probe recorded in measurement 1, over that job's step time, is
+   the expected step overhead (`expected_step_overhead`). Measurements 1 and 2 cannot resolve a few 0.1%: their
+   noise floor shows in an A/A run (`--control`: neither job of measurement 1 is probed, its ratio should be 1).
 
-Also prints the probe's hot-path cost per collective. Target (DESIGN.md): step time within 1%.
+Also prints the Recorder's hot-path cost per collective. Target (DESIGN.md): step time within 1%.
+Output: progress lines, then one JSON summary (keys: interleaved_turns, per_collective, expected_step_overhead,
+ratio_of_medians/ratio_of_mins when --pairs > 0, records_received, hot_path_us_per_collective).
 
     python benchmarks/probe_overhead.py [--interleaved-steps 2000] [--pairs 4] [--steps 300] [--hidden 1024]
+                                        [--control] [--cost-processes 3] [--cost-iterations 10000]
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from agent.probe.recorder import Recorder  # noqa: E402
 from agent.probe.wire import Op  # noqa: E402
 from agent.settings import CollectiveSettings  # noqa: E402
 
+WARM_STEPS = 20  # interleaved steps left out of the statistics (DDP rebuilds its buckets after the first)
+
 
 def hot_path_microseconds(n: int = 200_000) -> float:
     """Recorder.issue + complete per collective, us (what a wrapped collective adds on the training thread)."""
@@ -47,16 +58,26 @@ def hot_path_microseconds(n: int = 200_000) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
+def free_port() -> int:
+    import socket as socket_module
+
+    with socket_module.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _interleaved_rank(index: int, ports: list[int], socket_dir: str, steps: int, hidden: int, bucket_mb: float,
-                      turns: Any, out: str) -> None:  # fmt: skip
-    """Process `index` of two 2-rank jobs: job 0 (indices 0, 1) under the probe, job 1 (2, 3) without it."""
+                      turns: Any, out: str, control: bool) -> None:  # fmt: skip
+    """Process `index` of two 2-rank jobs: job 0 (indices 0, 1) under the probe (not with `control`), job 1
+    (2, 3) without it."""
     job, rank = divmod(index, 2)
     name = ("with", "without")[job]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[job]), RANK=str(rank), WORLD_SIZE="2")
-    if name == "with":
+    probe = None
+    if name == "with" and not control:
         import agent.probe
 
-        agent.probe.install(socket_dir)
+        probe = agent.probe.install(socket_dir)
     import torch
     import torch.distributed as dist
     from torch import nn
@@ -70,8 +91,11 @@ def _interleaved_rank(index: int, ports: list[int], socket_dir: str, steps: int,
         layers += [nn.Linear(hidden, hidden), nn.ReLU()]
     ddp = DistributedDataParallel(nn.Sequential(*layers, nn.Linear(hidden, 10)), bucket_cap_mb=bucket_mb)
     inputs = torch.randn(32, 64)
-    times: dict[str, list[float]] = {name: [], f"cpu_{name}": []}
+    times: dict[str, Any] = {name: [], f"cpu_{name}": []}
+    issued_before = 0
     for step in range(steps):
+        if step == WARM_STEPS and probe is not None:
+            issued_before = probe.recorder.issued()
         for turn in (step % 2, 1 - step % 2):  # the jobs take turns, each going first every other step
             turns.wait()  # the other job is idle (blocked here) while this one steps
             if turn == job:
@@ -79,33 +103,32 @@ def _interleaved_rank(index: int, ports: list[int], socket_dir: str, steps: int,
                 ddp(inputs).sum().backward()
                 times[name].append(time.perf_counter() - started)
                 times[f"cpu_{name}"].append(time.process_time() - cpu_started)
+    if probe is not None:  # what the probe saw: all-reduces per step, gradient bytes per all-reduce
+        per_step = (probe.recorder.issued() - issued_before) / (steps - WARM_STEPS)
+        gradient_bytes = sum(p.numel() * p.element_size() for p in ddp.parameters())
+        times.update(all_reduces_per_step=per_step, bytes_per_all_reduce=int(gradient_bytes / max(per_step, 1.0)))
     if rank == 0:
         Path(f"{out}.{name}").write_text(json.dumps(times))
     dist.destroy_process_group()
 
 
 def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str, object]:
-    import socket as socket_module
-
     import torch.multiprocessing as mp
 
-    ports = []
-    for _ in range(2):
-        with socket_module.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
+    ports = [free_port(), free_port()]
     out = str(Path(tmp, "interleaved"))
     turns = mp.get_context("spawn").Barrier(4)
-    mp.spawn(_interleaved_rank, args=(ports, socket_dir, args.interleaved_steps, args.hidden, args.bucket_mb, turns, out),
-             nprocs=4, join=True)  # fmt: skip
+    mp.spawn(_interleaved_rank, nprocs=4, join=True,
+             args=(ports, socket_dir, args.interleaved_steps, args.hidden, args.bucket_mb, turns, out, args.control))  # fmt: skip
     times = {**json.loads(Path(f"{out}.with").read_text()), **json.loads(Path(f"{out}.without").read_text())}
-    warm = 20
+    warm = WARM_STEPS
     with_, without = times["with"][warm:], times["without"][warm:]
     blocks = 20
     size = len(with_) // blocks
     block_ratios = [statistics.median(with_[i * size : (i + 1) * size]) / statistics.median(without[i * size : (i + 1) * size])
                     for i in range(blocks)]  # fmt: skip
     return {
+        "control": args.control,  # A/A: neither job probed, the ratio's noise floor
         "steps_each": len(with_),
         "step_seconds_median_without": statistics.median(without),
         "step_seconds_median_with": statistics.median(with_),
@@ -117,7 +140,60 @@ def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str
         "cpu_seconds_median_with": statistics.median(times["cpu_with"][warm:]),
         "cpu_ratio": statistics.median(times["cpu_with"][warm:]) / statistics.median(times["cpu_without"][warm:]),
         "cpu_ratio_ci95": ratio_ci95(times["cpu_with"][warm:], times["cpu_without"][warm:]),
+        "all_reduces_per_step": times.get("all_reduces_per_step"),  # as the probe recorded them (None: --control)
+        "bytes_per_all_reduce": times.get("bytes_per_all_reduce"),
     }  # fmt: skip
+
+
+def _one_rank_all_reduces(probed: bool, nbytes: int, iterations: int, reps: int, socket_dir: str, queue: Any) -> None:
+    """Subprocess: median over `reps` of the CPU us per all-reduce of `nbytes` (float32) in a one-rank gloo group,
+    with or without the probe. CPU time of the whole process: the probe's sender thread counts too."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1")
+    if probed:
+        import agent.probe
+
+        agent.probe.install(socket_dir)
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    group, tensor = dist.group.WORLD, torch.ones(max(nbytes // 4, 1))
+    for _ in range(min(iterations, 500)):
+        group.allreduce([tensor]).wait()
+    per_rep = []
+    for _ in range(reps):
+        started = time.process_time()
+        for _ in range(iterations):
+            group.allreduce([tensor]).wait()
+        per_rep.append((time.process_time() - started) / iterations * 1e6)
+    dist.destroy_process_group()
+    queue.put(statistics.median(per_rep))
+
+
+def per_collective(nbytes: int, iterations: int, processes: int, socket_dir: str) -> dict[str, object]:
+    """CPU us per all-reduce of `nbytes` without and with the probe: `processes` subprocesses each, alternating
+    (ABBA), 5 reps each; medians over the processes."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    us: dict[bool, list[float]] = {False: [], True: []}
+    for index in range(processes):
+        for probed in (False, True) if index % 2 == 0 else (True, False):
+            queue = context.Queue()
+            process = context.Process(target=_one_rank_all_reduces, args=(probed, nbytes, iterations, 5, socket_dir, queue))
+            process.start()
+            us[probed].append(queue.get(timeout=600))
+            process.join(timeout=60)
+    without, with_ = statistics.median(us[False]), statistics.median(us[True])
+    return {"bytes": nbytes, "iterations": iterations, "cpu_us_without": round(without, 2),
+            "cpu_us_with": round(with_, 2), "added_us": round(with_ - without, 2),
+            "added_us_per_process": [round(w - wo, 2) for w, wo in zip(us[True], us[False], strict=True)]}  # fmt: skip
+
+
+def expected_overhead(cost: dict[str, Any], all_reduces_per_step: float, step_seconds: float) -> float:
+    """Share of a step the probe adds: its us per all-reduce x all-reduces per step / step time."""
+    return float(cost["added_us"]) * 1e-6 * all_reduces_per_step / step_seconds
 
 
 def ratio_ci95(with_: list[float], without: list[float], resamples: int = 2000) -> list[float]:
@@ -151,6 +227,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket size (DDP's default 25 MB)")
+    parser.add_argument("--control", action="store_true",
+                        help="A/A control: neither job of measurement 1 is probed (its ratio shows the noise floor)")
+    parser.add_argument("--cost-processes", type=int, default=3,
+                        help="subprocesses per side of measurement 3 (per-collective CPU cost); 0 skips it")
+    parser.add_argument("--cost-iterations", type=int, default=10_000,
+                        help="all-reduces of a small tensor per rep in measurement 3 (bucket-sized: 1/20 of it)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="lockstep-bench-") as tmp:
@@ -168,6 +250,13 @@ def main() -> int:
         try:
             turns = interleaved(args, str(socket_dir), tmp)
             print("interleaved turns:", json.dumps(turns), flush=True)
+            costs: dict[str, dict[str, Any]] = {}
+            if args.cost_processes:
+                sizes = {"small": 4096, "bucket": int(turns["bytes_per_all_reduce"] or args.bucket_mb * 2**20)}
+                for name, nbytes in sizes.items():
+                    iterations = args.cost_iterations if name == "small" else max(args.cost_iterations // 20, 50)
+                    costs[name] = per_collective(nbytes, iterations, args.cost_processes, str(socket_dir))
+                    print(f"per collective ({name}):", json.dumps(costs[name]), flush=True)
             for pair in range(args.pairs):
                 if pair % 2:  # ABBA order: drifting machine load favours neither side
                     with_probe.append(run_job({**base, "LOCKSTEP_PROBE": "1"}, args))
@@ -182,7 +271,8 @@ def main() -> int:
             collector.close()
     # the machine may be shared: the min step time is the least disturbed estimate of the intrinsic cost
     summary: dict[str, object] = {"benchmark": "probe_overhead", "nproc": args.nproc, "steps": args.steps,
-                                  "hidden": args.hidden, "bucket_mb": args.bucket_mb, "pairs": args.pairs}  # fmt: skip
+                                  "hidden": args.hidden, "bucket_mb": args.bucket_mb, "pairs": args.pairs,
+                                  "control": args.control}  # fmt: skip
     for index, name in ((0, "median"), (1, "min")) if args.pairs else ():
         ratios = [w[index] / wo[index] for w, wo in zip(with_probe, without, strict=True)]
         summary[f"step_seconds_{name}_without"] = statistics.median(wo[index] for wo in without)
@@ -192,6 +282,11 @@ def main() -> int:
             "stdev": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
         }  # fmt: skip
     summary["interleaved_turns"] = turns
+    summary["per_collective"] = costs
+    per_step = turns["all_reduces_per_step"]
+    summary["expected_step_overhead"] = {
+        name: expected_overhead(cost, per_step, turns["step_seconds_median_without"]) for name, cost in costs.items()
+    } if per_step else None  # fmt: skip
     summary["records_received"] = records
     summary["hot_path_us_per_collective"] = hot_path_microseconds()
     print(json.dumps(summary, indent=1))

@@ -40,6 +40,10 @@ class Recorder:
             self.pending[(group, seq)] = token
         return token
 
+    def issued(self) -> int:
+        """Collectives numbered since the last reset, all groups together."""
+        return sum(self._next_seq.values())
+
     def complete(self, token: Token, measured: bool = True) -> None:
         self._done(token, token, time.time() if measured else 0.0)
 
