@@ -232,7 +232,7 @@ def main() -> int:
     parser.add_argument("--cost-processes", type=int, default=3,
                         help="subprocesses per side of measurement 3 (per-collective CPU cost); 0 skips it")
     parser.add_argument("--cost-iterations", type=int, default=10_000,
-                        help="all-reduces of a small tensor per rep in measurement 3 (bucket-sized: 1/20 of it)")
+                        help="all-reduces per rep in measurement 3 (one rank: a bucket-sized one costs as little)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="lockstep-bench-") as tmp:
@@ -254,8 +254,7 @@ def main() -> int:
             if args.cost_processes:
                 sizes = {"small": 4096, "bucket": int(turns["bytes_per_all_reduce"] or args.bucket_mb * 2**20)}
                 for name, nbytes in sizes.items():
-                    iterations = args.cost_iterations if name == "small" else max(args.cost_iterations // 20, 50)
-                    costs[name] = per_collective(nbytes, iterations, args.cost_processes, str(socket_dir))
+                    costs[name] = per_collective(nbytes, args.cost_iterations, args.cost_processes, str(socket_dir))
                     print(f"per collective ({name}):", json.dumps(costs[name]), flush=True)
             for pair in range(args.pairs):
                 if pair % 2:  # ABBA order: drifting machine load favours neither side

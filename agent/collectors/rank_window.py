@@ -319,6 +319,8 @@ class RankWindow:
         waits = (completed_at - issued_at)[measured]
         done = np.maximum.accumulate(np.where(measured, completed_at, issued_at))[:-1]  # all before the next issue
         gaps = issued_at[1:] - np.maximum(done, 0.0)
+        if measured[:-1].any():  # a gap is compute only after a timed completion (the probe times a sample of them)
+            gaps = gaps[measured[:-1]]
         gaps = gaps[gaps > 0]
         span = min(window_seconds, max(now - float(issued_at[0]), 1e-9)) if len(window) else window_seconds
         pending_seq = min(self.pending) if self.pending else None

@@ -4,8 +4,9 @@ for CPU tensors (gloo), so DDP's reducer keeps its default path and the probe st
 Every `ProcessGroup.allreduce` — DDP's C++ reducer, builtin C++ comm hooks, `torch.distributed.all_reduce` —
 goes through the dispatcher op `c10d::allreduce_`. No kernel is registered for it under AutogradCPU, so one
 registered there runs first for CPU tensors: it records the issue, redispatches to the keys after autograd (the
-original CPU kernel, unchanged, as PyTorch's own autograd fallback does), and records completion from the Work's
-future. The redispatch goes straight to the op's handle: calling the op again from Python (`op(...)` under
+original CPU kernel, unchanged, as PyTorch's own autograd fallback does), and records completion: timed by a
+callback on the Work's future for the sampled collectives (agent/probe/recorder.py TIMED_EVERY), else left to the
+sender thread, which polls the Work (unboxed there, not on the training thread). The redispatch goes straight to the op's handle: calling the op again from Python (`op(...)` under
 `_AutoDispatchBelowAutograd`) parses its arguments against the schema, ~40 us more per all-reduce. Unlike a DDP
 communication hook this adds no pass over the gradients (with a hook, DDP copies them into the bucket without
 scaling, and the hook must scale them in a separate pass). Not seen here: CUDA tensors (NCCL: the DDP hook and the
@@ -18,7 +19,7 @@ import logging
 from typing import Any
 
 from agent.probe.patch import nbytes
-from agent.probe.recorder import Recorder
+from agent.probe.recorder import Recorder, timed
 from agent.probe.wire import Op
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,11 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
             raise
         if token is not None:
             try:
-                unbox_work(result[1]).get_future().add_done_callback(lambda _fut: recorder.complete(token))
+                if timed(token):
+                    unbox_work(result[1]).get_future().add_done_callback(lambda _fut: recorder.complete(token))
+                else:
+                    work = result[1]
+                    recorder.complete_when(token, lambda: unbox_work(work).is_completed())
             except Exception:  # no future: the issue time is all we know
                 recorder.complete(token, measured=False)
         return result

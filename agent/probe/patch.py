@@ -1,8 +1,9 @@
 """Where the probe meets PyTorch: wrappers around the torch.distributed collectives, a timing DDP
 communication hook for DDP's bucket all-reduces, and the import hook that applies both when torch loads.
 
-Every wrapper does the smallest possible work on the training thread (Recorder.issue/complete) and lets the
-wrapped call behave exactly as before: same arguments, same return value, same exceptions.
+Every wrapper does the smallest possible work on the training thread (Recorder.issue/complete; an async Work's
+completion is timed for a sample of collectives, polled for the others) and lets the wrapped call behave exactly
+as before: same arguments, same return value, same exceptions.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.probe.nccl_timing import NcclTiming
-from agent.probe.recorder import Recorder, Token
+from agent.probe.recorder import Recorder, Token, timed
 from agent.probe.wire import Op
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,13 @@ def _arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str, def
 
 
 def _complete_on(result: Any, recorder: Recorder, token: Token) -> None:
-    """Complete `token` when the async Work `result` finishes (its future), or now without timing."""
+    """Complete `token` when the async Work `result` finishes: timed by its future if the token is sampled
+    (agent/probe/recorder.py TIMED_EVERY), else polled by the sender; or now without timing."""
     try:
-        result.get_future().add_done_callback(lambda _fut: recorder.complete(token))
+        if timed(token):
+            result.get_future().add_done_callback(lambda _fut: recorder.complete(token))
+        else:
+            recorder.complete_when(token, result.is_completed)
     except Exception:  # no future for this backend/op: the issue time is all we know
         recorder.complete(token, measured=False)
 

@@ -1,20 +1,34 @@
 """The probe's hot path: numbers each collective per process group and queues it for the sender thread.
 
-Called from the wrapped torch.distributed functions and the DDP communication hook (agent/probe/patch.py) on
-the training thread, and from backend threads when an async collective completes (its future, or ProcessGroupNCCL's
-on-completion hook: agent/probe/nccl_timing.py). Per call it does a clock read,
-a dict update and a deque append: no locks, no I/O, never raises, bounded memory (drops and counts when full).
+Called from the wrapped torch.distributed functions, the dispatcher kernel and the DDP communication hook
+(agent/probe/patch.py, dispatch.py) on the training thread, from backend threads when a timed async collective
+completes (its future, or ProcessGroupNCCL's on-completion hook: agent/probe/nccl_timing.py), and from the sender
+thread (agent/probe/transport.py), which polls the untimed ones. Per call it does a clock read, a dict update and a
+deque append: no locks (each step is one atomic dict or deque operation under the GIL; a polled collective is
+completed by whoever pops it), no I/O, never raises, bounded memory (drops and counts when full).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 from agent.probe.wire import Op
 
 Token = tuple[str, int, Op, int, float]  # group, seq, op, bytes, issued_at (Unix s)
-Completed = tuple[Token, float]  # token, completed_at (Unix s; 0.0 = completion not measurable)
+Completed = tuple[Token, float]  # token, completed_at (Unix s; 0.0 = completion not measured or not measurable)
+
+# An async collective's completion is timed by a callback on its future for one in TIMED_EVERY collectives of each
+# group (seq % TIMED_EVERY == 0: the same collectives on every rank, so the controller lines their waits up). The
+# callback is the probe's largest cost on gloo (~30 us of an all-reduce's ~60 us); the others are polled by the
+# sender thread (Recorder.poll) and reported without a completion time.
+TIMED_EVERY = 4
+
+
+def timed(token: Token) -> bool:
+    """Whether the completion of `token`'s collective is timed (else polled: see TIMED_EVERY)."""
+    return token[1] % TIMED_EVERY == 0
 
 
 class Recorder:
@@ -22,13 +36,16 @@ class Recorder:
 
     Sequence numbers count the collectives of each process group from 0 in issue order. Every rank issues a
     group's collectives in the same order (a requirement of collectives), so (group, seq) names the same
-    collective on every rank: the key the controller lines ranks up by.
+    collective on every rank: the key the controller lines ranks up by. `pending` holds the issued collectives
+    not completed yet (at most `capacity`; the sender reports those pending too long: the hang signal),
+    `polled` how to tell whether each untimed one has finished, `completed` what the sender sends next.
     """
 
     def __init__(self, capacity: int = 8192) -> None:
         self.capacity = capacity
         self.completed: deque[Completed] = deque()
         self.pending: dict[tuple[str, int], Token] = {}
+        self.polled: dict[tuple[str, int], Callable[[], bool]] = {}
         self.dropped = 0
         self._next_seq: dict[str, int] = {}
 
@@ -46,6 +63,27 @@ class Recorder:
 
     def complete(self, token: Token, measured: bool = True) -> None:
         self._done(token, token, time.time() if measured else 0.0)
+
+    def complete_when(self, token: Token, finished: Callable[[], bool]) -> None:
+        """Complete `token` untimed (completed_at 0.0) at the first `poll` that finds `finished()` true: its
+        Work's is_completed, called on the sender thread."""
+        key = (token[0], token[1])
+        if key in self.pending:
+            self.polled[key] = finished
+        else:  # pending is full: nothing would poll it
+            self._done(token, token, 0.0)
+
+    def poll(self) -> None:
+        """Complete the polled collectives that have finished (the sender thread, before each flush)."""
+        for key, finished in self.polled.copy().items():
+            try:
+                done = finished()
+            except Exception:  # the Work cannot tell (its group was destroyed): over, as its future would be
+                done = True
+            if done and self.polled.pop(key, None) is not None:  # popped here: completed once
+                token = self.pending.get(key)
+                if token is not None:
+                    self._done(token, token, 0.0)
 
     def complete_at(self, token: Token, started_at: float, completed_at: float) -> None:
         """Complete `token` with the backend's times (Unix s; agent/probe/nccl_timing.py): the kernel's start
@@ -67,3 +105,4 @@ class Recorder:
         """A new default process group: sequence numbers start again on every rank."""
         self._next_seq.clear()
         self.pending.clear()
+        self.polled.clear()

@@ -33,8 +33,9 @@ _COMPLETE, _ISSUE = int(wire.Kind.COMPLETE), int(wire.Kind.ISSUE)
 
 
 class Sender:
-    """Background thread: every `flush_interval_seconds` it sends completed collectives, collectives pending
-    for longer than `pending_report_seconds` (the hang signal), and a heartbeat (a datagram without records) when
+    """Background thread: every `flush_interval_seconds` it completes the untimed collectives whose Work has
+    finished (Recorder.poll), sends completed collectives, collectives pending for longer than
+    `pending_report_seconds` (the hang signal: an unfinished untimed one stays pending too), and a heartbeat (a datagram without records) when
     it sent nothing for `heartbeat_seconds`.
 
     Each flush wakes the thread and takes the GIL from the training thread (0.2-0.3 ms of this thread's CPU per
@@ -109,6 +110,7 @@ class Sender:
 
     def flush(self) -> None:
         """Send what the recorder holds now (a heartbeat datagram when it holds nothing and one is due)."""
+        self.recorder.poll()
         now = time.time()
         rows: list[wire.Row] = []
         completed = self.recorder.completed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 from agent.collectors.collective import CollectiveCollector
 
 from .jobs import PTH, Job, start_collector
+
+BindAgent = Callable[[], socket.socket]
 
 
 @pytest.fixture
@@ -65,3 +68,18 @@ def ddp_job(probe_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[...,
         job.kill()
 
 
+@pytest.fixture
+def bind_agent(tmp_path: Path) -> Iterator[BindAgent]:
+    """Binds the agent's end of `<tmp_path>/probe.sock` when called (a test may start without an agent); closed after
+    the test."""
+    sockets: list[socket.socket] = []
+
+    def bind() -> socket.socket:
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sockets.append(receiver)
+        receiver.bind(str(tmp_path / "probe.sock"))
+        return receiver
+
+    yield bind
+    for receiver in sockets:
+        receiver.close()

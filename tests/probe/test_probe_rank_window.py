@@ -45,6 +45,16 @@ def test_step_period_is_the_repeat_of_the_collective_pattern_not_the_gap_between
     assert evidence.last_seq == 59 and evidence.pending_seq is None
 
 
+def test_compute_gap_is_measured_after_the_timed_collectives_when_the_probe_times_a_sample() -> None:
+    window = RankWindow("j", 0, "default", max_samples=4096)
+    for seq in range(60):  # the DDP pattern above, completion timed for every 4th collective only
+        step, bucket = divmod(seq, 3)
+        add(window, rec(seq, 1000.0 + step * 0.25 + bucket * 0.01, 0.005 if seq % 4 == 0 else None))
+    evidence = window.evidence(now=1000.0 + 20 * 0.25, window_seconds=60, max_samples=10, dropped_records=0)
+    assert evidence.wait_seconds_p50 is not None and abs(evidence.wait_seconds_p50 - 0.005) < 1e-6
+    assert evidence.compute_gap_seconds_p50 is not None and abs(evidence.compute_gap_seconds_p50 - 0.005) < 1e-6
+
+
 def test_a_collective_pending_for_long_is_reported_until_it_or_a_later_one_completes() -> None:
     window = ddp_like_window(steps=2, period=0.25)
     add(window, rec(6, 2000.0, None, kind=Kind.ISSUE))

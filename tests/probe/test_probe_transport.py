@@ -5,35 +5,16 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 from agent.probe import wire
 from agent.probe.identity import Identity
 from agent.probe.recorder import Recorder
 from agent.probe.transport import Sender
 
-BindAgent = Callable[[], socket.socket]
+from .conftest import BindAgent
+
 IDENTITY = Identity(job="job-x", rank=1, world_size=4, local_rank=1, pod="pod-1", namespace="ml")
-
-
-@pytest.fixture
-def bind_agent(tmp_path: Path) -> Iterator[BindAgent]:
-    """Binds the agent's end of `<tmp_path>/probe.sock` when called (a test may start without an agent); closed after
-    the test."""
-    sockets: list[socket.socket] = []
-
-    def bind() -> socket.socket:
-        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sockets.append(receiver)
-        receiver.bind(str(tmp_path / "probe.sock"))
-        return receiver
-
-    yield bind
-    for receiver in sockets:
-        receiver.close()
 
 
 def receive_datagrams(sock: socket.socket) -> list[wire.Decoded]:
@@ -179,3 +160,4 @@ def test_a_flush_touching_many_process_groups_splits_them_over_datagrams_each_wi
     assert len(datagrams) >= 2 and all(len(d.groups) <= wire.MAX_GROUPS_PER_DATAGRAM for d in datagrams)
     received = sorted((r.group, r.seq) for d in datagrams for r in d.as_records())
     assert received == sorted((group, seq) for group in groups for seq in range(2))
+

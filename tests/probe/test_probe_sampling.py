@@ -1,0 +1,144 @@
+"""Sampled completion timing: the probe times one async collective in TIMED_EVERY per group (a callback on its
+future); the others are polled by the sender and still complete, or show as pending when they do not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.probe import wire
+from agent.probe.patch import GroupNames, wrap_collective
+from agent.probe.recorder import TIMED_EVERY, Recorder, timed
+from agent.probe.transport import Sender
+
+from .conftest import BindAgent
+from .test_probe_transport import IDENTITY, receive_all
+
+
+class FakeWork:
+    """A Work whose completion the test decides (what Recorder.complete_when polls: `is_completed`)."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def is_completed(self) -> bool:
+        return self.done
+
+
+def test_untimed_collectives_are_polled_by_the_sender_and_sent_complete_without_a_completion_time(
+    tmp_path: Path, bind_agent: BindAgent,
+) -> None:
+    receiver = bind_agent()
+    recorder = Recorder()
+    sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=60.0)
+    works = []
+    for _ in range(2 * TIMED_EVERY):
+        token = recorder.issue("default", wire.Op.all_reduce, 64)
+        if timed(token):
+            recorder.complete(token)  # what its future's callback does
+        else:
+            works.append(FakeWork())
+            recorder.complete_when(token, works[-1].is_completed)
+    works[0].done = True
+    sender.flush()
+    first = receive_all(receiver)
+    for work in works:
+        work.done = True
+    sender.flush()
+    second = receive_all(receiver)
+    assert [(r.seq, r.completed_at is not None) for r in first] == [(0, True), (TIMED_EVERY, True), (1, False)]
+    assert sorted(r.seq for r in second) == [s for s in range(2 * TIMED_EVERY) if s not in (0, 1, TIMED_EVERY)]
+    assert all(r.kind == wire.Kind.COMPLETE and r.completed_at is None for r in second)
+    assert not recorder.pending and not recorder.polled
+
+
+def test_an_untimed_collective_that_never_finishes_is_reported_pending_like_a_timed_one(
+    tmp_path: Path, bind_agent: BindAgent,
+) -> None:
+    receiver = bind_agent()
+    recorder = Recorder()
+    sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=0.0)
+    recorder.complete(recorder.issue("default", wire.Op.all_reduce, 64))  # seq 0: timed
+    stuck = recorder.issue("default", wire.Op.all_reduce, 64)  # seq 1: polled, its peer never arrives
+    assert not timed(stuck)
+    work = FakeWork()
+    recorder.complete_when(stuck, work.is_completed)
+    sender.flush()
+    sender.flush()
+    hung = receive_all(receiver)
+    work.done = True  # the peer came back
+    sender.flush()
+    resumed = receive_all(receiver)
+    assert [(r.kind, r.seq) for r in hung] == [(wire.Kind.COMPLETE, 0), (wire.Kind.ISSUE, stuck[1])]
+    assert [(r.kind, r.seq) for r in resumed] == [(wire.Kind.COMPLETE, stuck[1])]
+
+
+def test_a_poll_after_a_reset_completes_nothing_of_the_old_process_group() -> None:
+    recorder = Recorder()
+    recorder.complete(recorder.issue("default", wire.Op.all_reduce, 64))
+    work = FakeWork()
+    recorder.complete_when(recorder.issue("default", wire.Op.all_reduce, 64), work.is_completed)
+    recorder.reset()
+    work.done = True
+    recorder.poll()
+    assert len(recorder.completed) == 1 and not recorder.pending and not recorder.polled
+
+
+def test_a_work_that_cannot_tell_is_completed_untimed_rather_than_reported_hung_forever() -> None:
+    recorder = Recorder()
+    recorder.issue("default", wire.Op.all_reduce, 64)
+
+    def broken() -> bool:
+        raise RuntimeError("process group destroyed")
+
+    recorder.complete_when(recorder.issue("default", wire.Op.all_reduce, 64), broken)
+    recorder.poll()
+    assert [(token[1], completed_at) for token, completed_at in recorder.completed] == [(1, 0.0)]
+    assert list(recorder.pending) == [("default", 0)]
+
+
+def test_a_full_recorder_completes_an_untimed_collective_at_once_instead_of_holding_its_work() -> None:
+    recorder = Recorder(capacity=2)
+    for _ in range(2):
+        recorder.issue("default", wire.Op.all_reduce, 64)
+    beyond = recorder.issue("default", wire.Op.all_reduce, 64)
+    recorder.complete_when(beyond, FakeWork().is_completed)
+    assert not recorder.polled and [token[1] for token, _ in recorder.completed] == [beyond[1]]
+
+
+
+class FakeFuture:
+    def __init__(self) -> None:
+        self.callbacks: list = []
+
+    def add_done_callback(self, callback) -> None:  # type: ignore[no-untyped-def]
+        self.callbacks.append(callback)
+
+
+class FakeAsyncWork(FakeWork):
+    def __init__(self) -> None:
+        super().__init__()
+        self.future = FakeFuture()
+
+    def get_future(self) -> FakeFuture:
+        return self.future
+
+
+def test_async_wrapper_puts_a_callback_only_on_the_sampled_collectives_and_polls_the_others() -> None:
+    recorder = Recorder()
+    works: list[FakeAsyncWork] = []
+
+    def broadcast(tensor: object, src: int = 0, group: object = None, async_op: bool = False) -> FakeAsyncWork:
+        works.append(FakeAsyncWork())
+        return works[-1]
+
+    wrapped = wrap_collective(broadcast, wire.Op.broadcast, "tensor", recorder, GroupNames())
+    for _ in range(2 * TIMED_EVERY):
+        wrapped(None, async_op=True)
+    assert [len(w.future.callbacks) for w in works] == [1 if s % TIMED_EVERY == 0 else 0 for s in range(len(works))]
+    assert sorted(seq for _, seq in recorder.polled) == [s for s in range(len(works)) if s % TIMED_EVERY]
+    for work in works:
+        work.done = True
+        for callback in work.future.callbacks:
+            callback(work.future)
+    recorder.poll()
+    assert not recorder.pending and sorted(token[1] for token, _ in recorder.completed) == list(range(len(works)))
