@@ -34,6 +34,10 @@ class DetectionConfig:
     collectives are 8 s of a job issuing 4 a second, but 64 s of a 2 s step with one gradient bucket."""
     min_collectives: int = 6
     """Collectives seen by every compared rank before any comparison: fewer is one noisy moment, not a trend."""
+    min_timed_collectives: int = 4
+    """Compared collectives whose wait every rank measured before the wait statistics count (the wait-share check
+    and the clock-free form): two in each half of the window. The probe times one collective in 4
+    (agent/probe/recorder.py TIMED_EVERY), so a window of 16 holds 4."""
     straggler_lateness_step_ratio: float = 0.04
     """A culprit arrives later than its peers' median by at least this share of the step period. A 20%
     straggler is late by ~20% of its compute; measured gloo noise is <1% of a step on a window median."""

@@ -7,12 +7,13 @@ arrival minus the median arrival of the *other* ranks (so a two-rank job still h
 late by a share of the step period, on most collectives, beyond the measured jitter, AND waits less than its
 peers by a good part of that lateness. The wait condition rejects a rank whose clock runs ahead. The
 clock-free form uses wait times alone (and the compute gap where known): the culprit waits much less than its
-peers. Input: a `RankGroup` with samples attached; output: findings per culprit node and per-rank figures.
+peers. Waits count on the collectives every rank timed (the probe times one in TIMED_EVERY, the same seqs on
+every rank), arrivals on all of them. Input: a `RankGroup` with samples attached; output: findings per culprit node and per-rank figures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,9 @@ MAD_TO_SIGMA = 1.4826  # robust standard deviation from the median absolute devi
 MEDIAN_STANDARD_ERROR = 1.2533  # standard error of a median is ~1.25 sigma / sqrt(n)
 LEAVE_ONE_OUT_BELOW_RANKS = 8  # from 8 ranks on, leaving the rank itself out of the median changes ~nothing
 JITTER_RANKS = 16  # ranks sampled per group to estimate its per-collective jitter
+
+
+Median = Callable[..., np.ndarray]  # median_along or nanmedian_along
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,17 @@ def median_along(values: np.ndarray, axis: int = -1, keepdims: bool = False) -> 
     return np.where(np.isnan(np.take(ordered, [-1] if keepdims else -1, axis=axis)), np.nan, middle)
 
 
+def nanmedian_along(values: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+    """`median_along` leaving nans out: each slice's median of its other values (nan where it has none). The same
+    numbers as `median_along` where a slice has no nan (the half-sum of the middle one or two)."""
+    ordered = np.sort(values, axis=axis)  # nans last
+    count = np.sum(~np.isnan(values), axis=axis, keepdims=True)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0) // 2, axis=axis)
+    high = np.take_along_axis(ordered, np.minimum(count // 2, ordered.shape[axis] - 1), axis=axis)
+    middle = np.where(count > 0, 0.5 * (low + high), np.nan)
+    return middle if keepdims else np.squeeze(middle, axis=axis)
+
+
 def leave_one_out_median(values: np.ndarray) -> np.ndarray:
     """For a (..., ranks, collectives) array, each element's median over the other ranks (same collective)."""
     ranks = values.shape[-2]
@@ -84,25 +99,35 @@ def peer_median(values: np.ndarray) -> np.ndarray:
     return median_along(values, axis=-2, keepdims=True)
 
 
-def jitter_of(deviation: np.ndarray) -> np.ndarray:
+def jitter_of(deviation: np.ndarray, median: Median = median_along) -> np.ndarray:
     """Per group of a (G, R, C) array: robust per-collective spread (1.4826 x the ranks' median absolute
-    deviation, from up to `JITTER_RANKS` ranks: the noise is the group's, more ranks only cost time)."""
+    deviation, from up to `JITTER_RANKS` ranks: the noise is the group's, more ranks only cost time).
+    `median`: `nanmedian_along` for waits, which are known on a sample of the collectives."""
     sample = deviation[:, :JITTER_RANKS, :]
-    spread = median_along(np.abs(sample - median_along(sample, axis=-1, keepdims=True)), axis=-1)
+    spread = median(np.abs(sample - median(sample, axis=-1, keepdims=True)), axis=-1)
     return MAD_TO_SIGMA * median_along(spread, axis=-1, keepdims=True)
 
 
 def _late_beyond_noise(
-    deviation: np.ndarray, threshold: np.ndarray, jitter: np.ndarray, config: DetectionConfig
+    deviation: np.ndarray, threshold: np.ndarray, jitter: np.ndarray, config: DetectionConfig, sampled: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (group, row) of a (G, R, C) array: median deviation, whether it exceeds the threshold and the
     median's standard error under the group's jitter, and on what share of the collectives it is over half
-    the threshold."""
-    median = median_along(deviation, axis=-1)
-    standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(deviation.shape[-1])
+    the threshold. `sampled`: nan marks collectives not measured (waits), left out of each statistic."""
     over = deviation > threshold[..., None] / 2
     half = over.shape[-1] // 2  # late in both halves of the window: a transient fills one part of it
-    consistency = np.minimum(over[..., :half].mean(axis=-1), over[..., half:].mean(axis=-1))
+    if sampled:
+        known = ~np.isnan(deviation)
+        median = nanmedian_along(deviation, axis=-1)
+        standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(known.sum(axis=-1))
+        consistency = np.minimum(
+            over[..., :half].sum(axis=-1) / known[..., :half].sum(axis=-1),
+            over[..., half:].sum(axis=-1) / known[..., half:].sum(axis=-1),
+        )
+    else:
+        median = median_along(deviation, axis=-1)
+        standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(deviation.shape[-1])
+        consistency = np.minimum(over[..., :half].mean(axis=-1), over[..., half:].mean(axis=-1))
     late = (
         (median >= threshold)
         & (median > config.straggler_noise_multiple * standard_error)
@@ -138,25 +163,28 @@ def _judge(
     lateness: np.ndarray,
     deficit: np.ndarray,
     waits_known: np.ndarray,
+    timed_share: np.ndarray,
     gaps_ok: np.ndarray,
     threshold: np.ndarray,
     jitters: tuple[np.ndarray, np.ndarray],
     config: DetectionConfig,
 ) -> _Judgement:
     """Late by arrival and (where waits are known) waiting less by a good part of it; or clock-free: waiting
-    much less than the peers (and computing longer, where compute gaps are known). `jitters`: per-collective
+    much less than the peers (and computing longer, where compute gaps are known). `deficit` is nan on the
+    collectives without measured waits, `timed_share` (G, 1) the share of them with. `jitters`: per-collective
     noise of lateness and of the wait deficit, per group."""
     late_median, late, consistency = _late_beyond_noise(lateness, threshold, jitters[0], config)
-    with np.errstate(invalid="ignore"):
-        deficit_median, waits_less, _ = _late_beyond_noise(deficit, threshold, jitters[1], config)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        deficit_median, waits_less, _ = _late_beyond_noise(deficit, threshold, jitters[1], config, sampled=True)
         deficit_median = np.where(waits_known, deficit_median, np.nan)
         late &= ~waits_known | (deficit_median >= config.straggler_wait_share * late_median)
     clock_free = waits_known & waits_less & ~late & gaps_ok
     method = np.where(late, "arrival", np.where(clock_free, "clock-free", ""))
     strength, jitter = np.where(late, late_median, deficit_median), np.where(late, *jitters)
     with np.errstate(divide="ignore", invalid="ignore"):
-        needed = np.ceil(
+        needed = np.ceil(  # timed collectives for the clock-free form: collectives are that over the timed share
             np.square(config.straggler_persistent_noise_multiple * MEDIAN_STANDARD_ERROR * jitter / strength)
+            / np.where(late, 1.0, timed_share)
         )
     needed = np.where(late | clock_free, np.nan_to_num(needed, nan=0.0, posinf=0.0), 0.0)
     return _Judgement(late_median, deficit_median, late | clock_free, method, consistency, needed)
@@ -214,21 +242,24 @@ def _judge_stack(
     reports: list[StragglerReport],
 ) -> None:
     threshold = thresholds[:, None]
-    waits_known = ~np.isnan(stack.wait).any(axis=(1, 2))[:, None]  # (G, 1)
+    # waits count on the collectives every rank timed (the probe times a sample of them: the same on every rank)
+    timed = ~np.isnan(stack.wait).any(axis=1, keepdims=True)  # (G, 1, C)
+    timed_count = timed.sum(axis=2)  # (G, 1)
+    waits_known = timed_count >= max(config.min_timed_collectives, 1)
+    wait = np.where(timed, stack.wait, np.nan)
     lateness = stack.arrival - peer_median(stack.arrival)
-    deficit = np.nan_to_num(
-        peer_median(stack.wait) - stack.wait
-    )  # how much less than its peers each rank waited
-    jitters = (jitter_of(lateness), jitter_of(deficit))
+    deficit = peer_median(wait) - wait  # how much less than its peers each rank waited; nan where not timed
+    jitters = (jitter_of(lateness), jitter_of(deficit, nanmedian_along))
+    timed_share = timed_count / stack.arrival.shape[-1]
     gaps = stack.compute_gaps
     gaps_known = ~np.isnan(gaps).any(axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):
         excess = gaps - peer_median(gaps[..., None])[..., 0]
         gaps_ok = ~gaps_known | (excess >= config.straggler_lateness_floor_seconds)
-    verdict = _judge(lateness, deficit, waits_known, gaps_ok, threshold, jitters, config)
-    wait_median = median_along(stack.wait, axis=-1)
+    verdict = _judge(lateness, deficit, waits_known, timed_share, gaps_ok, threshold, jitters, config)
+    wait_median = nanmedian_along(wait, axis=-1)
     spacing = seconds_per_collective(stack, steps)
-    pooled = _judge_nodes(stack, lateness, deficit, waits_known, threshold, jitters, config)
+    pooled = _judge_nodes(stack, lateness, deficit, waits_known, timed_share, threshold, jitters, config)
     rank_lists = stack.ranks.tolist()
     for g, (group, report, rank_ids) in enumerate(zip(groups, reports, rank_lists, strict=True)):
         report.lateness_seconds = dict(zip(rank_ids, verdict.lateness[g].tolist(), strict=True))
@@ -273,6 +304,7 @@ def _judge_nodes(
     lateness: np.ndarray,
     deficit: np.ndarray,
     waits_known: np.ndarray,
+    timed_share: np.ndarray,
     threshold: np.ndarray,
     jitters: tuple[np.ndarray, np.ndarray],
     config: DetectionConfig,
@@ -297,6 +329,7 @@ def _judge_nodes(
             lateness[members].reshape(shape),
             deficit[members].reshape(shape),
             waits_known[members],
+            timed_share[members],
             np.ones(shape[:2], dtype=bool),
             threshold[members],
             (jitters[0][members], jitters[1][members]),

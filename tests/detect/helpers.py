@@ -25,8 +25,10 @@ def lockstep_ranks(
     samples: int = 24,
     pid_base: int = 100,
     first_seq: int = 0,
+    waits_timed_every: int = 1,
 ) -> dict[int, list[RankEvidence]]:
-    """Ranks of one job in lockstep up to time t: the culprit arrives late, everyone completes together."""
+    """Ranks of one job in lockstep up to time t: the culprit arrives late, everyone completes together. Waits
+    are known for the collectives whose seq is a multiple of `waits_timed_every` (the probe's sample)."""
     rng = np.random.default_rng(seed + int(t))
     last = first_seq + int(t * PER_STEP / (STEP * world_slowdown)) - 1
     seqs = np.arange(last - samples + 1, last + 1)
@@ -57,7 +59,7 @@ def lockstep_ranks(
                             op="allreduce",
                             bytes=1000,
                             arrival=float(a) + offset,
-                            wait_seconds=float(c - a),
+                            wait_seconds=None if s % waits_timed_every else float(c - a),
                         )
                         for s, a, c in zip(seqs, arrival, completion, strict=True)
                     ],

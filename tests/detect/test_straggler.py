@@ -139,3 +139,37 @@ def test_groups_whose_ranks_all_sent_too_few_samples_are_left_out_and_the_others
     reports = find_stragglers_many([(g, 1.0) for g in groups], CONFIG)
     assert [[f.node for f in r.findings] for r in reports] == [["n2"], []]
     assert find_stragglers(groups[1], 1.0, CONFIG).findings == []
+
+
+def _sampled_findings(nodes: int, per_node: int, **kwargs: object) -> list:
+    """As `_findings`, with waits known on one collective in 4 (the probe's sample, the same seqs on every rank)."""
+    return _findings(nodes, per_node, waits_timed_every=4, **kwargs)
+
+
+def test_clock_ahead_with_waits_timed_on_every_fourth_collective_is_still_not_blamed() -> None:
+    assert _sampled_findings(4, 8, clock_offsets={3: 0.08}) == []
+
+
+def test_straggler_with_waits_timed_on_every_fourth_collective_is_blamed_with_its_wait_deficit() -> None:
+    findings = _sampled_findings(4, 8, late_node=2, late_seconds=0.2)
+    assert [f.node for f in findings] == ["n2"]
+    culprit = findings[0].evidence["culprits"][0]
+    assert culprit["method"] == "arrival" and culprit["wait_deficit_seconds"] > 0.1  # the wait-share check ran
+    assert findings[0].evidence["peer_wait_seconds"] is not None
+
+
+def test_straggler_with_clock_behind_and_sampled_waits_is_found_clock_free_needing_more_collectives() -> None:
+    full = _findings(4, 8, late_node=1, late_seconds=0.2, clock_offsets={1: -0.25})
+    sampled = _sampled_findings(4, 8, late_node=1, late_seconds=0.2, clock_offsets={1: -0.25})
+    assert [f.node for f in sampled] == ["n1"]
+    assert sampled[0].evidence["culprits"][0]["method"] == "clock-free"
+    assert sampled[0].evidence["collectives_needed"] >= full[0].evidence["collectives_needed"]
+
+
+def test_waits_timed_on_too_few_collectives_leave_the_arrival_judgement_alone() -> None:
+    # one timed collective in 24 (fewer than min_timed_collectives): no wait check, as without waits
+    docs = documents(lockstep_ranks(4, 8, 60.0, clock_offsets={3: 0.08}, waits_timed_every=24), 60.0, 4)
+    groups = [g for job in group_ranks({n: d for n, d in docs.items() if d}).values() for g in job.values()]
+    reports = [find_stragglers(g, 1.0, CONFIG) for g in groups]
+    assert [f.node for r in reports for f in r.findings] == ["n3"]  # the clock is all it has to go on
+    assert all(not r.wait_seconds for r in reports)
