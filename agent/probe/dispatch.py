@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from agent.probe.patch import nbytes
-from agent.probe.recorder import Recorder, timed
+from agent.probe.recorder import Recorder, is_timed
 from agent.probe.wire import Op
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
             raise
         if token is not None:
             try:
-                if timed(token):
+                if is_timed(token[1]):
                     unbox_work(result[1]).get_future().add_done_callback(lambda _fut: recorder.complete(token))
                 else:
                     work = result[1]

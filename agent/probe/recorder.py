@@ -20,15 +20,19 @@ Token = tuple[str, int, Op, int, float]  # group, seq, op, bytes, issued_at (Uni
 Completed = tuple[Token, float]  # token, completed_at (Unix s; 0.0 = completion not measured or not measurable)
 
 # An async collective's completion is timed by a callback on its future for one in TIMED_EVERY collectives of each
-# group (seq % TIMED_EVERY == 0: the same collectives on every rank, so the controller lines their waits up). The
+# group (`is_timed`: by seq, so the same collectives on every rank and the controller lines their waits up). The
 # callback is the probe's largest cost on gloo (~30 us of an all-reduce's ~60 us); the others are polled by the
 # sender thread (Recorder.poll) and reported without a completion time.
 TIMED_EVERY = 4
+_GOLDEN_32 = 0x9E3779B9  # 2**32 / golden ratio
 
 
-def timed(token: Token) -> bool:
-    """Whether the completion of `token`'s collective is timed (else polled: see TIMED_EVERY)."""
-    return token[1] % TIMED_EVERY == 0
+def is_timed(seq: int) -> bool:
+    """Whether the completion of collective `seq` is timed: the fractional part of seq / golden ratio is below
+    1 / TIMED_EVERY (a Weyl sequence). One in TIMED_EVERY in every stretch of collectives, spread over all positions
+    of a training step: `seq % TIMED_EVERY == 0` would time the same gradient bucket of every step whenever the
+    collectives per step are a multiple of TIMED_EVERY, and waits differ by bucket."""
+    return (seq * _GOLDEN_32) & 0xFFFFFFFF < 0x100000000 // TIMED_EVERY
 
 
 class Recorder:

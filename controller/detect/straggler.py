@@ -109,7 +109,11 @@ def jitter_of(deviation: np.ndarray, median: Median = median_along) -> np.ndarra
 
 
 def _late_beyond_noise(
-    deviation: np.ndarray, threshold: np.ndarray, jitter: np.ndarray, config: DetectionConfig, sampled: bool = False
+    deviation: np.ndarray,
+    threshold: np.ndarray,
+    jitter: np.ndarray,
+    config: DetectionConfig,
+    sampled: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (group, row) of a (G, R, C) array: median deviation, whether it exceeds the threshold and the
     median's standard error under the group's jitter, and on what share of the collectives it is over half
@@ -162,6 +166,7 @@ class _Judgement:
 def _judge(
     lateness: np.ndarray,
     deficit: np.ndarray,
+    timed_lateness: np.ndarray,
     waits_known: np.ndarray,
     timed_share: np.ndarray,
     gaps_ok: np.ndarray,
@@ -170,22 +175,29 @@ def _judge(
     config: DetectionConfig,
 ) -> _Judgement:
     """Late by arrival and (where waits are known) waiting less by a good part of it; or clock-free: waiting
-    much less than the peers (and computing longer, where compute gaps are known). `deficit` holds the timed
-    collectives only (see `timed_waits`; nan pads a group with fewer), `timed_share` (G, 1) their share of the
-    compared collectives. `jitters`: per-collective noise of lateness and of the wait deficit, per group."""
+    much less than the peers (and computing longer, where compute gaps are known). `deficit` and
+    `timed_lateness` hold the timed collectives only (see `timed_columns`; nan pads a group with fewer): the wait
+    share is taken of the lateness on the same collectives (lateness differs by gradient bucket, and a sample may
+    hold more of one bucket than the window does). `timed_share` (G, 1): their share of the compared collectives.
+    `jitters`: per-collective noise of lateness and of the wait deficit, per group."""
     late_median, late, consistency = _late_beyond_noise(lateness, threshold, jitters[0], config)
     with np.errstate(invalid="ignore", divide="ignore"):
         padded = bool(np.isnan(deficit).any())
         deficit_median, waits_less, _ = _late_beyond_noise(deficit, threshold, jitters[1], config, padded)
         deficit_median = np.where(waits_known, deficit_median, np.nan)
-        late &= ~waits_known | (deficit_median >= config.straggler_wait_share * late_median)
+        timed_late = late_median if timed_lateness is lateness else nanmedian_along(timed_lateness, axis=-1)
+        # (a rank late overall but not on its few timed collectives must still wait less by a share of the threshold)
+        late &= ~waits_known | (
+            deficit_median >= config.straggler_wait_share * np.maximum(timed_late, threshold)
+        )
     clock_free = waits_known & waits_less & ~late & gaps_ok
     method = np.where(late, "arrival", np.where(clock_free, "clock-free", ""))
     strength, jitter = np.where(late, late_median, deficit_median), np.where(late, *jitters)
     with np.errstate(divide="ignore", invalid="ignore"):
-        needed = np.ceil(  # timed collectives for the clock-free form: collectives are that over the timed share
+        counted_share = np.where(late, 1.0, timed_share)  # clock-free counts timed collectives: scale to all
+        needed = np.ceil(
             np.square(config.straggler_persistent_noise_multiple * MEDIAN_STANDARD_ERROR * jitter / strength)
-            / np.where(late, 1.0, timed_share)
+            / counted_share
         )
     needed = np.where(late | clock_free, np.nan_to_num(needed, nan=0.0, posinf=0.0), 0.0)
     return _Judgement(late_median, deficit_median, late | clock_free, method, consistency, needed)
@@ -243,10 +255,12 @@ def _judge_stack(
     reports: list[StragglerReport],
 ) -> None:
     threshold = thresholds[:, None]
-    wait, timed_count = timed_waits(stack.wait)
+    timed, timed_count = timed_columns(stack.wait)
+    wait = timed(stack.wait)
     waits_known = timed_count >= max(config.min_timed_collectives, 1)
     median_of_waits = nanmedian_along if np.isnan(wait).any() else median_along
     lateness = stack.arrival - peer_median(stack.arrival)
+    timed_lateness = timed(lateness)
     deficit = peer_median(wait) - wait  # how much less than its peers each rank waited
     jitters = (jitter_of(lateness), jitter_of(deficit, median_of_waits))
     timed_share = timed_count / stack.arrival.shape[-1]
@@ -255,10 +269,14 @@ def _judge_stack(
     with np.errstate(invalid="ignore"):
         excess = gaps - peer_median(gaps[..., None])[..., 0]
         gaps_ok = ~gaps_known | (excess >= config.straggler_lateness_floor_seconds)
-    verdict = _judge(lateness, deficit, waits_known, timed_share, gaps_ok, threshold, jitters, config)
+    verdict = _judge(
+        lateness, deficit, timed_lateness, waits_known, timed_share, gaps_ok, threshold, jitters, config
+    )
     wait_median = median_of_waits(wait, axis=-1)
     spacing = seconds_per_collective(stack, steps)
-    pooled = _judge_nodes(stack, lateness, deficit, waits_known, timed_share, threshold, jitters, config)
+    pooled = _judge_nodes(
+        stack, lateness, deficit, timed_lateness, waits_known, timed_share, threshold, jitters, config
+    )
     rank_lists = stack.ranks.tolist()
     for g, (group, report, rank_ids) in enumerate(zip(groups, reports, rank_lists, strict=True)):
         report.lateness_seconds = dict(zip(rank_ids, verdict.lateness[g].tolist(), strict=True))
@@ -290,18 +308,23 @@ def _judge_stack(
             )
 
 
-def timed_waits(wait: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The waits of a (G, R, C) stack on the collectives every rank of the group timed (the probe times one in
-    TIMED_EVERY, the same seqs on every rank), in seq order, nan-padded to the most any group has: (G, R, W), and
-    how many each group has (G, 1). All of them, unchanged, when every wait is known; 4x fewer to sort when sampled."""
+def timed_columns(wait: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
+    """The collectives of a (G, R, C) stack whose wait every rank of the group timed (the probe times one in
+    TIMED_EVERY, the same seqs on every rank): a function picking them out of a (G, R, C) array, in seq order,
+    nan-padded to the most any group has (G, R, W), and how many each group has (G, 1). When every wait is known it
+    returns its input unchanged; sampled, the wait statistics sort 4x fewer values."""
     timed = ~np.isnan(wait).any(axis=1)  # (G, C)
     count = timed.sum(axis=1, keepdims=True)
     if count.min() == wait.shape[-1]:
-        return wait, count
+        return (lambda values: values), count
     width = max(int(count.max()), 2)  # a column in each half of the window, if only nan
-    columns = np.argsort(~timed, axis=1, kind="stable")[:, :width]  # the timed ones first, in seq order
-    picked = np.take_along_axis(wait, columns[:, None, :], axis=2)
-    return np.where((np.arange(width) < count)[:, None, :], picked, np.nan), count
+    columns = np.argsort(~timed, axis=1, kind="stable")[:, None, :width]  # the timed ones first, in seq order
+    filled = (np.arange(width) < count)[:, None, :]
+
+    def pick(values: np.ndarray) -> np.ndarray:
+        return np.where(filled, np.take_along_axis(values, columns, axis=2), np.nan)
+
+    return pick, count
 
 
 def seconds_per_collective(stack: Stack, steps: np.ndarray) -> np.ndarray:
@@ -316,6 +339,7 @@ def _judge_nodes(
     stack: Stack,
     lateness: np.ndarray,
     deficit: np.ndarray,
+    timed_lateness: np.ndarray,
     waits_known: np.ndarray,
     timed_share: np.ndarray,
     threshold: np.ndarray,
@@ -338,9 +362,13 @@ def _judge_nodes(
         if not len(members):
             continue
         shape = (len(members), ranks // k, k * width)
+        pooled_lateness = lateness[members].reshape(shape)
         pooled = _judge(
-            lateness[members].reshape(shape),
+            pooled_lateness,
             deficit[members].reshape(len(members), ranks // k, -1),
+            pooled_lateness
+            if timed_lateness is lateness
+            else timed_lateness[members].reshape(len(members), ranks // k, -1),
             waits_known[members],
             timed_share[members],
             np.ones(shape[:2], dtype=bool),

@@ -1,13 +1,15 @@
 """Sampled completion timing: the probe times one async collective in TIMED_EVERY per group (a callback on its
-future); the others are polled by the sender and still complete, or show as pending when they do not."""
+future), chosen by seq; the others are polled by the sender and still complete, or show as pending when not."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.probe import wire
 from agent.probe.patch import GroupNames, wrap_collective
-from agent.probe.recorder import TIMED_EVERY, Recorder, timed
+from agent.probe.recorder import TIMED_EVERY, Recorder, is_timed
 from agent.probe.transport import Sender
 
 from .conftest import BindAgent
@@ -24,29 +26,40 @@ class FakeWork:
         return self.done
 
 
+@pytest.mark.parametrize("collectives_per_step", [1, 2, 3, 4, 6, 8, 16, 50])
+def test_timed_collectives_are_one_in_timed_every_at_every_position_of_a_step(collectives_per_step: int) -> None:
+    steps = 400
+    timed = [seq for seq in range(steps * collectives_per_step) if is_timed(seq)]
+    per_position = [sum(1 for seq in timed if seq % collectives_per_step == p) / steps for p in range(collectives_per_step)]
+    assert abs(len(timed) / (steps * collectives_per_step) - 1 / TIMED_EVERY) < 0.01
+    assert all(abs(share - 1 / TIMED_EVERY) < 0.03 for share in per_position)  # no bucket always or never timed
+
+
 def test_untimed_collectives_are_polled_by_the_sender_and_sent_complete_without_a_completion_time(
     tmp_path: Path, bind_agent: BindAgent,
 ) -> None:
     receiver = bind_agent()
     recorder = Recorder()
     sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=60.0)
-    works = []
-    for _ in range(2 * TIMED_EVERY):
+    works = {}
+    for _ in range(3 * TIMED_EVERY):
         token = recorder.issue("default", wire.Op.all_reduce, 64)
-        if timed(token):
+        if is_timed(token[1]):
             recorder.complete(token)  # what its future's callback does
         else:
-            works.append(FakeWork())
-            recorder.complete_when(token, works[-1].is_completed)
-    works[0].done = True
+            works[token[1]] = FakeWork()
+            recorder.complete_when(token, works[token[1]].is_completed)
+    first_untimed = min(works)
+    works[first_untimed].done = True
     sender.flush()
     first = receive_all(receiver)
-    for work in works:
+    for work in works.values():
         work.done = True
     sender.flush()
     second = receive_all(receiver)
-    assert [(r.seq, r.completed_at is not None) for r in first] == [(0, True), (TIMED_EVERY, True), (1, False)]
-    assert sorted(r.seq for r in second) == [s for s in range(2 * TIMED_EVERY) if s not in (0, 1, TIMED_EVERY)]
+    timed_seqs = [seq for seq in range(3 * TIMED_EVERY) if is_timed(seq)]
+    assert [(r.seq, r.completed_at is not None) for r in first] == [(seq, True) for seq in timed_seqs] + [(first_untimed, False)]
+    assert sorted(r.seq for r in second) == sorted(set(works) - {first_untimed})
     assert all(r.kind == wire.Kind.COMPLETE and r.completed_at is None for r in second)
     assert not recorder.pending and not recorder.polled
 
@@ -59,7 +72,7 @@ def test_an_untimed_collective_that_never_finishes_is_reported_pending_like_a_ti
     sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=0.0)
     recorder.complete(recorder.issue("default", wire.Op.all_reduce, 64))  # seq 0: timed
     stuck = recorder.issue("default", wire.Op.all_reduce, 64)  # seq 1: polled, its peer never arrives
-    assert not timed(stuck)
+    assert is_timed(0) and not is_timed(stuck[1])
     work = FakeWork()
     recorder.complete_when(stuck, work.is_completed)
     sender.flush()
@@ -132,10 +145,10 @@ def test_async_wrapper_puts_a_callback_only_on_the_sampled_collectives_and_polls
         return works[-1]
 
     wrapped = wrap_collective(broadcast, wire.Op.broadcast, "tensor", recorder, GroupNames())
-    for _ in range(2 * TIMED_EVERY):
+    for _ in range(3 * TIMED_EVERY):
         wrapped(None, async_op=True)
-    assert [len(w.future.callbacks) for w in works] == [1 if s % TIMED_EVERY == 0 else 0 for s in range(len(works))]
-    assert sorted(seq for _, seq in recorder.polled) == [s for s in range(len(works)) if s % TIMED_EVERY]
+    assert [len(w.future.callbacks) for w in works] == [int(is_timed(seq)) for seq in range(len(works))]
+    assert sorted(seq for _, seq in recorder.polled) == [seq for seq in range(len(works)) if not is_timed(seq)]
     for work in works:
         work.done = True
         for callback in work.future.callbacks:
