@@ -155,3 +155,17 @@ def test_async_wrapper_puts_a_callback_only_on_the_sampled_collectives_and_polls
             callback(work.future)
     recorder.poll()
     assert not recorder.pending and sorted(token[1] for token, _ in recorder.completed) == list(range(len(works)))
+
+
+def test_a_forked_child_forgets_the_parents_polled_collectives() -> None:
+    from agent.probe import Probe
+
+    probe = Probe("/nonexistent")
+    probe.recorder.issue("default", wire.Op.all_reduce, 64)
+    work = FakeWork()
+    probe.recorder.complete_when(probe.recorder.issue("default", wire.Op.all_reduce, 64), work.is_completed)
+    probe.forget_after_fork()  # a DataLoader worker: the parent's Works are not its own (nor held for it)
+    assert not probe.recorder.polled and not probe.recorder.pending
+    work.done = True
+    probe.recorder.poll()
+    assert not probe.recorder.completed
