@@ -36,8 +36,8 @@ class DetectionConfig:
     """Collectives seen by every compared rank before any comparison: fewer is one noisy moment, not a trend."""
     min_timed_collectives: int = 4
     """Compared collectives whose wait every rank measured before the wait statistics count (the wait-share check
-    and the clock-free form): two in each half of the window. The probe times one collective in 4
-    (agent/probe/recorder.py TIMED_EVERY), so a window of 16 holds 4."""
+    and the clock-free form): two in each half of the window. The probe times one collective in 3
+    (agent/probe/recorder.py TIMED_EVERY), so a window of 16 holds 5."""
     straggler_lateness_step_ratio: float = 0.04
     """A culprit arrives later than its peers' median by at least this share of the step period. A 20%
     straggler is late by ~20% of its compute; measured gloo noise is <1% of a step on a window median."""

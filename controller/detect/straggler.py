@@ -312,7 +312,7 @@ def timed_columns(wait: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray],
     """The collectives of a (G, R, C) stack whose wait every rank of the group timed (the probe times one in
     TIMED_EVERY, the same seqs on every rank): a function picking them out of a (G, R, C) array, in seq order,
     nan-padded to the most any group has (G, R, W), and how many each group has (G, 1). When every wait is known it
-    returns its input unchanged; sampled, the wait statistics sort 4x fewer values."""
+    returns its input unchanged; sampled, the wait statistics sort TIMED_EVERY times fewer values."""
     timed = ~np.isnan(wait).any(axis=1)  # (G, C)
     count = timed.sum(axis=1, keepdims=True)
     if count.min() == wait.shape[-1]:
