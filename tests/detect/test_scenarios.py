@@ -37,3 +37,24 @@ def test_shipped_scenario_meets_targets(path: Path) -> None:
         if fo.fault.kind in TARGET_SECONDS:
             assert fo.detected_after <= TARGET_SECONDS[fo.fault.kind]
     assert outcome.passed
+
+
+STRAGGLER_SCENARIOS = [p for p in SCENARIOS if p.stem.startswith("straggler")]
+
+
+@pytest.mark.parametrize("path", STRAGGLER_SCENARIOS, ids=[p.stem for p in STRAGGLER_SCENARIOS])
+def test_straggler_scenario_meets_targets_with_waits_only_on_the_collectives_the_probe_times(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.probe.recorder import is_timed
+    from controller.simulate import synth
+
+    agent_evidence = synth._rank_evidence
+
+    def sampled(*args: object) -> object:  # what the agent reports of a probe that times a sample of completions
+        evidence = agent_evidence(*args)  # type: ignore[arg-type]
+        samples = [s if is_timed(s.seq) else s.model_copy(update={"wait_seconds": None}) for s in evidence.samples]
+        return evidence.model_copy(update={"samples": samples})
+
+    monkeypatch.setattr(synth, "_rank_evidence", sampled)
+    test_shipped_scenario_meets_targets(path)
