@@ -64,8 +64,9 @@ class Sender:
     dropped_total: int = 0
 
 
-# How long received datagrams may wait to be applied in one batch (s). Reads (scrapes, evidence pulls) apply them
-# first, so this only bounds their age between reads; each batch costs ~0.1 ms per sender whatever its size.
+# How long received datagrams may wait to be applied in one batch (s); each batch costs ~0.1 ms per sender whatever
+# its size. Evidence pulls (the controller's detection) apply them first; scrapes show what was applied, so metrics
+# lag the probe by up to this much and a scrape does not pay for the batch (Prometheus at 1 s: half the batches).
 INGEST_SECONDS = 2.0
 INGEST_BYTES = 1 << 20  # queued datagram bytes that are applied at once, whatever their age
 QUEUED_DATAGRAM_BYTES = 128  # what a queued datagram costs beyond its data: a flood of tiny ones is applied early too
@@ -99,8 +100,8 @@ class Claimed:
 
 
 class CollectiveState:
-    """All ranks' windows; thread-safe: the receive thread queues datagrams, which are applied in arrival order
-    in batches (every `INGEST_SECONDS`, or before any read), and scrapes read summaries."""
+    """All ranks' windows; thread-safe: the drain job queues datagrams, which are applied in arrival order in
+    batches (every `INGEST_SECONDS`, or before an evidence pull), and scrapes read summaries."""
 
     def __init__(self, settings: CollectiveSettings, trust: Trust, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
@@ -120,8 +121,8 @@ class CollectiveState:
         self._inbox_lock = threading.Lock()
 
     def enqueue(self, datagram: Datagram) -> None:
-        """Queue a datagram (the receive thread: a copy, no decoding, so the socket's short queue is drained at once);
-        applied when it is older than INGEST_SECONDS, the queue holds INGEST_BYTES, or someone reads."""
+        """Queue a datagram (the drain job: a copy, no decoding, so the socket's short queue is drained at once);
+        applied when it is older than INGEST_SECONDS, the queue holds INGEST_BYTES, or evidence is pulled."""
         if self._queue(datagram):
             self.ingest()
 
@@ -306,8 +307,7 @@ class CollectiveState:
             "Probe records the agent dropped, by reason (probe.sock).",
             labels=["reason"],
         )
-        with self.lock:
-            self._ingest_locked()
+        with self.lock:  # no ingest first, unlike evidence: a scrape shows what was applied (at most INGEST_SECONDS old)
             now = self.clock()
             for (job, rank, group), window in sorted(self.windows.items()):
                 base = [job, str(rank), group]
