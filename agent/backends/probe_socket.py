@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import socket
 import stat
 import struct
@@ -52,16 +51,10 @@ class ProbeSocket:
         self.sock.bind(self.path)
         os.chmod(self.path, socket_mode)
         self.sock.setblocking(False)
-        self._readable = select.poll()
-        self._readable.register(self.sock, select.POLLIN)
         # One buffer for every datagram, lent to the caller until the next receive (the collector copies the datagram
         # into its sender's queue): recvmsg would allocate max_datagram_bytes per datagram and shrink it.
         self._buffer = bytearray(max_datagram_bytes)
         self._ancillary_bytes = socket.CMSG_SPACE(_CREDENTIALS.size)
-
-    def wait(self, timeout_seconds: float) -> bool:
-        """Block until a datagram is queued (True) or the timeout passed (False)."""
-        return bool(self._readable.poll(timeout_seconds * 1000))
 
     def receive(self) -> Datagram | None:
         """The next queued datagram, or None if none is queued (never blocks). Its data is a view of this socket's

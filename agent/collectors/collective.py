@@ -24,6 +24,7 @@ from agent.backends import cgroup
 from agent.backends.probe_socket import Datagram, ProbeSocket
 from agent.collectors.base import Collector
 from agent.collectors.rank_window import WAIT_BUCKETS_SECONDS, RankWindow
+from agent.collectors.ticker import TICKER
 from agent.collectors.trust import Trust
 from agent.evidence import EvidencePart
 from agent.families import CounterFamily, GaugeFamily, HistogramFamily
@@ -63,17 +64,19 @@ class Sender:
     dropped_total: int = 0
 
 
-# How long received datagrams may wait to be applied in one batch (s). Reads (scrapes, evidence pulls) apply them
-# first, so this only bounds their age between reads; each batch costs ~0.1 ms per sender whatever its size.
+# How long received datagrams may wait to be applied in one batch (s); each batch costs ~0.1 ms per sender whatever
+# its size. Evidence pulls (the controller's detection) apply them first; scrapes show what was applied, so metrics
+# lag the probe by up to this much and a scrape does not pay for the batch (Prometheus at 1 s: half the batches).
 INGEST_SECONDS = 2.0
 INGEST_BYTES = 1 << 20  # queued datagram bytes that are applied at once, whatever their age
 QUEUED_DATAGRAM_BYTES = 128  # what a queued datagram costs beyond its data: a flood of tiny ones is applied early too
-# The receiver sleeps this long (s) after a drain, so many ranks' datagrams (8 ranks flushing twice a second send 16)
-# wake it at most ~10 times a second; the probe's sender keeps what meets a full queue (Linux's default
-# net.unix.max_dgram_qlen is 10) for its next flush.
-GATHER_SECONDS = 0.1
-BUSY_DRAIN_DATAGRAMS = 4  # a drain that found this many datagrams does not sleep: the queue is filling fast
+# The probe socket is drained this often (s), on the agent's shared background thread (agent/collectors/ticker.py)
+# with the NIC sampler's wakeups: 8 ranks flushing twice a second send 16 datagrams a second; a queue full at
+# Linux's default net.unix.max_dgram_qlen (10) costs the probe nothing, its sender keeps the rest for its next flush.
+DRAIN_SECONDS = 0.1
+BUSY_DRAIN_DATAGRAMS = 4  # a drain that found this many datagrams runs again at once: the queue is filling fast
 MAX_DATAGRAMS_PER_DRAIN = 1024  # then ingest and expiry get their turn even under a flood
+EXPIRE_SECONDS = 5.0  # how often ranks and jobs that went silent are looked for
 WAIT_BUCKET_LABELS = (*(repr(bound) for bound in WAIT_BUCKETS_SECONDS), "+Inf")  # `le` of the wait histogram
 
 
@@ -97,8 +100,8 @@ class Claimed:
 
 
 class CollectiveState:
-    """All ranks' windows; thread-safe: the receive thread queues datagrams, which are applied in arrival order
-    in batches (every `INGEST_SECONDS`, or before any read), and scrapes read summaries."""
+    """All ranks' windows; thread-safe: the drain job queues datagrams, which are applied in arrival order in
+    batches (every `INGEST_SECONDS`, or before an evidence pull), and scrapes read summaries."""
 
     def __init__(self, settings: CollectiveSettings, trust: Trust, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
@@ -118,8 +121,8 @@ class CollectiveState:
         self._inbox_lock = threading.Lock()
 
     def enqueue(self, datagram: Datagram) -> None:
-        """Queue a datagram (the receive thread: a copy, no decoding, so the socket's short queue is drained at once);
-        applied when it is older than INGEST_SECONDS, the queue holds INGEST_BYTES, or someone reads."""
+        """Queue a datagram (the drain job: a copy, no decoding, so the socket's short queue is drained at once);
+        applied when it is older than INGEST_SECONDS, the queue holds INGEST_BYTES, or evidence is pulled."""
         if self._queue(datagram):
             self.ingest()
 
@@ -304,8 +307,7 @@ class CollectiveState:
             "Probe records the agent dropped, by reason (probe.sock).",
             labels=["reason"],
         )
-        with self.lock:
-            self._ingest_locked()
+        with self.lock:  # no ingest first, unlike evidence: a scrape shows what was applied (at most INGEST_SECONDS old)
             now = self.clock()
             for (job, rank, group), window in sorted(self.windows.items()):
                 base = [job, str(rank), group]
@@ -345,8 +347,7 @@ class CollectiveCollector(Collector):
         )
         self.state = CollectiveState(settings, trust)
         self._socket: ProbeSocket | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._next_expiry = 0.0  # monotonic s
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> CollectiveCollector:
@@ -356,38 +357,30 @@ class CollectiveCollector(Collector):
         self._socket = ProbeSocket(
             self.settings.socket_dir, self.settings.socket_mode, receive_buffer_bytes=self.settings.receive_buffer_bytes
         )
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="collective-receiver", daemon=True)
-        self._thread.start()
+        self._next_expiry = time.monotonic()
+        TICKER.add(self, self._drain, DRAIN_SECONDS, early_seconds=DRAIN_SECONDS / 2)
         log.info("collective collector listening on %s (trust %s)", self._socket.path, self.settings.trust)
 
-    def _run(self) -> None:
-        """Drain the socket whenever datagrams are queued, then let the next ones gather for GATHER_SECONDS (unless
-        the queue was busy): each wakeup costs more CPU than the datagrams it brings."""
+    def _drain(self) -> float | None:
+        """Take the datagrams queued on the socket, apply them when due, expire the silent; 0 (run again at once)
+        when the queue was busy. It may run up to half its interval early, to share the sampler's wakeup."""
         assert self._socket is not None
-        next_expiry = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                received = 0
-                if self._socket.wait(timeout_seconds=0.5):
-                    while received < MAX_DATAGRAMS_PER_DRAIN and (datagram := self._socket.receive()) is not None:
-                        self.state.enqueue(datagram)
-                        received += 1
-                if self.state.ingest_due():
-                    self.state.ingest()
-                if time.monotonic() >= next_expiry:
-                    next_expiry = time.monotonic() + 5.0
-                    self.state.expire()
-                if 0 < received < BUSY_DRAIN_DATAGRAMS:
-                    time.sleep(GATHER_SECONDS)
-            except Exception:  # one bad datagram or a transient socket error must not end the receiver
-                log.exception("collective collector: receive failed")
-                time.sleep(0.1)
+        received = 0
+        try:
+            while received < MAX_DATAGRAMS_PER_DRAIN and (datagram := self._socket.receive()) is not None:
+                self.state.enqueue(datagram)
+                received += 1
+            if self.state.ingest_due():
+                self.state.ingest()
+            if time.monotonic() >= self._next_expiry:
+                self._next_expiry = time.monotonic() + EXPIRE_SECONDS
+                self.state.expire()
+        except Exception:  # one bad datagram or a transient socket error must not end the receiving
+            log.exception("collective collector: receive failed")
+        return 0.0 if received >= BUSY_DRAIN_DATAGRAMS else None
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
+        TICKER.remove(self)
         if self._socket is not None:
             self._socket.close()
             self._socket = None

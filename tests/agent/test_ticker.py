@@ -1,0 +1,94 @@
+"""The agent's shared background thread (agent/collectors/ticker.py): jobs keep their own cadence, share wakeups,
+survive each other's failures, and are not running once removed."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+from agent.collectors.ticker import Ticker
+
+
+def _thread_named(name: str) -> threading.Thread | None:
+    return next((thread for thread in threading.enumerate() if thread.name == name), None)
+
+
+def _voluntary_switches(thread: threading.Thread) -> int:
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(re.search(r"voluntary_ctxt_switches:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+
+def test_a_job_that_may_run_early_shares_the_wakeups_of_a_faster_one() -> None:
+    ticker = Ticker("test-ticker-share")
+    runs = {"sampler": 0, "drain": 0}
+    ticker.add("sampler", lambda: runs.__setitem__("sampler", runs["sampler"] + 1), 0.05)
+    time.sleep(0.013)  # out of phase with the sampler
+    ticker.add("drain", lambda: runs.__setitem__("drain", runs["drain"] + 1), 0.1, early_seconds=0.05)
+    time.sleep(0.3)
+    thread = _thread_named("test-ticker-share")
+    assert thread is not None
+    before, switches_before = dict(runs), _voluntary_switches(thread)
+    time.sleep(3.0)
+    switches = _voluntary_switches(thread) - switches_before
+    sampled, drained = runs["sampler"] - before["sampler"], runs["drain"] - before["drain"]
+    ticker.remove("sampler")
+    ticker.remove("drain")
+    assert 50 <= sampled <= 61 and 25 <= drained <= 31  # each keeps its own cadence (20 and 10 a second)
+    assert switches <= sampled + 6  # one wakeup per sampling tick: the drain rides along (was +drained apart)
+
+
+def test_a_failing_job_is_logged_and_the_others_go_on(caplog) -> None:  # noqa: ANN001 - pytest fixture
+    ticker = Ticker("test-ticker-fail")
+    done = threading.Event()
+
+    def broken() -> None:
+        raise OSError("socket gone")
+
+    ticker.add("broken", broken, 0.01)
+    ticker.add("healthy", done.set, 0.01)
+    time.sleep(0.1)
+    done.clear()
+    assert done.wait(2.0)  # still running after the broken job raised many times
+    ticker.remove("broken")
+    ticker.remove("healthy")
+    assert "background job" in caplog.text and "socket gone" in caplog.text
+
+
+def test_remove_returns_only_when_the_job_is_not_running_and_the_thread_ends_with_the_last_job() -> None:
+    ticker = Ticker("test-ticker-remove")
+    started, running = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        running.set()
+        started.set()
+        time.sleep(0.2)
+        running.clear()
+
+    ticker.add("slow", slow, 0.01)
+    assert started.wait(2.0)
+    while not running.is_set():
+        time.sleep(0.001)
+    ticker.remove("slow")
+    assert not running.is_set()  # remove waited for the run in progress
+    deadline = time.monotonic() + 2.0
+    while _thread_named("test-ticker-remove") is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _thread_named("test-ticker-remove") is None
+
+
+def test_a_job_asking_to_run_again_at_once_is_not_held_to_its_interval() -> None:
+    ticker = Ticker("test-ticker-again")
+    runs: list[float] = []
+
+    def busy() -> float | None:
+        runs.append(time.monotonic())
+        return 0.0 if len(runs) < 5 else None  # a busy socket: drain again at once, then back to the interval
+
+    ticker.add("busy", busy, 1.0)
+    deadline = time.monotonic() + 2.0
+    while len(runs) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ticker.remove("busy")
+    assert len(runs) == 5 and runs[4] - runs[0] < 0.5  # five runs well inside one interval of 1 s
