@@ -43,8 +43,9 @@ class Recorder:
     Sequence numbers count the collectives of each process group from 0 in issue order. Every rank issues a
     group's collectives in the same order (a requirement of collectives), so (group, seq) names the same
     collective on every rank: the key the controller lines ranks up by. `pending` holds the issued collectives
-    not completed yet (at most `capacity`; the sender reports those pending too long: the hang signal),
-    `polled` how to tell whether each untimed one has finished, `completed` what the sender sends next.
+    not completed yet, and the untimed ones until a poll sees them finished (at most `capacity`; the sender
+    reports those pending too long: the hang signal), `polled` how to tell whether each untimed one has
+    finished, `completed` what the sender sends next.
     """
 
     def __init__(self, capacity: int = 8192) -> None:
@@ -72,7 +73,8 @@ class Recorder:
 
     def complete_when(self, token: Token, finished: Callable[[], bool]) -> None:
         """Complete `token` untimed (completed_at 0.0) at the first `poll` that finds `finished()` true: its
-        Work's is_completed, called on the sender thread."""
+        Work's is_completed, called on the sender thread. Holds the Work (and so its tensors) until then: at most
+        `capacity` of them, for about one flush interval."""
         key = (token[0], token[1])
         if key in self.pending:
             self.polled[key] = finished
