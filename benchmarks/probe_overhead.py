@@ -14,14 +14,15 @@ Three measurements, all against a live collective collector in this process:
    for a small tensor and a bucket-sized one (the DDP job's gradient bytes per all-reduce); the probe's added
    microseconds times the all-reduces per step the probe recorded in measurement 1, over that job's step time, is
    the expected step overhead (`expected_step_overhead`). Measurements 1 and 2 cannot resolve a few 0.1%: their
-   noise floor shows in an A/A run (`--control`: neither job of measurement 1 is probed, its ratio should be 1).
+   noise floor shows in an A/A run (`--control`: neither job of measurement 1 is probed, its ratio should be 1), and
+   a bias of the two process pairs flips sign with `--probed-job 1`.
 
 Also prints the Recorder's hot-path cost per collective. Target (DESIGN.md): step time within 1%.
 Output: progress lines, then one JSON summary (keys: interleaved_turns, per_collective, expected_step_overhead,
 ratio_of_medians/ratio_of_mins when --pairs > 0, records_received, hot_path_us_per_collective).
 
     python benchmarks/probe_overhead.py [--interleaved-steps 2000] [--pairs 4] [--steps 300] [--hidden 1024]
-                                        [--control] [--cost-processes 3] [--cost-iterations 10000]
+                                        [--probed-job 0] [--control] [--cost-processes 3] [--cost-iterations 10000]
 """
 
 from __future__ import annotations
@@ -67,11 +68,11 @@ def free_port() -> int:
 
 
 def _interleaved_rank(index: int, ports: list[int], socket_dir: str, steps: int, hidden: int, bucket_mb: float,
-                      turns: Any, out: str, control: bool) -> None:  # fmt: skip
-    """Process `index` of two 2-rank jobs: job 0 (indices 0, 1) under the probe (not with `control`), job 1
-    (2, 3) without it."""
+                      turns: Any, out: str, control: bool, probed_job: int) -> None:  # fmt: skip
+    """Process `index` of two 2-rank jobs, job 0 (indices 0, 1) and job 1 (2, 3): job `probed_job` under the probe
+    (not with `control`), the other without it."""
     job, rank = divmod(index, 2)
-    name = ("with", "without")[job]
+    name = "with" if job == probed_job else "without"
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[job]), RANK=str(rank), WORLD_SIZE="2")
     probe = None
     if name == "with" and not control:
@@ -119,7 +120,8 @@ def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str
     out = str(Path(tmp, "interleaved"))
     turns = mp.get_context("spawn").Barrier(4)
     mp.spawn(_interleaved_rank, nprocs=4, join=True,
-             args=(ports, socket_dir, args.interleaved_steps, args.hidden, args.bucket_mb, turns, out, args.control))  # fmt: skip
+             args=(ports, socket_dir, args.interleaved_steps, args.hidden, args.bucket_mb, turns, out, args.control,
+                   args.probed_job))  # fmt: skip
     times = {**json.loads(Path(f"{out}.with").read_text()), **json.loads(Path(f"{out}.without").read_text())}
     warm = WARM_STEPS
     with_, without = times["with"][warm:], times["without"][warm:]
@@ -129,6 +131,7 @@ def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str
                     for i in range(blocks)]  # fmt: skip
     return {
         "control": args.control,  # A/A: neither job probed, the ratio's noise floor
+        "probed_job": args.probed_job,  # which process pair: a bias of the pairs flips sign with it
         "steps_each": len(with_),
         "step_seconds_median_without": statistics.median(without),
         "step_seconds_median_with": statistics.median(with_),
@@ -227,6 +230,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket size (DDP's default 25 MB)")
+    parser.add_argument("--probed-job", type=int, choices=(0, 1), default=0,
+                        help="which job of measurement 1 is probed (processes 0-1 or 2-3): a bias of the process pairs "
+                        "flips sign with it")
     parser.add_argument("--control", action="store_true",
                         help="A/A control: neither job of measurement 1 is probed (its ratio shows the noise floor)")
     parser.add_argument("--cost-processes", type=int, default=3,
