@@ -82,6 +82,12 @@ class DetectionConfig:
     """Collective burst throughput below 60% of the job's other nodes' median: this node's path is slower."""
     periodicity_min_regularity: float = 0.5
     """Only trust burst bandwidth where the traffic is clearly periodic (collectives, not other traffic)."""
+    egress_rtt_enabled: bool = False
+    """Off until validated on the demo's slow-link runs and negative controls (see the tcp-rtt report). Report a slow egress from the RTT of the bulk TCP paths between a job's nodes (controller/detect/egress)."""
+    egress_rtt_floor_seconds: float = 0.002
+    """Every path touching the node waits at least 2 ms: a real queue; a healthy data-centre path is sub-ms."""
+    egress_rtt_peer_multiple: float = 3.0
+    """... and 3x the median RTT of the job's paths that do not touch it: the node's queue, not the fabric's."""
     job_slowdown_ratio: float = 1.15
     """The whole job is 'slow' when its step period is 15% above its own baseline."""
     baseline_alpha: float = 0.05

@@ -1,0 +1,86 @@
+"""Round-trip time of the node's bulk TCP sends, per remote address, from sock_diag dumps (host collector).
+
+A slow egress (a shaped or degraded NIC, a congested port) queues the node's outgoing packets: the smoothed
+RTT of its sending flows, and of the ACKs it returns to flows into it, rise by the queueing delay (ms) while
+healthy paths stay sub-ms. Each dump keeps, per (local, remote) address pair, the flow that had the most
+bytes acknowledged since the previous dump (the job's collective traffic), if at least `min_bytes`; idle and
+loopback flows are skipped. The controller compares the paths between the nodes of one job and ignores the
+rest (remote storage, the controller, other jobs), since only it knows which addresses are the job's nodes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.backends.sockdiag import TcpFlow
+from agent.evidence import TcpPath
+
+MIN_BYTES = 64 * 1024  # bytes acknowledged between two dumps that make a flow "bulk" (control traffic: ~kB)
+RTT_QUANTILE = 0.25
+"""The window's samples are summarised by their lower quartile: delayed ACKs of app-limited sends inflate
+some samples on any path, while a standing egress queue lifts all of them."""
+
+
+@dataclass(frozen=True)
+class _Sample:
+    monotonic: float  # s
+    rtt_seconds: float
+    bytes_acked: int  # since the previous dump
+
+
+class SendRtt:
+    """Samples of the busiest flow per address pair over the last `window_seconds`; fed one dump at a time."""
+
+    def __init__(self, dump: Callable[[], list[TcpFlow]], *, window_seconds: float = 10.0) -> None:
+        self._dump = dump
+        self.window_seconds = window_seconds
+        self._lock = threading.Lock()
+        self._acked: dict[int, int] = {}  # socket cookie -> bytes acked at the previous dump
+        self._samples: dict[tuple[str, str], list[_Sample]] = {}
+
+    def sample(self) -> None:
+        """Dump the sockets once and remember the busiest flow of each address pair (SockDiagError propagates)."""
+        flows = self._dump()
+        now = time.monotonic()
+        with self._lock:
+            busiest: dict[tuple[str, str], tuple[int, TcpFlow]] = {}
+            for flow in flows:
+                moved = flow.bytes_acked - self._acked.get(flow.cookie, flow.bytes_acked)
+                pair = (flow.local, flow.remote)
+                if moved >= MIN_BYTES and not _loopback(flow) and moved > busiest.get(pair, (0, flow))[0]:
+                    busiest[pair] = (moved, flow)
+            self._acked = {flow.cookie: flow.bytes_acked for flow in flows}
+            for pair, (moved, flow) in busiest.items():
+                self._samples.setdefault(pair, []).append(_Sample(now, flow.rtt_seconds, moved))
+            horizon = now - self.window_seconds
+            for pair in list(self._samples):
+                kept = [s for s in self._samples[pair] if s.monotonic > horizon]
+                if kept:
+                    self._samples[pair] = kept
+                else:
+                    del self._samples[pair]
+
+    def paths(self) -> list[TcpPath]:
+        """One entry per address pair with bulk sends in the window, busiest first."""
+        with self._lock:
+            paths = [
+                TcpPath(
+                    local_address=local,
+                    remote_address=remote,
+                    rtt_seconds=float(np.quantile([s.rtt_seconds for s in samples], RTT_QUANTILE)),
+                    bytes_per_second=sum(s.bytes_acked for s in samples) / self.window_seconds,
+                    samples=len(samples),
+                )
+                for (local, remote), samples in self._samples.items()
+            ]
+        return sorted(paths, key=lambda p: -p.bytes_per_second)
+
+
+def _loopback(flow: TcpFlow) -> bool:
+    return ipaddress.ip_address(flow.remote).is_loopback or ipaddress.ip_address(flow.local).is_loopback

@@ -1,0 +1,130 @@
+"""TCP send RTT: sock_diag dumps of real sockets, and which flows count as the node's bulk sends."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from agent.backends.sockdiag import SockDiagError, TcpFlow, parse_reply, tcp_flows
+from agent.collectors.send_rtt import MIN_BYTES, SendRtt
+
+PAYLOAD = 4 * 1024 * 1024
+
+
+@pytest.fixture
+def connected_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with client, accepted:
+            yield client, accepted
+
+
+def test_a_dump_shows_an_established_socket_with_its_rtt_and_acknowledged_bytes(
+    connected_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, accepted = connected_pair
+    reader = threading.Thread(target=lambda: drain(accepted, PAYLOAD))
+    reader.start()
+    client.sendall(b"x" * PAYLOAD)
+    reader.join(timeout=30)
+    port = client.getsockname()[1]
+    (flow,) = [f for f in tcp_flows() if f.local_port == port and f.remote_port == accepted.getsockname()[1]]
+    assert (flow.local, flow.remote) == ("127.0.0.1", "127.0.0.1")
+    assert flow.bytes_acked >= PAYLOAD  # the handshake's byte counts too
+    assert 0 < flow.rtt_seconds < 1.0
+    (back,) = [f for f in tcp_flows() if f.local_port == accepted.getsockname()[1] and f.remote_port == port]
+    assert back.bytes_received >= PAYLOAD and back.bytes_acked < PAYLOAD
+
+
+def test_ipv6_sockets_are_dumped_too() -> None:
+    with (
+        socket.create_server(("::1", 0), family=socket.AF_INET6) as server,
+        socket.create_connection(server.getsockname()[:2]) as client,
+    ):
+        accepted, _ = server.accept()
+        with accepted:
+            port = client.getsockname()[1]
+            assert [f.remote for f in tcp_flows() if f.local_port == port] == ["::1"]
+
+
+def drain(sock: socket.socket, total: int) -> None:
+    while total > 0:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return
+        total -= len(chunk)
+
+
+def test_a_netlink_error_or_truncated_reply_is_an_error_not_a_crash() -> None:
+    error = (
+        (36).to_bytes(4, "little")
+        + (2).to_bytes(2, "little")
+        + bytes(10)
+        + (-13).to_bytes(4, "little", signed=True)
+    )
+    with pytest.raises(SockDiagError, match="EACCES"):
+        parse_reply(error + bytes(16))
+    with pytest.raises(SockDiagError, match="malformed"):
+        parse_reply((400).to_bytes(4, "little") + (20).to_bytes(2, "little") + bytes(30))
+
+
+def flow(remote: str, cookie: int, acked: int, rtt_ms: float, local: str = "10.0.0.1") -> TcpFlow:
+    return TcpFlow(local, 40000 + cookie, remote, 29500, cookie, rtt_ms / 1e3, None, acked, 0)
+
+
+class Dumps:
+    """Successive socket dumps, as the kernel would return them."""
+
+    def __init__(self, *dumps: list[TcpFlow]) -> None:
+        self.dumps = list(dumps)
+
+    def __call__(self) -> list[TcpFlow]:
+        return self.dumps.pop(0)
+
+
+def test_only_the_busiest_flow_per_remote_address_counts_and_idle_and_loopback_flows_do_not() -> None:
+    first = [
+        flow("10.0.0.2", 1, 0, 5),
+        flow("10.0.0.2", 2, 0, 0.3),
+        flow("10.0.0.3", 3, 0, 9),
+        flow("127.0.0.1", 4, 0, 7, "127.0.0.1"),
+    ]
+    second = [
+        flow("10.0.0.2", 1, MIN_BYTES, 5),  # bulk, but less than the other flow to the same address
+        flow("10.0.0.2", 2, 10 * MIN_BYTES, 0.3),
+        flow("10.0.0.3", 3, MIN_BYTES // 2, 9),  # control traffic: not a bulk send
+        flow("127.0.0.1", 4, 100 * MIN_BYTES, 7, "127.0.0.1"),
+        flow("10.0.0.4", 5, 100 * MIN_BYTES, 7),  # new since the last dump: its bytes are not all recent
+    ]
+    rtt = SendRtt(Dumps(first, second), window_seconds=10.0)
+    rtt.sample()
+    assert rtt.paths() == []
+    rtt.sample()
+    (path,) = rtt.paths()
+    assert (path.local_address, path.remote_address, path.rtt_seconds, path.samples) == (
+        "10.0.0.1",
+        "10.0.0.2",
+        0.0003,
+        1,
+    )
+    assert path.bytes_per_second == pytest.approx(10 * MIN_BYTES / 10.0)
+
+
+def test_a_path_reports_the_lower_quartile_of_its_samples_and_forgets_samples_past_the_window() -> None:
+    dumps = [[flow("10.0.0.2", 1, i * MIN_BYTES, rtt)] for i, rtt in enumerate([1, 1, 1, 1, 9])]
+    rtt = SendRtt(Dumps(*dumps), window_seconds=10.0)
+    for _ in dumps:
+        rtt.sample()
+    (path,) = rtt.paths()
+    assert path.samples == 4 and path.rtt_seconds == pytest.approx(0.001)
+
+
+def test_samples_older_than_the_window_are_forgotten() -> None:
+    rtt = SendRtt(Dumps([flow("10.0.0.2", 1, 0, 1)], [flow("10.0.0.2", 1, MIN_BYTES, 1)]), window_seconds=0.0)
+    rtt.sample()
+    rtt.sample()
+    assert rtt.paths() == []
