@@ -142,6 +142,11 @@ class TcpPath(_Model):
         description="lower quartile of the smoothed RTT (tcpi_rtt) of the busiest flow, over the window's samples"
     )
     bytes_per_second: float = Field(description="bytes sent and acknowledged (tcpi_bytes_acked)")
+    delivery_bytes_per_second: float | None = Field(
+        default=None,
+        description="median delivery rate (tcpi_delivery_rate) of the samples in which the network, not the "
+        "application, limited the flow; None: the sender always ran out of data first (not network-limited)",
+    )
     samples: int = Field(description="socket dumps in the window in which the path carried bulk data")
 
 

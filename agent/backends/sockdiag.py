@@ -28,10 +28,12 @@ _REQ_V2 = struct.Struct("=BBBBI48s")  # family, protocol, ext, pad, states, inet
 _MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")  # inet_diag_msg: ports and addresses are big-endian bytes
 _RTATTR = struct.Struct("=HH")
 # struct tcp_info offsets (linux/tcp.h): u32 rtt/rttvar (us) at 68/72, u64 bytes_acked/bytes_received at 120/128,
-# u32 min_rtt (us) at 148 (kernel >= 4.6; older kernels send a shorter struct).
+# u32 min_rtt (us) at 148, u64 delivery_rate (bytes/s) at 160 (kernel >= 4.9; older kernels send a shorter struct);
+# bit 0 of byte 7 is tcpi_delivery_rate_app_limited.
 _RTT = struct.Struct("=II")
 _BYTES = struct.Struct("=QQ")
 _MIN_RTT = struct.Struct("=I")
+_DELIVERY_RATE = struct.Struct("=Q")
 _TCP_INFO_MIN_LEN = 136
 _RECV_BYTES = 1 << 16  # one dump datagram is at most a page or two; the kernel never splits a message
 
@@ -53,6 +55,8 @@ class TcpFlow:
     min_rtt_seconds: float | None  # lowest RTT seen on the socket (tcpi_min_rtt); None on old kernels
     bytes_acked: int  # bytes this socket sent that the peer acknowledged (tcpi_bytes_acked), cumulative
     bytes_received: int  # cumulative (tcpi_bytes_received)
+    delivery_rate_bytes_per_second: float | None = None  # of the latest ACKed interval (tcpi_delivery_rate)
+    app_limited: bool = True  # that interval ran out of data to send, so its rate is only a lower bound
 
 
 def tcp_flows() -> list[TcpFlow]:
@@ -115,6 +119,7 @@ def _flow(body: bytes) -> TcpFlow | None:
     rtt_us, _ = _RTT.unpack_from(info, 68)
     acked, received = _BYTES.unpack_from(info, 120)
     min_rtt = _MIN_RTT.unpack_from(info, 148)[0] / 1e6 if len(info) >= 152 else None
+    delivery = float(_DELIVERY_RATE.unpack_from(info, 160)[0]) if len(info) >= 168 else None
     width = 4 if family == socket.AF_INET else 16
     return TcpFlow(
         local=str(ipaddress.ip_address(src[:width])),
@@ -126,6 +131,8 @@ def _flow(body: bytes) -> TcpFlow | None:
         min_rtt_seconds=min_rtt,
         bytes_acked=acked,
         bytes_received=received,
+        delivery_rate_bytes_per_second=delivery,
+        app_limited=delivery is None or bool(info[7] & 1),
     )
 
 

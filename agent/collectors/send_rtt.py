@@ -2,7 +2,8 @@
 
 A slow egress (a shaped or degraded NIC, a congested port) queues the node's outgoing packets: the smoothed
 RTT of its sending flows, and of the ACKs it returns to flows into it, rise by the queueing delay (ms) while
-healthy paths stay sub-ms. Each dump keeps, per (local, remote) address pair, the flow that had the most
+healthy paths stay sub-ms, and its sends are the only ones limited by the network (not by the application
+running out of data) at a delivery rate far below the job's other paths. Each dump keeps, per (local, remote) address pair, the flow that had the most
 bytes acknowledged since the previous dump (the job's collective traffic), if at least `min_bytes`; idle and
 loopback flows are skipped. The controller compares the paths between the nodes of one job and ignores the
 rest (remote storage, the controller, other jobs), since only it knows which addresses are the job's nodes.
@@ -32,6 +33,7 @@ class _Sample:
     monotonic: float  # s
     rtt_seconds: float
     bytes_acked: int  # since the previous dump
+    delivery_bytes_per_second: float | None  # None: app-limited (a lower bound only)
 
 
 class SendRtt:
@@ -57,7 +59,8 @@ class SendRtt:
                     busiest[pair] = (moved, flow)
             self._acked = {flow.cookie: flow.bytes_acked for flow in flows}
             for pair, (moved, flow) in busiest.items():
-                self._samples.setdefault(pair, []).append(_Sample(now, flow.rtt_seconds, moved))
+                rate = None if flow.app_limited else flow.delivery_rate_bytes_per_second
+                self._samples.setdefault(pair, []).append(_Sample(now, flow.rtt_seconds, moved, rate))
             horizon = now - self.window_seconds
             for pair in list(self._samples):
                 kept = [s for s in self._samples[pair] if s.monotonic > horizon]
@@ -76,10 +79,17 @@ class SendRtt:
                     rtt_seconds=float(np.quantile([s.rtt_seconds for s in samples], RTT_QUANTILE)),
                     bytes_per_second=sum(s.bytes_acked for s in samples) / self.window_seconds,
                     samples=len(samples),
+                    delivery_bytes_per_second=_median([s.delivery_bytes_per_second for s in samples]),
                 )
                 for (local, remote), samples in self._samples.items()
             ]
         return sorted(paths, key=lambda p: -p.bytes_per_second)
+
+
+def _median(rates: list[float | None]) -> float | None:
+    """Median of the network-limited samples' delivery rates; None when there are none."""
+    limited = [rate for rate in rates if rate is not None]
+    return float(np.median(limited)) if limited else None
 
 
 def _loopback(flow: TcpFlow) -> bool:

@@ -85,9 +85,12 @@ class DetectionConfig:
     egress_rtt_enabled: bool = False
     """Off until validated on the demo's slow-link runs and negative controls (see the tcp-rtt report). Report a slow egress from the RTT of the bulk TCP paths between a job's nodes (controller/detect/egress)."""
     egress_rtt_floor_seconds: float = 0.002
-    """Every path touching the node waits at least 2 ms: a real queue; a healthy data-centre path is sub-ms."""
-    egress_rtt_peer_multiple: float = 3.0
-    """... and 3x the median RTT of the job's paths that do not touch it: the node's queue, not the fabric's."""
+    """A node's bulk sends all wait at least 2 ms: a real queue; a healthy data-centre path is sub-ms."""
+    egress_rtt_base_multiple: float = 3.0
+    """... and 3x the RTT of the job's fastest path that does not touch it (the fabric's base RTT right now)."""
+    egress_delivery_ratio: float = 0.5
+    """... and the network lets them through at most at half the median delivery rate of the job's other paths
+    (application-limited paths count as unlimited: they waited for data, not for the network)."""
     job_slowdown_ratio: float = 1.15
     """The whole job is 'slow' when its step period is 15% above its own baseline."""
     baseline_alpha: float = 0.05

@@ -1,14 +1,15 @@
-"""Slow egress without loss: the RTT of the bulk TCP paths between one job's nodes points at the node that queues.
+"""Slow egress without loss: the bulk TCP paths between one job's nodes point at the node whose sends queue.
 
-A node whose egress is slow (shaped, degraded, congested) queues what it sends: its data to the other nodes
-and the ACKs it returns to their data. So every path *touching* it, measured by either end (agents report per
-remote address: `HostEvidence.tcp_paths`), carries its queueing delay (ms), while paths between healthy nodes
-stay near the fabric's base RTT. A node is reported when the lowest RTT of all its measured paths (it sends on
-one and receives on one at least) is above an absolute floor and a multiple of the median of the job's paths
-that do not touch it, and no other node of the job qualifies as well (an ambiguous pattern, e.g. a whole ring
-lagging behind one slow step, blames nobody). Paths to addresses that are not the job's nodes (remote storage,
-the controller, other jobs) are ignored; the job's node addresses are the local addresses of its agents' paths.
-Input: the evidence documents of the job's nodes; output: `SlowLink` findings.
+A node whose egress is slow (shaped, degraded, congested) queues what it sends, so its bulk sends to the job's
+other nodes (agents report per remote address: `HostEvidence.tcp_paths`) show both (1) an RTT of ms while the
+fabric's base RTT (the job's fastest path not touching it) is far lower, and (2) a delivery rate limited by the
+network, far below the job's other paths (which, in a collective paced by the slow node, wait for data: they
+are application-limited, i.e. not slow). The receiver of a slow sender is thus not blamed (its own sends wait
+for data), nor the sender to a slow reader (no queue: sub-ms RTT). A node is reported when all its bulk sends
+show both and no other node of the job does (an ambiguous pattern blames nobody). Paths to addresses that are
+not the job's nodes (remote storage, the controller, other jobs) are ignored; the job's node addresses are the
+local addresses of its agents' paths. Input: the evidence documents of the job's nodes; output: `SlowLink`
+findings.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from agent.evidence import Evidence
 from controller.detect.config import DetectionConfig
@@ -23,11 +25,17 @@ from controller.model import Finding, Severity
 
 DETECTOR = "link"
 
-Edges = dict[tuple[str, str], float]  # (sending node, receiving node) -> RTT, s
+
+class Path(NamedTuple):
+    rtt_seconds: float
+    delivery_bytes_per_second: float  # inf: never network-limited (application-limited)
+
+
+Edges = dict[tuple[str, str], Path]  # (sending node, receiving node) -> its bulk path
 
 
 def job_paths(nodes: Sequence[str], evidence: Mapping[str, Evidence]) -> Edges:
-    """The RTT of the bulk TCP paths between the job's nodes, by (sender, receiver) node."""
+    """The bulk TCP paths between the job's nodes, by (sender, receiver) node."""
     owner = {
         path.local_address: node
         for node in nodes
@@ -39,8 +47,12 @@ def job_paths(nodes: Sequence[str], evidence: Mapping[str, Evidence]) -> Edges:
         host = evidence[node].host
         for path in host.tcp_paths if host is not None else ():
             peer = owner.get(path.remote_address)
-            if peer is not None and peer != node and 0 <= path.rtt_seconds < math.inf:  # nan fails too
-                edges[(node, peer)] = max(edges.get((node, peer), 0.0), path.rtt_seconds)
+            rate = path.delivery_bytes_per_second
+            rate = math.inf if rate is None else rate
+            if (
+                peer is not None and peer != node and 0 <= path.rtt_seconds < math.inf and rate > 0
+            ):  # nan fails
+                edges[(node, peer)] = Path(path.rtt_seconds, rate)
     return edges
 
 
@@ -51,39 +63,59 @@ def find_slow_egress(
     config: DetectionConfig,
     context: Mapping[str, object] | None,
 ) -> list[Finding]:
-    """The one node of `job` whose every path is slow while the paths not touching it are not, if any."""
+    """The one node of `job` whose bulk sends all queue and are network-limited while other paths are not."""
     if not config.egress_rtt_enabled:
         return []
     suspects = []
     for node in nodes:
-        sent = [rtt for (src, _), rtt in edges.items() if src == node]
-        received = [rtt for (_, dst), rtt in edges.items() if dst == node]
-        others = [rtt for (src, dst), rtt in edges.items() if node not in (src, dst)]
-        if not sent or not received or not others:
+        sent = [path for (src, _), path in edges.items() if src == node]
+        others = [path for (src, dst), path in edges.items() if node not in (src, dst)]
+        if not sent or not others:
             continue
-        lowest, baseline = min(sent + received), statistics.median(others)
-        if lowest >= config.egress_rtt_floor_seconds and lowest >= config.egress_rtt_peer_multiple * baseline:
-            suspects.append((node, lowest, baseline))
+        rtt, base_rtt = min(p.rtt_seconds for p in sent), min(p.rtt_seconds for p in others)
+        rate = max(p.delivery_bytes_per_second for p in sent)
+        peers_rate = statistics.median(p.delivery_bytes_per_second for p in others)
+        if (
+            rtt >= config.egress_rtt_floor_seconds
+            and rtt >= config.egress_rtt_base_multiple * base_rtt
+            and rate < math.inf  # every send was network-limited at times
+            and rate <= config.egress_delivery_ratio * peers_rate
+        ):
+            suspects.append((node, rtt, base_rtt, rate, peers_rate))
     if len(suspects) != 1:
         return []
-    node, lowest, baseline = suspects[0]
+    node, rtt, base_rtt, rate, peers_rate = suspects[0]
     return [
         Finding(
             detector=DETECTOR,
             reason="SlowLink",
             node=node,
             severity=Severity.STATISTICAL,
-            summary=f"{node}'s TCP paths to and from the other nodes of job {job} all wait "
-            f"{lowest * 1e3:.1f} ms or more (the job's other paths: {baseline * 1e3:.2f} ms): its egress queues",
+            summary=f"{node}'s sends to the other nodes of job {job} queue: RTT {rtt * 1e3:.1f} ms or more (the "
+            f"job's base: {base_rtt * 1e3:.2f} ms), network-limited at {rate * 8 / 1e6:.0f} Mbit/s",
             confidence=0.7,
             job=job,
             nodes=(node,),
             evidence={
-                "signal": "RTT of bulk TCP paths between the job's nodes (sock_diag)",
-                "signals": {"egress_rtt_seconds": {"value": lowest, "peers_median": baseline}},
-                "paths_rtt_seconds": {f"{src}->{dst}": rtt for (src, dst), rtt in sorted(edges.items())},
+                "signal": "RTT and delivery rate of bulk TCP sends between the job's nodes (sock_diag)",
+                "signals": {
+                    "egress_rtt_seconds": {"value": rtt, "base": base_rtt},
+                    "egress_delivery_bytes_per_second": {"value": rate, "peers_median": _finite(peers_rate)},
+                },
+                "paths": {
+                    f"{src}->{dst}": {
+                        "rtt_seconds": p.rtt_seconds,
+                        "delivery_bytes_per_second": _finite(p[1]),
+                    }
+                    for (src, dst), p in sorted(edges.items())
+                },
                 "peers": [n for n in nodes if n != node],
                 **(context or {}),
             },
         )
     ]
+
+
+def _finite(rate: float) -> float | None:
+    """JSON has no infinity: an application-limited rate is None."""
+    return rate if math.isfinite(rate) else None
