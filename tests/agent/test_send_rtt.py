@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ import pytest
 
 from agent.backends.sockdiag import SockDiagError, TcpFlow, parse_reply, tcp_flows
 from agent.collectors.send_rtt import MIN_BYTES, SendRtt
+from tests.agent.conftest import VethPair
 
 PAYLOAD = 4 * 1024 * 1024
 
@@ -128,3 +130,35 @@ def test_samples_older_than_the_window_are_forgotten() -> None:
     rtt.sample()
     rtt.sample()
     assert rtt.paths() == []
+
+
+@pytest.mark.root
+def test_a_shaped_egress_shows_as_a_network_limited_path_with_an_rtt_of_milliseconds(
+    veth: VethPair, python: str, subprocess_env: dict[str, str]
+) -> None:
+    """The demo's slow link without loss: tc tbf queues what the node sends (20 Mbit/s, a 20 ms queue)."""
+    argv = ["tc", "qdisc", "add", "dev", veth.host_side, "root", "tbf"]
+    subprocess.run([*argv, "rate", "20mbit", "burst", "32kbit", "latency", "20ms"], check=True, timeout=30)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", veth.namespace, python, "-c",
+         "import socket; s = socket.create_server(('0.0.0.0', 0)); print(s.getsockname()[1], flush=True)\n"
+         "c, _ = s.accept()\nwhile c.recv(65536): pass"],
+        stdout=subprocess.PIPE, text=True, env=subprocess_env,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        rtt = SendRtt(tcp_flows, window_seconds=60.0)
+        with socket.create_connection((veth.peer_address, port), timeout=30) as client:
+            sender = threading.Thread(target=client.sendall, args=(b"x" * 8_000_000,))  # ~3 s at 20 Mbit/s
+            sender.start()
+            while sender.is_alive():
+                rtt.sample()
+                sender.join(timeout=0.2)
+        (path,) = [p for p in rtt.paths() if p.remote_address == veth.peer_address]
+        assert path.rtt_seconds >= 0.002  # the queue: a veth alone answers in tens of microseconds
+        assert path.delivery_bytes_per_second is not None  # the network, not the sender, set the pace ...
+        assert path.delivery_bytes_per_second < 2 * 20e6 / 8  # ... at about the shaped rate
+    finally:
+        server.kill()
+        server.wait()
