@@ -88,6 +88,9 @@ class DetectionConfig:
     """A node's bulk sends all wait at least 2 ms: a real queue; a healthy data-centre path is sub-ms."""
     egress_rtt_base_multiple: float = 3.0
     """... and 3x the RTT of the job's fastest path that does not touch it (the fabric's base RTT right now)."""
+    egress_min_samples: int = 2
+    """A path counts once it carried bulk data in two of the agent's socket dumps of its window (scrapes and
+    evidence pulls): a one-off burst, like the model's broadcast at start, is no queue."""
     egress_delivery_ratio: float = 0.5
     """... and the network lets them through at most at half the median delivery rate of the job's other paths
     (application-limited paths count as unlimited: they waited for data, not for the network)."""

@@ -34,8 +34,9 @@ class Path(NamedTuple):
 Edges = dict[tuple[str, str], Path]  # (sending node, receiving node) -> its bulk path
 
 
-def job_paths(nodes: Sequence[str], evidence: Mapping[str, Evidence]) -> Edges:
-    """The bulk TCP paths between the job's nodes, by (sender, receiver) node."""
+def job_paths(nodes: Sequence[str], evidence: Mapping[str, Evidence], min_samples: int = 1) -> Edges:
+    """The bulk TCP paths between the job's nodes seen in at least `min_samples` socket dumps, by (sender,
+    receiver) node; a path seen once may be a one-off burst (the model's broadcast at start)."""
     owner = {
         path.local_address: node
         for node in nodes
@@ -49,9 +50,10 @@ def job_paths(nodes: Sequence[str], evidence: Mapping[str, Evidence]) -> Edges:
             peer = owner.get(path.remote_address)
             rate = path.delivery_bytes_per_second
             rate = math.inf if rate is None else rate
-            if (
-                peer is not None and peer != node and 0 <= path.rtt_seconds < math.inf and rate > 0
-            ):  # nan fails
+            usable = (
+                0 <= path.rtt_seconds < math.inf and rate > 0 and path.samples >= min_samples
+            )  # nan fails
+            if peer is not None and peer != node and usable:
                 edges[(node, peer)] = Path(path.rtt_seconds, rate)
     return edges
 

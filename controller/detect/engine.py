@@ -207,7 +207,7 @@ class DetectionEngine:
         views: list[JobView] = []
         egress = iter(
             [
-                find_slow_egress(name, nodes, job_paths(nodes, usable), config, context)
+                find_slow_egress(name, nodes, job_paths(nodes, usable, config.egress_min_samples), config, context)
                 for name, nodes, context in linked
             ]
         )

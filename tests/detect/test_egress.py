@@ -22,7 +22,7 @@ APP = None  # application-limited: the sender waited for data, never for the net
 
 
 def with_paths(
-    paths: dict[tuple[str, str], tuple[float, float | None]], *, t: float = 50.0
+    paths: dict[tuple[str, str], tuple[float, float | None]], *, t: float = 50.0, samples: int = 5
 ) -> dict[str, Evidence]:
     """The 4-node job of the helpers, each node sending bulk data along the given (sender, receiver) paths,
     each with its RTT in ms and its network-limited delivery rate."""
@@ -36,7 +36,7 @@ def with_paths(
                 remote_address=address(dst),
                 rtt_seconds=ms / 1e3,
                 bytes_per_second=3e6,
-                samples=5,
+                samples=samples,
                 delivery_bytes_per_second=rate,
             )
             for (src, dst), (ms, rate) in paths.items()
@@ -47,10 +47,13 @@ def with_paths(
 
 
 def blamed(
-    paths: dict[tuple[str, str], tuple[float, float | None]], config: DetectionConfig = CONFIG
+    paths: dict[tuple[str, str], tuple[float, float | None]],
+    config: DetectionConfig = CONFIG,
+    samples: int = 5,
 ) -> list[str | None]:
-    docs = with_paths(paths)
-    return [f.node for f in find_slow_egress("train", NODES, job_paths(NODES, docs), config, None)]
+    docs = with_paths(paths, samples=samples)
+    edges = job_paths(NODES, docs, config.egress_min_samples)
+    return [f.node for f in find_slow_egress("train", NODES, edges, config, None)]
 
 
 # gloo's ring as seen in the demo with n3's egress shaped to 100 Mbit/s: n3's sends are network-limited; n0's
@@ -104,6 +107,10 @@ def test_a_queue_that_is_not_network_limited_blames_nobody() -> None:
 def test_two_nodes_that_both_look_slow_blame_nobody() -> None:
     # n1 shaped as well: its sends queue and n2's sends into it wait for its ACKs.
     assert blamed({**SHAPED_RING, ("n2", "n1"): (8.0, APP), ("n1", "n0"): (7.0, 10 * MB)}) == []
+
+
+def test_a_one_off_burst_seen_in_a_single_socket_dump_is_no_queue() -> None:
+    assert blamed(SHAPED_RING, samples=1) == []
 
 
 def test_a_slow_upload_to_remote_storage_is_ignored() -> None:
