@@ -29,11 +29,13 @@ _MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")  # inet_diag_msg: ports and addr
 _RTATTR = struct.Struct("=HH")
 # struct tcp_info offsets (linux/tcp.h): u32 rtt/rttvar (us) at 68/72, u64 bytes_acked/bytes_received at 120/128,
 # u32 min_rtt (us) at 148, u64 delivery_rate (bytes/s) at 160 (kernel >= 4.9; older kernels send a shorter struct);
-# bit 0 of byte 7 is tcpi_delivery_rate_app_limited.
+# u64 busy_time and rwnd_limited (us) at 168/176 (kernel >= 4.10); bit 0 of byte 7 is
+# tcpi_delivery_rate_app_limited.
 _RTT = struct.Struct("=II")
 _BYTES = struct.Struct("=QQ")
 _MIN_RTT = struct.Struct("=I")
 _DELIVERY_RATE = struct.Struct("=Q")
+_BUSY = struct.Struct("=QQ")
 _TCP_INFO_MIN_LEN = 136
 _RECV_BYTES = 1 << 16  # one dump datagram is at most a page or two; the kernel never splits a message
 
@@ -57,6 +59,10 @@ class TcpFlow:
     bytes_received: int  # cumulative (tcpi_bytes_received)
     delivery_rate_bytes_per_second: float | None = None  # of the latest ACKed interval (tcpi_delivery_rate)
     app_limited: bool = True  # that interval ran out of data to send, so its rate is only a lower bound
+    busy_seconds: float = 0.0  # cumulative time with data in flight (tcpi_busy_time); 0 on old kernels
+    receive_window_limited_seconds: float = (
+        0.0  # ... of which the peer's receive window held it (tcpi_rwnd_limited)
+    )
 
 
 def tcp_flows() -> list[TcpFlow]:
@@ -120,6 +126,7 @@ def _flow(body: bytes) -> TcpFlow | None:
     acked, received = _BYTES.unpack_from(info, 120)
     min_rtt = _MIN_RTT.unpack_from(info, 148)[0] / 1e6 if len(info) >= 152 else None
     delivery = float(_DELIVERY_RATE.unpack_from(info, 160)[0]) if len(info) >= 168 else None
+    busy_us, rwnd_us = _BUSY.unpack_from(info, 168) if len(info) >= 184 else (0, 0)
     width = 4 if family == socket.AF_INET else 16
     return TcpFlow(
         local=str(ipaddress.ip_address(src[:width])),
@@ -133,6 +140,8 @@ def _flow(body: bytes) -> TcpFlow | None:
         bytes_received=received,
         delivery_rate_bytes_per_second=delivery,
         app_limited=delivery is None or bool(info[7] & 1),
+        busy_seconds=busy_us / 1e6,
+        receive_window_limited_seconds=rwnd_us / 1e6,
     )
 
 

@@ -3,7 +3,8 @@
 A slow egress (a shaped or degraded NIC, a congested port) queues the node's outgoing packets: the smoothed
 RTT of its sending flows, and of the ACKs it returns to flows into it, rise by the queueing delay (ms) while
 healthy paths stay sub-ms, and its sends are the only ones limited by the network (not by the application
-running out of data) at a delivery rate far below the job's other paths. Each dump keeps, per (local, remote) address pair, the flow that had the most
+running out of data, nor by a receiver that reads slowly: its receive window) at a delivery rate far below
+the job's other paths. Each dump keeps, per (local, remote) address pair, the flow that had the most
 bytes acknowledged since the previous dump (the job's collective traffic), if at least `min_bytes`; idle and
 loopback flows are skipped. The controller compares the paths between the nodes of one job and ignores the
 rest (remote storage, the controller, other jobs), since only it knows which addresses are the job's nodes.
@@ -23,6 +24,7 @@ from agent.backends.sockdiag import TcpFlow
 from agent.evidence import TcpPath
 
 MIN_BYTES = 64 * 1024  # bytes acknowledged between two dumps that make a flow "bulk" (control traffic: ~kB)
+RECEIVER_LIMITED_SHARE = 0.5  # of the busy time between two dumps held by the peer's receive window
 RTT_QUANTILE = 0.25
 """The window's samples are summarised by their lower quartile: delayed ACKs of app-limited sends inflate
 some samples on any path, while a standing egress queue lifts all of them."""
@@ -33,7 +35,7 @@ class _Sample:
     monotonic: float  # s
     rtt_seconds: float
     bytes_acked: int  # since the previous dump
-    delivery_bytes_per_second: float | None  # None: app-limited (a lower bound only)
+    delivery_bytes_per_second: float | None  # None: app- or receiver-limited (not the network's pace)
 
 
 class SendRtt:
@@ -43,7 +45,7 @@ class SendRtt:
         self._dump = dump
         self.window_seconds = window_seconds
         self._lock = threading.Lock()
-        self._acked: dict[int, int] = {}  # socket cookie -> bytes acked at the previous dump
+        self._previous: dict[int, TcpFlow] = {}  # socket cookie -> the socket at the previous dump
         self._samples: dict[tuple[str, str], list[_Sample]] = {}
 
     def sample(self) -> None:
@@ -51,15 +53,21 @@ class SendRtt:
         flows = self._dump()
         now = time.monotonic()
         with self._lock:
-            busiest: dict[tuple[str, str], tuple[int, TcpFlow]] = {}
+            busiest: dict[tuple[str, str], tuple[int, TcpFlow, TcpFlow]] = {}
             for flow in flows:
-                moved = flow.bytes_acked - self._acked.get(flow.cookie, flow.bytes_acked)
+                before = self._previous.get(flow.cookie, flow)
+                moved = flow.bytes_acked - before.bytes_acked
                 pair = (flow.local, flow.remote)
-                if moved >= MIN_BYTES and not _loopback(flow) and moved > busiest.get(pair, (0, flow))[0]:
-                    busiest[pair] = (moved, flow)
-            self._acked = {flow.cookie: flow.bytes_acked for flow in flows}
-            for pair, (moved, flow) in busiest.items():
-                rate = None if flow.app_limited else flow.delivery_rate_bytes_per_second
+                if (
+                    moved >= MIN_BYTES
+                    and not _loopback(flow)
+                    and moved > busiest.get(pair, (0, flow, flow))[0]
+                ):
+                    busiest[pair] = (moved, flow, before)
+            self._previous = {flow.cookie: flow for flow in flows}
+            for pair, (moved, flow, before) in busiest.items():
+                limited = not flow.app_limited and not _receiver_limited(before, flow)
+                rate = flow.delivery_rate_bytes_per_second if limited else None
                 self._samples.setdefault(pair, []).append(_Sample(now, flow.rtt_seconds, moved, rate))
             horizon = now - self.window_seconds
             for pair in list(self._samples):
@@ -90,6 +98,13 @@ def _median(rates: list[float | None]) -> float | None:
     """Median of the network-limited samples' delivery rates; None when there are none."""
     limited = [rate for rate in rates if rate is not None]
     return float(np.median(limited)) if limited else None
+
+
+def _receiver_limited(before: TcpFlow, after: TcpFlow) -> bool:
+    """Whether the peer's receive window held the socket for most of its busy time between two dumps."""
+    busy = after.busy_seconds - before.busy_seconds
+    held = after.receive_window_limited_seconds - before.receive_window_limited_seconds
+    return busy > 0 and held > RECEIVER_LIMITED_SHARE * busy
 
 
 def _loopback(flow: TcpFlow) -> bool:

@@ -11,6 +11,7 @@ import pytest
 
 from agent.backends.sockdiag import SockDiagError, TcpFlow, parse_reply, tcp_flows
 from agent.collectors.send_rtt import MIN_BYTES, SendRtt
+from agent.evidence import TcpPath
 from tests.agent.conftest import VethPair
 
 PAYLOAD = 4 * 1024 * 1024
@@ -74,8 +75,10 @@ def test_a_netlink_error_or_truncated_reply_is_an_error_not_a_crash() -> None:
         parse_reply((400).to_bytes(4, "little") + (20).to_bytes(2, "little") + bytes(30))
 
 
-def flow(remote: str, cookie: int, acked: int, rtt_ms: float, local: str = "10.0.0.1") -> TcpFlow:
-    return TcpFlow(local, 40000 + cookie, remote, 29500, cookie, rtt_ms / 1e3, None, acked, 0)
+def flow(
+    remote: str, cookie: int, acked: int, rtt_ms: float, local: str = "10.0.0.1", **state: float | bool
+) -> TcpFlow:
+    return TcpFlow(local, 40000 + cookie, remote, 29500, cookie, rtt_ms / 1e3, None, acked, 0, **state)  # type: ignore[arg-type]
 
 
 class Dumps:
@@ -125,11 +128,58 @@ def test_a_path_reports_the_lower_quartile_of_its_samples_and_forgets_samples_pa
     assert path.samples == 4 and path.rtt_seconds == pytest.approx(0.001)
 
 
+def test_only_sends_paced_by_the_network_report_a_delivery_rate() -> None:
+    def rate_of(**state: float | bool) -> float | None:
+        start = flow("10.0.0.2", 1, 0, 5, busy_seconds=10.0, receive_window_limited_seconds=1.0)
+        rtt = SendRtt(Dumps([start], [flow("10.0.0.2", 1, MIN_BYTES, 5, **state)]))
+        rtt.sample()
+        rtt.sample()
+        (path,) = rtt.paths()
+        return path.delivery_bytes_per_second
+
+    network = {
+        "delivery_rate_bytes_per_second": 1e6,
+        "busy_seconds": 11.0,
+        "receive_window_limited_seconds": 1.1,
+    }
+    assert rate_of(**network, app_limited=False) == 1e6
+    assert rate_of(**network, app_limited=True) is None  # the sender ran out of data
+    # A slow reader: its receive window held the sender for most of the last second of sending.
+    assert rate_of(**{**network, "receive_window_limited_seconds": 1.9}, app_limited=False) is None
+
+
 def test_samples_older_than_the_window_are_forgotten() -> None:
     rtt = SendRtt(Dumps([flow("10.0.0.2", 1, 0, 1)], [flow("10.0.0.2", 1, MIN_BYTES, 1)]), window_seconds=0.0)
     rtt.sample()
     rtt.sample()
     assert rtt.paths() == []
+
+
+def send_and_sample(
+    veth: VethPair, python: str, env: dict[str, str], reader: str, payload: int
+) -> list[TcpPath]:
+    """Send `payload` bytes to a server in the namespace (`reader`: its loop over the accepted socket `c`),
+    dumping the sockets every 0.2 s; the bulk send paths seen."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", veth.namespace, python, "-c",
+         "import socket, time; s = socket.create_server(('0.0.0.0', 0)); print(s.getsockname()[1], flush=True)\n"
+         f"c, _ = s.accept()\n{reader}"],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        rtt = SendRtt(tcp_flows, window_seconds=60.0)
+        with socket.create_connection((veth.peer_address, port), timeout=30) as client:
+            sender = threading.Thread(target=client.sendall, args=(b"x" * payload,))
+            sender.start()
+            while sender.is_alive():
+                rtt.sample()
+                sender.join(timeout=0.2)
+        return [p for p in rtt.paths() if p.remote_address == veth.peer_address]
+    finally:
+        server.kill()
+        server.wait()
 
 
 @pytest.mark.root
@@ -139,26 +189,18 @@ def test_a_shaped_egress_shows_as_a_network_limited_path_with_an_rtt_of_millisec
     """The demo's slow link without loss: tc tbf queues what the node sends (20 Mbit/s, a 20 ms queue)."""
     argv = ["tc", "qdisc", "add", "dev", veth.host_side, "root", "tbf"]
     subprocess.run([*argv, "rate", "20mbit", "burst", "32kbit", "latency", "20ms"], check=True, timeout=30)
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", veth.namespace, python, "-c",
-         "import socket; s = socket.create_server(('0.0.0.0', 0)); print(s.getsockname()[1], flush=True)\n"
-         "c, _ = s.accept()\nwhile c.recv(65536): pass"],
-        stdout=subprocess.PIPE, text=True, env=subprocess_env,
-    )  # fmt: skip
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        rtt = SendRtt(tcp_flows, window_seconds=60.0)
-        with socket.create_connection((veth.peer_address, port), timeout=30) as client:
-            sender = threading.Thread(target=client.sendall, args=(b"x" * 8_000_000,))  # ~3 s at 20 Mbit/s
-            sender.start()
-            while sender.is_alive():
-                rtt.sample()
-                sender.join(timeout=0.2)
-        (path,) = [p for p in rtt.paths() if p.remote_address == veth.peer_address]
-        assert path.rtt_seconds >= 0.002  # the queue: a veth alone answers in tens of microseconds
-        assert path.delivery_bytes_per_second is not None  # the network, not the sender, set the pace ...
-        assert path.delivery_bytes_per_second < 2 * 20e6 / 8  # ... at about the shaped rate
-    finally:
-        server.kill()
-        server.wait()
+    # ~3 s at 20 Mbit/s
+    (path,) = send_and_sample(veth, python, subprocess_env, "while c.recv(65536): pass", 8_000_000)
+    assert path.rtt_seconds >= 0.002  # the queue: a veth alone answers in tens of microseconds
+    assert path.delivery_bytes_per_second is not None  # the network, not the sender, set the pace ...
+    assert path.delivery_bytes_per_second < 2 * 20e6 / 8  # ... at about the shaped rate
+
+
+@pytest.mark.root
+def test_a_slow_reader_does_not_make_its_sender_look_network_limited(
+    veth: VethPair, python: str, subprocess_env: dict[str, str]
+) -> None:
+    """A receiver that reads slowly (a straggler) holds its sender by its receive window: no slow egress."""
+    slow_reader = "while c.recv(16384): time.sleep(0.01)"  # ~1.6 MB/s
+    (path,) = send_and_sample(veth, python, subprocess_env, slow_reader, 6_000_000)
+    assert path.delivery_bytes_per_second is None
