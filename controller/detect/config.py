@@ -82,8 +82,8 @@ class DetectionConfig:
     """Collective burst throughput below 60% of the job's other nodes' median: this node's path is slower."""
     periodicity_min_regularity: float = 0.5
     """Only trust burst bandwidth where the traffic is clearly periodic (collectives, not other traffic)."""
-    egress_rtt_enabled: bool = False
-    """Off until validated on the demo's slow-link runs and negative controls (see the tcp-rtt report). Report a slow egress from the RTT of the bulk TCP paths between a job's nodes (controller/detect/egress)."""
+    egress_rtt_enabled: bool = True
+    """Report a slow egress without loss from the bulk TCP paths between a job's nodes (controller/detect/egress)."""
     egress_rtt_floor_seconds: float = 0.002
     """A node's bulk sends all wait at least 2 ms: a real queue; a healthy data-centre path is sub-ms."""
     egress_rtt_base_multiple: float = 3.0

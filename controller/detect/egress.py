@@ -5,10 +5,12 @@ other nodes (agents report per remote address: `HostEvidence.tcp_paths`) show bo
 fabric's base RTT (the job's fastest path not touching it) is far lower, and (2) a delivery rate limited by the
 network, far below the job's other paths (which, in a collective paced by the slow node, wait for data: they
 are application-limited, i.e. not slow). The receiver of a slow sender is thus not blamed (its own sends wait
-for data), nor the sender to a slow reader (no queue: sub-ms RTT). A node is reported when all its bulk sends
+for data), nor the sender to a slow reader (the reader's receive window holds it, not the network: the agent
+reports no network-limited rate for such sends). A node is reported when all its bulk sends
 show both and no other node of the job does (an ambiguous pattern blames nobody). Paths to addresses that are
 not the job's nodes (remote storage, the controller, other jobs) are ignored; the job's node addresses are the
-local addresses of its agents' paths. Input: the evidence documents of the job's nodes; output: `SlowLink`
+local addresses of its agents' paths (a node that sends nothing in bulk is not mapped: paths to it are
+ignored). Input: the evidence documents of the job's nodes; output: `SlowLink`
 findings.
 """
 
@@ -28,7 +30,7 @@ DETECTOR = "link"
 
 class Path(NamedTuple):
     rtt_seconds: float
-    delivery_bytes_per_second: float  # inf: never network-limited (application-limited)
+    delivery_bytes_per_second: float  # inf: never network-limited (application- or receiver-limited)
 
 
 Edges = dict[tuple[str, str], Path]  # (sending node, receiving node) -> its bulk path

@@ -10,7 +10,7 @@ from controller.detect.egress import find_slow_egress, job_paths
 from tests.detect.helpers import documents, lockstep_ranks
 
 NODES = ["n0", "n1", "n2", "n3"]
-CONFIG = DetectionConfig(egress_rtt_enabled=True)
+CONFIG = DetectionConfig()
 
 
 def address(node: str) -> str:
@@ -126,8 +126,8 @@ def test_non_finite_figures_from_a_broken_agent_blame_nobody() -> None:
     assert blamed({**SHAPED_RING, ("n3", "n2"): (7.6, math.nan)}) == []
 
 
-def test_the_rule_is_off_by_default() -> None:
-    assert blamed(SHAPED_RING, DetectionConfig()) == []
+def test_the_rule_can_be_switched_off() -> None:
+    assert blamed(SHAPED_RING, DetectionConfig(egress_rtt_enabled=False)) == []
 
 
 def test_the_engine_reports_the_slow_egress_as_a_slow_link() -> None:
