@@ -27,7 +27,7 @@ from agent import __version__
 from agent.collectors import COLLECTORS
 from agent.collectors.runner import CollectorRunner
 from agent.server import build_app, serve
-from agent.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, AgentSettings, load_settings
+from agent.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, AgentSettings, load_settings, text_value
 
 log = logging.getLogger("agent")
 
@@ -86,7 +86,8 @@ def _add_option(group: argparse._ArgumentGroup, path: tuple[str, ...], field: Fi
     flag = "--" + ".".join(part.replace("_", "-") for part in path)
     shown = "" if default in ("", None) else f" (default: {default})"
     choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Literal else ()
-    metavar = "{" + ",".join(map(str, choices)) + "}" if choices else "VALUE"
+    listed = typing.get_origin(field.annotation) in (list, set, tuple)
+    metavar = "{" + ",".join(map(str, choices)) + "}" if choices else "A,B,..." if listed else "VALUE"
     group.add_argument(flag, dest=dest, metavar=metavar, default=argparse.SUPPRESS, help=help_text + shown)
 
 
@@ -100,7 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         node = cli
         for section in sections:
             node = node.setdefault(section, {})
-        node[name] = value
+        node[name] = text_value((*sections, name), value) if isinstance(value, str) else value
     file_values = _read_config(args.config) if "config" in args else {}
     try:
         return load_settings(file_values, cli)

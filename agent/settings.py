@@ -255,7 +255,7 @@ def load_settings(file_values: Mapping[str, Any], cli_values: Mapping[str, Any])
 
 def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     """The settings the environment sets: `LOCKSTEP_<FIELD>` and `LOCKSTEP_<SECTION>__<FIELD>`, names in any case
-    (as pydantic-settings reads them). List and section values are JSON. Other `LOCKSTEP_*` variables (the probe's
+    (as pydantic-settings reads them). Lists are JSON or comma-separated, sections JSON. Other `LOCKSTEP_*` variables (the probe's
     LOCKSTEP_PROBE, LOCKSTEP_SOCKET_DIR ...) name no setting and are left alone; an unknown key inside a section is
     kept, so validation names it."""
     values: dict[str, Any] = {}
@@ -279,16 +279,26 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _env_value(raw: str, annotation: Any) -> Any:
-    """A list, mapping or section from its JSON text; anything else as the string (pydantic converts it)."""
-    complex_ = typing.get_origin(annotation) in (list, dict, set, tuple) or (
-        isinstance(annotation, type) and issubclass(annotation, BaseModel)
-    )
-    if complex_:
+    """The value of a setting from text (an environment variable or a command-line option): a list as JSON or as
+    comma-separated items (`eth0,eth1`), a mapping or section as JSON; anything else as the string (pydantic
+    converts it)."""
+    listed = typing.get_origin(annotation) in (list, set, tuple)
+    if listed or typing.get_origin(annotation) is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
         try:
             return json.loads(raw)
         except ValueError:
-            pass  # validation then names the setting and what it expected
+            if listed and not raw.lstrip().startswith("["):  # "[..." meant JSON: validation names what is wrong
+                return [item.strip() for item in raw.split(",") if item.strip()]
     return raw
+
+
+def text_value(path: tuple[str, ...], raw: str) -> Any:
+    """The value of the setting at `path` (("network", "window_seconds")) from a command-line option's text."""
+    field = AgentSettings.model_fields.get(path[0])
+    for name in path[1:]:
+        section = field.annotation if field is not None else None
+        field = section.model_fields.get(name) if isinstance(section, type) and issubclass(section, BaseModel) else None
+    return _env_value(raw, field.annotation if field is not None else None)
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -62,6 +62,19 @@ def test_environment_names_settings_in_any_case_lists_as_json_and_leaves_the_pro
     assert settings.collective.socket_dir == "/run/lockstep"
 
 
+def test_list_settings_take_comma_separated_items_or_json_on_the_command_line_and_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCKSTEP_PERIODICITY__EXCLUDE", "lo, docker*")
+    parser = build_parser()
+    settings = settings_from_args(parser.parse_args(["--periodicity.interfaces", "ens1f0np0,ens2f0np0"]))
+    assert settings.periodicity.interfaces == ["ens1f0np0", "ens2f0np0"]
+    assert settings.periodicity.exclude == ["lo", "docker*"]
+    settings = settings_from_args(parser.parse_args(["--periodicity.interfaces", '["eth0"]']))
+    assert settings.periodicity.interfaces == ["eth0"]
+    assert "--periodicity.interfaces A,B,..." in parser.format_help()
+
+
 def test_a_typo_in_an_environment_setting_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError, match="network.sysfs_rot"):
         load(monkeypatch, {"LOCKSTEP_NETWORK__SYSFS_ROT": "/host/sys"})
