@@ -9,10 +9,9 @@ fails raises SockDiagError.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -25,18 +24,15 @@ TCP_ESTABLISHED = 1
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _REQ_V2 = struct.Struct("=BBBBI48s")  # family, protocol, ext, pad, states, inet_diag_sockid (zeros: all)
-_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")  # inet_diag_msg: ports and addresses are big-endian bytes
+_MSG = struct.Struct(
+    "=B3x2s2s16s16s4xQ20x"
+)  # inet_diag_msg: family, ports and addresses (big-endian), cookie
 _RTATTR = struct.Struct("=HH")
-# struct tcp_info offsets (linux/tcp.h): u32 rtt/rttvar (us) at 68/72, u64 bytes_acked/bytes_received at 120/128,
-# u32 min_rtt (us) at 148, u64 delivery_rate (bytes/s) at 160 (kernel >= 4.9; older kernels send a shorter struct);
-# u64 busy_time and rwnd_limited (us) at 168/176 (kernel >= 4.10); bit 0 of byte 7 is
-# tcpi_delivery_rate_app_limited.
-_RTT = struct.Struct("=II")
-_BYTES = struct.Struct("=QQ")
-_MIN_RTT = struct.Struct("=I")
-_DELIVERY_RATE = struct.Struct("=Q")
-_BUSY = struct.Struct("=QQ")
-_TCP_INFO_MIN_LEN = 136
+# struct tcp_info (linux/tcp.h) up to tcpi_rwnd_limited, kernel >= 4.10: byte 7 bit 0 delivery_rate_app_limited,
+# u32 rtt (us) at 68, u64 bytes_acked at 120, u64 delivery_rate (bytes/s) at 160, u64 busy_time and
+# rwnd_limited (us) at 168 and 176. Sockets of older kernels (a shorter struct) are left out.
+_TCP_INFO = struct.Struct("=7xB60xI48xQ32xQQQ")
+_V4_MAPPED = bytes(10) + b"\xff\xff"
 _RECV_BYTES = 1 << 16  # one dump datagram is at most a page or two; the kernel never splits a message
 
 
@@ -44,9 +40,8 @@ class SockDiagError(Exception):
     """The netlink dump failed (no sock_diag in the kernel, not allowed, a malformed reply)."""
 
 
-@dataclass(frozen=True)
-class TcpFlow:
-    """One established TCP socket as the kernel sees it at the moment of the dump."""
+class TcpFlow(NamedTuple):
+    """One established TCP socket as the kernel sees it at the moment of the dump (a tuple: dumps are big)."""
 
     local: str  # address, as text
     local_port: int
@@ -54,12 +49,10 @@ class TcpFlow:
     remote_port: int
     cookie: int  # the kernel's socket cookie: tells a reused 4-tuple from the old socket
     rtt_seconds: float  # smoothed RTT of what this socket sent (tcpi_rtt)
-    min_rtt_seconds: float | None  # lowest RTT seen on the socket (tcpi_min_rtt); None on old kernels
     bytes_acked: int  # bytes this socket sent that the peer acknowledged (tcpi_bytes_acked), cumulative
-    bytes_received: int  # cumulative (tcpi_bytes_received)
-    delivery_rate_bytes_per_second: float | None = None  # of the latest ACKed interval (tcpi_delivery_rate)
+    delivery_rate_bytes_per_second: float = 0.0  # of the latest ACKed interval (tcpi_delivery_rate)
     app_limited: bool = True  # that interval ran out of data to send, so its rate is only a lower bound
-    busy_seconds: float = 0.0  # cumulative time with data in flight (tcpi_busy_time); 0 on old kernels
+    busy_seconds: float = 0.0  # cumulative time with data in flight (tcpi_busy_time)
     receive_window_limited_seconds: float = (
         0.0  # ... of which the peer's receive window held it (tcpi_rwnd_limited)
     )
@@ -118,31 +111,33 @@ def _flow(body: bytes) -> TcpFlow | None:
     """One inet_diag_msg and its attributes; None without a usable tcp_info."""
     if len(body) < _MSG.size:
         raise SockDiagError(f"short inet_diag_msg ({len(body)} bytes)")
-    family, _, _, _, sport, dport, src, dst, _, cookie, *_ = _MSG.unpack_from(body)
+    family, sport, dport, src, dst, cookie = _MSG.unpack_from(body)
     info = _attribute(body[_MSG.size :], INET_DIAG_INFO)
-    if info is None or len(info) < _TCP_INFO_MIN_LEN:
+    if info is None or len(info) < _TCP_INFO.size:
         return None
-    rtt_us, _ = _RTT.unpack_from(info, 68)
-    acked, received = _BYTES.unpack_from(info, 120)
-    min_rtt = _MIN_RTT.unpack_from(info, 148)[0] / 1e6 if len(info) >= 152 else None
-    delivery = float(_DELIVERY_RATE.unpack_from(info, 160)[0]) if len(info) >= 168 else None
-    busy_us, rwnd_us = _BUSY.unpack_from(info, 168) if len(info) >= 184 else (0, 0)
-    width = 4 if family == socket.AF_INET else 16
+    flags, rtt_us, acked, delivery, busy_us, rwnd_us = _TCP_INFO.unpack_from(info)
     return TcpFlow(
-        local=str(ipaddress.ip_address(src[:width])),
-        local_port=int.from_bytes(sport, "big"),
-        remote=str(ipaddress.ip_address(dst[:width])),
-        remote_port=int.from_bytes(dport, "big"),
-        cookie=int.from_bytes(cookie, "little"),
-        rtt_seconds=rtt_us / 1e6,
-        min_rtt_seconds=min_rtt,
-        bytes_acked=acked,
-        bytes_received=received,
-        delivery_rate_bytes_per_second=delivery,
-        app_limited=delivery is None or bool(info[7] & 1),
-        busy_seconds=busy_us / 1e6,
-        receive_window_limited_seconds=rwnd_us / 1e6,
+        _address(family, src),
+        int.from_bytes(sport, "big"),
+        _address(family, dst),
+        int.from_bytes(dport, "big"),
+        cookie,
+        rtt_us / 1e6,
+        acked,
+        float(delivery),
+        bool(flags & 1),
+        busy_us / 1e6,
+        rwnd_us / 1e6,
     )
+
+
+def _address(family: int, raw: bytes) -> str:
+    """An address as text; an IPv4-mapped IPv6 one (a dual-stack socket) as IPv4, as its peer sees it."""
+    if family == socket.AF_INET:
+        return socket.inet_ntop(family, raw[:4])
+    if raw.startswith(_V4_MAPPED):
+        return socket.inet_ntop(socket.AF_INET, raw[12:16])
+    return socket.inet_ntop(family, raw)
 
 
 def _attribute(data: bytes, wanted: int) -> bytes | None:
