@@ -133,12 +133,31 @@ class RankEvidence(_Model):
     samples: list[CollectiveSample] = Field(default_factory=list, description="the most recent collectives")
 
 
+class TcpPath(_Model):
+    """Bulk TCP sends from one local address to one remote address over the agent's window (sock_diag)."""
+
+    local_address: str
+    remote_address: str
+    rtt_seconds: float = Field(
+        description="lower quartile of the smoothed RTT (tcpi_rtt) of the busiest flow, over the window's samples"
+    )
+    bytes_per_second: float = Field(description="bytes sent and acknowledged (tcpi_bytes_acked)")
+    delivery_bytes_per_second: float | None = Field(
+        default=None,
+        description="median delivery rate (tcpi_delivery_rate) of the samples in which the network, not the "
+        "application, limited the flow; None: the sender always ran out of data first (not network-limited)",
+    )
+    samples: int = Field(description="socket dumps in the window in which the path carried bulk data")
+
+
 class HostEvidence(_Model):
-    """Host facts over the agent's window: TCP retransmits show a slow or lossy path that NIC counters may miss."""
+    """Host facts over the agent's window: TCP retransmits show a slow or lossy path that NIC counters may miss;
+    the RTT of bulk sends per remote address shows a slow egress without loss (a queue instead of drops)."""
 
     tcp_retransmit_segments_per_second: float = 0.0
     tcp_out_segments_per_second: float = 0.0
     window_seconds: float = 0.0
+    tcp_paths: list[TcpPath] = Field(default_factory=list, description="busiest first; at most 64")
 
 
 class Evidence(_Model):

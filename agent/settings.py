@@ -110,6 +110,12 @@ class HostSettings(BaseModel):
         "the host's /proc at procfs_root: right on the host, and in a pod with or without hostNetwork); 'self' = "
         "the agent's own, for an agent started inside another network namespace with the real /proc.",
     )
+    send_rtt: bool = Field(
+        default=True,
+        description="Sample the RTT of bulk TCP sends per remote address (sock_diag socket dumps, one per scrape "
+        "and evidence pull). Needs the agent in the node's network namespace (hostNetwork, or tcp_namespace_pid "
+        "'self'); otherwise it stays off.",
+    )
 
 
 class CollectiveSettings(BaseModel):

@@ -1,41 +1,60 @@
 """Host collector: the few host facts the controller and dashboards need that node_exporter lacks.
 
 TCP retransmits (from `/proc/<pid>/net/snmp` through `agent.backends.procfs`) show a slow or lossy path even where
-NIC counters stay clean (a shaped or congested link); the boot id tells the controller a node rebooted.
+NIC counters stay clean (a shaped or congested link); the boot id tells the controller a node rebooted. The RTT of the node's bulk TCP sends per remote
+address (`agent.collectors.send_rtt`, from sock_diag) shows a slow egress that queues instead of dropping.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import Metric
 
 from agent.backends.procfs import Procfs, ProcfsError, TcpSegments
+from agent.backends.sockdiag import SockDiagError, tcp_flows
 from agent.collectors.base import Collector
 from agent.collectors.read_errors import ReadErrors
+from agent.collectors.send_rtt import SendRtt
 from agent.collectors.window import RollingWindow
-from agent.evidence import EvidencePart, HostEvidence
+from agent.evidence import EvidencePart, HostEvidence, TcpPath
 from agent.families import CounterFamily, GaugeFamily
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings
 
+log = logging.getLogger(__name__)
+MAX_PATHS = 64  # evidence size bound: a node talks to far fewer peers in bulk at once
+
 
 class HostCollector(Collector):
     name = "host"
 
-    def __init__(self, procfs: Procfs, *, window_seconds: float = 10.0) -> None:
+    def __init__(
+        self, procfs: Procfs, *, window_seconds: float = 10.0, send_rtt: SendRtt | None = None
+    ) -> None:
         self.procfs = procfs
+        self.send_rtt = send_rtt
         self.read_errors = ReadErrors(self.name)
         self._window: RollingWindow[TcpSegments] = RollingWindow(window_seconds)
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> HostCollector:
         section = settings.host
+        window = settings.evidence_window_seconds
+        own = section.tcp_namespace_pid == "self" or _same_network_namespace(section.procfs_root / "1/ns/net")
+        if section.send_rtt and not own:
+            log.warning(
+                "TCP send RTT off: the agent is not in the node's network namespace (use hostNetwork)"
+            )
         return cls(
             Procfs(section.procfs_root, network_namespace_pid=section.tcp_namespace_pid),
-            window_seconds=settings.evidence_window_seconds,
+            window_seconds=window,
+            send_rtt=SendRtt(tcp_flows, window_seconds=window) if section.send_rtt and own else None,
         )
 
     def collect(self) -> Iterable[Metric]:
@@ -50,7 +69,7 @@ class HostCollector(Collector):
         )
         out.add_metric([], float(tcp.out_segments))
         retransmitted.add_metric([], float(tcp.retransmitted_segments))
-        families: list[Metric] = [out, retransmitted]
+        families: list[Metric] = [out, retransmitted, *self._send_rtt_families()]
         try:
             boot_id = self.procfs.boot_id()
         except ProcfsError as error:
@@ -78,8 +97,36 @@ class HostCollector(Collector):
                 ),
                 tcp_out_segments_per_second=_rate(base.value.out_segments, now.value.out_segments, window),
                 window_seconds=window,
+                tcp_paths=self._paths()[:MAX_PATHS],
             )
         )
+
+    def _paths(self) -> list[TcpPath]:
+        """Sample the sockets once more and return the bulk send paths of the window (none if not measured)."""
+        if self.send_rtt is None:
+            return []
+        try:
+            self.send_rtt.sample()
+        except SockDiagError as error:
+            self.read_errors.note("sock_diag", str(error))
+        return self.send_rtt.paths()
+
+    def _send_rtt_families(self) -> list[Metric]:
+        paths = self._paths()
+        if not paths:
+            return []
+        rtt = GaugeFamily(
+            "lockstep_host_tcp_send_rtt_seconds",
+            "Median over remote addresses of the RTT of bulk TCP sends (lower quartile of tcpi_rtt samples of "
+            "the busiest flow per address over the evidence window; sock_diag INET_DIAG_INFO).",
+        )
+        rtt.add_metric([], float(sorted(p.rtt_seconds for p in paths)[(len(paths) - 1) // 2]))
+        count = GaugeFamily(
+            "lockstep_host_tcp_send_paths",
+            "Remote addresses this node sent bulk TCP data to within the evidence window (sock_diag).",
+        )
+        count.add_metric([], float(len(paths)))
+        return [rtt, count]
 
     def _read_tcp(self) -> TcpSegments:
         """Read and remember the TCP counters; unreadable counters fail this collector's run."""
@@ -90,6 +137,15 @@ class HostCollector(Collector):
             raise
         self._window.add(tcp)
         return tcp
+
+
+def _same_network_namespace(node_namespace: Path) -> bool:
+    """Whether the agent runs in the network namespace of `node_namespace` (/proc/1/ns/net of the node)."""
+    try:
+        theirs, ours = os.stat(node_namespace), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _rate(before: int, after: int, seconds: float) -> float:

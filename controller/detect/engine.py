@@ -22,6 +22,7 @@ import numpy as np
 
 from agent.evidence import Evidence
 from controller.detect.config import DetectionConfig
+from controller.detect.egress import find_slow_egress, job_paths
 from controller.detect.fabric import regroup_fabric
 from controller.detect.hang import find_hang
 from controller.detect.hard import hard_findings
@@ -204,9 +205,16 @@ class DetectionEngine:
         slow_links = iter(find_slow_links(linked, figures, config))
 
         views: list[JobView] = []
+        egress = iter(
+            [
+                find_slow_egress(name, nodes, job_paths(nodes, usable, config.egress_min_samples), config, context)
+                for name, nodes, context in linked
+            ]
+        )
         for (key, groups, state, _), (main, step, slow, nodes) in zip(plans, looks, strict=True):
             if len(nodes) > 1:
                 findings.extend(next(slow_links))
+                findings.extend(next(egress))
             job_findings = [f for f in findings if f.job == key[1] and f.node]
             if state is JobState.RUNNING and (slow or job_findings):
                 state = JobState.SLOW

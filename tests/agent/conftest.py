@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -112,3 +114,33 @@ async def serve_collectors() -> AsyncIterator[Callable[..., object]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@dataclass(frozen=True)
+class VethPair:
+    host_side: str  # in the agent's namespace, 10.x.y.1
+    namespace: str
+    peer_address: str  # the other end, inside `namespace`
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def veth() -> Iterator[VethPair]:
+    suffix = secrets.token_hex(3)
+    namespace, host_side, peer = f"lsagent-{suffix}", f"lsag{suffix}a", f"lsag{suffix}b"
+    subnet = f"10.{int(suffix[:2], 16) % 200 + 20}.{int(suffix[2:4], 16)}"
+    ip("netns", "add", namespace)
+    try:
+        ip("link", "add", host_side, "type", "veth", "peer", "name", peer)
+        ip("link", "set", peer, "netns", namespace)
+        ip("addr", "add", f"{subnet}.1/30", "dev", host_side)
+        ip("link", "set", host_side, "up")
+        ip("-n", namespace, "addr", "add", f"{subnet}.2/30", "dev", peer)
+        ip("-n", namespace, "link", "set", peer, "up")
+        yield VethPair(host_side=host_side, namespace=namespace, peer_address=f"{subnet}.2")
+    finally:
+        subprocess.run(["ip", "link", "del", host_side], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)

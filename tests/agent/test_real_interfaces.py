@@ -2,48 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
 import socket
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.agent.conftest import http_get, wait_until
+from tests.agent.conftest import VethPair, http_get, ip, wait_until
 
 pytestmark = pytest.mark.root
-
-
-@dataclass(frozen=True)
-class VethPair:
-    host_side: str  # in the agent's namespace, 10.x.y.1
-    namespace: str
-    peer_address: str  # the other end, inside `namespace`
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPair]:
-    suffix = secrets.token_hex(3)
-    namespace, host_side, peer = f"lsagent-{suffix}", f"lsag{suffix}a", f"lsag{suffix}b"
-    subnet = f"10.{int(suffix[:2], 16) % 200 + 20}.{int(suffix[2:4], 16)}"
-    ip("netns", "add", namespace)
-    try:
-        ip("link", "add", host_side, "type", "veth", "peer", "name", peer)
-        ip("link", "set", peer, "netns", namespace)
-        ip("addr", "add", f"{subnet}.1/30", "dev", host_side)
-        ip("link", "set", host_side, "up")
-        ip("-n", namespace, "addr", "add", f"{subnet}.2/30", "dev", peer)
-        ip("-n", namespace, "link", "set", peer, "up")
-        yield VethPair(host_side=host_side, namespace=namespace, peer_address=f"{subnet}.2")
-    finally:
-        subprocess.run(["ip", "link", "del", host_side], capture_output=True, timeout=30)
-        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
 
 
 def neighbour_state(veth: VethPair) -> bytes:

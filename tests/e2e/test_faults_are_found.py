@@ -48,3 +48,8 @@ def test_20_percent_straggler_that_arrives_late_is_blamed_not_its_victims(run_fa
 
 def test_slow_link_is_pinned_on_the_node_whose_link_is_limited(run_fault: RunFault) -> None:
     assert_only_target_acted_on(run_fault, SlowLink(target_rank=2), ("link", "nic", "net"))
+
+
+def test_slow_link_that_queues_without_loss_is_pinned_on_the_node_whose_sends_queue(run_fault: RunFault) -> None:
+    # 100 Mbit/s: tbf's 20 ms queue holds the bursts, so nothing is retransmitted; every rank slows alike.
+    assert_only_target_acted_on(run_fault, SlowLink(target_rank=1, rate="100mbit"), ("link", "nic", "net"))
