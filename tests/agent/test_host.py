@@ -79,3 +79,24 @@ def test_the_agents_own_namespace_can_be_read_instead_of_the_nodes(procfs_copy: 
 
     assert retransmitted(node) == 3
     assert retransmitted(own) == 1234567
+
+
+def test_scrapes_and_pulls_in_quick_succession_share_one_socket_dump(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.backends.sockdiag import TcpFlow
+    from agent.collectors import host
+    from agent.collectors.send_rtt import SendRtt
+
+    dumps: list[float] = []
+
+    def dump() -> list[TcpFlow]:
+        dumps.append(time.monotonic())
+        return []
+
+    collector = HostCollector(Procfs(PROCFS_GPU_NODE), send_rtt=SendRtt(dump, window_seconds=10.0))
+    for _ in range(3):  # Prometheus at 1 s and the controller's pull, all within one interval
+        list(collector.collect())
+        collector.evidence()
+    assert len(dumps) == 1
+    monkeypatch.setattr(host, "SOCKET_DUMP_INTERVAL_SECONDS", 0.0)
+    list(collector.collect())
+    assert len(dumps) == 2  # once the interval passed, the next read dumps again
