@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from agent.probe.patch import nbytes
-from agent.probe.recorder import Recorder, is_timed
+from agent.probe.recorder import Recorder
 from agent.probe.wire import Op
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,8 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
             raise
         if token is not None:
             try:
-                if is_timed(token[1]):
-                    unbox_work(result[1]).get_future().add_done_callback(lambda _fut: recorder.complete(token))
-                else:
-                    work = result[1]
-                    recorder.complete_when(token, lambda: unbox_work(work).is_completed())
+                boxed = result[1]
+                recorder.complete_async(token, lambda: unbox_work(boxed))
             except Exception:  # no future: the issue time is all we know
                 recorder.complete(token, measured=False)
         return result

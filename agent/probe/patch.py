@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.probe.nccl_timing import NcclTiming
-from agent.probe.recorder import Recorder, Token, is_timed
+from agent.probe.recorder import Recorder, Token
 from agent.probe.wire import Op
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,7 @@ def _complete_on(result: Any, recorder: Recorder, token: Token) -> None:
     """Complete `token` when the async Work `result` finishes: timed by its future if the token is sampled
     (agent/probe/recorder.py TIMED_EVERY), else polled by the sender; or now without timing."""
     try:
-        if is_timed(token[1]):
-            result.get_future().add_done_callback(lambda _fut: recorder.complete(token))
-        else:
-            recorder.complete_when(token, result.is_completed)
+        recorder.complete_async(token, lambda: result)
     except Exception:  # no future for this backend/op: the issue time is all we know
         recorder.complete(token, measured=False)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from agent.probe.wire import Op
 
@@ -70,6 +71,15 @@ class Recorder:
 
     def complete(self, token: Token, measured: bool = True) -> None:
         self._done(token, token, time.time() if measured else 0.0)
+
+    def complete_async(self, token: Token, work: Callable[[], Any]) -> None:
+        """Complete `token` when its async Work (what `work()` returns) finishes: timed by a callback on its future
+        if `is_timed`, else untimed at the sender's first poll that finds it completed (`work()` runs there, so a
+        Work that must be unboxed is unboxed off the training thread). Raises what the Work raises (no future)."""
+        if is_timed(token[1]):
+            work().get_future().add_done_callback(lambda _fut: self.complete(token))
+        else:
+            self.complete_when(token, lambda: work().is_completed())
 
     def complete_when(self, token: Token, finished: Callable[[], bool]) -> None:
         """Complete `token` untimed (completed_at 0.0) at the first `poll` that finds `finished()` true: its
