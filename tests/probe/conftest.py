@@ -12,10 +12,32 @@ from pathlib import Path
 import pytest
 
 from agent.collectors.collective import CollectiveCollector
+from agent.probe import wire
+from agent.probe.identity import Identity
+from agent.probe.recorder import Recorder
+from agent.probe.transport import Sender
 
 from .jobs import PTH, Job, start_collector
 
 BindAgent = Callable[[], socket.socket]
+LinkedSender = Callable[..., tuple[socket.socket, Recorder, Sender]]
+IDENTITY = Identity(job="job-x", rank=1, world_size=4, local_rank=1, pod="pod-1", namespace="ml")
+
+
+def receive_datagrams(sock: socket.socket) -> list[wire.Decoded]:
+    """Every datagram queued on the agent's end, decoded."""
+    datagrams: list[wire.Decoded] = []
+    sock.setblocking(False)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return datagrams
+        datagrams.append(wire.decode(data))
+
+
+def receive_all(sock: socket.socket) -> list[wire.Record]:
+    return [record for datagram in receive_datagrams(sock) for record in datagram.as_records()]
 
 
 @pytest.fixture
@@ -83,3 +105,16 @@ def bind_agent(tmp_path: Path) -> Iterator[BindAgent]:
     yield bind
     for receiver in sockets:
         receiver.close()
+
+
+@pytest.fixture
+def linked_sender(tmp_path: Path, bind_agent: BindAgent) -> LinkedSender:
+    """(the agent's end, a recorder, its sender of IDENTITY to that end) when called; keyword arguments go to
+    Sender. The sender's thread is not started: tests flush by hand."""
+
+    def link(**sender_settings: float) -> tuple[socket.socket, Recorder, Sender]:
+        receiver = bind_agent()
+        recorder = Recorder()
+        return receiver, recorder, Sender(recorder, IDENTITY, str(tmp_path), **sender_settings)
+
+    return link

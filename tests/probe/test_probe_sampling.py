@@ -3,17 +3,13 @@ future), chosen by seq; the others are polled by the sender and still complete, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from agent.probe import wire
 from agent.probe.patch import GroupNames, wrap_collective
 from agent.probe.recorder import TIMED_EVERY, Recorder, is_timed
-from agent.probe.transport import Sender
 
-from .conftest import BindAgent
-from .test_probe_transport import IDENTITY, receive_all
+from .conftest import LinkedSender, receive_all
 
 
 class FakeWork:
@@ -36,11 +32,9 @@ def test_timed_collectives_are_one_in_timed_every_at_every_position_of_a_step(co
 
 
 def test_untimed_collectives_are_polled_by_the_sender_and_sent_complete_without_a_completion_time(
-    tmp_path: Path, bind_agent: BindAgent,
+    linked_sender: LinkedSender,
 ) -> None:
-    receiver = bind_agent()
-    recorder = Recorder()
-    sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=60.0)
+    receiver, recorder, sender = linked_sender(pending_report_seconds=60.0)
     works = {}
     for _ in range(3 * TIMED_EVERY):
         token = recorder.issue("default", wire.Op.all_reduce, 64)
@@ -65,11 +59,9 @@ def test_untimed_collectives_are_polled_by_the_sender_and_sent_complete_without_
 
 
 def test_an_untimed_collective_that_never_finishes_is_reported_pending_like_a_timed_one(
-    tmp_path: Path, bind_agent: BindAgent,
+    linked_sender: LinkedSender,
 ) -> None:
-    receiver = bind_agent()
-    recorder = Recorder()
-    sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=0.0)
+    receiver, recorder, sender = linked_sender(pending_report_seconds=0.0)
     recorder.complete(recorder.issue("default", wire.Op.all_reduce, 64))  # seq 0: timed
     stuck = recorder.issue("default", wire.Op.all_reduce, 64)  # seq 1: polled, its peer never arrives
     assert is_timed(0) and not is_timed(stuck[1])

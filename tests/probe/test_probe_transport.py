@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
 
 from agent.probe import wire
-from agent.probe.identity import Identity
 from agent.probe.recorder import Recorder
 from agent.probe.transport import Sender
 
-from .conftest import BindAgent
-
-IDENTITY = Identity(job="job-x", rank=1, world_size=4, local_rank=1, pod="pod-1", namespace="ml")
-
-
-def receive_datagrams(sock: socket.socket) -> list[wire.Decoded]:
-    datagrams = []
-    sock.setblocking(False)
-    while True:
-        try:
-            data = sock.recv(65536)
-        except BlockingIOError:
-            return datagrams
-        datagrams.append(wire.decode(data))
-
-
-def receive_all(sock: socket.socket) -> list[wire.Record]:
-    return [record for datagram in receive_datagrams(sock) for record in datagram.as_records()]
+from .conftest import IDENTITY, BindAgent, LinkedSender, receive_all, receive_datagrams
 
 
 def test_sender_delivers_completed_and_long_pending_collectives_with_the_rank_identity(
-    tmp_path: Path, bind_agent: BindAgent,
+    linked_sender: LinkedSender,
 ) -> None:
-    receiver = bind_agent()
-    recorder = Recorder()
-    sender = Sender(recorder, IDENTITY, str(tmp_path), pending_report_seconds=0.05)
+    receiver, recorder, sender = linked_sender(pending_report_seconds=0.05)
     for _ in range(100):
         recorder.complete(recorder.issue("default", wire.Op.all_reduce, 4096))
     stuck = recorder.issue("default", wire.Op.broadcast, 64)
@@ -88,11 +67,9 @@ def flush_small_datagrams(recorder: Recorder, sender: Sender, flushes: int = 20)
 
 
 def test_a_full_agent_queue_is_a_backlog_sent_next_flush_in_order_not_a_drop(
-    tmp_path: Path, bind_agent: BindAgent,
+    linked_sender: LinkedSender,
 ) -> None:
-    receiver = bind_agent()
-    recorder = Recorder()
-    sender = Sender(recorder, IDENTITY, str(tmp_path))
+    receiver, recorder, sender = linked_sender()
     flush_small_datagrams(recorder, sender)
     assert sender.send_errors > 0 and sender.backlogged, "the queue never filled: the test does not test the backlog"
     received = receive_all(receiver)
@@ -104,11 +81,9 @@ def test_a_full_agent_queue_is_a_backlog_sent_next_flush_in_order_not_a_drop(
 
 
 def test_the_exit_flush_waits_briefly_for_a_slow_agent_so_the_last_collectives_arrive(
-    tmp_path: Path, bind_agent: BindAgent,
+    linked_sender: LinkedSender,
 ) -> None:
-    receiver = bind_agent()
-    recorder = Recorder()
-    sender = Sender(recorder, IDENTITY, str(tmp_path), flush_interval_seconds=60.0)
+    receiver, recorder, sender = linked_sender(flush_interval_seconds=60.0)
     sender.start()
     flush_small_datagrams(recorder, sender)  # the thread waits 60 s for its first flush: these are ours alone
     for _ in range(50):
@@ -146,11 +121,9 @@ def test_an_idle_sender_sends_a_heartbeat_datagram_that_carries_its_count_of_los
 
 
 def test_a_flush_touching_many_process_groups_splits_them_over_datagrams_each_with_its_own_table(
-    tmp_path: Path, bind_agent: BindAgent,
+    linked_sender: LinkedSender,
 ) -> None:
-    receiver = bind_agent()
-    recorder = Recorder()
-    sender = Sender(recorder, IDENTITY, str(tmp_path))
+    receiver, recorder, sender = linked_sender()
     groups = [f"pair-{index}" for index in range(wire.MAX_GROUPS_PER_DATAGRAM + 4)]
     for _ in range(2):
         for group in groups:
