@@ -15,11 +15,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client.metrics_core import Metric
 
 from agent.backends.procfs import Procfs, ProcfsError, TcpSegments
 from agent.backends.sockdiag import SockDiagError, tcp_flows
 from agent.collectors.base import Collector
+from agent.collectors.order_stats import median
 from agent.collectors.read_errors import ReadErrors
 from agent.collectors.send_rtt import SendRtt
 from agent.collectors.window import RollingWindow
@@ -129,7 +131,7 @@ class HostCollector(Collector):
             "Median over remote addresses of the RTT of bulk TCP sends (lower quartile of tcpi_rtt samples of "
             "the busiest flow per address over the evidence window; sock_diag INET_DIAG_INFO).",
         )
-        rtt.add_metric([], float(sorted(p.rtt_seconds for p in paths)[(len(paths) - 1) // 2]))
+        rtt.add_metric([], median(np.array([p.rtt_seconds for p in paths])))
         count = GaugeFamily(
             "lockstep_host_tcp_send_paths",
             "Remote addresses this node sent bulk TCP data to within the evidence window (sock_diag).",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.backends.sockdiag import TcpFlow
+from agent.collectors.order_stats import median, quantile
 from agent.evidence import TcpPath
 
 MIN_BYTES = 64 * 1024  # bytes acknowledged between two dumps that make a flow "bulk" (control traffic: ~kB)
@@ -84,7 +85,7 @@ class SendRtt:
                 TcpPath(
                     local_address=local,
                     remote_address=remote,
-                    rtt_seconds=float(np.quantile([s.rtt_seconds for s in samples], RTT_QUANTILE)),
+                    rtt_seconds=quantile(np.array([s.rtt_seconds for s in samples]), RTT_QUANTILE),
                     bytes_per_second=sum(s.bytes_acked for s in samples) / self.window_seconds,
                     samples=len(samples),
                     delivery_bytes_per_second=_median([s.delivery_bytes_per_second for s in samples]),
@@ -97,7 +98,7 @@ class SendRtt:
 def _median(rates: list[float | None]) -> float | None:
     """Median of the network-limited samples' delivery rates; None when there are none."""
     limited = [rate for rate in rates if rate is not None]
-    return float(np.median(limited)) if limited else None
+    return median(np.array(limited)) if limited else None
 
 
 def _receiver_limited(before: TcpFlow, after: TcpFlow) -> bool:
