@@ -7,10 +7,11 @@ the bytes later (`counts`): its 20 Hz tick stays a few system calls.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import math
 import os
+
+from agent.backends.sysfs import OpenFiles
 
 
 def interfaces(root: str, include: list[str], exclude: list[str]) -> list[str]:
@@ -34,31 +35,26 @@ COUNTER_BYTES = 32  # a read of rx_bytes or tx_bytes: a decimal u64 and a newlin
 
 
 class ByteCounters:
-    """The rx_bytes and tx_bytes files of one interface, held open: `fds` is (rx, tx)."""
+    """The rx_bytes and tx_bytes files of one interface, held open (`agent.backends.sysfs.OpenFiles`): `fds` is
+    (rx, tx), for the sampler to read itself."""
 
     def __init__(self, root: str, name: str) -> None:
         base = os.path.join(root, name, "statistics")
         self.name = name
-        opened: list[int] = []
+        self._files = OpenFiles()
         try:
-            for counter in ("rx_bytes", "tx_bytes"):
-                opened.append(os.open(os.path.join(base, counter), os.O_RDONLY | os.O_CLOEXEC))
-            self.fds = (opened[0], opened[1])
+            self.fds = tuple(self._files.descriptor(os.path.join(base, f)) for f in ("rx_bytes", "tx_bytes"))
             self.read()  # an interface without readable counters raises here, not at the first tick
         except (OSError, ValueError):
-            for fd in opened:
-                os.close(fd)
+            self._files.close()
             raise
 
     def read(self) -> int:
         """rx + tx bytes since the interface came up; raises OSError when the interface is gone."""
-        return int(os.pread(self.fds[0], COUNTER_BYTES, 0)) + int(os.pread(self.fds[1], COUNTER_BYTES, 0))
+        return sum(int(os.pread(fd, COUNTER_BYTES, 0)) for fd in self.fds)
 
     def close(self) -> None:
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds = (-1, -1)
+        self._files.close()
 
 
 def read_all(fds: tuple[int, ...]) -> list[bytes]:

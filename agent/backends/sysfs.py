@@ -288,11 +288,16 @@ class OpenFiles:
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
 
-    def read(self, path: str, size: int = 64) -> bytes:
-        """The file's content now (up to `size` bytes; 64 hold a counter)."""
+    def descriptor(self, path: str) -> int:
+        """The open descriptor of `path` (opened now if it is not), for a caller that preads it itself."""
         fd = self._fds.get(path)
         if fd is None:
             fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return fd
+
+    def read(self, path: str, size: int = 64) -> bytes:
+        """The file's content now (up to `size` bytes; 64 hold a counter)."""
+        fd = self.descriptor(path)
         try:
             return os.pread(fd, size, 0)
         except OSError:
