@@ -19,10 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 
 from agent.collectors.runner import CollectorRunner
 from agent.exposition import negotiate
+from agent.process_metrics import ProcessMetrics
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,10 @@ class AgentApp:
         self.runner = runner
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(runner)
-        ProcessCollector(registry=self.registry)
+        try:
+            self.registry.register(ProcessMetrics())
+        except OSError as error:  # no /proc (or not readable): the agent's own process_* metrics are left out
+            log.warning("process_* metrics left out: %s", error)
         PlatformCollector(registry=self.registry)
         self.ready = threading.Event()
 
