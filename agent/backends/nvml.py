@@ -260,6 +260,8 @@ def _handle_key(handle: Any) -> int | None:
 
 class _FieldBatch:
     """One GPU's nvmlDeviceGetFieldValues request: DEVICE_FIELDS, then per NVLink its state and error counters.
+    The link fields (18 links x 6 on an H100, most of the batch) rarely change: while their raw answers stay the
+    same, `read` returns the same link dict object, so what is derived from it can be reused (see `_read_nvlinks`).
 
     The request array is built once and reused, and the answers are decoded with one struct unpack: pynvml's
     wrapper fills the array on every call and the values read through ctypes attributes cost more per field than
@@ -272,14 +274,18 @@ class _FieldBatch:
         self.request = tuple((field_id, 0) for field_id in DEVICE_FIELDS) + tuple(
             (field_id, link) for link in links for field_id in per_link
         )
+        self._device_words = 3 * len(DEVICE_FIELDS)  # value type, return code, value per field
+        self._link_answers: tuple[int, ...] | None = None
+        self._link_fields: dict[tuple[int, int], int] = {}
         self._values = (pynvml.c_nvmlFieldValue_t * len(self.request))()
         self._layout = struct.Struct("<" + _FIELD_VALUE * len(self.request))
         for value, (field_id, scope_id) in zip(self._values, self.request, strict=True):
             value.fieldId = field_id
             value.scopeId = scope_id
 
-    def read(self, handle: Any) -> dict[tuple[int, int], int]:
-        """Answered fields by (field id, scope id). Raises pynvml.NVMLError if the call fails, _GpuLost if a field
+    def read(self, handle: Any) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:
+        """Answered device fields and link fields, by (field id, scope id); the link dict is the same object as
+        last time while the links' answers are. Raises pynvml.NVMLError if the call fails, _GpuLost if a field
         says the GPU is lost."""
         if self._layout.size != ctypes.sizeof(self._values) or sys.byteorder != "little":
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # a layout this decoder does not know
@@ -292,9 +298,18 @@ class _FieldBatch:
         if pynvml.NVML_ERROR_GPU_IS_LOST in codes:
             key = self.request[codes.index(pynvml.NVML_ERROR_GPU_IS_LOST)]
             raise _GpuLost(f"nvmlDeviceGetFieldValues (field {key[0]}, scope {key[1]}): GPU is lost")
+        device = self._decode(self.request[: len(DEVICE_FIELDS)], flat[: self._device_words])
+        link_answers = flat[self._device_words :]
+        if link_answers != self._link_answers:
+            self._link_fields = self._decode(self.request[len(DEVICE_FIELDS) :], link_answers)
+            self._link_answers = link_answers
+        return device, self._link_fields
+
+    @staticmethod
+    def _decode(request: Sequence[tuple[int, int]], flat: Sequence[int]) -> dict[tuple[int, int], int]:
         return {
             key: raw & mask
-            for key, value_type, code, raw in zip(self.request, flat[0::3], codes, flat[2::3], strict=True)
+            for key, value_type, code, raw in zip(request, flat[0::3], flat[1::3], flat[2::3], strict=True)
             if code == pynvml.NVML_SUCCESS and (mask := _FIELD_VALUE_MASKS.get(value_type))
         }
 
@@ -326,10 +341,16 @@ class NvmlBackend:
         self._handles: dict[str, Any] = {}  # uuid -> handle of the GPUs reachable in the last read
         self._nvlinks: dict[str, tuple[tuple[int, ...], float]] = {}  # uuid -> (links that exist, when found)
         self._field_batches: dict[str, _FieldBatch] = {}  # uuid -> its nvmlDeviceGetFieldValues request
-        self._identified: dict[tuple[int | None, int], GpuIdentity] = {}  # (handle address, index) -> identity
-        self._fixed: dict[tuple[str, str], int] = {}  # (uuid, NVML function) -> its answer, which cannot change
+        self._identified: dict[
+            tuple[int | None, int], GpuIdentity
+        ] = {}  # (handle address, index) -> identity
+        self._fixed: dict[
+            tuple[str, str], int
+        ] = {}  # (uuid, NVML function) -> its answer, which cannot change
         # uuid -> (links, per link its NVLINK_COUNTERS_BY_CALL by name) as last read by refresh_nvlink_errors
         self._nvlink_errors: dict[str, tuple[tuple[int, ...], dict[int, dict[str, int]]]] = {}
+        # uuid -> (the batch's link answers, the counters read by call, the link snapshots made of them)
+        self._nvlink_snapshots: dict[str, tuple[object, object, tuple[NvLinkSnapshot, ...]]] = {}
         self._absent_logged: set[tuple[str, str]] = set()
         self._errors_logged: set[tuple[str, str, str]] = set()
         self._errors: Counter[tuple[str, str]] = Counter()
@@ -386,6 +407,7 @@ class NvmlBackend:
         self._identified.clear()  # handles may differ after the next nvmlInit
         self._fixed.clear()
         self._nvlink_errors.clear()
+        self._nvlink_snapshots.clear()
         if self._open:
             self._open = False
             try:
@@ -483,6 +505,7 @@ class NvmlBackend:
         self._identified = {key: known for key, known in self._identified.items() if known.uuid != gpu.uuid}
         self._fixed = {key: value for key, value in self._fixed.items() if key[0] != gpu.uuid}
         self._nvlink_errors.pop(gpu.uuid, None)
+        self._nvlink_snapshots.pop(gpu.uuid, None)
 
     def _read_gpu(self, index: int) -> tuple[GpuSnapshot, Any] | None:
         """The GPU's snapshot and handle (None if unreachable); None to leave out a GPU this agent may not see."""
@@ -541,7 +564,7 @@ class NvmlBackend:
             fallback=pynvml.nvmlDeviceGetTemperature,
         )
         links = self._nvlinks_of(gpu.uuid, handle)
-        fields = self._field_values(gpu.uuid, handle, links)
+        fields, link_fields = self._field_values(gpu.uuid, handle, links)
         memory_temperature: float | None = fields.get((pynvml.NVML_FI_DEV_MEMORY_TEMP, 0))
         if memory_temperature is None:
             memory_temperature = self._memory_temperature(gpu.uuid, handle)
@@ -609,11 +632,13 @@ class NvmlBackend:
             row_remap_pending=None if remap is None else bool(remap[2]),
             row_remap_failure=None if remap is None else bool(remap[3]),
             pcie_link_generation=call(pynvml.nvmlDeviceGetCurrPcieLinkGeneration, handle),
-            pcie_link_max_generation=self._fixed_value(gpu.uuid, pynvml.nvmlDeviceGetMaxPcieLinkGeneration, handle),
+            pcie_link_max_generation=self._fixed_value(
+                gpu.uuid, pynvml.nvmlDeviceGetMaxPcieLinkGeneration, handle
+            ),
             pcie_link_width=call(pynvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
             pcie_link_max_width=self._fixed_value(gpu.uuid, pynvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
             pcie_replays=field(pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, pynvml.nvmlDeviceGetPcieReplayCounter),
-            nvlinks=self._read_nvlinks(gpu.uuid, handle, links, fields),
+            nvlinks=self._read_nvlinks(gpu.uuid, handle, links, link_fields),
         )
 
     def _fixed_value(self, gpu: str, function: Callable[[Any], int], handle: Any) -> int | None:
@@ -627,10 +652,12 @@ class NvmlBackend:
                 self._fixed[key] = value
         return value
 
-    def _field_values(self, gpu: str, handle: Any, links: tuple[int, ...]) -> dict[tuple[int, int], int]:
-        """The fields of the GPU's batch NVML answered, by (field id, scope id); {} when the call fails as a whole.
-        Fields it did not answer are left out silently: their individual calls then say why, as without the batch.
-        Raises _GpuLost."""
+    def _field_values(
+        self, gpu: str, handle: Any, links: tuple[int, ...]
+    ) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:
+        """The device and link fields of the GPU's batch NVML answered, by (field id, scope id); empty when the
+        call fails as a whole. Fields it did not answer are left out silently: their individual calls then say why,
+        as without the batch. Raises _GpuLost."""
         batch = self._field_batches.get(gpu)
         if batch is None or batch.links != links:
             batch = self._field_batches[gpu] = _FieldBatch(links)
@@ -643,7 +670,7 @@ class NvmlBackend:
                 if (gpu, "field batch") not in self._absent_logged:
                     self._absent_logged.add((gpu, "field batch"))
                     log.debug("nvmlDeviceGetFieldValues on GPU %s: %s; one call per field", gpu, error)
-            return {}
+            return {}, {}
 
     def _memory_temperature(self, gpu: str, handle: Any) -> float | None:
         """HBM temperature: NVML has it only as field NVML_FI_DEV_MEMORY_TEMP (nvmlDeviceGetFieldValues)."""
@@ -669,11 +696,17 @@ class NvmlBackend:
         self, gpu: str, handle: Any, links: tuple[int, ...], fields: Mapping[tuple[int, int], int]
     ) -> tuple[NvLinkSnapshot, ...]:
         """State and error counters per link: from the field batch, else by call; NVLINK_COUNTERS_BY_CALL as
-        `refresh_nvlink_errors` last read them (read here only the first time, or when the links changed)."""
+        `refresh_nvlink_errors` last read them (read here only the first time, or when the links changed). The
+        same tuple as last time while the batch's link answers and those counters are the same objects (unchanged)
+        and no link needed a call."""
         refreshed = self._nvlink_errors.get(gpu)
         if refreshed is None or refreshed[0] != links:
             refreshed = self._nvlink_errors[gpu] = (links, self._nvlink_errors_by_call(gpu, handle, links))
         by_call = refreshed[1]
+        last = self._nvlink_snapshots.get(gpu)
+        if last is not None and last[0] is fields and last[1] is by_call:
+            return last[2]
+        called = False
         result = []
         for link in links:
             state = fields.get((pynvml.NVML_FI_DEV_NVLINK_GET_STATE, link))
@@ -682,18 +715,27 @@ class NvmlBackend:
             else:  # not answered, or a state (sleep, traffic disabled) the call may see otherwise: ask the call
                 enabled = self._call(gpu, pynvml.nvmlDeviceGetNvLinkState, handle, link)
                 active = None if enabled is None else enabled == pynvml.NVML_FEATURE_ENABLED
+                called = True
             errors = {}
             for counter_name, field_id, counter in NVLINK_COUNTERS_BATCHED:
                 count = fields.get((field_id, link))
                 if count is None:
                     count = self._call(gpu, pynvml.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
+                    called = True
                 if count is not None:
                     errors[counter_name] = int(count)
             errors.update(by_call[link])
             result.append(NvLinkSnapshot(link=link, active=active, errors=errors))
-        return tuple(result)
+        snapshots = tuple(result)
+        if called:
+            self._nvlink_snapshots.pop(gpu, None)
+        else:
+            self._nvlink_snapshots[gpu] = (fields, by_call, snapshots)
+        return snapshots
 
-    def _nvlink_errors_by_call(self, gpu: str, handle: Any, links: tuple[int, ...]) -> dict[int, dict[str, int]]:
+    def _nvlink_errors_by_call(
+        self, gpu: str, handle: Any, links: tuple[int, ...]
+    ) -> dict[int, dict[str, int]]:
         """NVLINK_COUNTERS_BY_CALL of each link, by name; raises _GpuLost."""
         counts: dict[int, dict[str, int]] = {}
         for link in links:
@@ -713,7 +755,10 @@ class NvmlBackend:
             links = {uuid: self._nvlinks.get(uuid, ((), 0.0))[0] for uuid in handles}
         for uuid, handle in handles.items():
             try:
-                self._nvlink_errors[uuid] = (links[uuid], self._nvlink_errors_by_call(uuid, handle, links[uuid]))
+                self._nvlink_errors[uuid] = (
+                    links[uuid],
+                    self._nvlink_errors_by_call(uuid, handle, links[uuid]),
+                )
             except _GpuLost:
                 self._nvlink_errors.pop(uuid, None)  # the next read asks again, and finds the GPU lost
 

@@ -32,7 +32,7 @@ from agent.backends.nvml import (
 )
 from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import EvidencePart, GpuEvidence, HardSignal, HardSignalKind
-from agent.families import CounterFamily, Family, GaugeFamily
+from agent.families import CounterFamily, Family, GaugeFamily, Row
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings, NvmlSettings
@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GPU_LABELS = ("gpu", "uuid", "model", "pci_bus_id")
-XID_WAIT_SECONDS = 1.0  # one nvmlEventSetWait (an XID ends it at once); bounds how long close() waits for the thread
+XID_WAIT_SECONDS = (
+    1.0  # one nvmlEventSetWait (an XID ends it at once); bounds how long close() waits for the thread
+)
 LISTEN_WAIT_SECONDS = 10.0  # how long start() waits for the GPUs to be registered for XID events
 
 # Clock-event reasons that are hard evidence. sw_power_cap is not: a busy GPU at its power limit shows it all the
@@ -274,6 +276,9 @@ class NvmlCollector(Collector):
         self._since: dict[tuple[str, str], float] = {}  # (kind, device) -> first seen, continuously since
         self._known: dict[str, GpuIdentity] = {}  # every GPU seen reachable since start, by uuid
         self._links_seen_active: set[tuple[str, int]] = set()
+        self._nvlink_rows: dict[
+            str, tuple[object, _NvLinkRows]
+        ] = {}  # uuid -> rows made of its link snapshot
         self._pcie: dict[str, tuple[PcieThroughput, float]] = {}  # uuid -> (sample, monotonic time)
         self._status = ""  # what was last logged about NVML's availability
         self._stop = threading.Event()
@@ -317,7 +322,9 @@ class NvmlCollector(Collector):
         listening.set()
         interval = self._settings.pcie_throughput_interval_seconds
         next_pcie = 0.0
-        next_nvlink = time.monotonic() + self._settings.nvlink_error_interval_seconds  # a first read reads them
+        next_nvlink = (
+            time.monotonic() + self._settings.nvlink_error_interval_seconds
+        )  # a first read reads them
         while not self._stop.is_set():
             try:
                 if interval > 0 and time.monotonic() >= next_pcie:
@@ -529,11 +536,17 @@ class NvmlCollector(Collector):
             lost.add_metric(_labels(gpu), 1.0)
         families = [
             lost,
-            *(_each_gpu(GaugeFamily, metric, help_text, gpus, attribute) for metric, attribute, help_text in _GAUGES),
-            *(_each_gpu(CounterFamily, metric, help_text, gpus, attribute) for metric, attribute, help_text in _COUNTERS),
+            *(
+                _each_gpu(GaugeFamily, metric, help_text, gpus, attribute)
+                for metric, attribute, help_text in _GAUGES
+            ),
+            *(
+                _each_gpu(CounterFamily, metric, help_text, gpus, attribute)
+                for metric, attribute, help_text in _COUNTERS
+            ),
             *_health_families(gpus),
             *self._pcie_throughput_families(gpus),
-            *_nvlink_families(gpus),
+            *_nvlink_families(gpus, self._nvlink_rows),
         ]
         return [count, driver, *(f for f in families if f.rows), *self._xid_families(), self._error_family()]
 
@@ -645,11 +658,34 @@ def _health_families(gpus: list[_Gpu]) -> list[Family]:
     return [reasons, ecc, retired, remapped]
 
 
-def _nvlink_families(gpus: list[_Gpu]) -> list[Family]:
+_NvLinkRows = tuple[list[Row], list[Row], list[Row]]  # one GPU's rows of the three NVLink families
+
+
+def _nvlink_families(gpus: list[_Gpu], made: dict[str, tuple[object, _NvLinkRows]]) -> list[Family]:
     """State per link; error counters per GPU, and per link only once a link has counted one: 18 links x 5
-    counters of zeros per GPU would be most of a node's series (and millions in a large cluster)."""
+    counters of zeros per GPU would be most of a node's series (and millions in a large cluster). A GPU's rows are
+    made again only when its links' snapshot differs from last time (`made`, by uuid): NVLink state and counters
+    rarely change, and the backend then returns the same snapshot object."""
+    families = _empty_nvlink_families()
+    for labels, s in gpus:
+        key = (s.nvlinks, labels)
+        known = made.get(s.identity.uuid)
+        if known is not None and known[0] == key:
+            rows = known[1]
+        else:
+            rows = _nvlink_rows(labels, s)
+            made[s.identity.uuid] = (key, rows)
+        for family, gpu_rows in zip(families, rows, strict=True):
+            family.rows += gpu_rows
+    return list(families)
+
+
+def _empty_nvlink_families() -> tuple[GaugeFamily, CounterFamily, CounterFamily]:
     up = _gpu_family(
-        GaugeFamily, "lockstep_gpu_nvlink_up", "1 if the NVLink is active (nvmlDeviceGetNvLinkState).", ("link",)
+        GaugeFamily,
+        "lockstep_gpu_nvlink_up",
+        "1 if the NVLink is active (nvmlDeviceGetNvLinkState).",
+        ("link",),
     )
     totals = _gpu_family(
         CounterFamily,
@@ -663,14 +699,19 @@ def _nvlink_families(gpus: list[_Gpu]) -> list[Family]:
         "NVLink data-link errors of one link, by counter, present once nonzero (nvmlDeviceGetNvLinkErrorCounter).",
         ("link", "counter"),
     )
-    for labels, s in gpus:
-        summed: Counter[str] = Counter()
-        for link in s.nvlinks:
-            _add(up, (*labels, str(link.link)), link.active)
-            for counter, value in link.errors.items():
-                summed[counter] += value
-                if value:
-                    per_link.add_metric((*labels, str(link.link), counter), value)
-        for counter, value in summed.items():
-            totals.add_metric((*labels, counter), value)
-    return [up, totals, per_link]
+    return up, totals, per_link
+
+
+def _nvlink_rows(labels: tuple[str, ...], s: GpuSnapshot) -> _NvLinkRows:
+    """One GPU's rows of the NVLink families."""
+    up, totals, per_link = _empty_nvlink_families()
+    summed: Counter[str] = Counter()
+    for link in s.nvlinks:
+        _add(up, (*labels, str(link.link)), link.active)
+        for counter, value in link.errors.items():
+            summed[counter] += value
+            if value:
+                per_link.add_metric((*labels, str(link.link), counter), value)
+    for counter, value in summed.items():
+        totals.add_metric((*labels, counter), value)
+    return up.rows, totals.rows, per_link.rows

@@ -266,7 +266,10 @@ def test_every_hard_fault_shows_in_the_first_read_after_it_happens_on_a_collecto
     fake_nvml.write(
         {
             "gpus": {
-                "1": {"ecc": {"volatile_uncorrected": 1}, "remapped_rows": {"pending": True, "failure": True}},
+                "1": {
+                    "ecc": {"volatile_uncorrected": 1},
+                    "remapped_rows": {"pending": True, "failure": True},
+                },
                 "2": {"retired_pages": {"pending": True}, "thermal_throttle": True, "pcie": {"width": 4}},
                 "3": {"nvlink_down": [2]},
                 "4": {"power_throttle": True},
@@ -286,3 +289,25 @@ def test_every_hard_fault_shows_in_the_first_read_after_it_happens_on_a_collecto
         ("power_throttle", "4"),
         ("gpu_lost", "5"),
     }
+
+
+def test_an_nvlink_that_fails_between_scrapes_shows_in_the_next_scrape_though_unchanged_links_are_reused(
+    fake_nvml: FakeNvmlConfig, make_collector: Callable[..., NvmlCollector]
+) -> None:
+    """The NVLink rows of a GPU are made again only when its links' answers change: a change must never be missed."""
+    collector = make_collector()
+    healthy = [scrape(collector) for _ in range(2)]
+    for result in healthy:
+        assert result.value("lockstep_gpu_nvlink_up", link="17", **GPU3) == 1
+        assert (
+            result.value("lockstep_gpu_nvlink_link_errors_total", link="17", counter="replay", **GPU3) is None
+        )
+    inject(fake_nvml, nvlink_down=[17], nvlink_errors={"17": {"replay": 4}})
+    failed = scrape(collector)
+    assert failed.value("lockstep_gpu_nvlink_up", link="17", **GPU3) == 0
+    assert failed.value("lockstep_gpu_nvlink_link_errors_total", link="17", counter="replay", **GPU3) == 4
+    assert failed.value("lockstep_gpu_nvlink_errors_total", counter="replay", **GPU3) == 4
+    assert failed.value("lockstep_gpu_nvlink_up", link="17", gpu="2") == 1  # the other GPUs' reused rows
+    inject(fake_nvml, nvlink_down=[17], nvlink_errors={"17": {"replay": 9}})
+    assert scrape(collector).value("lockstep_gpu_nvlink_errors_total", counter="replay", **GPU3) == 9
+    assert len(scrape(collector).samples("lockstep_gpu_nvlink_up")) == 8 * 18
