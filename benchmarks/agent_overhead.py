@@ -4,11 +4,15 @@ Both exporters run on this machine in the same run and are scraped once a second
 connection with the Accept header Prometheus sends (no gzip for either). The agent reads a fixture sysfs tree with
 --nics ConnectX RoCE ports (copied from tests/fixtures), 8 fake GPUs when the fake NVML library is built (`make fake-nvml`), and --ranks probe senders
 (one process each, the probe's own Recorder and Sender) issuing --collectives-per-second each into its socket.
+The RoCE ports' byte counters (netdev statistics and RDMA port counters) move as a data-parallel job's would: a
+burst at 200 Gb/s for the first fifth of every --step-seconds, a trickle otherwise (a helper process rewrites the
+fixture files 50 times a second); the agent samples NIC counters faster for steps under 1 s (see
+agent/collectors/periodicity.py), so the step changes its cost: the output says the rate it sampled at.
 With --evidence-every 5 the agent also serves the controller's evidence pulls, as in a cluster (node-exporter has
 no such API). Budget: < 1% of a core, < 60 MB RSS, scrape < 10 ms.
 
     python benchmarks/agent_overhead.py [--seconds 30] [--nics 8] [--ranks 8] [--collectives-per-second 500]
-                                        [--evidence-every 5]
+                                        [--evidence-every 5] [--step-seconds 2]
 """
 
 from __future__ import annotations
@@ -154,6 +158,30 @@ def probe_load(socket_dir: str, rank: int, world_size: int, per_second: float) -
         time.sleep(max(0.0, next_at - time.monotonic()))
 
 
+def nic_traffic(sysfs: Path, nics: int, step_seconds: float) -> None:
+    """Move the byte counters of the `nics` RoCE ports of the benchmark's tree as a job with `step_seconds` steps
+    would, until killed: 25 GB/s each way for the first fifth of each step, 1 MB/s otherwise."""
+    burst, trickle, share = 25e9, 1e6, 0.2
+    files = []  # (file, bytes per unit): netdev statistics count bytes, RDMA port data counters 4-byte words
+    for i in range(nics):
+        statistics = sysfs / "class" / "net" / f"ens{i + 1}f0np0" / "statistics"
+        counters = sysfs / "class" / "infiniband" / f"mlx5_{i}" / "ports" / "1" / "counters"
+        for path, unit in ((statistics / "rx_bytes", 1), (statistics / "tx_bytes", 1),
+                           (counters / "port_rcv_data", 4), (counters / "port_xmit_data", 4)):  # fmt: skip
+            files.append((open(path, "r+"), unit, int(path.read_text())))  # noqa: SIM115 - open until killed
+    start = time.monotonic()
+    while True:
+        t = time.monotonic() - start
+        steps, into = divmod(t, step_seconds)
+        sent = trickle * t + (burst - trickle) * (steps * share * step_seconds + min(into, share * step_seconds))
+        for file, unit, base in files:  # rewritten in place: the agent holds the files open
+            file.seek(0)
+            file.truncate()
+            file.write(f"{base + int(sent / unit)}\n")
+            file.flush()
+        time.sleep(0.02)
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -177,11 +205,19 @@ def main() -> int:
     parser.add_argument(
         "--agent-arg", action="append", default=[], help="extra agent flag, e.g. --agent-arg=--no-collector.periodicity"
     )
+    parser.add_argument(
+        "--step-seconds", type=float, default=2.0,
+        help="the training step the RoCE ports' byte counters follow (s); 0 = the counters stand still",
+    )  # fmt: skip
     parser.add_argument("--probe-load", nargs=3, metavar=("SOCKET_DIR", "RANK", "WORLD"), help=argparse.SUPPRESS)
+    parser.add_argument("--nic-traffic", metavar="SYSFS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe_load:
         socket_dir, rank, world = args.probe_load
         probe_load(socket_dir, int(rank), int(world), args.collectives_per_second)
+        return 0
+    if args.nic_traffic:
+        nic_traffic(Path(args.nic_traffic), args.nics, args.step_seconds)
         return 0
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -218,6 +254,12 @@ def main() -> int:
             )  # fmt: skip
             for rank in range(args.ranks)
         ]
+        if args.step_seconds > 0:
+            senders.append(subprocess.Popen(
+                [sys.executable, __file__, "--nic-traffic", str(sysfs), "--nics", str(args.nics),
+                 "--step-seconds", str(args.step_seconds)],
+                env=env,
+            ))  # fmt: skip
         try:
             agent_url = f"http://127.0.0.1:{agent_port}/metrics"
             exporter_url = f"http://127.0.0.1:{exporter_port}/metrics"
@@ -225,7 +267,9 @@ def main() -> int:
             wait_ready(exporter_url, exporter)
             print(
                 f"agent: {args.nics} RoCE ports + fixture netdevs, GPUs: {gpus}, {args.ranks} ranks x "
-                f"{args.collectives_per_second:g} collectives/s; scraping each exporter 1/s for {args.seconds:g} s"
+                f"{args.collectives_per_second:g} collectives/s, "
+                + (f"{args.step_seconds:g} s steps on the NICs" if args.step_seconds > 0 else "NIC counters still")
+                + f"; scraping each exporter 1/s for {args.seconds:g} s"
                 + (f"; the agent's evidence pulled every {args.evidence_every:g} s" if args.evidence_every > 0 else "")
             )
             results = [
@@ -262,6 +306,12 @@ def main() -> int:
         for name, seconds in re.findall(r'^lockstep_collector_duration_seconds\{collector="([^"]+)"\} (\S+)$', agent_m.body, re.M)
     ]
     print("collector durations in the last scrape: " + ", ".join(durations))
+    rate = re.search(r"^lockstep_traffic_sample_rate_hertz (\S+)$", agent_m.body, re.M)
+    periods = re.findall(r'^lockstep_traffic_period_seconds\{interface="([^"]+)"\} (\S+)$', agent_m.body, re.M)
+    print(
+        f"NIC counters sampled at {float(rate.group(1)) if rate else float('nan'):g} Hz; periods found: "
+        + (", ".join(f"{name} {float(value):.2f} s" for name, value in periods) or "none")
+    )
     return 0
 
 

@@ -1,8 +1,15 @@
 """Periodicity collector: zero-touch view of collective traffic for jobs without the probe.
 
-A background job (agent/collectors/ticker.py) samples every interface's byte counters (agent/backends/nic_bytes.py) at `sample_hz`;
+A background job (agent/collectors/ticker.py) samples every interface's byte counters (agent/backends/nic_bytes.py);
 on scrape and evidence pull the rate history of the last `window_seconds` goes through the pure estimator
 (agent/collectors/period_estimate.py): period, burst throughput, mean, regularity per interface.
+
+The sampling rate follows the traffic: `sample_hz` while a busy interface repeats over fewer than
+SAMPLES_PER_PERIOD reads at `min_sample_hz` (steps under 1 s at 10 Hz) or shows no clear period (it may repeat too
+fast to be seen slower), `min_sample_hz` while every busy interface repeats slower or none is busy (a node without
+a job, a job with long steps). Each read is a thread wakeup, the agent's largest fixed cost on an idle vCPU. A
+window holding both rates is resampled onto the faster one's grid (counters are cumulative: interpolating them is
+exact for the mean rate between reads).
 
 A tick only reads: one pread per counter file, the bytes queued as they are. On this kind of VM a tick costs
 ~190 us of CPU when its code runs cold after the 50 ms sleep (23 us hot), so the parsing and the ring's numpy
@@ -36,37 +43,54 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESCAN_SECONDS = 5.0  # how often new or vanished interfaces are noticed
-IDLE = TrafficPattern(period_seconds=None, regularity=0.0, burst_bytes_per_second=0.0, mean_bytes_per_second=0.0)
+SAMPLES_PER_PERIOD = 10  # reads per period the slower rate must give to be used
+SLOWER_MARGIN = 1.2  # the faster rate is left only for periods this much longer (no flapping at the boundary)
+IDLE = TrafficPattern(
+    period_seconds=None, regularity=0.0, burst_bytes_per_second=0.0, mean_bytes_per_second=0.0
+)
 
 
 class _Ring:
-    """The last `capacity` sampling ticks: monotonic s, and rx+tx bytes of each interface in `names` (NaN where a
-    read failed or the interface was not there yet), the oldest overwritten. One row per tick."""
+    """The last `capacity` sampling ticks: monotonic s, the sampling interval they were taken at (s), and rx+tx
+    bytes of each interface in `names` (NaN where a read failed or the interface was not there yet), the oldest
+    overwritten. One row per tick."""
 
     def __init__(self, capacity: int, names: tuple[str, ...]) -> None:
         self.names = names
         self.times = np.zeros(capacity)
+        self.intervals = np.zeros(capacity)
         self.counts = np.full((capacity, len(names)), np.nan)  # float: exact up to 2**53 bytes
         self.size = 0
         self._next = 0
 
-    def append(self, at: float, counts: list[float]) -> None:
+    def append(self, at: float, interval: float, counts: list[float]) -> None:
         self.times[self._next] = at
+        self.intervals[self._next] = interval
         self.counts[self._next] = counts
         self._next = (self._next + 1) % len(self.times)
         if self.size < len(self.times):
             self.size += 1
 
-    def ordered(self) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of (times, counts), oldest first."""
+    def ordered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of (times, intervals, counts), oldest first."""
         if self.size < len(self.times):
-            return self.times[: self.size].copy(), self.counts[: self.size].copy()
-        return np.roll(self.times, -self._next), np.roll(self.counts, -self._next, axis=0)
+            size = self.size
+            return self.times[:size].copy(), self.intervals[:size].copy(), self.counts[:size].copy()
+        return (
+            np.roll(self.times, -self._next),
+            np.roll(self.intervals, -self._next),
+            np.roll(self.counts, -self._next, axis=0),
+        )
 
     def with_names(self, names: tuple[str, ...]) -> _Ring:
         """The same ticks for another set of interfaces: columns of those still there are kept, new ones are NaN."""
         ring = _Ring(len(self.times), names)
-        ring.times[:], ring.size, ring._next = self.times, self.size, self._next
+        ring.times[:], ring.intervals[:], ring.size, ring._next = (
+            self.times,
+            self.intervals,
+            self.size,
+            self._next,
+        )
         for column, name in enumerate(names):
             if name in self.names:
                 ring.counts[:, column] = self.counts[:, self.names.index(name)]
@@ -80,13 +104,17 @@ class PeriodicityCollector(Collector):
 
     def __init__(self, settings: PeriodicitySettings) -> None:
         self.settings = settings
-        self.interval_seconds = 1.0 / settings.sample_hz
+        self.fast_interval_seconds = 1.0 / settings.sample_hz
+        self.slow_interval_seconds = 1.0 / settings.min_sample_hz
+        self.interval_seconds = (
+            self.fast_interval_seconds
+        )  # now; until the traffic is known to allow the slower
         self._capacity = int(settings.window_seconds * settings.sample_hz) + 1
         self._counters: dict[str, ByteCounters] = {}
         self._names: tuple[str, ...] = ()  # of _counters, in order; their (rx, tx) descriptors in _fds
         self._fds: tuple[int, ...] = ()
-        # ticks read and not yet in the ring: (monotonic s, interface names, raw counter reads); bounded like it
-        self._ticks: deque[tuple[float, tuple[str, ...], list[bytes]]] = deque(maxlen=self._capacity)
+        # ticks read and not yet in the ring: (monotonic s, interval s, interface names, raw counter reads); bounded
+        self._ticks: deque[tuple[float, float, tuple[str, ...], list[bytes]]] = deque(maxlen=self._capacity)
         self._ring = _Ring(self._capacity, ())
         self._lock = threading.Lock()  # the ring: scrapes and evidence pulls may read at the same time
         self._next_rescan = 0.0  # monotonic s
@@ -122,35 +150,47 @@ class PeriodicityCollector(Collector):
         self._names = tuple(self._counters)
         self._fds = tuple(fd for counters in self._counters.values() for fd in counters.fds)
 
-    def _tick(self) -> None:
+    def _tick(self) -> float:
         now = time.monotonic()
         if now >= self._next_rescan:
             self.rescan()
             self._next_rescan = now + RESCAN_SECONDS
         self.sample(now)
+        return self.interval_seconds  # the ticker runs this again after the interval now in force
 
     def sample(self, now: float) -> None:
-        """Read every interface's counters once (one sampling tick at monotonic `now`); a failed read is NaN later
-        (an interface going away: the next rescan drops it)."""
-        self._ticks.append((now, self._names, read_all(self._fds)))
+        """Read every interface's counters once (one sampling tick at monotonic `now`, at the interval now in
+        force); a failed read is NaN later (an interface going away: the next rescan drops it)."""
+        self._ticks.append((now, self.interval_seconds, self._names, read_all(self._fds)))
 
     def _take_ticks(self) -> None:
         """Move the ticks read since the last call into the ring (the caller holds the lock)."""
         ticks = self._ticks
         while ticks:
-            at, names, raw = ticks.popleft()
+            at, interval, names, raw = ticks.popleft()
             if names != self._ring.names:
                 self._ring = self._ring.with_names(names)
-            self._ring.append(at, counts(raw))
+            self._ring.append(at, interval, counts(raw))
         names = self._names
         if names != self._ring.names:  # a rescan since the last tick
             self._ring = self._ring.with_names(names)
 
     def patterns(self) -> dict[str, tuple[TrafficPattern, float]]:
-        """Interface -> (pattern, window s) from the rate history held now."""
+        """Interface -> (pattern, window s) from the rate history of the last `window_seconds` held now; sets
+        the sampling interval these patterns call for."""
         with self._lock:
             self._take_ticks()
-            names, (all_times, all_counts) = self._ring.names, self._ring.ordered()
+            names, (all_times, all_intervals, all_counts) = self._ring.names, self._ring.ordered()
+        if len(all_times):
+            recent = (
+                all_times >= all_times[-1] - self.settings.window_seconds
+            )  # the slower rate holds a longer span
+            all_times, all_intervals, all_counts = (
+                all_times[recent],
+                all_intervals[recent],
+                all_counts[recent],
+            )
+        mixed = len(all_intervals) > 0 and all_intervals.min() < all_intervals.max()
         result = {}
         if len(all_times) >= 3:  # an interface read on every tick without a byte moved: nothing to look for
             still = (all_counts == all_counts[0]).all(axis=0)
@@ -161,17 +201,29 @@ class PeriodicityCollector(Collector):
             if name in result or read.sum() < 3:
                 continue
             times, counts = all_times[read], all_counts[read, column]
-            steps = np.diff(times)
-            deltas = np.diff(counts)
-            valid = (steps > 0) & (deltas >= 0)  # a counter reset (interface re-created) is no traffic
-            rates = np.where(valid, deltas / np.where(steps > 0, steps, 1.0), 0.0)
+            if mixed:
+                rates, interval = _resampled(times, counts, float(all_intervals.min()))
+            else:
+                rates, interval = _rates(times, counts)
             try:
-                pattern = estimate(rates, median(steps), self.settings.min_bytes_per_second)
+                pattern = estimate(rates, interval, self.settings.min_bytes_per_second)
             except (ValueError, FloatingPointError, IndexError):  # one odd series must not hide the others
                 log.exception("periodicity estimate failed for %s", name)
                 continue
             result[name] = (pattern, float(times[-1] - times[0]))
+        self.interval_seconds = self._interval_for(pattern for pattern, _ in result.values())
         return result
+
+    def _interval_for(self, patterns: Iterable[TrafficPattern]) -> float:
+        """The sampling interval (s) for traffic of these patterns (see the module's docstring)."""
+        slowest_resolved = SAMPLES_PER_PERIOD * self.slow_interval_seconds
+        if self.interval_seconds < self.slow_interval_seconds:
+            slowest_resolved *= SLOWER_MARGIN
+        for pattern in patterns:
+            busy = pattern.mean_bytes_per_second >= self.settings.min_bytes_per_second
+            if busy and (pattern.period_seconds is None or pattern.period_seconds < slowest_resolved):
+                return self.fast_interval_seconds
+        return self.slow_interval_seconds
 
     def evidence(self) -> EvidencePart:
         return EvidencePart(
@@ -214,7 +266,30 @@ class PeriodicityCollector(Collector):
             burst.add_metric([name], pattern.burst_bytes_per_second)
             mean.add_metric([name], pattern.mean_bytes_per_second)
             regularity.add_metric([name], pattern.regularity)
-        return [period, burst, mean, regularity]
+        rate = GaugeFamily(
+            "lockstep_traffic_sample_rate_hertz",
+            "NIC byte counter reads per second now: sample_hz while busy traffic repeats fast or has no clear "
+            "period, min_sample_hz while it repeats slowly or no interface is busy.",
+        )
+        rate.add_metric([], 1.0 / self.interval_seconds)
+        return [period, burst, mean, regularity, rate]
+
+
+def _rates(times: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, float]:
+    """Byte rates (bytes/s) between successive reads, and their typical interval (s)."""
+    steps = np.diff(times)
+    deltas = np.diff(counts)
+    valid = (steps > 0) & (deltas >= 0)  # a counter reset (interface re-created) is no traffic
+    rates = np.where(valid, deltas / np.where(steps > 0, steps, 1.0), 0.0)
+    return rates, median(steps)
+
+
+def _resampled(times: np.ndarray, counts: np.ndarray, interval: float) -> tuple[np.ndarray, float]:
+    """Byte rates (bytes/s) on an even grid of `interval` s over reads taken at different intervals: the counter
+    interpolated at each grid time (cumulative bytes, so the mean rate between reads is kept)."""
+    grid = times[0] + np.arange(int((times[-1] - times[0]) / interval) + 1) * interval  # within the reads
+    rates = np.diff(np.interp(grid, times, counts)) / interval
+    return np.maximum(rates, 0.0), interval  # a counter reset (interface re-created) is no traffic
 
 
 def _readable(counters: ByteCounters) -> bool:

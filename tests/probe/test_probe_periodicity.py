@@ -24,7 +24,9 @@ from agent.settings import PeriodicitySettings
 from .jobs import DDP_JOB, wait_for
 
 
-def square_pulses(period_seconds: float, interval_seconds: float, seconds: float, seed: int = 0) -> np.ndarray:
+def square_pulses(
+    period_seconds: float, interval_seconds: float, seconds: float, seed: int = 0
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds / interval_seconds)) * interval_seconds
     return np.where(t % period_seconds < 0.1, 1e9, 1e6) + rng.normal(0, 1e7, len(t)).clip(-1e6, None)
@@ -35,7 +37,9 @@ def test_estimator_finds_the_period_of_bursty_traffic_not_a_multiple(period: flo
     pattern = estimate(square_pulses(period, 0.05, 30), 0.05, 1e5)
     assert pattern.period_seconds == pytest.approx(period, rel=0.05)
     assert pattern.regularity > 0.5
-    assert pattern.burst_bytes_per_second == pytest.approx(1e9, rel=0.1)  # the rate inside a burst, not the mean
+    assert pattern.burst_bytes_per_second == pytest.approx(
+        1e9, rel=0.1
+    )  # the rate inside a burst, not the mean
     assert pattern.mean_bytes_per_second < pattern.burst_bytes_per_second / 2
 
 
@@ -102,9 +106,13 @@ def test_period_and_bursts_of_a_gloo_job_across_namespaces_are_seen_on_the_nics(
     two_namespaces, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
     namespaces, host_ends, addresses = two_namespaces
-    step_seconds = 0.6  # the pace asked for; on a busy machine steps can take longer, so compare with the real ones
+    step_seconds = (
+        0.6  # the pace asked for; on a busy machine steps can take longer, so compare with the real ones
+    )
     steps_log = tmp_path / "rank0.jsonl"
-    collector = PeriodicityCollector(PeriodicitySettings(interfaces=host_ends, exclude=[], sample_hz=20, window_seconds=20))
+    collector = PeriodicityCollector(
+        PeriodicitySettings(interfaces=host_ends, exclude=[], sample_hz=20, window_seconds=20)
+    )
     procs = []
     try:
         collector.start()
@@ -133,7 +141,9 @@ def test_period_and_bursts_of_a_gloo_job_across_namespaces_are_seen_on_the_nics(
         for proc in procs:
             os.killpg(proc.pid, 9)
             proc.wait(timeout=30)
-    real_steps = [json.loads(line)["step_seconds"] for line in steps_log.read_text().splitlines() if '"step"' in line]
+    real_steps = [
+        json.loads(line)["step_seconds"] for line in steps_log.read_text().splitlines() if '"step"' in line
+    ]
     real_period = float(np.median(real_steps[-30:]))
     assert real_period >= step_seconds
     for name in host_ends:
@@ -163,7 +173,9 @@ def test_history_of_each_interface_survives_others_appearing_and_vanishing(tmp_p
         (statistics / "tx_bytes").write_text(f"{sent}\n")
 
     collector = PeriodicityCollector(
-        PeriodicitySettings(sysfs_net=str(tmp_path), sample_hz=10, window_seconds=60, exclude=[], min_bytes_per_second=0)
+        PeriodicitySettings(
+            sysfs_net=str(tmp_path), sample_hz=10, window_seconds=60, exclude=[], min_bytes_per_second=0
+        )
     )
     interface("eth0", 0)
     collector.rescan()
@@ -181,3 +193,96 @@ def test_history_of_each_interface_survives_others_appearing_and_vanishing(tmp_p
     assert patterns["eth0"][1] == pytest.approx(eth0_window) == pytest.approx(4.9)
     assert patterns["eth0"][0].mean_bytes_per_second == pytest.approx(10e6)
     collector.close()
+
+
+def bursts_sent(t: float, period: float, burst: float = 0.2, rate: float = 1e9, floor: float = 1e6) -> int:
+    """Bytes sent by `t` (s) by a job that sends at `rate` for the first `burst` s of each period, else `floor`."""
+    return int(floor * t + (rate - floor) * ((t // period) * burst + min(t % period, burst)))
+
+
+class Interface:
+    """One interface of a fixture sysfs tree whose tx_bytes the test sets; the collector reads it like sysfs."""
+
+    def __init__(self, root: Path, name: str = "eth0") -> None:
+        self.statistics = root / name / "statistics"
+        self.statistics.mkdir(parents=True)
+        (self.statistics / "rx_bytes").write_text("0\n")
+        (self.statistics / "tx_bytes").write_text("0\n")
+        self.total = 0
+
+    def sent(self, total: int) -> None:
+        self.total = total
+        with open(self.statistics / "tx_bytes", "r+") as file:  # in place: the collector holds it open
+            file.truncate(0)
+            file.write(f"{total}\n")
+
+
+def run(
+    collector: PeriodicityCollector, eth0: Interface, start: float, seconds: float, period: float
+) -> float:
+    """Sample for `seconds` from `start` at the interval the collector asks for, as the ticker would, while a job
+    of `period` s steps sends (from where the counter is); the end."""
+    t, before = start, eth0.total
+    while t < start + seconds:
+        eth0.sent(before + bursts_sent(t - start, period))
+        collector.sample(t)
+        t += collector.interval_seconds
+    return t
+
+
+def test_sampling_is_slower_without_traffic_or_with_long_steps_and_faster_for_short_steps(
+    tmp_path: Path,
+) -> None:
+    eth0 = Interface(tmp_path)
+    collector = PeriodicityCollector(
+        PeriodicitySettings(
+            sysfs_net=str(tmp_path), sample_hz=20, min_sample_hz=10, window_seconds=30, exclude=[]
+        )
+    )
+    collector.rescan()
+    assert collector.interval_seconds == 0.05  # until the traffic is known
+    for t in np.arange(40) * 0.05:
+        collector.sample(float(t))  # nothing sent
+    collector.patterns()
+    assert collector.interval_seconds == 0.1, "an idle node is sampled at min_sample_hz"
+
+    t = run(collector, eth0, 10.0, 30.0, period=2.0)
+    [(pattern, _)] = collector.patterns().values()
+    assert pattern.period_seconds == pytest.approx(2.0, rel=0.05)
+    assert collector.interval_seconds == 0.1, "2 s steps give 20 reads per step at 10 Hz"
+
+    t = run(collector, eth0, t, 30.0, period=0.4)
+    [(pattern, _)] = collector.patterns().values()
+    assert pattern.period_seconds == pytest.approx(0.4, rel=0.05)
+    assert collector.interval_seconds == 0.05, "0.4 s steps get 8 reads at 20 Hz, not 4"
+    metrics = {m.name: m.samples for m in collector.collect()}
+    assert metrics["lockstep_traffic_sample_rate_hertz"][0].value == 20.0
+    collector.close()
+
+
+@pytest.mark.parametrize("period", [0.75, 1.5])
+def test_a_window_read_at_two_rates_gives_the_period_and_rates_of_the_traffic(
+    tmp_path: Path, period: float
+) -> None:
+    eth0 = Interface(tmp_path)
+    collector = PeriodicityCollector(
+        PeriodicitySettings(
+            sysfs_net=str(tmp_path), sample_hz=20, min_sample_hz=10, window_seconds=30, exclude=[]
+        )
+    )
+    collector.rescan()
+    collector.interval_seconds = collector.slow_interval_seconds
+    t = run(collector, eth0, 0.0, 12.0, period)
+    collector.interval_seconds = collector.fast_interval_seconds
+    run(collector, eth0, t, 18.0, period)
+    [(pattern, window)] = collector.patterns().values()
+    assert window == pytest.approx(30.0, abs=0.2)
+    assert pattern.period_seconds == pytest.approx(period, rel=0.05)
+    assert pattern.mean_bytes_per_second == pytest.approx(bursts_sent(30.0, period) / 30.0, rel=0.05)
+    assert pattern.burst_bytes_per_second == pytest.approx(1e9, rel=0.1)
+    collector.close()
+
+
+def test_a_slower_rate_than_the_faster_one_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ValueError, match="min_sample_hz \\(40\\) is above sample_hz \\(20\\)"):
+        PeriodicitySettings(sample_hz=20, min_sample_hz=40)
