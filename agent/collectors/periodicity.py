@@ -19,6 +19,7 @@ work happen on the reader's side, once per scrape for all the ticks since the la
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 RESCAN_SECONDS = 5.0  # how often new or vanished interfaces are noticed
 SAMPLES_PER_PERIOD = 10  # reads per period the slower rate must give to be used
+ESTIMATE_SECONDS = 5.0  # patterns are estimated again once the reads span this much more (s)
 SLOWER_MARGIN = 1.2  # the faster rate is left only for periods this much longer (no flapping at the boundary)
 IDLE = TrafficPattern(
     period_seconds=None, regularity=0.0, burst_bytes_per_second=0.0, mean_bytes_per_second=0.0
@@ -70,6 +72,10 @@ class _Ring:
         self._next = (self._next + 1) % len(self.times)
         if self.size < len(self.times):
             self.size += 1
+
+    def newest(self) -> float:
+        """Monotonic s of the last tick; -inf before the first."""
+        return float(self.times[self._next - 1]) if self.size else -math.inf
 
     def ordered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Copies of (times, intervals, counts), oldest first."""
@@ -118,6 +124,8 @@ class PeriodicityCollector(Collector):
         self._ring = _Ring(self._capacity, ())
         self._lock = threading.Lock()  # the ring: scrapes and evidence pulls may read at the same time
         self._next_rescan = 0.0  # monotonic s
+        # the last estimate: for the interfaces, up to the tick (monotonic s), the patterns
+        self._estimated: tuple[tuple[str, ...], float, dict[str, tuple[TrafficPattern, float]]] | None = None
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> PeriodicityCollector:
@@ -176,11 +184,23 @@ class PeriodicityCollector(Collector):
             self._ring = self._ring.with_names(names)
 
     def patterns(self) -> dict[str, tuple[TrafficPattern, float]]:
-        """Interface -> (pattern, window s) from the rate history of the last `window_seconds` held now; sets
-        the sampling interval these patterns call for."""
+        """Interface -> (pattern, window s) from the rate history of the last `window_seconds` held now, estimated
+        again once ESTIMATE_SECONDS of new reads arrived (a scrape a second would otherwise redo the same FFTs over
+        a window that changed by a thirtieth); sets the sampling interval these patterns call for."""
         with self._lock:
             self._take_ticks()
-            names, (all_times, all_intervals, all_counts) = self._ring.names, self._ring.ordered()
+            names, newest = self._ring.names, self._ring.newest()
+            estimated = self._estimated
+            if estimated is not None and estimated[0] == names and newest - estimated[1] < ESTIMATE_SECONDS:
+                return estimated[2]
+            all_times, all_intervals, all_counts = self._ring.ordered()
+        result = self._estimate(names, all_times, all_intervals, all_counts)
+        self._estimated = (names, newest, result)
+        return result
+
+    def _estimate(
+        self, names: tuple[str, ...], all_times: np.ndarray, all_intervals: np.ndarray, all_counts: np.ndarray
+    ) -> dict[str, tuple[TrafficPattern, float]]:
         if len(all_times):
             recent = (
                 all_times >= all_times[-1] - self.settings.window_seconds

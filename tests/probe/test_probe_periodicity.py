@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from agent.collectors.period_estimate import estimate
-from agent.collectors.periodicity import PeriodicityCollector
+from agent.collectors.periodicity import ESTIMATE_SECONDS, PeriodicityCollector
 from agent.settings import PeriodicitySettings
 
 from .jobs import DDP_JOB, wait_for
@@ -286,3 +286,18 @@ def test_a_window_read_at_two_rates_gives_the_period_and_rates_of_the_traffic(
 def test_a_slower_rate_than_the_faster_one_is_refused_with_a_clear_message() -> None:
     with pytest.raises(ValueError, match="min_sample_hz \\(40\\) is above sample_hz \\(20\\)"):
         PeriodicitySettings(sample_hz=20, min_sample_hz=40)
+
+
+def test_patterns_are_estimated_again_once_enough_new_reads_arrived_not_on_every_scrape(tmp_path: Path) -> None:
+    eth0 = Interface(tmp_path)
+    collector = PeriodicityCollector(PeriodicitySettings(sysfs_net=str(tmp_path), window_seconds=30, exclude=[]))
+    collector.rescan()
+    t = run(collector, eth0, 0.0, 30.0, period=2.0)
+    first = collector.patterns()
+    t = run(collector, eth0, t, ESTIMATE_SECONDS / 2, period=0.4)
+    assert collector.patterns() is first, "a scrape soon after reuses the estimate"
+    run(collector, eth0, t, ESTIMATE_SECONDS / 2 + 0.5, period=0.4)
+    again = collector.patterns()
+    assert again is not first
+    assert again["eth0"][0].mean_bytes_per_second > first["eth0"][0].mean_bytes_per_second  # the new reads count
+    collector.close()
