@@ -164,6 +164,9 @@ class PeriodicityCollector(Collector):
             self.rescan()
             self._next_rescan = now + RESCAN_SECONDS
         self.sample(now)
+        estimated = self._estimated
+        if estimated is None or now - estimated[1] >= ESTIMATE_SECONDS:
+            self.patterns()  # here rather than in the next scrape, which then only reads it
         return self.interval_seconds  # the ticker runs this again after the interval now in force
 
     def sample(self, now: float) -> None:
@@ -186,7 +189,8 @@ class PeriodicityCollector(Collector):
     def patterns(self) -> dict[str, tuple[TrafficPattern, float]]:
         """Interface -> (pattern, window s) from the rate history of the last `window_seconds` held now, estimated
         again once ESTIMATE_SECONDS of new reads arrived (a scrape a second would otherwise redo the same FFTs over
-        a window that changed by a thirtieth); sets the sampling interval these patterns call for."""
+        a window that changed by a thirtieth); sets the sampling interval these patterns call for. The sampler
+        calls it when an estimate is due, so scrapes and evidence pulls mostly find one ready."""
         with self._lock:
             self._take_ticks()
             names, newest = self._ring.names, self._ring.newest()
@@ -231,7 +235,8 @@ class PeriodicityCollector(Collector):
                 log.exception("periodicity estimate failed for %s", name)
                 continue
             result[name] = (pattern, float(times[-1] - times[0]))
-        self.interval_seconds = self._interval_for(pattern for pattern, _ in result.values())
+        if len(result) == len(names):  # every interface read often enough to judge (or none to read)
+            self.interval_seconds = self._interval_for(pattern for pattern, _ in result.values())
         return result
 
     def _interval_for(self, patterns: Iterable[TrafficPattern]) -> float:

@@ -240,8 +240,10 @@ def test_sampling_is_slower_without_traffic_or_with_long_steps_and_faster_for_sh
         )
     )
     collector.rescan()
-    assert collector.interval_seconds == 0.05  # until the traffic is known
-    for t in np.arange(40) * 0.05:
+    collector.sample(0.0)
+    collector.patterns()
+    assert collector.interval_seconds == 0.05, "until the traffic is known"
+    for t in np.arange(1, 40) * 0.05:
         collector.sample(float(t))  # nothing sent
     collector.patterns()
     assert collector.interval_seconds == 0.1, "an idle node is sampled at min_sample_hz"
@@ -288,9 +290,13 @@ def test_a_slower_rate_than_the_faster_one_is_refused_with_a_clear_message() -> 
         PeriodicitySettings(sample_hz=20, min_sample_hz=40)
 
 
-def test_patterns_are_estimated_again_once_enough_new_reads_arrived_not_on_every_scrape(tmp_path: Path) -> None:
+def test_patterns_are_estimated_again_once_enough_new_reads_arrived_not_on_every_scrape(
+    tmp_path: Path,
+) -> None:
     eth0 = Interface(tmp_path)
-    collector = PeriodicityCollector(PeriodicitySettings(sysfs_net=str(tmp_path), window_seconds=30, exclude=[]))
+    collector = PeriodicityCollector(
+        PeriodicitySettings(sysfs_net=str(tmp_path), window_seconds=30, exclude=[])
+    )
     collector.rescan()
     t = run(collector, eth0, 0.0, 30.0, period=2.0)
     first = collector.patterns()
@@ -299,5 +305,7 @@ def test_patterns_are_estimated_again_once_enough_new_reads_arrived_not_on_every
     run(collector, eth0, t, ESTIMATE_SECONDS / 2 + 0.5, period=0.4)
     again = collector.patterns()
     assert again is not first
-    assert again["eth0"][0].mean_bytes_per_second > first["eth0"][0].mean_bytes_per_second  # the new reads count
+    assert (
+        again["eth0"][0].mean_bytes_per_second > first["eth0"][0].mean_bytes_per_second
+    )  # the new reads count
     collector.close()
