@@ -358,12 +358,12 @@ class CollectiveCollector(Collector):
             self.settings.socket_dir, self.settings.socket_mode, receive_buffer_bytes=self.settings.receive_buffer_bytes
         )
         self._next_expiry = time.monotonic()
-        TICKER.add(self, self._drain, DRAIN_SECONDS, early_seconds=DRAIN_SECONDS / 2)
+        TICKER.add(self, self._drain, DRAIN_SECONDS, slack_seconds=DRAIN_SECONDS / 2)
         log.info("collective collector listening on %s (trust %s)", self._socket.path, self.settings.trust)
 
     def _drain(self) -> float | None:
         """Take the datagrams queued on the socket, apply them when due, expire the silent; 0 (run again at once)
-        when the queue was busy. It may run up to half its interval early, to share the sampler's wakeup."""
+        when the queue was busy. It may run up to half its interval early or late, to share the sampler's wakeup."""
         assert self._socket is not None
         received = 0
         try:

@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.collectors.ticker import Ticker
 
 
@@ -20,12 +22,16 @@ def _voluntary_switches(thread: threading.Thread) -> int:
     return int(re.search(r"voluntary_ctxt_switches:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
 
 
-def test_a_job_that_may_run_early_shares_the_wakeups_of_a_faster_one() -> None:
+@pytest.mark.parametrize(
+    ("sampler_seconds", "phase_seconds"),
+    [(0.05, 0.013), (0.1, 0.07)],  # the sampler at 20 Hz, or at 10 Hz and out of phase by more than the slack
+)
+def test_a_job_with_slack_shares_the_wakeups_of_another(sampler_seconds: float, phase_seconds: float) -> None:
     ticker = Ticker("test-ticker-share")
     runs = {"sampler": 0, "drain": 0}
-    ticker.add("sampler", lambda: runs.__setitem__("sampler", runs["sampler"] + 1), 0.05)
-    time.sleep(0.013)  # out of phase with the sampler
-    ticker.add("drain", lambda: runs.__setitem__("drain", runs["drain"] + 1), 0.1, early_seconds=0.05)
+    ticker.add("sampler", lambda: runs.__setitem__("sampler", runs["sampler"] + 1), sampler_seconds)
+    time.sleep(phase_seconds)  # out of phase with the sampler
+    ticker.add("drain", lambda: runs.__setitem__("drain", runs["drain"] + 1), 0.1, slack_seconds=0.05)
     time.sleep(0.3)
     thread = _thread_named("test-ticker-share")
     assert thread is not None
@@ -35,7 +41,10 @@ def test_a_job_that_may_run_early_shares_the_wakeups_of_a_faster_one() -> None:
     sampled, drained = runs["sampler"] - before["sampler"], runs["drain"] - before["drain"]
     ticker.remove("sampler")
     ticker.remove("drain")
-    assert 50 <= sampled <= 61 and 25 <= drained <= 31  # each keeps its own cadence (20 and 10 a second)
+    expected = round(3.0 / sampler_seconds)
+    assert (
+        expected - 10 <= sampled <= expected + 1 and 25 <= drained <= 31
+    )  # each keeps its cadence (the drain 10/s)
     assert switches <= sampled + 6  # one wakeup per sampling tick: the drain rides along (was +drained apart)
 
 
