@@ -91,7 +91,8 @@ class DetectionConfig:
     egress_rtt_floor_seconds: float = 0.002
     """A node's bulk sends all wait at least 2 ms: a real queue; a healthy data-centre path is sub-ms."""
     egress_rtt_base_multiple: float = 3.0
-    """... and 3x the RTT of the job's fastest path that does not touch it (the fabric's base RTT right now)."""
+    """... and 3x the fabric's base RTT: the lowest minimum RTT (tcpi_min_rtt) of the job's paths that do not touch
+    it (their smoothed RTT is no base: paced by the slow node, they trickle, and delayed ACKs lift it)."""
     egress_min_samples: int = 2
     """A path counts once it carried bulk data in two of the agent's socket dumps of its window (scrapes and
     evidence pulls): a one-off burst, like the model's broadcast at start, is no queue."""
