@@ -153,6 +153,11 @@ class TcpPath(_Model):
         description="median delivery rate (tcpi_delivery_rate) of the samples in which the network, not the "
         "application, limited the flow; None: the sender always ran out of data first (not network-limited)",
     )
+    delivery_bound_bytes_per_second: float | None = Field(
+        default=None,
+        description="highest delivery rate (tcpi_delivery_rate) of the samples, application-limited or not: the "
+        "path carries at least this much; None: not measured",
+    )
     samples: int = Field(description="socket dumps in the window in which the path carried bulk data")
 
 

@@ -41,6 +41,7 @@ class _Sample:
     min_rtt_seconds: float  # inf: no RTT sample yet
     bytes_acked: int  # since the previous dump
     delivery_bytes_per_second: float | None  # None: app- or receiver-limited (not the network's pace)
+    delivered_bytes_per_second: float  # the latest delivery rate however limited: a lower bound of the path's
 
 
 class SendRtt:
@@ -73,7 +74,14 @@ class SendRtt:
             for pair, (moved, flow, before) in busiest.items():
                 held = _receiver_limited(before, flow)
                 rate = None if flow.app_limited or held else flow.delivery_rate_bytes_per_second
-                sample = _Sample(now, flow.rtt_seconds, flow.min_rtt_seconds, moved, rate)
+                sample = _Sample(
+                    now,
+                    flow.rtt_seconds,
+                    flow.min_rtt_seconds,
+                    moved,
+                    rate,
+                    flow.delivery_rate_bytes_per_second,
+                )
                 self._samples.setdefault(pair, []).append(sample)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug(
@@ -104,6 +112,8 @@ class SendRtt:
                     bytes_per_second=sum(s.bytes_acked for s in samples) / self.window_seconds,
                     samples=len(samples),
                     delivery_bytes_per_second=_median([s.delivery_bytes_per_second for s in samples]),
+                    delivery_bound_bytes_per_second=max(s.delivered_bytes_per_second for s in samples)
+                    or None,
                 )
                 for (local, remote), samples in self._samples.items()
             ]

@@ -4,7 +4,8 @@ A node whose egress is slow (shaped, degraded, congested) queues what it sends, 
 other nodes (agents report per remote address: `HostEvidence.tcp_paths`) show both (1) an RTT of ms while the
 fabric's base RTT (the lowest minimum RTT, tcpi_min_rtt, of the job's paths not touching it) is far lower, and
 (2) a delivery rate limited by the network, far below the job's other paths (which, in a collective paced by the
-slow node, wait for data: they are application-limited, i.e. not slow). The base is the other paths' minimum
+slow node, wait for data: they are application-limited, i.e. not slow; each carries at least its highest
+delivery rate, however limited, so a healthy sender the network paces at line rate is not slow either). The base is the other paths' minimum
 RTT, not their smoothed one: they carry the slow node's data as it trickles in, and their receivers' delayed
 ACKs and the hosts' scheduling lift their smoothed RTT to the queue's level for windows at a time (measured:
 6 ms next to an 8 ms queue on a loaded demo), while their minimum stays the fabric's. The receiver of a slow sender is thus not blamed (its own sends wait
@@ -37,6 +38,7 @@ class Path(NamedTuple):
     rtt_seconds: float
     delivery_bytes_per_second: float  # inf: never network-limited (application- or receiver-limited)
     min_rtt_seconds: float  # its RTT when nothing waits (tcpi_min_rtt); the smoothed RTT if not reported
+    carries_bytes_per_second: float  # at least: its highest delivery rate however limited (else as above)
 
 
 Edges = dict[tuple[str, str], Path]  # (sending node, receiving node) -> its bulk path
@@ -59,6 +61,8 @@ def job_paths(nodes: Sequence[str], evidence: Mapping[str, Evidence], min_sample
             rate = path.delivery_bytes_per_second
             rate = math.inf if rate is None else rate
             least = path.rtt_seconds if path.min_rtt_seconds is None else path.min_rtt_seconds
+            bound = path.delivery_bound_bytes_per_second
+            carries = bound if bound is not None and 0 < bound < math.inf else rate
             usable = (
                 0 <= path.rtt_seconds < math.inf
                 and 0 <= least < math.inf
@@ -66,7 +70,7 @@ def job_paths(nodes: Sequence[str], evidence: Mapping[str, Evidence], min_sample
                 and path.samples >= min_samples
             )  # nan fails
             if peer is not None and peer != node and usable:
-                edges[(node, peer)] = Path(path.rtt_seconds, rate, min(least, path.rtt_seconds))
+                edges[(node, peer)] = Path(path.rtt_seconds, rate, min(least, path.rtt_seconds), carries)
             elif peer is not None and peer != node:
                 log.debug(
                     "egress: path %s->%s left out: rtt %.2f ms, rate %s, samples %d (need %d)",
@@ -98,7 +102,7 @@ def find_slow_egress(
             continue
         rtt, base_rtt = min(p.rtt_seconds for p in sent), min(p.min_rtt_seconds for p in others)
         rate = max(p.delivery_bytes_per_second for p in sent)
-        peers_rate = statistics.median(p.delivery_bytes_per_second for p in others)
+        peers_rate = statistics.median(p.carries_bytes_per_second for p in others)
         failed = [
             name
             for name, holds in (

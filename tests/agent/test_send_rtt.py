@@ -175,6 +175,19 @@ def test_only_sends_paced_by_the_network_report_a_delivery_rate() -> None:
     assert rate_of(**{**network, "receive_window_limited_seconds": 1.9}, app_limited=False) is None
 
 
+def test_a_path_carries_at_least_its_highest_delivery_rate_however_limited() -> None:
+    rates = [(3e9, True), (1e8, False), (2e9, True)]  # bursts out of data, one paced by the network
+    dumps = [
+        [flow("10.0.0.2", 1, i * MIN_BYTES, 1, delivery_rate_bytes_per_second=r, app_limited=app)]
+        for i, (r, app) in enumerate([(0.0, True), *rates])
+    ]
+    rtt = SendRtt(Dumps(*dumps), window_seconds=10.0)
+    for _ in dumps:
+        rtt.sample()
+    (path,) = rtt.paths()
+    assert (path.delivery_bound_bytes_per_second, path.delivery_bytes_per_second) == (3e9, 1e8)
+
+
 def test_samples_older_than_the_window_are_forgotten() -> None:
     rtt = SendRtt(Dumps([flow("10.0.0.2", 1, 0, 1)], [flow("10.0.0.2", 1, MIN_BYTES, 1)]), window_seconds=0.0)
     rtt.sample()

@@ -16,6 +16,7 @@ CONFIG = DetectionConfig()
 MBIT = 1e6 / 8
 APP = None  # application-limited: the sender waited for data, never for the network
 VETH_MIN_RTT_MS = 0.004  # tcpi_min_rtt of every path on the demo's veth bridge
+VETH_BURST = 130e9 / 8  # tcpi_delivery_rate of application-limited bursts on it
 
 
 # A window in which the job's other paths trickle at the queue's level: n1's sends (7.9 ms) are not 3x the
@@ -35,13 +36,17 @@ QUIET_PEERS: TcpFigures = {
 }
 
 
-def evidence(paths: TcpFigures, t: float, min_rtt_ms: float | None = VETH_MIN_RTT_MS) -> dict[str, Evidence]:
+def evidence(
+    paths: TcpFigures, t: float, min_rtt_ms: float | None = VETH_MIN_RTT_MS, burst: float | None = VETH_BURST
+) -> dict[str, Evidence]:
     """The 4-node job at time t, each node sending along its paths with the given figures (two socket dumps)."""
-    return with_tcp_paths(len(NODES), paths, t, samples=2, min_rtt_ms=min_rtt_ms)
+    return with_tcp_paths(len(NODES), paths, t, samples=2, min_rtt_ms=min_rtt_ms, app_limited_rate=burst)
 
 
-def blamed(paths: TcpFigures, min_rtt_ms: float | None = VETH_MIN_RTT_MS) -> list[str | None]:
-    edges = job_paths(NODES, evidence(paths, 50.0, min_rtt_ms), CONFIG.egress_min_samples)
+def blamed(
+    paths: TcpFigures, min_rtt_ms: float | None = VETH_MIN_RTT_MS, burst: float | None = VETH_BURST
+) -> list[str | None]:
+    edges = job_paths(NODES, evidence(paths, 50.0, min_rtt_ms, burst), CONFIG.egress_min_samples)
     return [f.node for f in find_slow_egress("train", NODES, edges, CONFIG, None)]
 
 
@@ -59,9 +64,16 @@ def test_the_base_is_the_other_paths_minimum_rtt_not_the_queue_of_the_node_itsel
     }
 
 
-def test_an_agent_without_minimum_rtts_keeps_the_smoothed_rtt_as_the_base() -> None:
-    assert blamed(INFLATED_PEERS, min_rtt_ms=None) == []
-    assert blamed(QUIET_PEERS, min_rtt_ms=None) == ["n1"]
+def test_an_agent_without_minimum_rtts_or_burst_rates_keeps_the_smoothed_rtt_as_the_base() -> None:
+    assert blamed(INFLATED_PEERS, min_rtt_ms=None, burst=None) == []
+    assert blamed(QUIET_PEERS, min_rtt_ms=None, burst=None) == ["n1"]
+
+
+def test_a_healthy_sender_the_network_paces_at_line_rate_is_not_slow_though_its_rtt_is_of_ms() -> None:
+    # A loaded host: n0's bulk sends wait 2.5 ms for their ACKs while the veth paces them at 254 Gbit/s; the
+    # other paths burst at 130 Gbit/s when they have data.
+    line_rate = {("n0", "n3"): (2.5, 254e9 / 8), **{p: (0.4, APP) for p in INFLATED_PEERS if p[0] != "n0"}}
+    assert blamed(line_rate) == []
 
 
 def test_healthy_paths_that_trickle_with_rtts_of_ms_blame_nobody() -> None:

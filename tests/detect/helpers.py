@@ -107,10 +107,17 @@ TcpFigures = dict[tuple[str, str], tuple[float, float | None]]
 
 
 def with_tcp_paths(
-    nodes: int, figures: TcpFigures, t: float, *, samples: int = 5, min_rtt_ms: float | None = None
+    nodes: int,
+    figures: TcpFigures,
+    t: float,
+    *,
+    samples: int = 5,
+    min_rtt_ms: float | None = None,
+    app_limited_rate: float | None = None,
 ) -> dict[str, Evidence]:
     """A one-rank-per-node job of `nodes` nodes at time t (node nI has address 10.0.0.{I+2}), each node sending
-    bulk data along the given paths; a receiver that is not a node name is an outside address."""
+    bulk data along the given paths; a receiver that is not a node name is an outside address. Each path carries
+    at least its network-limited rate, else `app_limited_rate` (bytes/s; None: not reported)."""
     docs = documents(lockstep_ranks(nodes, 1, t), t, nodes)
     names = list(docs)
 
@@ -129,6 +136,7 @@ def with_tcp_paths(
                 bytes_per_second=3e6,
                 samples=samples,
                 delivery_bytes_per_second=rate,
+                delivery_bound_bytes_per_second=app_limited_rate if rate is None else rate,
             )
             for (src, dst), (ms, rate) in figures.items()
             if src == name
