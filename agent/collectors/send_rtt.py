@@ -6,8 +6,11 @@ healthy paths stay sub-ms, and its sends are the only ones limited by the networ
 running out of data, nor by a receiver that reads slowly: its receive window) at a delivery rate far below
 the job's other paths. Each dump keeps, per (local, remote) address pair, the flow that had the most
 bytes acknowledged since the previous dump (the job's collective traffic), if at least `min_bytes`; idle and
-loopback flows are skipped. The controller compares the paths between the nodes of one job and ignores the
-rest (remote storage, the controller, other jobs), since only it knows which addresses are the job's nodes.
+loopback flows are skipped. A path also reports its minimum RTT (the fabric's RTT when nothing waits: the base
+a queue is measured against) and its highest delivery rate however limited (what it carries at least). Each
+dump logs at DEBUG what limited each bulk send (application, receive window, network). The controller
+compares the paths between the nodes of one job and ignores the rest (remote storage, the controller, other
+jobs), since only it knows which addresses are the job's nodes.
 """
 
 from __future__ import annotations

@@ -3,19 +3,19 @@
 A node whose egress is slow (shaped, degraded, congested) queues what it sends, so its bulk sends to the job's
 other nodes (agents report per remote address: `HostEvidence.tcp_paths`) show both (1) an RTT of ms while the
 fabric's base RTT (the lowest minimum RTT, tcpi_min_rtt, of the job's paths not touching it) is far lower, and
-(2) a delivery rate limited by the network, far below the job's other paths (which, in a collective paced by the
-slow node, wait for data: they are application-limited, i.e. not slow; each carries at least its highest
-delivery rate, however limited, so a healthy sender the network paces at line rate is not slow either). The base is the other paths' minimum
-RTT, not their smoothed one: they carry the slow node's data as it trickles in, and their receivers' delayed
-ACKs and the hosts' scheduling lift their smoothed RTT to the queue's level for windows at a time (measured:
-6 ms next to an 8 ms queue on a loaded demo), while their minimum stays the fabric's. The receiver of a slow sender is thus not blamed (its own sends wait
-for data), nor the sender to a slow reader (the reader's receive window holds it, not the network: the agent
-reports no network-limited rate for such sends). A node is reported when all its bulk sends
-show both and no other node of the job does (an ambiguous pattern blames nobody). Paths to addresses that are
-not the job's nodes (remote storage, the controller, other jobs) are ignored; the job's node addresses are the
-local addresses of its agents' paths (a node that sends nothing in bulk is not mapped: paths to it are
-ignored). Input: the evidence documents of the job's nodes; output: `SlowLink`
-findings.
+(2) a delivery rate limited by the network, far below what the job's other paths carry (in a collective paced
+by the slow node they wait for data: application-limited, i.e. not slow; each carries at least its highest
+delivery rate however limited, so a healthy sender that the network paces at line rate is not slow either).
+The base is the other paths' minimum RTT, not their smoothed one: they carry the slow node's data as it trickles
+in, and their receivers' delayed ACKs and the hosts' scheduling lift their smoothed RTT to the queue's level for
+windows at a time (measured: 6 ms next to an 8 ms queue on a loaded demo), while their minimum stays the
+fabric's. The receiver of a slow sender is thus not blamed (its own sends wait for data), nor the sender to a
+slow reader (the reader's receive window holds it, not the network: the agent reports no network-limited rate
+for such sends). A node is reported when all its bulk sends show both and no other node of the job does (an
+ambiguous pattern blames nobody). Paths to addresses that are not the job's nodes (remote storage, the
+controller, other jobs) are ignored; the job's node addresses are the local addresses of its agents' paths (a
+node that sends nothing in bulk is not mapped: paths to it are ignored). Input: the evidence documents of the
+job's nodes; output: `SlowLink` findings. Each cycle logs at DEBUG which condition each node fails.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def find_slow_egress(
                 rtt * 1e3,
                 base_rtt * 1e3,
                 _mbit(rate),
-                _mbit(peers_rate),
+                _mbit(peers_rate, "unlimited"),
                 "fails " + ", ".join(failed) if failed else "suspect",
             )
         if not failed:
@@ -173,5 +173,5 @@ def _finite(rate: float) -> float | None:
     return rate if math.isfinite(rate) else None
 
 
-def _mbit(rate: float) -> str:
-    return f"{rate * 8 / 1e6:.1f} Mbit/s" if math.isfinite(rate) else "app-limited"
+def _mbit(rate: float, infinite: str = "not network-limited") -> str:
+    return f"{rate * 8 / 1e6:.1f} Mbit/s" if math.isfinite(rate) else infinite
