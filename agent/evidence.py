@@ -141,11 +141,22 @@ class TcpPath(_Model):
     rtt_seconds: float = Field(
         description="lower quartile of the smoothed RTT (tcpi_rtt) of the busiest flow, over the window's samples"
     )
+    min_rtt_seconds: float | None = Field(
+        default=None,
+        description="lowest RTT of the busiest flows over the window (tcpi_min_rtt: the kernel's minimum over "
+        "net.ipv4.tcp_min_rtt_wlen, 5 min by default, delayed ACKs left out): the path's RTT when nothing waits; "
+        "None: not measured",
+    )
     bytes_per_second: float = Field(description="bytes sent and acknowledged (tcpi_bytes_acked)")
     delivery_bytes_per_second: float | None = Field(
         default=None,
         description="median delivery rate (tcpi_delivery_rate) of the samples in which the network, not the "
         "application, limited the flow; None: the sender always ran out of data first (not network-limited)",
+    )
+    delivery_bound_bytes_per_second: float | None = Field(
+        default=None,
+        description="highest delivery rate (tcpi_delivery_rate) of the samples, application-limited or not: the "
+        "path carries at least this much; None: not measured",
     )
     samples: int = Field(description="socket dumps in the window in which the path carried bulk data")
 

@@ -9,6 +9,7 @@ fails raises SockDiagError.
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import struct
 from typing import NamedTuple
@@ -29,9 +30,10 @@ _MSG = struct.Struct(
 )  # inet_diag_msg: family, ports and addresses (big-endian), cookie
 _RTATTR = struct.Struct("=HH")
 # struct tcp_info (linux/tcp.h) up to tcpi_rwnd_limited, kernel >= 4.10: byte 7 bit 0 delivery_rate_app_limited,
-# u32 rtt (us) at 68, u64 bytes_acked at 120, u64 delivery_rate (bytes/s) at 160, u64 busy_time and
-# rwnd_limited (us) at 168 and 176. Sockets of older kernels (a shorter struct) are left out.
-_TCP_INFO = struct.Struct("=7xB60xI48xQ32xQQQ")
+# u32 rtt (us) at 68, u64 bytes_acked at 120, u32 min_rtt (us) at 148, u64 delivery_rate (bytes/s) at 160, u64
+# busy_time and rwnd_limited (us) at 168 and 176. Sockets of older kernels (a shorter struct) are left out.
+_TCP_INFO = struct.Struct("=7xB60xI48xQ20xI8xQQQ")
+_NO_RTT = 0xFFFFFFFF  # tcpi_min_rtt before the first RTT sample
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _RECV_BYTES = 1 << 16  # one dump datagram is at most a page or two; the kernel never splits a message
 
@@ -55,6 +57,9 @@ class TcpFlow(NamedTuple):
     busy_seconds: float = 0.0  # cumulative time with data in flight (tcpi_busy_time)
     receive_window_limited_seconds: float = (
         0.0  # ... of which the peer's receive window held it (tcpi_rwnd_limited)
+    )
+    min_rtt_seconds: float = (
+        math.inf  # lowest RTT over net.ipv4.tcp_min_rtt_wlen (5 min), delayed ACKs left out (tcpi_min_rtt)
     )
 
 
@@ -115,7 +120,7 @@ def _flow(body: bytes) -> TcpFlow | None:
     info = _attribute(body[_MSG.size :], INET_DIAG_INFO)
     if info is None or len(info) < _TCP_INFO.size:
         return None
-    flags, rtt_us, acked, delivery, busy_us, rwnd_us = _TCP_INFO.unpack_from(info)
+    flags, rtt_us, acked, min_rtt_us, delivery, busy_us, rwnd_us = _TCP_INFO.unpack_from(info)
     return TcpFlow(
         _address(family, src),
         int.from_bytes(sport, "big"),
@@ -128,6 +133,7 @@ def _flow(body: bytes) -> TcpFlow | None:
         bool(flags & 1),
         busy_us / 1e6,
         rwnd_us / 1e6,
+        math.inf if min_rtt_us == _NO_RTT else min_rtt_us / 1e6,
     )
 
 

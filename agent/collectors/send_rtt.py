@@ -6,13 +6,18 @@ healthy paths stay sub-ms, and its sends are the only ones limited by the networ
 running out of data, nor by a receiver that reads slowly: its receive window) at a delivery rate far below
 the job's other paths. Each dump keeps, per (local, remote) address pair, the flow that had the most
 bytes acknowledged since the previous dump (the job's collective traffic), if at least `min_bytes`; idle and
-loopback flows are skipped. The controller compares the paths between the nodes of one job and ignores the
-rest (remote storage, the controller, other jobs), since only it knows which addresses are the job's nodes.
+loopback flows are skipped. A path also reports its minimum RTT (the fabric's RTT when nothing waits: the base
+a queue is measured against) and its highest delivery rate however limited (what it carries at least). Each
+dump logs at DEBUG what limited each bulk send (application, receive window, network). The controller
+compares the paths between the nodes of one job and ignores the rest (remote storage, the controller, other
+jobs), since only it knows which addresses are the job's nodes.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +29,7 @@ from agent.backends.sockdiag import TcpFlow
 from agent.collectors.order_stats import median, quantile
 from agent.evidence import TcpPath
 
+log = logging.getLogger(__name__)
 MIN_BYTES = 64 * 1024  # bytes acknowledged between two dumps that make a flow "bulk" (control traffic: ~kB)
 RECEIVER_LIMITED_SHARE = 0.5  # of the busy time between two dumps held by the peer's receive window
 RTT_QUANTILE = 0.25
@@ -35,8 +41,10 @@ some samples on any path, while a standing egress queue lifts all of them."""
 class _Sample:
     monotonic: float  # s
     rtt_seconds: float
+    min_rtt_seconds: float  # inf: no RTT sample yet
     bytes_acked: int  # since the previous dump
     delivery_bytes_per_second: float | None  # None: app- or receiver-limited (not the network's pace)
+    delivered_bytes_per_second: float  # the latest delivery rate however limited: a lower bound of the path's
 
 
 class SendRtt:
@@ -67,9 +75,26 @@ class SendRtt:
                     busiest[pair] = (moved, flow, before)
             self._previous = {flow.cookie: flow for flow in flows}
             for pair, (moved, flow, before) in busiest.items():
-                limited = not flow.app_limited and not _receiver_limited(before, flow)
-                rate = flow.delivery_rate_bytes_per_second if limited else None
-                self._samples.setdefault(pair, []).append(_Sample(now, flow.rtt_seconds, moved, rate))
+                held = _receiver_limited(before, flow)
+                rate = None if flow.app_limited or held else flow.delivery_rate_bytes_per_second
+                sample = _Sample(
+                    now,
+                    flow.rtt_seconds,
+                    flow.min_rtt_seconds,
+                    moved,
+                    rate,
+                    flow.delivery_rate_bytes_per_second,
+                )
+                self._samples.setdefault(pair, []).append(sample)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "bulk send %s->%s: %d kB acked, rtt %.2f ms (min %.3f ms), %s",
+                        *pair,
+                        moved // 1000,
+                        flow.rtt_seconds * 1e3,
+                        flow.min_rtt_seconds * 1e3,
+                        _limit(flow, held),
+                    )
             horizon = now - self.window_seconds
             for pair in list(self._samples):
                 kept = [s for s in self._samples[pair] if s.monotonic > horizon]
@@ -86,9 +111,12 @@ class SendRtt:
                     local_address=local,
                     remote_address=remote,
                     rtt_seconds=quantile(np.array([s.rtt_seconds for s in samples]), RTT_QUANTILE),
+                    min_rtt_seconds=_finite(min(s.min_rtt_seconds for s in samples)),
                     bytes_per_second=sum(s.bytes_acked for s in samples) / self.window_seconds,
                     samples=len(samples),
                     delivery_bytes_per_second=_median([s.delivery_bytes_per_second for s in samples]),
+                    delivery_bound_bytes_per_second=max(s.delivered_bytes_per_second for s in samples)
+                    or None,
                 )
                 for (local, remote), samples in self._samples.items()
             ]
@@ -99,6 +127,19 @@ def _median(rates: list[float | None]) -> float | None:
     """Median of the network-limited samples' delivery rates; None when there are none."""
     limited = [rate for rate in rates if rate is not None]
     return median(np.array(limited)) if limited else None
+
+
+def _limit(flow: TcpFlow, receiver_limited: bool) -> str:
+    """What held the flow's latest delivery interval, for the debug log."""
+    if flow.app_limited:
+        return "app-limited"
+    if receiver_limited:
+        return "receive-window-limited"
+    return f"network-limited at {flow.delivery_rate_bytes_per_second * 8 / 1e6:.1f} Mbit/s"
+
+
+def _finite(seconds: float) -> float | None:
+    return seconds if math.isfinite(seconds) else None
 
 
 def _receiver_limited(before: TcpFlow, after: TcpFlow) -> bool:

@@ -91,13 +91,15 @@ class DetectionConfig:
     egress_rtt_floor_seconds: float = 0.002
     """A node's bulk sends all wait at least 2 ms: a real queue; a healthy data-centre path is sub-ms."""
     egress_rtt_base_multiple: float = 3.0
-    """... and 3x the RTT of the job's fastest path that does not touch it (the fabric's base RTT right now)."""
+    """... and 3x the fabric's base RTT: the lowest minimum RTT (tcpi_min_rtt) of the job's paths that do not touch
+    it (their smoothed RTT is no base: paced by the slow node, they trickle, and delayed ACKs lift it)."""
     egress_min_samples: int = 2
     """A path counts once it carried bulk data in two of the agent's socket dumps of its window (scrapes and
     evidence pulls): a one-off burst, like the model's broadcast at start, is no queue."""
     egress_delivery_ratio: float = 0.5
-    """... and the network lets them through at most at half the median delivery rate of the job's other paths
-    (application-limited paths count as unlimited: they waited for data, not for the network)."""
+    """... and the network lets them through at most at half the median of what the job's other paths carry: their
+    highest delivery rate, application-limited or not (a lower bound: they waited for data, not for the network;
+    unlimited where the agent does not report it)."""
     job_slowdown_ratio: float = 1.15
     """The whole job is 'slow' when its step period is 15% above its own baseline."""
     baseline_alpha: float = 0.05

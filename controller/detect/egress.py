@@ -2,20 +2,25 @@
 
 A node whose egress is slow (shaped, degraded, congested) queues what it sends, so its bulk sends to the job's
 other nodes (agents report per remote address: `HostEvidence.tcp_paths`) show both (1) an RTT of ms while the
-fabric's base RTT (the job's fastest path not touching it) is far lower, and (2) a delivery rate limited by the
-network, far below the job's other paths (which, in a collective paced by the slow node, wait for data: they
-are application-limited, i.e. not slow). The receiver of a slow sender is thus not blamed (its own sends wait
-for data), nor the sender to a slow reader (the reader's receive window holds it, not the network: the agent
-reports no network-limited rate for such sends). A node is reported when all its bulk sends
-show both and no other node of the job does (an ambiguous pattern blames nobody). Paths to addresses that are
-not the job's nodes (remote storage, the controller, other jobs) are ignored; the job's node addresses are the
-local addresses of its agents' paths (a node that sends nothing in bulk is not mapped: paths to it are
-ignored). Input: the evidence documents of the job's nodes; output: `SlowLink`
-findings.
+fabric's base RTT (the lowest minimum RTT, tcpi_min_rtt, of the job's paths not touching it) is far lower, and
+(2) a delivery rate limited by the network, far below what the job's other paths carry (in a collective paced
+by the slow node they wait for data: application-limited, i.e. not slow; each carries at least its highest
+delivery rate however limited, so a healthy sender that the network paces at line rate is not slow either).
+The base is the other paths' minimum RTT, not their smoothed one: they carry the slow node's data as it trickles
+in, and their receivers' delayed ACKs and the hosts' scheduling lift their smoothed RTT to the queue's level for
+windows at a time (measured: 6 ms next to an 8 ms queue on a loaded demo), while their minimum stays the
+fabric's. The receiver of a slow sender is thus not blamed (its own sends wait for data), nor the sender to a
+slow reader (the reader's receive window holds it, not the network: the agent reports no network-limited rate
+for such sends). A node is reported when all its bulk sends show both and no other node of the job does (an
+ambiguous pattern blames nobody). Paths to addresses that are not the job's nodes (remote storage, the
+controller, other jobs) are ignored; the job's node addresses are the local addresses of its agents' paths (a
+node that sends nothing in bulk is not mapped: paths to it are ignored). Input: the evidence documents of the
+job's nodes; output: `SlowLink` findings. Each cycle logs at DEBUG which condition each node fails.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -26,11 +31,14 @@ from controller.detect.config import DetectionConfig
 from controller.model import Finding, Severity
 
 DETECTOR = "link"
+log = logging.getLogger(__name__)
 
 
 class Path(NamedTuple):
     rtt_seconds: float
     delivery_bytes_per_second: float  # inf: never network-limited (application- or receiver-limited)
+    min_rtt_seconds: float  # its RTT when nothing waits (tcpi_min_rtt); the smoothed RTT if not reported
+    carries_bytes_per_second: float  # at least: its highest delivery rate however limited (else as above)
 
 
 Edges = dict[tuple[str, str], Path]  # (sending node, receiving node) -> its bulk path
@@ -52,11 +60,27 @@ def job_paths(nodes: Sequence[str], evidence: Mapping[str, Evidence], min_sample
             peer = owner.get(path.remote_address)
             rate = path.delivery_bytes_per_second
             rate = math.inf if rate is None else rate
+            least = path.rtt_seconds if path.min_rtt_seconds is None else path.min_rtt_seconds
+            bound = path.delivery_bound_bytes_per_second
+            carries = bound if bound is not None and 0 < bound < math.inf else rate
             usable = (
-                0 <= path.rtt_seconds < math.inf and rate > 0 and path.samples >= min_samples
+                0 <= path.rtt_seconds < math.inf
+                and 0 <= least < math.inf
+                and rate > 0
+                and path.samples >= min_samples
             )  # nan fails
             if peer is not None and peer != node and usable:
-                edges[(node, peer)] = Path(path.rtt_seconds, rate)
+                edges[(node, peer)] = Path(path.rtt_seconds, rate, min(least, path.rtt_seconds), carries)
+            elif peer is not None and peer != node:
+                log.debug(
+                    "egress: path %s->%s left out: rtt %.2f ms, rate %s, samples %d (need %d)",
+                    node,
+                    peer,
+                    path.rtt_seconds * 1e3,
+                    _mbit(rate),
+                    path.samples,
+                    min_samples,
+                )
     return edges
 
 
@@ -76,17 +100,41 @@ def find_slow_egress(
         others = [path for (src, dst), path in edges.items() if node not in (src, dst)]
         if not sent or not others:
             continue
-        rtt, base_rtt = min(p.rtt_seconds for p in sent), min(p.rtt_seconds for p in others)
+        rtt, base_rtt = min(p.rtt_seconds for p in sent), min(p.min_rtt_seconds for p in others)
         rate = max(p.delivery_bytes_per_second for p in sent)
-        peers_rate = statistics.median(p.delivery_bytes_per_second for p in others)
-        if (
-            rtt >= config.egress_rtt_floor_seconds
-            and rtt >= config.egress_rtt_base_multiple * base_rtt
-            and rate < math.inf  # every send was network-limited at times
-            and rate <= config.egress_delivery_ratio * peers_rate
-        ):
+        peers_rate = statistics.median(p.carries_bytes_per_second for p in others)
+        failed = [
+            name
+            for name, holds in (
+                ("rtt", rtt >= config.egress_rtt_floor_seconds),
+                ("base ratio", rtt >= config.egress_rtt_base_multiple * base_rtt),
+                ("network-limited", rate < math.inf),  # every send was network-limited at times
+                ("delivery ratio", rate <= config.egress_delivery_ratio * peers_rate),
+            )
+            if not holds
+        ]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "egress: job %s node %s: %d sends, rtt %.2f ms, base %.3f ms, rate %s, peers %s: %s",
+                job,
+                node,
+                len(sent),
+                rtt * 1e3,
+                base_rtt * 1e3,
+                _mbit(rate),
+                _mbit(peers_rate, "unlimited"),
+                "fails " + ", ".join(failed) if failed else "suspect",
+            )
+        if not failed:
             suspects.append((node, rtt, base_rtt, rate, peers_rate))
     if len(suspects) != 1:
+        if len(suspects) > 1:
+            log.debug(
+                "egress: job %s: %d suspects (%s): ambiguous, nobody blamed",
+                job,
+                len(suspects),
+                ", ".join(s[0] for s in suspects),
+            )
         return []
     node, rtt, base_rtt, rate, peers_rate = suspects[0]
     return [
@@ -123,3 +171,7 @@ def find_slow_egress(
 def _finite(rate: float) -> float | None:
     """JSON has no infinity: an application-limited rate is None."""
     return rate if math.isfinite(rate) else None
+
+
+def _mbit(rate: float, infinite: str = "not network-limited") -> str:
+    return f"{rate * 8 / 1e6:.1f} Mbit/s" if math.isfinite(rate) else infinite

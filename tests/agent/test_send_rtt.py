@@ -39,6 +39,7 @@ def test_a_dump_shows_an_established_socket_with_its_rtt_and_acknowledged_bytes(
     assert (flow.local, flow.remote) == ("127.0.0.1", "127.0.0.1")
     assert flow.bytes_acked >= PAYLOAD  # the handshake's byte counts too
     assert 0 < flow.rtt_seconds < 1.0
+    assert 0 < flow.min_rtt_seconds <= flow.rtt_seconds
     (back,) = [f for f in tcp_flows() if f.local_port == accepted.getsockname()[1] and f.remote_port == port]
     assert back.bytes_acked < PAYLOAD  # the receiving end sent next to nothing
 
@@ -139,6 +140,21 @@ def test_a_path_reports_the_lower_quartile_of_its_samples_and_forgets_samples_pa
     assert path.samples == 4 and path.rtt_seconds == pytest.approx(0.001)
 
 
+def test_a_path_reports_the_lowest_minimum_rtt_of_its_samples_and_none_before_any_rtt_sample() -> None:
+    dumps = [
+        [flow("10.0.0.2", 1, i * MIN_BYTES, 9, min_rtt_seconds=m)] for i, m in enumerate([1e-4, 3e-5, 5e-5])
+    ]
+    rtt = SendRtt(Dumps(*dumps), window_seconds=10.0)
+    for _ in dumps:
+        rtt.sample()
+    (path,) = rtt.paths()
+    assert path.min_rtt_seconds == 3e-5
+    unmeasured = SendRtt(Dumps([flow("10.0.0.2", 1, 0, 9)], [flow("10.0.0.2", 1, MIN_BYTES, 9)]))
+    unmeasured.sample()
+    unmeasured.sample()
+    assert unmeasured.paths()[0].min_rtt_seconds is None
+
+
 def test_only_sends_paced_by_the_network_report_a_delivery_rate() -> None:
     def rate_of(**state: float | bool) -> float | None:
         start = flow("10.0.0.2", 1, 0, 5, busy_seconds=10.0, receive_window_limited_seconds=1.0)
@@ -157,6 +173,19 @@ def test_only_sends_paced_by_the_network_report_a_delivery_rate() -> None:
     assert rate_of(**network, app_limited=True) is None  # the sender ran out of data
     # A slow reader: its receive window held the sender for most of the last second of sending.
     assert rate_of(**{**network, "receive_window_limited_seconds": 1.9}, app_limited=False) is None
+
+
+def test_a_path_carries_at_least_its_highest_delivery_rate_however_limited() -> None:
+    rates = [(3e9, True), (1e8, False), (2e9, True)]  # bursts out of data, one paced by the network
+    dumps = [
+        [flow("10.0.0.2", 1, i * MIN_BYTES, 1, delivery_rate_bytes_per_second=r, app_limited=app)]
+        for i, (r, app) in enumerate([(0.0, True), *rates])
+    ]
+    rtt = SendRtt(Dumps(*dumps), window_seconds=10.0)
+    for _ in dumps:
+        rtt.sample()
+    (path,) = rtt.paths()
+    assert (path.delivery_bound_bytes_per_second, path.delivery_bytes_per_second) == (3e9, 1e8)
 
 
 def test_samples_older_than_the_window_are_forgotten() -> None:
@@ -202,7 +231,8 @@ def test_a_shaped_egress_shows_as_a_network_limited_path_with_an_rtt_of_millisec
     subprocess.run([*argv, "rate", "20mbit", "burst", "32kbit", "latency", "20ms"], check=True, timeout=30)
     # ~3 s at 20 Mbit/s
     (path,) = send_and_sample(veth, python, subprocess_env, "while c.recv(65536): pass", 8_000_000)
-    assert path.rtt_seconds >= 0.002  # the queue: a veth alone answers in tens of microseconds
+    assert path.rtt_seconds >= 0.002  # the queue: a veth alone answers in tens of microseconds ...
+    assert path.min_rtt_seconds is not None and path.min_rtt_seconds < 0.001  # ... as it did before the queue
     assert path.delivery_bytes_per_second is not None  # the network, not the sender, set the pace ...
     assert path.delivery_bytes_per_second < 2 * 20e6 / 8  # ... at about the shaped rate
 

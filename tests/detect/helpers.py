@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.evidence import CollectiveSample, Evidence, HardSignal, NicEvidence, RankEvidence
+from agent.evidence import (
+    CollectiveSample,
+    Evidence,
+    HardSignal,
+    HostEvidence,
+    NicEvidence,
+    RankEvidence,
+    TcpPath,
+)
 
 STEP = 1.0
 PER_STEP = 4
@@ -92,3 +100,46 @@ def documents(
         )
         for node in range(nodes)
     }
+
+
+TcpFigures = dict[tuple[str, str], tuple[float, float | None]]
+"""(sender, receiver) -> (smoothed RTT in ms, network-limited delivery rate in bytes/s; None: app-limited)"""
+
+
+def with_tcp_paths(
+    nodes: int,
+    figures: TcpFigures,
+    t: float,
+    *,
+    samples: int = 5,
+    min_rtt_ms: float | None = None,
+    app_limited_rate: float | None = None,
+) -> dict[str, Evidence]:
+    """A one-rank-per-node job of `nodes` nodes at time t (node nI has address 10.0.0.{I+2}), each node sending
+    bulk data along the given paths; a receiver that is not a node name is an outside address. Each path carries
+    at least its network-limited rate, else `app_limited_rate` (bytes/s; None: not reported)."""
+    docs = documents(lockstep_ranks(nodes, 1, t), t, nodes)
+    names = list(docs)
+
+    def address(node: str) -> str:
+        return f"10.0.0.{names.index(node) + 2}" if node in names else node
+
+    out = {}
+    for name, doc in docs.items():
+        assert doc is not None
+        tcp_paths = [
+            TcpPath(
+                local_address=address(src),
+                remote_address=address(dst),
+                rtt_seconds=ms / 1e3,
+                min_rtt_seconds=None if min_rtt_ms is None else min_rtt_ms / 1e3,
+                bytes_per_second=3e6,
+                samples=samples,
+                delivery_bytes_per_second=rate,
+                delivery_bound_bytes_per_second=app_limited_rate if rate is None else rate,
+            )
+            for (src, dst), (ms, rate) in figures.items()
+            if src == name
+        ]
+        out[name] = doc.model_copy(update={"host": HostEvidence(tcp_paths=tcp_paths)})
+    return out

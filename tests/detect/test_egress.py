@@ -4,50 +4,25 @@ from __future__ import annotations
 
 import math
 
-from agent.evidence import Evidence, HostEvidence, TcpPath
+from agent.evidence import Evidence
 from controller.detect import DetectionConfig, DetectionEngine
 from controller.detect.egress import find_slow_egress, job_paths
-from tests.detect.helpers import documents, lockstep_ranks
+from tests.detect.helpers import TcpFigures, with_tcp_paths
 
 NODES = ["n0", "n1", "n2", "n3"]
 CONFIG = DetectionConfig()
-
-
-def address(node: str) -> str:
-    return f"10.0.0.{NODES.index(node) + 2}" if node in NODES else node
-
-
 MB = 1e6
 APP = None  # application-limited: the sender waited for data, never for the network
 
 
-def with_paths(
-    paths: dict[tuple[str, str], tuple[float, float | None]], *, t: float = 50.0, samples: int = 5
-) -> dict[str, Evidence]:
+def with_paths(paths: TcpFigures, *, t: float = 50.0, samples: int = 5) -> dict[str, Evidence]:
     """The 4-node job of the helpers, each node sending bulk data along the given (sender, receiver) paths,
     each with its RTT in ms and its network-limited delivery rate."""
-    docs = documents(lockstep_ranks(4, 1, t), t, 4)
-    out = {}
-    for name, doc in docs.items():
-        assert doc is not None
-        tcp_paths = [
-            TcpPath(
-                local_address=address(src),
-                remote_address=address(dst),
-                rtt_seconds=ms / 1e3,
-                bytes_per_second=3e6,
-                samples=samples,
-                delivery_bytes_per_second=rate,
-            )
-            for (src, dst), (ms, rate) in paths.items()
-            if src == name
-        ]
-        out[name] = doc.model_copy(update={"host": HostEvidence(tcp_paths=tcp_paths)})
-    return out
+    return with_tcp_paths(len(NODES), paths, t, samples=samples)
 
 
 def blamed(
-    paths: dict[tuple[str, str], tuple[float, float | None]],
+    paths: TcpFigures,
     config: DetectionConfig = CONFIG,
     samples: int = 5,
 ) -> list[str | None]:
