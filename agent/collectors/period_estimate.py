@@ -80,7 +80,7 @@ def estimate(rates: np.ndarray, interval_seconds: float, min_mean_bytes_per_seco
     # (and a drifting step time decorrelates) must not outrank the step itself
     n = len(rates)
     biased = acf * (n - np.arange(n)) / n
-    peaks = [int(lag) for lag in lags if biased[lag] >= biased[lag - 1] and biased[lag] >= biased[lag + 1]]
+    peaks = lags[(biased[lags] >= biased[lags - 1]) & (biased[lags] >= biased[lags + 1])].tolist()
     if not peaks:
         return TrafficPattern(None, 0.0, burst, mean)
     best_lag = max(peaks, key=lambda lag: biased[lag])
