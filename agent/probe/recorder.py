@@ -94,10 +94,9 @@ class Recorder:
         it): when a flush is due the training thread runs it here, in the collective's shadow, instead of the
         sender's thread waking up and taking the GIL from the training thread in the middle of its compute."""
         if time.monotonic() >= self.flush_due:
-            self.flush_due = math.inf  # the flusher sets the next one
             flusher = self.flusher
             if flusher is not None:
-                flusher()
+                flusher()  # sets the next flush_due; if the sender's thread flushes right now, the next launch retries
 
     def complete_when(self, token: Token, finished: Callable[[], bool]) -> None:
         """Complete `token` untimed (completed_at 0.0) at the first `poll` that finds `finished()` true: its
