@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from agent.probe.wire import Op  # noqa: E402
 from agent.settings import CollectiveSettings  # noqa: E402
 
 WARM_STEPS = 20  # interleaved steps left out of the statistics (DDP rebuilds its buckets after the first)
+ROLES = ("main", "sender", "backend")  # the threads of a rank whose CPU per step measurement 1 reports
 
 
 def hot_path_microseconds(n: int = 200_000) -> float:
@@ -65,6 +68,18 @@ def free_port() -> int:
     with socket_module.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def thread_cpu_ns() -> dict[int, int]:
+    """CPU time of each thread of this process so far, ns (/proc/self/task/<tid>/schedstat, first field)."""
+    cpu = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as stat:
+                cpu[int(tid)] = int(stat.read().split()[0])
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+            continue
+    return cpu
 
 
 def _interleaved_rank(index: int, ports: list[int], socket_dir: str, steps: int, hidden: int, bucket_mb: float,
@@ -92,7 +107,8 @@ def _interleaved_rank(index: int, ports: list[int], socket_dir: str, steps: int,
         layers += [nn.Linear(hidden, hidden), nn.ReLU()]
     ddp = DistributedDataParallel(nn.Sequential(*layers, nn.Linear(hidden, 10)), bucket_cap_mb=bucket_mb)
     inputs = torch.randn(32, 64)
-    times: dict[str, Any] = {name: [], f"cpu_{name}": []}
+    times: dict[str, Any] = {key: [] for key in (name, f"cpu_{name}", *(f"{role}_cpu_{name}" for role in ROLES))}
+    main = threading.get_native_id()
     issued_before = 0
     for step in range(steps):
         if step == WARM_STEPS and probe is not None:
@@ -100,10 +116,19 @@ def _interleaved_rank(index: int, ports: list[int], socket_dir: str, steps: int,
         for turn in (step % 2, 1 - step % 2):  # the jobs take turns, each going first every other step
             turns.wait()  # the other job is idle (blocked here) while this one steps
             if turn == job:
+                threads_before = thread_cpu_ns()
                 cpu_started, started = time.process_time(), time.perf_counter()
                 ddp(inputs).sum().backward()
                 times[name].append(time.perf_counter() - started)
                 times[f"cpu_{name}"].append(time.process_time() - cpu_started)
+                threads_after = thread_cpu_ns()
+                sender = probe_thread_id(probe)
+                by_role = dict.fromkeys(ROLES, 0.0)
+                for tid, ns in threads_after.items():
+                    role = "main" if tid == main else "sender" if tid == sender else "backend"
+                    by_role[role] += (ns - threads_before.get(tid, 0)) * 1e-9
+                for role, seconds in by_role.items():
+                    times[f"{role}_cpu_{name}"].append(seconds)
     if probe is not None:  # what the probe saw: all-reduces per step, gradient bytes per all-reduce
         per_step = (probe.recorder.issued() - issued_before) / (steps - WARM_STEPS)
         gradient_bytes = sum(p.numel() * p.element_size() for p in ddp.parameters())
@@ -113,7 +138,13 @@ def _interleaved_rank(index: int, ports: list[int], socket_dir: str, steps: int,
     dist.destroy_process_group()
 
 
-def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str, object]:
+def probe_thread_id(probe: Any) -> int | None:
+    """Native id of the probe sender's thread (None without the probe or before it starts)."""
+    sender = probe.sender if probe is not None else None
+    return sender._thread.native_id if sender is not None else None
+
+
+def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str, probed_job: int) -> dict[str, object]:
     import torch.multiprocessing as mp
 
     ports = [free_port(), free_port()]
@@ -121,7 +152,7 @@ def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str
     turns = mp.get_context("spawn").Barrier(4)
     mp.spawn(_interleaved_rank, nprocs=4, join=True,
              args=(ports, socket_dir, args.interleaved_steps, args.hidden, args.bucket_mb, turns, out, args.control,
-                   args.probed_job))  # fmt: skip
+                   probed_job))  # fmt: skip
     times = {**json.loads(Path(f"{out}.with").read_text()), **json.loads(Path(f"{out}.without").read_text())}
     warm = WARM_STEPS
     with_, without = times["with"][warm:], times["without"][warm:]
@@ -131,7 +162,7 @@ def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str
                     for i in range(blocks)]  # fmt: skip
     return {
         "control": args.control,  # A/A: neither job probed, the ratio's noise floor
-        "probed_job": args.probed_job,  # which process pair: a bias of the pairs flips sign with it
+        "probed_job": probed_job,  # which process pair: a bias of the pairs flips sign with it
         "steps_each": len(with_),
         "step_seconds_median_without": statistics.median(without),
         "step_seconds_median_with": statistics.median(with_),
@@ -143,6 +174,15 @@ def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str) -> dict[str
         "cpu_seconds_median_with": statistics.median(times["cpu_with"][warm:]),
         "cpu_ratio": statistics.median(times["cpu_with"][warm:]) / statistics.median(times["cpu_without"][warm:]),
         "cpu_ratio_ci95": ratio_ci95(times["cpu_with"][warm:], times["cpu_without"][warm:]),
+        # CPU per step by thread (/proc schedstat), s: the training thread (median; with the probe: its kernel and
+        # the flushes it runs), the probe sender's thread (mean: it runs rarely), the backend's threads (median)
+        "thread_cpu_seconds_per_step": {
+            side: {"main": statistics.median(times[f"main_cpu_{side}"][warm:]),
+                   "sender": statistics.mean(times[f"sender_cpu_{side}"][warm:]),
+                   "backend": statistics.median(times[f"backend_cpu_{side}"][warm:])}
+            for side in ("with", "without")},
+        "main_cpu_ratio": statistics.median(times["main_cpu_with"][warm:]) / statistics.median(times["main_cpu_without"][warm:]),
+        "main_cpu_ratio_ci95": ratio_ci95(times["main_cpu_with"][warm:], times["main_cpu_without"][warm:]),
         "all_reduces_per_step": times.get("all_reduces_per_step"),  # as the probe recorded them (None: --control)
         "bytes_per_all_reduce": times.get("bytes_per_all_reduce"),
     }  # fmt: skip
@@ -230,9 +270,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket size (DDP's default 25 MB)")
-    parser.add_argument("--probed-job", type=int, choices=(0, 1), default=0,
+    parser.add_argument("--probed-job", choices=("0", "1", "both"), default="both",
                         help="which job of measurement 1 is probed (processes 0-1 or 2-3): a bias of the process pairs "
-                        "flips sign with it")
+                        "flips sign with it; both (default): measurement 1 runs once each way and the geometric mean "
+                        "of the two ratios cancels that bias")
     parser.add_argument("--control", action="store_true",
                         help="A/A control: neither job of measurement 1 is probed (its ratio shows the noise floor)")
     parser.add_argument("--cost-processes", type=int, default=3,
@@ -254,8 +295,11 @@ def main() -> int:
         base["LOCKSTEP_SOCKET_DIR"] = str(socket_dir)
         without, with_probe = [], []
         try:
-            turns = interleaved(args, str(socket_dir), tmp)
-            print("interleaved turns:", json.dumps(turns), flush=True)
+            each_way = []
+            for probed_job in (0, 1) if args.probed_job == "both" else (int(args.probed_job),):
+                each_way.append(interleaved(args, str(socket_dir), tmp, probed_job))
+                print("interleaved turns:", json.dumps(each_way[-1]), flush=True)
+            turns = each_way[0]
             costs: dict[str, dict[str, Any]] = {}
             if args.cost_processes:
                 sizes = {"small": 4096, "bucket": int(turns["bytes_per_all_reduce"] or args.bucket_mb * 2**20)}
@@ -286,7 +330,12 @@ def main() -> int:
             "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
             "stdev": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
         }  # fmt: skip
-    summary["interleaved_turns"] = turns
+    summary["interleaved_turns"] = each_way
+    if len(each_way) == 2:  # the bias of the process pairs cancels in the geometric mean of the two ways
+        summary["geometric_mean_of_both_ways"] = {
+            key: math.sqrt(float(each_way[0][key]) * float(each_way[1][key]))  # type: ignore[arg-type]
+            for key in ("ratio", "cpu_ratio", "main_cpu_ratio")
+        }
     summary["per_collective"] = costs
     per_step = turns["all_reduces_per_step"]
     summary["expected_step_overhead"] = {

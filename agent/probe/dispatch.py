@@ -6,11 +6,13 @@ goes through the dispatcher op `c10d::allreduce_`. No kernel is registered for i
 registered there runs first for CPU tensors: it records the issue, redispatches to the keys after autograd (the
 original CPU kernel, unchanged, as PyTorch's own autograd fallback does), and records completion: timed by a
 callback on the Work's future for the sampled collectives (agent/probe/recorder.py TIMED_EVERY), else left to the
-sender thread, which polls the Work (unboxed there, not on the training thread). The redispatch goes straight to the op's handle: calling the op again from Python (`op(...)` under
-`_AutoDispatchBelowAutograd`) parses its arguments against the schema, ~40 us more per all-reduce. Unlike a DDP
-communication hook this adds no pass over the gradients (with a hook, DDP copies them into the bucket without
-scaling, and the hook must scale them in a separate pass). Not seen here: CUDA tensors (NCCL: the DDP hook and the
-Python wrappers cover them) and tensors made under `torch.inference_mode()` (they skip autograd dispatch).
+sender's next flush, which polls the Work (unboxed there, not on every call); once a flush interval it runs that
+flush while the all-reduce is in flight (Recorder.launched). The redispatch goes straight to the op's handle:
+calling the op again from Python (`op(...)` under `_AutoDispatchBelowAutograd`) parses its arguments against the
+schema, ~40 us more per all-reduce. Unlike a DDP communication hook this adds no pass over the gradients (with a
+hook, DDP copies them into the bucket without scaling, and the hook must scale them in a separate pass). Not seen
+here: CUDA tensors (NCCL: the DDP hook and the Python wrappers cover them) and tensors made under
+`torch.inference_mode()` (they skip autograd dispatch).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
                 recorder.complete_async(token, lambda: unbox_work(boxed))
             except Exception:  # no future: the issue time is all we know
                 recorder.complete(token, measured=False)
+            recorder.launched()
         return result
 
     library = torch.library.Library("c10d", "IMPL")

@@ -133,11 +133,12 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
                 timing.cancel(key)
             raise
         if timing is not None and key is not None and timing.confirm(process_group, key):
-            return result  # the hook completes it with NCCL's times
-        if is_async and result is not None:
+            pass  # the hook completes it with NCCL's times
+        elif is_async and result is not None:
             _complete_on(result, recorder, token)
         else:
             recorder.complete(token)
+        recorder.launched()
         return result
 
     setattr(wrapper, _PATCHED, True)
@@ -191,6 +192,7 @@ def timed_allreduce_hook(recorder: Recorder, group: str,
                 timing.cancel(key)
             raise
         timed = timing is not None and key is not None and timing.confirm(process_group, key)
+        recorder.launched()
 
         def done(fut: Any) -> Any:
             if not timed:

@@ -1,4 +1,4 @@
-"""The probe's hot path: numbers each collective per process group and queues it for the sender thread.
+"""The probe's hot path: numbers each collective per process group and queues it for the sender.
 
 Called from the wrapped torch.distributed functions, the dispatcher kernel and the DDP communication hook
 (agent/probe/patch.py, dispatch.py) on the training thread, from backend threads when a timed async collective
@@ -10,9 +10,11 @@ completed by whoever pops it), no I/O, never raises, bounded memory (drops and c
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from agent.probe.wire import Op
@@ -23,7 +25,7 @@ Completed = tuple[Token, float]  # token, completed_at (Unix s; 0.0 = completion
 # An async collective's completion is timed by a callback on its future for one in TIMED_EVERY collectives of each
 # group (`is_timed`: by seq, so the same collectives on every rank and the controller lines their waits up). The
 # callback is the probe's largest cost on gloo (~30 us of an all-reduce's ~60 us); the others are polled by the
-# sender thread (Recorder.poll) and reported without a completion time. 3, not more: the clock-free straggler test
+# sender's flush (Recorder.poll) and reported without a completion time. 3, not more: the clock-free straggler test
 # (controller/detect/straggler.py) needs waits, and with one in 4 the simulator's straggler-clock-offset scenario
 # is no longer found within its 120 s (one in 3: at 44 s, all waits: 34 s).
 TIMED_EVERY = 3
@@ -55,6 +57,8 @@ class Recorder:
         self.pending: dict[tuple[str, int], Token] = {}
         self.polled: dict[tuple[str, int], Callable[[], bool]] = {}
         self.dropped = 0
+        self.flusher: Callable[[], object] | None = None  # the sender's flush, run by `launched` when due
+        self.flush_due = math.inf  # time.monotonic() s from which `launched` runs `flusher`
         self._next_seq: dict[str, int] = {}
 
     def issue(self, group: str, op: Op, nbytes: int) -> Token:
@@ -77,13 +81,26 @@ class Recorder:
         if `is_timed`, else untimed at the sender's first poll that finds it completed (`work()` runs there, so a
         Work that must be unboxed is unboxed off the training thread). Raises what the Work raises (no future)."""
         if is_timed(token[1]):
-            work().get_future().add_done_callback(lambda _fut: self.complete(token))
+            work().get_future().add_done_callback(partial(self._finished, token))
         else:
             self.complete_when(token, lambda: work().is_completed())
 
+    def _finished(self, token: Token, _future: object) -> None:
+        """A timed collective's future completed (on the backend's thread)."""
+        self._done(token, token, time.time())
+
+    def launched(self) -> None:
+        """A collective is on its way (called by the dispatcher kernel, the wrappers and the DDP hook after launching
+        it): when a flush is due the training thread runs it here, in the collective's shadow, instead of the
+        sender's thread waking up and taking the GIL from the training thread in the middle of its compute."""
+        if time.monotonic() >= self.flush_due:
+            flusher = self.flusher
+            if flusher is not None:
+                flusher()  # sets the next flush_due; if the sender's thread flushes right now, the next launch retries
+
     def complete_when(self, token: Token, finished: Callable[[], bool]) -> None:
         """Complete `token` untimed (completed_at 0.0) at the first `poll` that finds `finished()` true: its
-        Work's is_completed, called on the sender thread. Holds the Work (and so its tensors) until then: at most
+        Work's is_completed, called by the sender's flush. Holds the Work (and so its tensors) until then: at most
         `capacity` of them, for about one flush interval."""
         key = (token[0], token[1])
         if key in self.pending:
@@ -92,7 +109,7 @@ class Recorder:
             self._done(token, token, 0.0)
 
     def poll(self) -> None:
-        """Complete the polled collectives that have finished (the sender thread, before each flush)."""
+        """Complete the polled collectives that have finished (the sender's flush, before it drains `completed`)."""
         for key, finished in self.polled.copy().items():
             try:
                 done = finished()

@@ -1,5 +1,6 @@
-"""The probe's sender thread: drains the recorder, packs datagrams (agent/probe/wire.py: the identity once in a
-header, then short records) and sends them to the node's agent.
+"""The probe's sender: drains the recorder, packs datagrams (agent/probe/wire.py: the identity once in a header,
+then short records) and sends them to the node's agent, from the training thread right after a collective launch
+or, when the training thread launches none, from a thread of its own.
 
 Sends are non-blocking Unix datagrams to `<socket_dir>/probe.sock`. A slow agent (its socket queue full) costs
 a backlog the next flush sends first, bounded at `BACKLOG_RECORDS`; an absent or restarting agent costs dropped
@@ -28,20 +29,23 @@ log = logging.getLogger(__name__)
 SOCKET_NAME = "probe.sock"
 BACKLOG_RECORDS = 4096  # records (~170 kB packed) held while the agent's queue is full
 FINAL_FLUSH_SECONDS = 0.5  # how long the exit flush retries a full queue (training is over by then)
+WATCHDOG_INTERVALS = 2  # the thread flushes when nothing flushed for this many flush intervals
 _QUEUE_FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 _COMPLETE, _ISSUE = int(wire.Kind.COMPLETE), int(wire.Kind.ISSUE)
 
 
 class Sender:
-    """Background thread: every `flush_interval_seconds` it completes the untimed collectives whose Work has
-    finished (Recorder.poll), sends completed collectives, collectives pending for longer than
-    `pending_report_seconds` (the hang signal: an unfinished untimed one stays pending too), and a heartbeat (a datagram without records) when
-    it sent nothing for `heartbeat_seconds`.
+    """Flushes the recorder: completes the untimed collectives whose Work has finished (Recorder.poll), sends
+    completed collectives, collectives pending for longer than `pending_report_seconds` (the hang signal: an
+    unfinished untimed one stays pending too), and a heartbeat (a datagram without records) when it sent nothing for
+    `heartbeat_seconds`.
 
-    Each flush wakes the thread and takes the GIL from the training thread (0.2-0.3 ms of this thread's CPU per
-    flush on the 2-core development VM, mostly the wakeup, not the records), so it flushes every 0.5 s: records
-    reach the agent within half a second, which applies them in batches anyway (at its reads, or after
-    agent/collectors/collective.py INGEST_SECONDS)."""
+    While the job runs collectives the training thread flushes, at most every `flush_interval_seconds`, right after
+    it launched one (Recorder.launched): that costs no thread wakeup and no GIL hand-off, and the flush overlaps the
+    collective's transfer. A wake-up of a thread of its own costs 60-120 us of CPU on the 2-core development VM and
+    takes the GIL from a computing training thread, so the sender's thread flushes only when nothing flushed for
+    WATCHDOG_INTERVALS flush intervals: a hung training thread (whose hang must be reported), an idle one
+    (heartbeats), one whose collectives the probe does not see; it sleeps until then."""
 
     def __init__(
         self,
@@ -66,6 +70,8 @@ class Sender:
         self._backlog_records = 0
         self._reported_pending: set[tuple[str, int]] = set()
         self._last_sent = 0.0  # Unix s of the last datagram packed: any datagram tells the agent the process lives
+        self._last_flush = time.monotonic()  # s
+        self._flushing = threading.Lock()  # the training thread and this sender's thread both flush
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
@@ -82,17 +88,25 @@ class Sender:
         return self._backlog_records
 
     def start(self) -> None:
+        """Flush from now on: on the training thread at its collective launches, on this sender's thread when they
+        stop."""
+        self.recorder.flusher = self._flush_unless_flushing
+        self.recorder.flush_due = self._last_flush + self.flush_interval_seconds
         self._thread.start()
 
     def stop(self) -> None:
         """Stop the thread after one last flush (called at interpreter exit)."""
+        if self.recorder.flusher == self._flush_unless_flushing:
+            self.recorder.flusher = None
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval_seconds):
-            self._flush_safely()
+        watchdog_seconds = WATCHDOG_INTERVALS * self.flush_interval_seconds
+        while not self._stop.wait(max(self._last_flush + watchdog_seconds - time.monotonic(), 0.0)):
+            if time.monotonic() - self._last_flush >= watchdog_seconds:  # else the training thread flushed meanwhile
+                self._flush_safely()
         self._flush_safely()
         deadline = time.monotonic() + FINAL_FLUSH_SECONDS
         while self._backlog and time.monotonic() < deadline:
@@ -102,14 +116,24 @@ class Sender:
             self._drop(self._backlog.popleft()[1])
         self._sock.close()
 
-    def _flush_safely(self) -> None:
+    def _flush_safely(self, wait: bool = True) -> None:
+        if not self._flushing.acquire(blocking=wait):
+            return  # the other thread flushes right now
         try:
             self.flush()
         except Exception:  # the probe must never take the training process down
             log.debug("lockstep probe flush failed", exc_info=True)
+        finally:
+            self._flushing.release()
+
+    def _flush_unless_flushing(self) -> None:
+        """The training thread's flush (Recorder.launched): never waits for the sender's thread."""
+        self._flush_safely(wait=False)
 
     def flush(self) -> None:
         """Send what the recorder holds now (a heartbeat datagram when it holds nothing and one is due)."""
+        self._last_flush = time.monotonic()
+        self.recorder.flush_due = self._last_flush + self.flush_interval_seconds
         self.recorder.poll()
         now = time.time()
         rows: list[wire.Row] = []

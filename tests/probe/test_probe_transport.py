@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.probe import wire
 from agent.probe.recorder import Recorder
 from agent.probe.transport import Sender
@@ -134,3 +136,79 @@ def test_a_flush_touching_many_process_groups_splits_them_over_datagrams_each_wi
     received = sorted((r.group, r.seq) for d in datagrams for r in d.as_records())
     assert received == sorted((group, seq) for group in groups for seq in range(2))
 
+
+
+def test_a_collective_launch_runs_the_due_flush_on_the_training_thread_and_schedules_the_next(
+    linked_sender: LinkedSender,
+) -> None:
+    receiver, recorder, sender = linked_sender(flush_interval_seconds=60.0)  # its thread sleeps for 120 s
+    sender.start()
+    try:
+        recorder.complete(recorder.issue("default", wire.Op.all_reduce, 64))
+        recorder.launched()  # the next flush is due in 60 s: the launch sends nothing
+        assert receive_all(receiver) == []
+        recorder.flush_due = time.monotonic()  # ... and now it is due
+        recorder.launched()
+        assert [(r.kind, r.seq) for r in receive_all(receiver)] == [(wire.Kind.COMPLETE, 0)]
+        assert recorder.flush_due > time.monotonic() + 30.0, "the flush schedules the next one an interval later"
+    finally:
+        sender.stop()
+
+
+def test_a_hang_is_reported_by_the_senders_thread_when_the_training_thread_launches_nothing(
+    linked_sender: LinkedSender,
+) -> None:
+    receiver, recorder, sender = linked_sender(flush_interval_seconds=0.05, pending_report_seconds=0.0)
+    sender.start()
+    try:
+        recorder.complete(recorder.issue("default", wire.Op.all_reduce, 64))
+        recorder.launched()
+        stuck = recorder.issue("default", wire.Op.all_reduce, 64)  # never completes: the training thread hangs in it
+        received: list[wire.Record] = []
+        deadline = time.monotonic() + 10.0
+        while not any(r.kind == wire.Kind.ISSUE for r in received) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            received += receive_all(receiver)
+        assert [(r.kind, r.seq) for r in received] == [(wire.Kind.COMPLETE, 0), (wire.Kind.ISSUE, stuck[1])]
+    finally:
+        sender.stop()
+
+
+def test_while_collectives_launch_the_training_thread_flushes_and_the_senders_thread_stays_asleep(
+    linked_sender: LinkedSender, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    receiver, recorder, sender = linked_sender(flush_interval_seconds=0.25)  # the thread flushes after 0.5 s silence
+    flushed_by: list[str] = []
+    flush = sender.flush
+
+    def noting_flush() -> None:
+        flushed_by.append(threading.current_thread().name)
+        flush()
+
+    monkeypatch.setattr(sender, "flush", noting_flush)
+    sender.start()
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 2.0:  # a training loop: a collective every 5 ms
+            recorder.complete(recorder.issue("default", wire.Op.all_reduce, 64))
+            recorder.launched()
+            time.sleep(0.005)
+    finally:
+        sender.stop()
+    by_training = flushed_by.count(threading.current_thread().name)
+    assert by_training >= 4 and by_training >= 4 * (len(flushed_by) - 1 - by_training), flushed_by  # -1: the exit flush
+    assert sorted(r.seq for r in receive_all(receiver) if r.kind == wire.Kind.COMPLETE) == list(range(recorder.issued()))
+
+
+def test_a_failing_flush_on_the_training_thread_never_raises_into_training(tmp_path: Path) -> None:
+    recorder = Recorder()
+    sender = Sender(recorder, IDENTITY, str(tmp_path / "missing"), flush_interval_seconds=60.0)
+    sender.start()
+    try:
+        recorder.complete(recorder.issue("default", wire.Op.all_reduce, 8))
+        recorder.flush_due = time.monotonic()
+        recorder.launched()  # no agent: the records are dropped and counted, the launch returns
+        assert sender.dropped >= 1 and not recorder.completed
+    finally:
+        sender.stop()
+    assert recorder.flusher is None, "a stopped sender is no longer run by launches"
