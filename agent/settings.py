@@ -102,8 +102,7 @@ class HostSettings(BaseModel):
 
     enabled: bool = Field(default=True, description="Export host facts.")
     procfs_root: Path = Field(
-        default=Path("/proc"),
-        description="Where procfs is mounted; in a container mount the host's /proc here.",
+        default=Path("/proc"), description="Where procfs is mounted; in a container mount the host's /proc here."
     )
     tcp_namespace_pid: Literal["1", "self"] = Field(
         default="1",
@@ -138,9 +137,7 @@ class CollectiveSettings(BaseModel):
         "to read /proc/<pid>/cgroup), rank bound to its pod; 'process' = any local process, rank bound to its "
         "pid; 'auto' = pod when the sender is in one, else process (fits clusters and local runs alike).",
     )
-    proc_root: str = Field(
-        default="/proc", description="Where to read /proc/<pid>/cgroup and /proc/<pid>/stat."
-    )
+    proc_root: str = Field(default="/proc", description="Where to read /proc/<pid>/cgroup and /proc/<pid>/stat.")
     window_seconds: float = Field(
         default=30.0, gt=0, description="Window of the rank summaries: a few dozen steps of a typical job."
     )
@@ -164,36 +161,26 @@ class CollectiveSettings(BaseModel):
         description="Records stamped further than this from the agent's clock are stale or replayed: dropped.",
     )
     receive_buffer_bytes: int = Field(
-        default=4 << 20,
-        ge=65536,
-        description="SO_RCVBUF of the socket: absorbs bursts while the agent is busy.",
+        default=4 << 20, ge=65536, description="SO_RCVBUF of the socket: absorbs bursts while the agent is busy."
     )
 
 
 class PeriodicitySettings(BaseModel):
     """Periodicity collector: zero-touch collective traffic pattern from NIC byte counters sampled at >=10 Hz."""
 
-    enabled: bool = Field(
-        default=True, description="Sample NIC counters to find periodic collective traffic."
-    )
+    enabled: bool = Field(default=True, description="Sample NIC counters to find periodic collective traffic.")
     sysfs_net: str = Field(default="/sys/class/net", description="Where the interfaces' statistics/ live.")
     sample_hz: float = Field(
-        default=20.0,
-        ge=10.0,
-        le=200.0,
+        default=20.0, ge=10.0, le=200.0,
         description="Counter reads per second while busy traffic repeats faster than 10 reads of min_sample_hz "
         "or has no clear period: resolves periods down to ~0.2 s.",
-    )
+    )  # fmt: skip
     min_sample_hz: float = Field(
-        default=10.0,
-        ge=10.0,
-        le=200.0,
+        default=10.0, ge=10.0, le=200.0,
         description="Counter reads per second while no interface is busy or all busy ones repeat slower (steps "
         "of >= 1 s at 10 Hz): each read costs the agent a thread wakeup.",
-    )
-    window_seconds: float = Field(
-        default=30.0, gt=1, description="Rate history the period is estimated over."
-    )
+    )  # fmt: skip
+    window_seconds: float = Field(default=30.0, gt=1, description="Rate history the period is estimated over.")
     interfaces: list[str] = Field(
         default_factory=list,
         description="Interfaces to sample; empty = all but loopback and virtual bridges/veths named in 'exclude'.",
@@ -224,12 +211,8 @@ class AgentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     listen: str = Field(default="0.0.0.0:9445", description="HOST:PORT the HTTP server binds.")
-    node_name: str = Field(
-        default="", description="Kubernetes node name; default env NODE_NAME, then hostname."
-    )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="Logging level."
-    )
+    node_name: str = Field(default="", description="Kubernetes node name; default env NODE_NAME, then hostname.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Logging level.")
     evidence_window_seconds: float = Field(
         default=10.0,
         gt=0,
@@ -316,17 +299,11 @@ def _env_value(raw: str, annotation: Any) -> Any:
     comma-separated items (`eth0,eth1`), a mapping or section as JSON; anything else as the string (pydantic
     converts it)."""
     listed = typing.get_origin(annotation) in (list, set, tuple)
-    if (
-        listed
-        or typing.get_origin(annotation) is dict
-        or (isinstance(annotation, type) and issubclass(annotation, BaseModel))
-    ):
+    if listed or typing.get_origin(annotation) is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
         try:
             return json.loads(raw)
         except ValueError:
-            if listed and not raw.lstrip().startswith(
-                "["
-            ):  # "[..." meant JSON: validation names what is wrong
+            if listed and not raw.lstrip().startswith("["):  # "[..." meant JSON: validation names what is wrong
                 return [item.strip() for item in raw.split(",") if item.strip()]
     return raw
 
@@ -336,11 +313,7 @@ def text_value(path: tuple[str, ...], raw: str) -> Any:
     field = AgentSettings.model_fields.get(path[0])
     for name in path[1:]:
         section = field.annotation if field is not None else None
-        field = (
-            section.model_fields.get(name)
-            if isinstance(section, type) and issubclass(section, BaseModel)
-            else None
-        )
+        field = section.model_fields.get(name) if isinstance(section, type) and issubclass(section, BaseModel) else None
     return _env_value(raw, field.annotation if field is not None else None)
 
 

@@ -341,12 +341,10 @@ class NvmlBackend:
         self._handles: dict[str, Any] = {}  # uuid -> handle of the GPUs reachable in the last read
         self._nvlinks: dict[str, tuple[tuple[int, ...], float]] = {}  # uuid -> (links that exist, when found)
         self._field_batches: dict[str, _FieldBatch] = {}  # uuid -> its nvmlDeviceGetFieldValues request
-        self._identified: dict[
-            tuple[int | None, int], GpuIdentity
-        ] = {}  # (handle address, index) -> identity
-        self._fixed: dict[
-            tuple[str, str], int
-        ] = {}  # (uuid, NVML function) -> its answer, which cannot change
+        # (handle address, index) -> identity
+        self._identified: dict[tuple[int | None, int], GpuIdentity] = {}
+        # (uuid, NVML function) -> its answer, which cannot change
+        self._fixed: dict[tuple[str, str], int] = {}
         # uuid -> (links, per link its NVLINK_COUNTERS_BY_CALL by name) as last read by refresh_nvlink_errors
         self._nvlink_errors: dict[str, tuple[tuple[int, ...], dict[int, dict[str, int]]]] = {}
         # uuid -> (the batch's link answers, the counters read by call, the link snapshots made of them)

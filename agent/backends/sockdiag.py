@@ -25,9 +25,7 @@ TCP_ESTABLISHED = 1
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _REQ_V2 = struct.Struct("=BBBBI48s")  # family, protocol, ext, pad, states, inet_diag_sockid (zeros: all)
-_MSG = struct.Struct(
-    "=B3x2s2s16s16s4xQ20x"
-)  # inet_diag_msg: family, ports and addresses (big-endian), cookie
+_MSG = struct.Struct("=B3x2s2s16s16s4xQ20x")  # inet_diag_msg: family, ports and addresses (big-endian), cookie
 _RTATTR = struct.Struct("=HH")
 # struct tcp_info (linux/tcp.h) up to tcpi_rwnd_limited, kernel >= 4.10: byte 7 bit 0 delivery_rate_app_limited,
 # u32 rtt (us) at 68, u64 bytes_acked at 120, u32 min_rtt (us) at 148, u64 delivery_rate (bytes/s) at 160, u64

@@ -40,9 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GPU_LABELS = ("gpu", "uuid", "model", "pci_bus_id")
-XID_WAIT_SECONDS = (
-    1.0  # one nvmlEventSetWait (an XID ends it at once); bounds how long close() waits for the thread
-)
+XID_WAIT_SECONDS = 1.0  # one nvmlEventSetWait (an XID ends it at once); bounds how long close() waits for the thread
 LISTEN_WAIT_SECONDS = 10.0  # how long start() waits for the GPUs to be registered for XID events
 
 # Clock-event reasons that are hard evidence. sw_power_cap is not: a busy GPU at its power limit shows it all the
@@ -276,9 +274,8 @@ class NvmlCollector(Collector):
         self._since: dict[tuple[str, str], float] = {}  # (kind, device) -> first seen, continuously since
         self._known: dict[str, GpuIdentity] = {}  # every GPU seen reachable since start, by uuid
         self._links_seen_active: set[tuple[str, int]] = set()
-        self._nvlink_rows: dict[
-            str, tuple[object, _NvLinkRows]
-        ] = {}  # uuid -> rows made of its link snapshot
+        # uuid -> (what its NVLink rows were made of, the rows)
+        self._nvlink_rows: dict[str, tuple[object, _NvLinkRows]] = {}
         self._pcie: dict[str, tuple[PcieThroughput, float]] = {}  # uuid -> (sample, monotonic time)
         self._status = ""  # what was last logged about NVML's availability
         self._stop = threading.Event()
@@ -322,9 +319,7 @@ class NvmlCollector(Collector):
         listening.set()
         interval = self._settings.pcie_throughput_interval_seconds
         next_pcie = 0.0
-        next_nvlink = (
-            time.monotonic() + self._settings.nvlink_error_interval_seconds
-        )  # a first read reads them
+        next_nvlink = time.monotonic() + self._settings.nvlink_error_interval_seconds  # a first read reads them
         while not self._stop.is_set():
             try:
                 if interval > 0 and time.monotonic() >= next_pcie:

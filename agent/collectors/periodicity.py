@@ -1,8 +1,9 @@
 """Periodicity collector: zero-touch view of collective traffic for jobs without the probe.
 
 A background job (agent/collectors/ticker.py) samples every interface's byte counters (agent/backends/nic_bytes.py);
-on scrape and evidence pull the rate history of the last `window_seconds` goes through the pure estimator
-(agent/collectors/period_estimate.py): period, burst throughput, mean, regularity per interface.
+every ESTIMATE_SECONDS of reads the rate history of the last `window_seconds` goes through the pure estimator
+(agent/collectors/period_estimate.py): period, burst throughput, mean, regularity per interface, which scrapes and
+evidence pulls read.
 
 The sampling rate follows the traffic: `sample_hz` while a busy interface repeats over fewer than
 SAMPLES_PER_PERIOD reads at `min_sample_hz` (steps under 1 s at 10 Hz) or shows no clear period (it may repeat too
@@ -12,8 +13,8 @@ window holding both rates is resampled onto the faster one's grid (counters are 
 exact for the mean rate between reads).
 
 A tick only reads: one pread per counter file, the bytes queued as they are. On this kind of VM a tick costs
-~190 us of CPU when its code runs cold after the 50 ms sleep (23 us hot), so the parsing and the ring's numpy
-work happen on the reader's side, once per scrape for all the ticks since the last one.
+~190 us of CPU when its code runs cold after its sleep (23 us hot), so the parsing and the ring's numpy work
+happen once per estimate for all the ticks since the last one.
 """
 
 from __future__ import annotations
@@ -91,12 +92,8 @@ class _Ring:
     def with_names(self, names: tuple[str, ...]) -> _Ring:
         """The same ticks for another set of interfaces: columns of those still there are kept, new ones are NaN."""
         ring = _Ring(len(self.times), names)
-        ring.times[:], ring.intervals[:], ring.size, ring._next = (
-            self.times,
-            self.intervals,
-            self.size,
-            self._next,
-        )
+        ring.times[:], ring.intervals[:] = self.times, self.intervals
+        ring.size, ring._next = self.size, self._next
         for column, name in enumerate(names):
             if name in self.names:
                 ring.counts[:, column] = self.counts[:, self.names.index(name)]
@@ -112,9 +109,7 @@ class PeriodicityCollector(Collector):
         self.settings = settings
         self.fast_interval_seconds = 1.0 / settings.sample_hz
         self.slow_interval_seconds = 1.0 / settings.min_sample_hz
-        self.interval_seconds = (
-            self.fast_interval_seconds
-        )  # now; until the traffic is known to allow the slower
+        self.interval_seconds = self.fast_interval_seconds  # now; until the traffic is known to allow the slower
         self._capacity = int(settings.window_seconds * settings.sample_hz) + 1
         self._counters: dict[str, ByteCounters] = {}
         self._names: tuple[str, ...] = ()  # of _counters, in order; their (rx, tx) descriptors in _fds
@@ -206,14 +201,9 @@ class PeriodicityCollector(Collector):
         self, names: tuple[str, ...], all_times: np.ndarray, all_intervals: np.ndarray, all_counts: np.ndarray
     ) -> dict[str, tuple[TrafficPattern, float]]:
         if len(all_times):
-            recent = (
-                all_times >= all_times[-1] - self.settings.window_seconds
-            )  # the slower rate holds a longer span
-            all_times, all_intervals, all_counts = (
-                all_times[recent],
-                all_intervals[recent],
-                all_counts[recent],
-            )
+            # the slower rate holds a longer span than the window
+            recent = all_times >= all_times[-1] - self.settings.window_seconds
+            all_times, all_intervals, all_counts = all_times[recent], all_intervals[recent], all_counts[recent]
         mixed = len(all_intervals) > 0 and all_intervals.min() < all_intervals.max()
         result = {}
         if len(all_times) >= 3:  # an interface read on every tick without a byte moved: nothing to look for

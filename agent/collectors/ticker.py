@@ -38,9 +38,7 @@ class Ticker:
 
     def __init__(self, name: str = "background-jobs") -> None:
         self.name = name
-        self._lock = (
-            threading.Lock()
-        )  # the job table; held while a job runs: `remove` waits for the run to end
+        self._lock = threading.Lock()  # the job table; held while a job runs: `remove` waits for the run to end
         self._jobs: dict[object, _Scheduled] = {}
         self._thread: threading.Thread | None = None
 

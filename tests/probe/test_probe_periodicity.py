@@ -230,16 +230,22 @@ def run(
     return t
 
 
-def test_sampling_is_slower_without_traffic_or_with_long_steps_and_faster_for_short_steps(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def one_interface(tmp_path: Path) -> Iterator[tuple[Interface, PeriodicityCollector]]:
+    """eth0 of a fixture tree, and a collector that samples it at 20 Hz or 10 Hz over 30 s windows."""
     eth0 = Interface(tmp_path)
     collector = PeriodicityCollector(
-        PeriodicitySettings(
-            sysfs_net=str(tmp_path), sample_hz=20, min_sample_hz=10, window_seconds=30, exclude=[]
-        )
+        PeriodicitySettings(sysfs_net=str(tmp_path), sample_hz=20, min_sample_hz=10, window_seconds=30, exclude=[])
     )
     collector.rescan()
+    yield eth0, collector
+    collector.close()
+
+
+def test_sampling_is_slower_without_traffic_or_with_long_steps_and_faster_for_short_steps(
+    one_interface: tuple[Interface, PeriodicityCollector],
+) -> None:
+    eth0, collector = one_interface
     collector.sample(0.0)
     collector.patterns()
     assert collector.interval_seconds == 0.05, "until the traffic is known"
@@ -259,20 +265,13 @@ def test_sampling_is_slower_without_traffic_or_with_long_steps_and_faster_for_sh
     assert collector.interval_seconds == 0.05, "0.4 s steps get 8 reads at 20 Hz, not 4"
     metrics = {m.name: m.samples for m in collector.collect()}
     assert metrics["lockstep_traffic_sample_rate_hertz"][0].value == 20.0
-    collector.close()
 
 
 @pytest.mark.parametrize("period", [0.75, 1.5])
 def test_a_window_read_at_two_rates_gives_the_period_and_rates_of_the_traffic(
-    tmp_path: Path, period: float
+    one_interface: tuple[Interface, PeriodicityCollector], period: float
 ) -> None:
-    eth0 = Interface(tmp_path)
-    collector = PeriodicityCollector(
-        PeriodicitySettings(
-            sysfs_net=str(tmp_path), sample_hz=20, min_sample_hz=10, window_seconds=30, exclude=[]
-        )
-    )
-    collector.rescan()
+    eth0, collector = one_interface
     collector.interval_seconds = collector.slow_interval_seconds
     t = run(collector, eth0, 0.0, 12.0, period)
     collector.interval_seconds = collector.fast_interval_seconds
@@ -282,7 +281,6 @@ def test_a_window_read_at_two_rates_gives_the_period_and_rates_of_the_traffic(
     assert pattern.period_seconds == pytest.approx(period, rel=0.05)
     assert pattern.mean_bytes_per_second == pytest.approx(bursts_sent(30.0, period) / 30.0, rel=0.05)
     assert pattern.burst_bytes_per_second == pytest.approx(1e9, rel=0.1)
-    collector.close()
 
 
 def test_a_slower_rate_than_the_faster_one_is_refused_with_a_clear_message() -> None:
@@ -291,13 +289,9 @@ def test_a_slower_rate_than_the_faster_one_is_refused_with_a_clear_message() -> 
 
 
 def test_patterns_are_estimated_again_once_enough_new_reads_arrived_not_on_every_scrape(
-    tmp_path: Path,
+    one_interface: tuple[Interface, PeriodicityCollector],
 ) -> None:
-    eth0 = Interface(tmp_path)
-    collector = PeriodicityCollector(
-        PeriodicitySettings(sysfs_net=str(tmp_path), window_seconds=30, exclude=[])
-    )
-    collector.rescan()
+    eth0, collector = one_interface
     t = run(collector, eth0, 0.0, 30.0, period=2.0)
     first = collector.patterns()
     t = run(collector, eth0, t, ESTIMATE_SECONDS / 2, period=0.4)
@@ -305,7 +299,5 @@ def test_patterns_are_estimated_again_once_enough_new_reads_arrived_not_on_every
     run(collector, eth0, t, ESTIMATE_SECONDS / 2 + 0.5, period=0.4)
     again = collector.patterns()
     assert again is not first
-    assert (
-        again["eth0"][0].mean_bytes_per_second > first["eth0"][0].mean_bytes_per_second
-    )  # the new reads count
-    collector.close()
+    # the new reads count
+    assert again["eth0"][0].mean_bytes_per_second > first["eth0"][0].mean_bytes_per_second
