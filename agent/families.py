@@ -62,6 +62,11 @@ class Family(RowFamily):
         """One series: its label values, in the order of the family's label names, and its value."""
         self.rows.append((tuple(labels), (value + 0.0,)))
 
+    def add_metrics_by_key(self, labels: tuple[str, ...], values: dict[str, int]) -> None:
+        """One series per item of `values`: label values `labels` and the item's key last, and the item's value
+        (a port's hundreds of counters, without a call per counter)."""
+        self.rows.extend([((*labels, key), (value + 0.0,)) for key, value in values.items()])
+
 
 class GaugeFamily(Family):
     """A gauge."""

@@ -54,7 +54,8 @@ class ProcessMetrics:
         )
         start.add_metric([], self._start_time_seconds)
         cpu = CounterFamily("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.")
-        cpu.add_metric([], (float(fields[11]) + float(fields[12])) / self._ticks_per_second)
+        ticks = self._ticks_per_second  # user and system each in seconds, then summed, as the library rounds
+        cpu.add_metric([], float(fields[11]) / ticks + float(fields[12]) / ticks)
         open_fds = GaugeFamily("process_open_fds", "Number of open file descriptors.")
         open_fds.add_metric([], float(self._open_fds()))
         max_fds = GaugeFamily("process_max_fds", "Maximum number of open file descriptors.")

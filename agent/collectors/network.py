@@ -412,14 +412,15 @@ def _rdma_families(ports: list[RdmaPortReading]) -> Iterable[Metric]:
     )
     for p in ports:
         port = (p.device, str(p.port))
+        unnamed = {}
         for file, value in p.counters.items():
             if file in named:
                 family, factor = named[file]
                 family.add_metric(port, value * factor)
             else:
-                other.add_metric((*port, file), value)
-        for counter, value in p.hw_counters.items():
-            hw.add_metric((*port, counter), value)
+                unnamed[file] = value
+        other.add_metrics_by_key(port, unnamed)
+        hw.add_metrics_by_key(port, p.hw_counters)
         if p.state is not None:
             state.add_metric(port, p.state)
             active.add_metric(port, 1.0 if p.state == RDMA_STATE_ACTIVE else 0.0)

@@ -30,8 +30,11 @@ def autocorrelation(x: np.ndarray) -> np.ndarray:
     """Normalised autocorrelation of `x` for lags 0..len-1 (1 at lag 0; zeros for a constant series)."""
     centered = x - x.mean()
     n = len(centered)
-    spectrum = np.fft.rfft(centered, 2 * n)
-    acf = np.fft.irfft(spectrum * np.conj(spectrum))[:n]
+    # zero-padded to at least 2n - 1 (no wrap-around), and to a power of two: an FFT of a length with large prime
+    # factors (2 x 299 = 2 x 13 x 23 samples) costs 5-10x more
+    size = 1 << (2 * n - 1).bit_length()
+    spectrum = np.fft.rfft(centered, size)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum), size)[:n]
     if acf[0] <= 0:
         return np.zeros(n)
     # unbiased: divide by the number of overlapping samples, so long lags are not penalised

@@ -150,8 +150,8 @@ def test_a_counter_that_fails_to_read_is_counted_and_opened_again_next_scrape(
     sysfs_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     collector = NetworkCollector(SysfsNet(sysfs_copy))
-    counter = sysfs_copy / "class/net/eno1/statistics/rx_bytes"
-    values(collector)  # opens the counter files
+    counter = sysfs_copy / "class/net/eno1/statistics/rx_bytes"  # the first of the interface's statistics
+    first = values(collector)  # opens the counter files
     real_pread, failing = os.pread, {str(counter)}
 
     def pread(fd: int, size: int, offset: int) -> bytes:  # the device answers ENODEV on its open file, once
@@ -165,6 +165,8 @@ def test_a_counter_that_fails_to_read_is_counted_and_opened_again_next_scrape(
     assert ("lockstep_net_receive_bytes_total", interface("eno1")) not in v
     errors = [dict(labels) for (name, labels), _ in v.items() if name == "lockstep_collector_read_errors_total"]
     assert [e["source"] for e in errors] == ["class/net/eno1/statistics/rx_bytes"]
+    after_it = ("lockstep_net_transmit_bytes_total", interface("eno1"))
+    assert v[after_it] == first[after_it], "the files after the failed one are still read"
     counter.unlink()
     counter.write_text("1234\n")  # a new file: read only if the failed one was closed and the path opened again
     assert values(collector)[("lockstep_net_receive_bytes_total", interface("eno1"))] == 1234

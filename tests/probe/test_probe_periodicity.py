@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.collectors.period_estimate import estimate
+from agent.collectors.period_estimate import autocorrelation, estimate
 from agent.collectors.periodicity import ESTIMATE_SECONDS, PeriodicityCollector
 from agent.settings import PeriodicitySettings
 
@@ -163,6 +163,15 @@ def test_estimator_never_fails_on_random_traffic(seed: int) -> None:
     pattern = estimate(rates, 0.05, 1e5)
     assert pattern.period_seconds is None or 0.1 <= pattern.period_seconds <= len(rates) * 0.05 / 3
     assert 0.0 <= pattern.regularity <= 1.0
+
+
+@pytest.mark.parametrize("samples", [12, 299, 300, 601, 1193])  # 2 x 299 and 2 x 1193 have large prime factors
+def test_autocorrelation_is_the_direct_sum_over_overlapping_samples(samples: int) -> None:
+    x = np.random.default_rng(samples).random(samples)
+    centered = x - x.mean()
+    direct = np.correlate(centered, centered, "full")[samples - 1 :]
+    expected = (direct / (samples - np.arange(samples))) / (direct[0] / samples)
+    np.testing.assert_allclose(autocorrelation(x), expected, rtol=0, atol=1e-12)
 
 
 def test_history_of_each_interface_survives_others_appearing_and_vanishing(tmp_path: Path) -> None:
