@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator
 
 import pytest
@@ -277,6 +280,36 @@ def test_every_collector_of_a_scrape_runs_on_one_reused_worker_thread() -> None:
     finally:
         runner.close()
     assert len(threads) == 9 and len(set(threads)) == 1 and threads[0] != threading.current_thread().name
+
+
+class Remembered(Static):
+    """Keeps a weak reference to each evidence part it returns."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.parts: list[weakref.ref[EvidencePart]] = []
+
+    def evidence(self) -> EvidencePart:
+        part = super().evidence()
+        self.parts.append(weakref.ref(part))
+        return part
+
+
+def test_the_runner_holds_nothing_of_an_evidence_pull_once_it_is_served() -> None:
+    collector = Remembered("a")
+    runner = CollectorRunner([collector], node_name="n", timeout_seconds=5)
+    try:
+        evidence = runner.evidence()
+        assert [n.name for n in evidence.nics] == ["a0"]
+        del evidence
+        for _ in range(200):  # the worker lets go of the call just after it handed over the result
+            gc.collect()
+            if collector.parts[0]() is None:
+                break
+            time.sleep(0.01)
+        assert collector.parts[0]() is None, "the last pull's parts (~1 MB with 8 ranks) kept until the next"
+    finally:
+        runner.close()
 
 
 def test_collectors_after_a_hanging_one_move_to_another_worker_and_workers_do_not_pile_up(hanging: Hanging) -> None:
