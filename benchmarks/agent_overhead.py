@@ -4,6 +4,7 @@ Both exporters run on this machine in the same run and are scraped once a second
 connection with the Accept header Prometheus sends (no gzip for either). The agent reads a fixture sysfs tree with
 --nics ConnectX RoCE ports (copied from tests/fixtures), 8 fake GPUs when the fake NVML library is built (`make fake-nvml`), and --ranks probe senders
 (one process each, the probe's own Recorder and Sender) issuing --collectives-per-second each into its socket.
+It dumps this machine's established TCP sockets for their send RTT (sock_diag), as on a node with hostNetwork.
 The RoCE ports' byte counters (netdev statistics and RDMA port counters) move as a data-parallel job's would: a
 burst at 200 Gb/s for the first fifth of every --step-seconds, a trickle otherwise (a helper process rewrites the
 fixture files 50 times a second); the agent samples NIC counters faster for steps under 1 s (see
@@ -67,6 +68,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def established_tcp_sockets() -> int:
+    """Established TCP sockets of this machine's network namespace (/proc/net/tcp and tcp6, state 01)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            count += sum(1 for line in lines if line.split()[3:4] == ["01"])
+    return count
+
+
+def procfs_of_this_node(root: Path) -> Path:
+    """The fixture procfs (TCP counters, boot id) with `1/ns/net` pointing at the network namespace the benchmark
+    runs in (the node's, here), so the agent, running in it too, samples the send RTT of the machine's real TCP
+    sockets (sock_diag) as it does on a node with hostNetwork."""
+    shutil.copytree(FIXTURE_PROCFS, root)
+    (root / "1" / "ns").mkdir()
+    (root / "1" / "ns" / "net").symlink_to(f"/proc/{os.getpid()}/ns/net")
+    return root
 
 
 def sysfs_with_nics(root: Path, nics: int) -> Path:
@@ -232,7 +252,7 @@ def main() -> int:
             "--listen", f"127.0.0.1:{agent_port}",
             "--node-name", "bench",
             "--network.sysfs-root", str(sysfs),
-            "--host.procfs-root", str(FIXTURE_PROCFS),
+            "--host.procfs-root", str(procfs_of_this_node(Path(tmp) / "proc")),
             "--periodicity.sysfs-net", str(sysfs / "class" / "net"),
             "--collective.socket-dir", str(socket_dir),
         ]  # fmt: skip
@@ -269,6 +289,7 @@ def main() -> int:
                 f"agent: {args.nics} RoCE ports + fixture netdevs, GPUs: {gpus}, {args.ranks} ranks x "
                 f"{args.collectives_per_second:g} collectives/s, "
                 + (f"{args.step_seconds:g} s steps on the NICs" if args.step_seconds > 0 else "NIC counters still")
+                + f", {established_tcp_sockets()} established TCP sockets on the machine"
                 + f"; scraping each exporter 1/s for {args.seconds:g} s"
                 + (f"; the agent's evidence pulled every {args.evidence_every:g} s" if args.evidence_every > 0 else "")
             )
