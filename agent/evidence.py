@@ -130,6 +130,18 @@ class RankEvidence(_Model):
     )
     bytes_per_second: float = 0.0
     dropped_records: int = Field(default=0, description="probe records lost (probe buffer full, agent away)")
+    process_state: str | None = Field(
+        default=None,
+        description="state of the rank's process (/proc/<pid>/stat): R running, S sleeping, D in I/O, T stopped",
+    )
+    process_write_bytes_per_second: float | None = Field(
+        default=None,
+        description="bytes the rank's process wrote (files, pipes, sockets: /proc/<pid>/io wchar) per second since "
+        "the agent's previous look, seconds before: a rank writing a checkpoint is busy, not hung",
+    )
+    process_cpu_share: float | None = Field(
+        default=None, description="CPU seconds per second of the rank's process over the same span (1 = a core)"
+    )
     samples: list[CollectiveSample] = Field(default_factory=list, description="the most recent collectives")
 
 

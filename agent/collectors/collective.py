@@ -22,7 +22,9 @@ from prometheus_client.metrics_core import Metric
 
 from agent.backends import cgroup
 from agent.backends.probe_socket import Datagram, ProbeSocket
+from agent.backends.process_activity import read_activity
 from agent.collectors.base import Collector
+from agent.collectors.process_rates import ProcessWatch
 from agent.collectors.rank_window import WAIT_BUCKETS_SECONDS, RankWindow
 from agent.collectors.ticker import TICKER
 from agent.collectors.trust import Trust
@@ -106,6 +108,7 @@ class CollectiveState:
     def __init__(self, settings: CollectiveSettings, trust: Trust, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.trust = trust
+        self.processes = ProcessWatch(partial(read_activity, proc_root=settings.proc_root))  # the ranks' processes
         self.clock = clock
         self.lock = threading.Lock()
         self.windows: dict[WindowKey, RankWindow] = {}
@@ -252,10 +255,15 @@ class CollectiveState:
     def evidence(self) -> EvidencePart:
         settings = self.settings
         with self.lock:
+            pids = [window.pid for window in self.windows.values()]
+        processes = self.processes.observe(pids, time.monotonic())  # outside the lock: it reads /proc
+        with self.lock:
             self._ingest_locked()
             now = self.clock()
             ranks = [
-                window.evidence(now, settings.window_seconds, settings.evidence_samples, self._dropped(key))
+                window.evidence(
+                    now, settings.window_seconds, settings.evidence_samples, self._dropped(key), processes.get(window.pid)
+                )
                 for key, window in sorted(self.windows.items())
             ]
         return EvidencePart(ranks=ranks)

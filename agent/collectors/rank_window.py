@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from agent.collectors.process_rates import ProcessRates
 from agent.collectors.step_period import step_period_seconds
 from agent.evidence import RankEvidence
 from agent.probe.wire import OP_CLASS, RECORD_DTYPE, Kind, Op
@@ -311,7 +312,14 @@ class RankWindow:
             self._period_cache = (key, now, None if k is None else step_period_seconds(samples["issued_at"], k))
         return self._period_cache[2]
 
-    def evidence(self, now: float, window_seconds: float, max_samples: int, dropped_records: int) -> RankEvidence:
+    def evidence(
+        self,
+        now: float,
+        window_seconds: float,
+        max_samples: int,
+        dropped_records: int,
+        process: ProcessRates | None = None,
+    ) -> RankEvidence:
         slots = self._window_slots(now, window_seconds)
         window = self._ring[slots]  # summaries straight from the ring columns; Completed rows only for `samples`
         issued_at, completed_at = window["issued_at"], window["completed_at"]
@@ -348,6 +356,9 @@ class RankWindow:
             compute_gap_seconds_p50=_quantile(gaps, 0.5),
             bytes_per_second=int(window["bytes"].sum()) / span,
             dropped_records=dropped_records,
+            process_state=process.state if process else None,
+            process_write_bytes_per_second=process.write_bytes_per_second if process else None,
+            process_cpu_share=process.cpu_share if process else None,
             samples=self._samples(window[max(0, len(window) - max_samples) :]),
         )
 

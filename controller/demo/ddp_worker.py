@@ -4,7 +4,8 @@ Started once per node by `controller.demo.job` with the usual torch.distributed 
 MASTER_ADDR, MASTER_PORT). Each step spends `--compute-seconds` in "device compute" (a sleep, as a GPU
 kernel leaves the CPU idle) multiplied by the factor in the slowdown file, then all-reduces the gradients.
 Unlike `tools/ddp_job.py` (real CPU compute, optional pacing that absorbs a slowdown), a straggler here is
-exactly "this rank's device compute takes x times longer", and four ranks fit on two cores.
+exactly "this rank's device compute takes x times longer", and four ranks fit on two cores. A rank asked to (its
+checkpoint request file) writes a checkpoint for that many seconds after its optimizer step, alone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+CHECKPOINT_BYTES_PER_SECOND = 50e6
+
 
 def read_factor(path: Path | None) -> float:
     """The slowdown factor (1.0 = normal speed) written by the fault injector; 1.0 if absent or unreadable."""
@@ -30,6 +33,32 @@ def read_factor(path: Path | None) -> float:
         return 1.0
 
 
+def take_checkpoint_request(path: Path | None) -> float:
+    """Seconds of checkpoint writing the fault injector asked this rank for (the request is removed); 0 if none."""
+    if path is None:
+        return 0.0
+    try:
+        seconds = float(path.read_text().strip() or 0.0)
+        path.unlink()
+    except (OSError, ValueError):
+        return 0.0
+    return max(0.0, seconds)
+
+
+def write_checkpoint(path: Path, seconds: float, bytes_per_second: float = CHECKPOINT_BYTES_PER_SECOND) -> None:
+    """Save a "checkpoint" for `seconds`, at `bytes_per_second` (a large model to slow storage): the same chunk
+    written over and over at the start of `path`, so the disk holds one chunk whatever the time."""
+    chunk = bytes(4 << 20)
+    deadline = time.monotonic() + seconds
+    with open(path, "wb") as out:
+        while time.monotonic() < deadline:
+            out.seek(0)
+            out.write(chunk)
+            out.flush()
+            time.sleep(len(chunk) / bytes_per_second)
+    path.unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--compute-seconds", type=float, default=0.2, help="device compute per step, s")
@@ -38,6 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     slowdown_file = os.environ.get("LOCKSTEP_DEMO_SLOWDOWN_FILE")
     slowdown_path = Path(slowdown_file) if slowdown_file else None
+    checkpoint_file = os.environ.get("LOCKSTEP_DEMO_CHECKPOINT_FILE")
+    checkpoint_path = Path(checkpoint_file) if checkpoint_file else None
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -57,6 +88,9 @@ def main() -> None:
         time.sleep(args.compute_seconds * read_factor(slowdown_path))
         loss.backward()  # DDP all-reduces the gradient buckets here
         optimizer.step()
+        if checkpoint_path is not None and (seconds := take_checkpoint_request(checkpoint_path)) > 0:
+            # this rank alone saves while its peers go on to the next step's all-reduce and wait there
+            write_checkpoint(checkpoint_path.with_name("checkpoint.bin"), seconds)
         step += 1
         if (now := time.monotonic()) - last_report >= 10:
             step_seconds = (now - last_report) / (step - reported_step)

@@ -154,8 +154,25 @@ class JobRestart(Fault):
         return f"job {job.name} restarted (generation {job.generation})"
 
 
+@dataclass
+class RankCheckpoint(Fault):
+    """Negative control: one rank saves a checkpoint (writes for a while) as its peers wait at the next all-reduce:
+    it stops behind them as a hung rank does, but its process runs and writes."""
+
+    name = "rank-checkpoint"
+    help = "negative control: one rank writes a checkpoint while the others wait; nothing may be blamed"
+    budget_seconds = 0.0
+    blames_a_node = False
+    rank: int = 0
+    seconds: float = 25.0
+
+    def inject(self, cluster: Cluster, job: TrainingJob) -> str:
+        job.request_checkpoint(self.rank, self.seconds)
+        return f"rank {self.rank} writes a checkpoint for {self.seconds:g} s while its peers wait"
+
+
 FAULTS: dict[str, type[Fault]] = {
-    f.name: f for f in (Straggler, Hang, SlowLink, Xid, NoFault, JobSlowdown, JobRestart)
+    f.name: f for f in (Straggler, Hang, SlowLink, Xid, NoFault, JobSlowdown, JobRestart, RankCheckpoint)
 }
 
 

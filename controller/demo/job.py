@@ -1,5 +1,6 @@
 """The demo's training job: one real torch.distributed DDP rank (gloo, CPU) per node, inside the node's
-namespace, with the Lockstep probe switched on and a per-rank slowdown file the fault injectors write."""
+namespace, with the Lockstep probe switched on and per-rank slowdown and checkpoint request files the fault
+injectors write."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 WORKER_MODULE = "controller.demo.ddp_worker"
 SLOWDOWN_ENV = "LOCKSTEP_DEMO_SLOWDOWN_FILE"
+CHECKPOINT_ENV = "LOCKSTEP_DEMO_CHECKPOINT_FILE"
 
 
 def probe_bootstrap_env(env: dict[str, str], work_dir: Path) -> str:
@@ -68,6 +70,16 @@ class TrainingJob:
         tmp.write_text(f"{factor}\n")
         tmp.replace(path)
 
+    def checkpoint_file(self, rank: int) -> Path:
+        return self.nodes[rank].directory / f"checkpoint-rank{rank}"
+
+    def request_checkpoint(self, rank: int, seconds: float) -> None:
+        """Make rank `rank` write a checkpoint for `seconds` after its current step, while its peers wait."""
+        path = self.checkpoint_file(rank)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{seconds}\n")
+        tmp.replace(path)
+
     def start(self) -> None:
         self.generation += 1
         master = self.nodes[0]
@@ -88,6 +100,7 @@ class TrainingJob:
                     "LOCKSTEP_JOB": self.name,
                     "NODE_NAME": node.name,
                     SLOWDOWN_ENV: str(self.slowdown_file(rank)),
+                    CHECKPOINT_ENV: str(self.checkpoint_file(rank)),
                     "OMP_NUM_THREADS": "1",
                 }
             )

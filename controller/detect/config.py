@@ -69,6 +69,13 @@ class DetectionConfig:
     """Never call a hang sooner: a garbage-collection pause, a slow data batch or a log flush last seconds."""
     hang_max_seconds: float = 20.0
     """Always call a hang by this time (plus one cycle), whatever the step period: the target is 30 s."""
+    hang_busy_write_bytes_per_second: float = 1e6
+    """A rank behind its waiting peers whose process writes this fast (its agent's `process_write_bytes_per_second`)
+    is busy, not hung: one rank saving a checkpoint while the others wait at the next collective. A stopped or stuck
+    process writes nothing; logs are kilobytes a second."""
+    hang_busy_max_seconds: float = 600.0
+    """A busy rank that made no progress for this long is called hung all the same (PyTorch's NCCL timeout is
+    10 minutes: a job waiting longer fails anyway)."""
 
     # --- slow link / NIC ---------------------------------------------------------------------------------
     link_peer_multiple: float = 10.0

@@ -34,6 +34,21 @@ def _issued(entry: RankEntry) -> int:
     return max(entry.rank.last_seq, pending if pending is not None else -1)
 
 
+def _busy(entry: RankEntry, config: DetectionConfig) -> bool:
+    """Whether a rank that lags its waiting peers is busy writing (a checkpoint saved by this rank alone), not
+    hung: its process runs and writes at checkpoint speed, and it has not been at it for `hang_busy_max_seconds`.
+    Without the agent's process figures (an older agent, no access to /proc) nobody is busy."""
+    rank = entry.rank
+    written = rank.process_write_bytes_per_second
+    return (
+        rank.process_state is not None
+        and rank.process_state not in ("T", "t", "Z", "X")  # stopped, traced, gone
+        and written is not None
+        and written >= config.hang_busy_write_bytes_per_second
+        and entry.collected_at - rank.last_progress_at < config.hang_busy_max_seconds
+    )
+
+
 def hang_threshold_seconds(step_period: float | None, config: DetectionConfig) -> float:
     """How long peers must wait in one collective before progress counts as stopped (s)."""
     by_step = config.hang_step_multiple * step_period if step_period else config.hang_min_seconds
@@ -75,7 +90,7 @@ def find_hang(
     laggards = [
         e
         for e in group.entries
-        if _issued(e) < front and e.collected_at - e.rank.last_progress_at >= threshold / 2
+        if _issued(e) < front and e.collected_at - e.rank.last_progress_at >= threshold / 2 and not _busy(e, config)
     ]
     suspects: dict[str, list[dict[str, object]]] = {}
     for e in laggards:

@@ -107,3 +107,32 @@ def test_hang_after_ddp_issued_several_buckets_blames_the_rank_behind_the_fronti
     }
     report = find_hang(group_ranks(documents)[("", "j")]["default"], 1.0, CONFIG)
     assert [(f.reason, f.node) for f in report.findings] == [("Hang", "b")]
+
+
+def _laggard_doing(state: str | None, writes: float | None, progress: float = 184.0) -> dict[str, Evidence]:
+    """Ranks 0 and 1 wait in collective 42 since 185 s; rank 2 stopped issuing at `progress`, its process in
+    `state` writing `writes` bytes/s (None: an agent that does not say)."""
+    laggard = _rank(2, 41, None, None, progress).model_copy(
+        update={"process_state": state, "process_write_bytes_per_second": writes}
+    )
+    return {
+        "a": Evidence(node="a", collected_at=200.0, ranks=[_rank(0, 41, 42, 185.0, 185.0)]),
+        "b": Evidence(node="b", collected_at=200.0, ranks=[_rank(1, 41, 42, 185.0, 185.0)]),
+        "c": Evidence(node="c", collected_at=200.0, ranks=[laggard]),
+    }
+
+
+def test_a_rank_writing_a_checkpoint_while_its_peers_wait_is_busy_not_hung() -> None:
+    report = find_hang(group_ranks(_laggard_doing("R", 200e6))[("", "j")]["default"], 1.0, CONFIG)
+    assert report.hung and report.findings == []
+    report = find_hang(group_ranks(_laggard_doing("D", 5e6))[("", "j")]["default"], 1.0, CONFIG)
+    assert report.findings == []
+
+
+def test_a_stopped_silent_or_unknown_laggard_is_hung_and_so_is_one_busy_past_the_limit() -> None:
+    for state, writes in [("T", None), ("S", 2e3), ("R", None), (None, None), ("T", 200e6)]:
+        report = find_hang(group_ranks(_laggard_doing(state, writes))[("", "j")]["default"], 1.0, CONFIG)
+        assert [(f.reason, f.node) for f in report.findings] == [("Hang", "c")], (state, writes)
+    long_ago = 200.0 - CONFIG.hang_busy_max_seconds
+    documents = _laggard_doing("R", 200e6, progress=long_ago)
+    assert [f.node for f in find_hang(group_ranks(documents)[("", "j")]["default"], 1.0, CONFIG).findings] == ["c"]

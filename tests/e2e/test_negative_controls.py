@@ -1,12 +1,14 @@
-"""Negative controls on one shared cluster (3 ranks, 1 idle node): a healthy job, a job-wide slowdown and a
-job restart must never get a node blamed, cordoned or tainted, and the idle node is never touched."""
+"""Negative controls on one shared cluster (3 ranks, 1 idle node): a healthy job, a job-wide slowdown, one rank
+writing a checkpoint while the others wait and a job restart must never get a node blamed, cordoned or tainted,
+and the idle node is never touched."""
 
 from __future__ import annotations
 
 import pytest
 
-from controller.demo.faults import JobRestart, JobSlowdown, NoFault
+from controller.demo.faults import JobRestart, JobSlowdown, NoFault, RankCheckpoint
 from controller.demo.scenario import DemoRun, Detection
+from tests.e2e.conftest import HEALTHY_SECONDS
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -38,6 +40,15 @@ def test_whole_job_slowing_at_once_like_a_checkpoint_blames_nobody(
     for rank in range(shared_demo.job.world_size):
         shared_demo.job.set_slowdown(rank, 1.0)
     watch_quietly(shared_demo, detection, measured)
+
+
+def test_one_rank_writing_a_checkpoint_while_its_peers_wait_blames_nobody(
+    shared_demo: DemoRun, measured: list[Detection]
+) -> None:
+    fault = RankCheckpoint(rank=0, seconds=25.0)  # past the hang threshold (8-20 s): a stopped rank would be hung
+    shared_demo.observe(HEALTHY_SECONDS)  # a job with a known step, also when this test runs alone
+    at = shared_demo.inject(fault)
+    watch_quietly(shared_demo, shared_demo.watch_fault(fault, at, WATCH_SECONDS), measured)
 
 
 def test_whole_job_restarting_blames_nobody(shared_demo: DemoRun, measured: list[Detection]) -> None:

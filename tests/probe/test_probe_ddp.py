@@ -87,6 +87,8 @@ def test_stopped_rank_shows_as_stalled_while_its_peers_wait_in_a_pending_collect
         assert peer.pending_since - stopped_at < 3 * period
     assert stalled.pending_seq is None
     assert stalled.last_progress_at < min(p.pending_since for p in peers)  # type: ignore[type-var]
+    assert stalled.process_state == "T", "the agent sees the rank's process stopped: hung, not busy"
+    assert all(peer.process_state in ("R", "S", "D") for peer in peers)
 
 
 def test_straggler_arrives_late_and_waits_little_while_its_peers_wait_long(
