@@ -65,20 +65,14 @@ class TrainingJob:
 
     def set_slowdown(self, rank: int, factor: float) -> None:
         """Make rank `rank` spend `factor` times its normal compute per step (1.0 = normal), from its next step."""
-        path = self.slowdown_file(rank)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{factor}\n")
-        tmp.replace(path)
+        _write_whole(self.slowdown_file(rank), f"{factor}\n")
 
     def checkpoint_file(self, rank: int) -> Path:
         return self.nodes[rank].directory / f"checkpoint-rank{rank}"
 
     def request_checkpoint(self, rank: int, seconds: float) -> None:
         """Make rank `rank` write a checkpoint for `seconds` after its current step, while its peers wait."""
-        path = self.checkpoint_file(rank)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{seconds}\n")
-        tmp.replace(path)
+        _write_whole(self.checkpoint_file(rank), f"{seconds}\n")
 
     def start(self) -> None:
         self.generation += 1
@@ -126,3 +120,10 @@ class TrainingJob:
 
     def failed_ranks(self) -> list[int]:
         return [rank for rank, child in self.ranks.items() if not child.running()]
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Replace `path` atomically: the rank reading it every step never sees half of it."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
