@@ -3,9 +3,13 @@
 Physics of a blocking collective: it completes when the last rank has arrived, so the slow rank (the culprit)
 arrives late and waits only for the transfer, while its peers (the victims) arrive on time and wait for it.
 For every collective seen by all ranks of the group (lined up by sequence number) a rank's lateness is its
-arrival minus the median arrival of the *other* ranks (so a two-rank job still has a reference); a culprit is
-late by a share of the step period, on most collectives, beyond the measured jitter, AND waits less than its
-peers by a good part of that lateness. The wait condition rejects a rank whose clock runs ahead. The
+arrival minus the median arrival of the *other* ranks (so a two-rank job still has a reference). Each collective
+that blocks lines the ranks up again, so a slow rank's lateness shows on the collectives right after its extra
+compute: on every one in a job issuing one a step, on one of several in a step of FSDP's all-gathers and
+reduce-scatters or of DDP's gradients and a logged loss. A culprit is late by a share of the step period, on
+most collectives or (several collectives a step) by the most it is late within each step's run of them
+(`step_lateness`), beyond the measured jitter, AND waits less than its peers by a good part of its lateness on
+the collectives it is late at. The wait condition rejects a rank whose clock runs ahead. The
 clock-free form uses wait times alone (and the compute gap where known): the culprit waits much less than its
 peers. Waits count on the collectives every rank timed (the probe times one in TIMED_EVERY, the same seqs on
 every rank), arrivals on all of them. Input: a `RankGroup` with samples attached; output: findings per culprit node and per-rank figures.
@@ -13,6 +17,7 @@ every rank), arrivals on all of them. Input: a `RankGroup` with samples attached
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -114,10 +119,12 @@ def _late_beyond_noise(
     jitter: np.ndarray,
     config: DetectionConfig,
     sampled: bool = False,
+    per_step: np.ndarray | int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (group, row) of a (G, R, C) array: median deviation, whether it exceeds the threshold and the
     median's standard error under the group's jitter, and on what share of the collectives it is over half
-    the threshold. `sampled`: nan marks collectives without a measurement, left out of each statistic."""
+    the threshold. `sampled`: nan marks collectives without a measurement, left out of each statistic.
+    `per_step` (G, 1): collectives a value spans (`step_lateness`): the values of one step are one measurement."""
     over = deviation > threshold[..., None] / 2
     half = over.shape[-1] // 2  # late in both halves of the window: a transient fills one part of it
     if sampled:
@@ -130,7 +137,7 @@ def _late_beyond_noise(
         )
     else:
         median = median_along(deviation, axis=-1)
-        standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(deviation.shape[-1])
+        standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(deviation.shape[-1] / per_step)
         consistency = np.minimum(over[..., :half].mean(axis=-1), over[..., half:].mean(axis=-1))
     late = (
         (median >= threshold)
@@ -150,7 +157,13 @@ class _Judgement:
     needed: np.ndarray  # (G, R) late collectives that settle the finding beyond the jitter (count)
 
     def strength(self, g: int, i: int) -> float:
-        return float(self.lateness[g, i] if self.method[g, i] == "arrival" else self.deficit[g, i])
+        return float(self.deficit[g, i] if self.method[g, i] == "clock-free" else self.lateness[g, i])
+
+    def either(self, other: _Judgement) -> _Judgement:
+        """Per (group, row): this judgement where it blames, else `other`'s."""
+        mine = self.late | ~other.late
+        names = [f.name for f in dataclasses.fields(self)]
+        return _Judgement(*(np.where(mine, getattr(self, n), getattr(other, n)) for n in names))
 
     def detail(self, g: int, i: int) -> dict[str, object]:
         deficit = float(self.deficit[g, i])
@@ -173,28 +186,38 @@ def _judge(
     threshold: np.ndarray,
     jitters: tuple[np.ndarray, np.ndarray],
     config: DetectionConfig,
+    per_step: np.ndarray | None = None,
 ) -> _Judgement:
     """Late by arrival and (where waits are known) waiting less by a good part of it; or clock-free: waiting
-    much less than the peers (and computing longer, where compute gaps are known). `deficit` and
-    `timed_lateness` hold the timed collectives only (see `timed_columns`; nan pads a group with fewer): the wait
-    share is taken of the lateness on the same collectives (lateness differs by gradient bucket, and a sample may
-    hold more of one bucket than the window does). `timed_share` (G, 1): their share of the compared collectives.
-    `jitters`: per-collective noise of lateness and of the wait deficit, per group."""
-    late_median, late, consistency = _late_beyond_noise(lateness, threshold, jitters[0], config)
+    much less than the peers (and computing longer, where compute gaps are known). `lateness`: per collective,
+    or with `per_step` (G, 1) per step (`step_lateness`, each value spanning that many collectives; method
+    "arrival per step", never clock-free: the waits are the same). `deficit` and `timed_lateness` hold the
+    timed collectives only, per collective (see `timed_columns`; nan pads a group with fewer): the wait share is
+    taken of the lateness on the timed collectives the rank is late at (lateness differs by gradient bucket and by
+    position in a step). A rank late on none of its timed collectives cannot be a clock running ahead (that
+    shifts every arrival): its arrivals are judged alone. `timed_share` (G, 1): their share of the compared
+    collectives. `jitters`: per-step noise of lateness and per-collective noise of the wait deficit, per group."""
+    spans = 1 if per_step is None else per_step
+    late_median, late, consistency = _late_beyond_noise(
+        lateness, threshold, jitters[0], config, per_step=spans
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         padded = bool(np.isnan(deficit).any())
         deficit_median, waits_less, _ = _late_beyond_noise(deficit, threshold, jitters[1], config, padded)
         deficit_median = np.where(waits_known, deficit_median, np.nan)
-        timed_late = late_median if timed_lateness is lateness else nanmedian_along(timed_lateness, axis=-1)
-        # (a rank late overall but not on its few timed collectives must still wait less by a share of the threshold)
-        late &= ~waits_known | (
-            deficit_median >= config.straggler_wait_share * np.maximum(timed_late, threshold)
+        late_at = timed_lateness > threshold[..., None] / 2  # the timed collectives it is late at
+        deficit_there = nanmedian_along(np.where(late_at, deficit, np.nan), axis=-1)
+        lateness_there = nanmedian_along(np.where(late_at, timed_lateness, np.nan), axis=-1)
+        late &= ~waits_known | np.where(
+            late_at.any(axis=-1), deficit_there >= config.straggler_wait_share * lateness_there, True
         )
-    clock_free = waits_known & waits_less & ~late & gaps_ok
-    method = np.where(late, "arrival", np.where(clock_free, "clock-free", ""))
+    clock_free = waits_known & waits_less & ~late & gaps_ok & (per_step is None)
+    arrival = "arrival" if per_step is None else "arrival per step"
+    method = np.where(late, arrival, np.where(clock_free, "clock-free", ""))
     strength, jitter = np.where(late, late_median, deficit_median), np.where(late, *jitters)
     with np.errstate(divide="ignore", invalid="ignore"):
-        counted_share = np.where(late, 1.0, timed_share)  # clock-free counts timed collectives: scale to all
+        # Arrival counts steps of `per_step` collectives, clock-free counts timed collectives: both scaled to all.
+        counted_share = np.where(late, 1.0 / spans, timed_share)
         needed = np.ceil(
             np.square(config.straggler_persistent_noise_multiple * MEDIAN_STANDARD_ERROR * jitter / strength)
             / counted_share
@@ -261,6 +284,8 @@ def _judge_stack(
     median_of_waits = nanmedian_along if np.isnan(wait).any() else median_along
     lateness = stack.arrival - peer_median(stack.arrival)
     timed_lateness = timed(lateness)
+    spacing = seconds_per_collective(stack, steps)
+    per_step = collectives_per_step(steps, spacing, lateness.shape[-1])
     deficit = peer_median(wait) - wait  # how much less than its peers each rank waited
     jitters = (jitter_of(lateness), jitter_of(deficit, median_of_waits))
     timed_share = timed_count / stack.arrival.shape[-1]
@@ -269,11 +294,13 @@ def _judge_stack(
     with np.errstate(invalid="ignore"):
         excess = gaps - peer_median(gaps[..., None])[..., 0]
         gaps_ok = ~gaps_known | (excess >= config.straggler_lateness_floor_seconds)
-    verdict = _judge(
-        lateness, deficit, timed_lateness, waits_known, timed_share, gaps_ok, threshold, jitters, config
-    )
+    judged = (deficit, timed_lateness, waits_known, timed_share, gaps_ok, threshold)
+    verdict = _judge(lateness, *judged, jitters, config)
+    stepwise = step_lateness(lateness, per_step)
+    if stepwise is not lateness:
+        by_step = _judge(stepwise, *judged, (jitter_of(stepwise), jitters[1]), config, per_step[:, None])
+        verdict = verdict.either(by_step)
     wait_median = median_of_waits(wait, axis=-1)
-    spacing = seconds_per_collective(stack, steps)
     pooled = _judge_nodes(
         stack, lateness, deficit, timed_lateness, waits_known, timed_share, threshold, jitters, config
     )
@@ -325,6 +352,30 @@ def timed_columns(wait: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray],
         return np.where(filled, np.take_along_axis(values, columns, axis=2), np.nan)
 
     return pick, count
+
+
+def collectives_per_step(steps: np.ndarray, spacing: np.ndarray, compared: int) -> np.ndarray:
+    """Per group: collectives in one training step (the step period over the time per collective), at least 1
+    and at most half the `compared` collectives, so that each half of the window holds a step."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        count = np.rint(steps / spacing)
+    return np.clip(np.nan_to_num(count, nan=1.0, posinf=1.0), 1, max(1, compared // 2)).astype(np.int64)
+
+
+def step_lateness(lateness: np.ndarray, per_step: np.ndarray) -> np.ndarray:
+    """A (G, R, C) lateness array as the most each rank is late within the `per_step` (G,) collectives up to
+    each one (the first ones: within the first step), less its peers' median of the same: a rank's lateness
+    per step wherever in the step it shows. Unchanged where a step holds one collective."""
+    if (per_step == 1).all():
+        return lateness
+    out = lateness.copy()
+    width = lateness.shape[-1]
+    for k in np.unique(per_step[per_step > 1]).tolist():
+        members = np.flatnonzero(per_step == k)
+        windows = np.lib.stride_tricks.sliding_window_view(lateness[members], k, axis=-1).max(axis=-1)
+        most = np.concatenate([np.repeat(windows[..., :1], k - 1, axis=-1), windows], axis=-1)
+        out[members] = most[..., :width] - peer_median(most[..., :width])
+    return out
 
 
 def seconds_per_collective(stack: Stack, steps: np.ndarray) -> np.ndarray:
