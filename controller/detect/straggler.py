@@ -159,11 +159,16 @@ class _Judgement:
     def strength(self, g: int, i: int) -> float:
         return float(self.deficit[g, i] if self.method[g, i] == "clock-free" else self.lateness[g, i])
 
-    def either(self, other: _Judgement) -> _Judgement:
-        """Per (group, row): this judgement where it blames, else `other`'s."""
-        mine = self.late | ~other.late
-        names = [f.name for f in dataclasses.fields(self)]
-        return _Judgement(*(np.where(mine, getattr(self, n), getattr(other, n)) for n in names))
+    def either(self, other: _Judgement, groups: np.ndarray) -> _Judgement:
+        """Per (group, row): this judgement where it blames, else `other`'s, which judged `groups` of them."""
+        mine = self.late[groups] | ~other.late
+        columns = []
+        for name in (f.name for f in dataclasses.fields(self)):
+            theirs = getattr(other, name)
+            column = getattr(self, name).astype(np.promote_types(getattr(self, name).dtype, theirs.dtype))
+            column[groups] = np.where(mine, column[groups], theirs)
+            columns.append(column)
+        return _Judgement(*columns)
 
     def detail(self, g: int, i: int) -> dict[str, object]:
         deficit = float(self.deficit[g, i])
@@ -205,11 +210,8 @@ def _judge(
         padded = bool(np.isnan(deficit).any())
         deficit_median, waits_less, _ = _late_beyond_noise(deficit, threshold, jitters[1], config, padded)
         deficit_median = np.where(waits_known, deficit_median, np.nan)
-        late_at = timed_lateness > threshold[..., None] / 2  # the timed collectives it is late at
-        deficit_there = nanmedian_along(np.where(late_at, deficit, np.nan), axis=-1)
-        lateness_there = nanmedian_along(np.where(late_at, timed_lateness, np.nan), axis=-1)
-        late &= ~waits_known | np.where(
-            late_at.any(axis=-1), deficit_there >= config.straggler_wait_share * lateness_there, True
+        late &= ~waits_known | _waits_less_where_late(
+            late, deficit, timed_lateness, threshold, config.straggler_wait_share
         )
     clock_free = waits_known & waits_less & ~late & gaps_ok & (per_step is None)
     arrival = "arrival" if per_step is None else "arrival per step"
@@ -224,6 +226,25 @@ def _judge(
         )
     needed = np.where(late | clock_free, np.nan_to_num(needed, nan=0.0, posinf=0.0), 0.0)
     return _Judgement(late_median, deficit_median, late | clock_free, method, consistency, needed)
+
+
+def _waits_less_where_late(
+    late: np.ndarray, deficit: np.ndarray, timed_lateness: np.ndarray, threshold: np.ndarray, share: float
+) -> np.ndarray:
+    """Per (group, row): on the timed collectives the rank is late at (by over half the threshold), its median
+    wait deficit is at least `share` of its median lateness there; True where it is late at none of them.
+    Worked out only for the groups with a `late` row (a cycle has few)."""
+    out = np.ones(late.shape, dtype=bool)
+    groups = np.flatnonzero(late.any(axis=1))
+    if not len(groups):
+        return out
+    lateness = timed_lateness[groups]
+    late_at = lateness > threshold[groups][..., None] / 2
+    deficit_there = nanmedian_along(np.where(late_at, deficit[groups], np.nan), axis=-1)
+    lateness_there = nanmedian_along(np.where(late_at, lateness, np.nan), axis=-1)
+    with np.errstate(invalid="ignore"):
+        out[groups] = ~late_at.any(axis=-1) | (deficit_there >= share * lateness_there)
+    return out
 
 
 def find_stragglers(group: RankGroup, step_period: float | None, config: DetectionConfig) -> StragglerReport:
@@ -294,12 +315,27 @@ def _judge_stack(
     with np.errstate(invalid="ignore"):
         excess = gaps - peer_median(gaps[..., None])[..., 0]
         gaps_ok = ~gaps_known | (excess >= config.straggler_lateness_floor_seconds)
-    judged = (deficit, timed_lateness, waits_known, timed_share, gaps_ok, threshold)
-    verdict = _judge(lateness, *judged, jitters, config)
+    verdict = _judge(
+        lateness, deficit, timed_lateness, waits_known, timed_share, gaps_ok, threshold, jitters, config
+    )
     stepwise = step_lateness(lateness, per_step)
     if stepwise is not lateness:
-        by_step = _judge(stepwise, *judged, (jitter_of(stepwise), jitters[1]), config, per_step[:, None])
-        verdict = verdict.either(by_step)
+        # judged again per step only where a rank is late by its median per step and not blamed already
+        again = np.flatnonzero(((median_along(stepwise, axis=-1) >= threshold) & ~verdict.late).any(axis=1))
+        if len(again):
+            by_step = _judge(
+                stepwise[again],
+                deficit[again],
+                timed_lateness[again],
+                waits_known[again],
+                timed_share[again],
+                gaps_ok[again],
+                threshold[again],
+                (jitter_of(stepwise[again]), jitters[1][again]),
+                config,
+                per_step[again, None],
+            )
+            verdict = verdict.either(by_step, again)
     wait_median = median_of_waits(wait, axis=-1)
     pooled = _judge_nodes(
         stack, lateness, deficit, timed_lateness, waits_known, timed_share, threshold, jitters, config
@@ -364,17 +400,20 @@ def collectives_per_step(steps: np.ndarray, spacing: np.ndarray, compared: int) 
 
 def step_lateness(lateness: np.ndarray, per_step: np.ndarray) -> np.ndarray:
     """A (G, R, C) lateness array as the most each rank is late within the `per_step` (G,) collectives up to
-    each one (the first ones: within the first step), less its peers' median of the same: a rank's lateness
-    per step wherever in the step it shows. Unchanged where a step holds one collective."""
+    each one (the first ones: within the first step), less its peers' median of that (the most of several
+    values is biased up by their jitter): a rank's lateness per step wherever in the step it shows. Unchanged
+    where a step holds one collective."""
     if (per_step == 1).all():
         return lateness
     out = lateness.copy()
-    width = lateness.shape[-1]
     for k in np.unique(per_step[per_step > 1]).tolist():
         members = np.flatnonzero(per_step == k)
-        windows = np.lib.stride_tricks.sliding_window_view(lateness[members], k, axis=-1).max(axis=-1)
-        most = np.concatenate([np.repeat(windows[..., :1], k - 1, axis=-1), windows], axis=-1)
-        out[members] = most[..., :width] - peer_median(most[..., :width])
+        values = lateness[members]
+        most = values[..., k - 1 :].copy()
+        for shift in range(1, k):
+            np.maximum(most, values[..., k - 1 - shift : values.shape[-1] - shift], out=most)
+        most = np.concatenate([np.repeat(most[..., :1], k - 1, axis=-1), most], axis=-1)
+        out[members] = most - peer_median(most)
     return out
 
 
