@@ -545,6 +545,7 @@ def _node_findings(
         rank_ids = sorted({r for c in culprits if c.node == node for r in c.ranks})
         pooled = any(c.detail.get("pooled") for c in culprits if c.node == node)
         strength = max(c.strength_seconds for c in culprits if c.node == node)
+        per_step = all(c.detail.get("method") == "arrival per step" for c in culprits if c.node == node)
         needed = [
             n for c in culprits if c.node == node and isinstance(n := c.detail.get("collectives_needed"), int)
         ]
@@ -563,6 +564,7 @@ def _node_findings(
                 summary=(
                     f"rank {', '.join(map(str, rank_ids))} of job {job} arrives "
                     f"{strength * 1000:.0f} ms late"
+                    + (" once a step" if per_step else "")
                     + (f" ({share:.0%} of a {step_period:.2f} s step)" if share is not None else "")
                     + " and waits less than its peers"
                 ),

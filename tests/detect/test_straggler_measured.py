@@ -33,6 +33,7 @@ def test_fsdp_straggler_late_at_one_collective_a_step_is_blamed() -> None:
     assert [f.node for f in findings] == ["lsdemo-2d67-node3"]
     culprit = findings[0].evidence["culprits"][0]
     assert culprit["method"] == "arrival per step" and culprit["lateness_seconds"] > 0.03
+    assert "ms late once a step" in findings[0].summary
 
 
 def test_healthy_fsdp_job_blames_nobody() -> None:
