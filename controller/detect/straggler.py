@@ -33,6 +33,10 @@ MAD_TO_SIGMA = 1.4826  # robust standard deviation from the median absolute devi
 MEDIAN_STANDARD_ERROR = 1.2533  # standard error of a median is ~1.25 sigma / sqrt(n)
 LEAVE_ONE_OUT_BELOW_RANKS = 8  # from 8 ranks on, leaving the rank itself out of the median changes ~nothing
 JITTER_RANKS = 16  # ranks sampled per group to estimate its per-collective jitter
+STEPS_PER_WINDOW = 4
+"""A group issuing more collectives a step than half of `samples_per_rank` is compared over this many steps of
+them (as many as its agents sent: 128 by default): the per-step test needs whole steps in each half of the
+window. Not above `scale_ranks` ranks, where the window is held for the cycle's CPU budget."""
 
 
 Median = Callable[..., np.ndarray]  # median_along or nanmedian_along
@@ -269,12 +273,20 @@ def find_stragglers_many(
     comparable = [i for i, (group, _) in enumerate(groups) if steps[i] > 0 and len(group.entries) >= 2]
     ranks = sum(len(groups[i][0].entries) for i in comparable)
     window = config.samples_per_rank if ranks <= config.scale_ranks else config.samples_per_rank_at_scale
-    stacks = align(
-        [groups[i][0] for i in comparable], window, config.min_collectives, config.samples_within_seconds
-    )
+    by_window: dict[int, list[int]] = {}
+    for i in comparable:
+        width = _window_for(groups[i][0], steps[i], window) if ranks <= config.scale_ranks else window
+        by_window.setdefault(width, []).append(i)
+    stacks = [
+        (stack, indices)
+        for width, indices in by_window.items()
+        for stack in align(
+            [groups[i][0] for i in indices], width, config.min_collectives, config.samples_within_seconds
+        )
+    ]
     aligned: set[int] = set()
-    for stack in stacks:
-        members = [comparable[g] for g in stack.groups]
+    for stack, indices in stacks:
+        members = [indices[g] for g in stack.groups]
         aligned.update(members)
         _judge_stack(
             stack,
@@ -288,6 +300,16 @@ def find_stragglers_many(
         if i not in aligned:
             reports[i] = _from_summaries(groups[i][0], float(thresholds[i]), config)
     return reports
+
+
+def _window_for(group: RankGroup, step: float, window: int) -> int:
+    """Collectives to compare for `group`: `window`, or `STEPS_PER_WINDOW` steps of them where a step holds more
+    than half of it (the step period over the mean time between its first rank's collectives)."""
+    arrival = group.entries[0].columns.arrival
+    if len(arrival) < 2 or not arrival[-1] > arrival[0]:
+        return window
+    per_step = round(step * (len(arrival) - 1) / float(arrival[-1] - arrival[0]))
+    return window if 2 * per_step <= window else STEPS_PER_WINDOW * per_step
 
 
 def _judge_stack(

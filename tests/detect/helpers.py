@@ -35,17 +35,19 @@ def lockstep_ranks(
     first_seq: int = 0,
     waits_timed_every: int = 1,
     late_positions: tuple[int, ...] | None = None,
+    per_step: int = PER_STEP,
 ) -> dict[int, list[RankEvidence]]:
     """Ranks of one job in lockstep up to time t: the culprit arrives late, everyone completes together. Waits
     are known for the collectives whose seq is a multiple of `waits_timed_every` (the probe's sample).
     `late_positions`: the culprit is late only at these of the PER_STEP collectives of a step (its extra compute
-    lies before them; the others find every rank lined up again), else at all of them."""
+    lies before them; the others find every rank lined up again), else at all of them. `per_step`: collectives
+    in a step of STEP seconds."""
     rng = np.random.default_rng(seed + int(t))
-    last = first_seq + int(t * PER_STEP / (STEP * world_slowdown)) - 1
+    last = first_seq + int(t * per_step / (STEP * world_slowdown)) - 1
     seqs = np.arange(last - samples + 1, last + 1)
-    base = (seqs - first_seq) * STEP * world_slowdown / PER_STEP
+    base = (seqs - first_seq) * STEP * world_slowdown / per_step
     delay = late_seconds * (
-        np.isin(seqs % PER_STEP, late_positions) if late_positions is not None else np.ones(samples)
+        np.isin(seqs % per_step, late_positions) if late_positions is not None else np.ones(samples)
     )
     world = nodes * ranks_per_node
     out: dict[int, list[RankEvidence]] = {}

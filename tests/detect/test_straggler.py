@@ -196,6 +196,14 @@ def test_straggler_late_at_one_collective_of_each_step_is_blamed_when_none_of_th
     assert [f.node for f in findings] == ["n1"]
 
 
+def test_straggler_late_at_one_of_forty_collectives_a_step_is_blamed_over_whole_steps() -> None:
+    # more collectives a step than half the usual window (FSDP over many layers): compared over 4 steps of them,
+    # or as many as the agents sent (128)
+    findings = _findings(4, 1, late_node=3, late_seconds=0.2, late_positions=(7,), per_step=40, samples=128)
+    assert [f.node for f in findings] == ["n3"]
+    assert findings[0].evidence["compared_collectives"] > 64
+
+
 def test_clock_ahead_is_not_blamed_per_step_either() -> None:
     # late by its offset at every collective of every step, but waits like everyone at each
     for offset in (0.05, 0.2):
