@@ -68,7 +68,8 @@ class DetectionConfig:
     hang_min_seconds: float = 8.0
     """Never call a hang sooner: a garbage-collection pause, a slow data batch or a log flush last seconds."""
     hang_max_seconds: float = 20.0
-    """Always call a hang by this time (plus one cycle), whatever the step period: the target is 30 s."""
+    """Always call a hang by this time (plus one cycle), whatever the step period: the target is 30 s. Counted
+    from the stalled rank's last progress (at least two steps), as its peers may block a step later."""
 
     # --- slow link / NIC ---------------------------------------------------------------------------------
     link_peer_multiple: float = 10.0
