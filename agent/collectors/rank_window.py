@@ -26,6 +26,9 @@ WAIT_BUCKETS_SECONDS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 _WAIT_BOUNDS = np.array(WAIT_BUCKETS_SECONDS)
+# The evidence's samples reach back past the window for at least this many of the newest collectives: the
+# controller lines up to 32 per rank up (and at least 6), which a job of 5 s steps issues in 160 s, not in a window.
+MIN_EVIDENCE_SAMPLES = 32
 # One completed collective in a window's ring buffer (completed_at 0 = completion not measured).
 SAMPLE_DTYPE = np.dtype([("seq", "<i8"), ("op", "u1"), ("bytes", "<i8"), ("issued_at", "<f8"), ("completed_at", "<f8")])
 # The same fields read in place from decoded wire records (assigning from this view copies only them).
@@ -359,8 +362,16 @@ class RankWindow:
             process_state=process.state if process else None,
             process_write_bytes_per_second=process.write_bytes_per_second if process else None,
             process_cpu_share=process.cpu_share if process else None,
-            samples=self._samples(window[max(0, len(window) - max_samples) :]),
+            samples=self._samples(self._evidence_rows(now, window, max_samples)),
         )
+
+    def _evidence_rows(self, now: float, window: np.ndarray, max_samples: int) -> np.ndarray:
+        """The newest `max_samples` rows of the window, or of the ring where the window holds fewer than
+        MIN_EVIDENCE_SAMPLES (a job of long steps)."""
+        wanted = min(max_samples, MIN_EVIDENCE_SAMPLES)
+        if len(window) >= wanted:
+            return window[max(0, len(window) - max_samples) :]
+        return self._ring[self._window_slots(now, math.inf, newest=wanted)]
 
     @staticmethod
     def _samples(rows: np.ndarray) -> list[Any]:

@@ -93,6 +93,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="simulated device compute per training step, s (default %(default)s)",
     )
     parser.add_argument(
+        "--parallel",
+        choices=("ddp", "fsdp"),
+        default="ddp",
+        help="how the job shards its model (default %(default)s): ddp: DistributedDataParallel, one gradient "
+        "all-reduce per step; fsdp: FSDP2 (fully_shard per layer), all-gathers and reduce-scatters per layer",
+    )
+    parser.add_argument(
         "--localhost",
         action="store_true",
         help="use localhost ports instead of network namespaces, even as root",
@@ -150,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         use_namespaces=use_namespaces,
         prometheus=not args.no_prometheus,
         compute_seconds=args.step_compute,
+        parallel=args.parallel,
         keep_work_dir=args.keep,
     )
     try:

@@ -1,4 +1,4 @@
-"""The demo's training job: one real torch.distributed DDP rank (gloo, CPU) per node, inside the node's
+"""The demo's training job: one real torch.distributed DDP (or FSDP2) rank (gloo, CPU) per node, inside the node's
 namespace, with the Lockstep probe switched on and per-rank slowdown and checkpoint request files the fault
 injectors write."""
 
@@ -53,6 +53,7 @@ class TrainingJob:
     processes: ProcessSet
     base_env: Mapping[str, str]  # with the probe switched on (probe_bootstrap_env)
     compute_seconds: float = 0.2
+    parallel: str = "ddp"  # or "fsdp" (controller.demo.ddp_worker --parallel)
     ranks: dict[int, Child] = field(default_factory=dict)
     generation: int = 0
 
@@ -105,6 +106,8 @@ class TrainingJob:
                 WORKER_MODULE,
                 "--compute-seconds",
                 str(self.compute_seconds),
+                "--parallel",
+                self.parallel,
             ]
             self.ranks[rank] = self.processes.start(f"{self.name}-g{self.generation}-rank{rank}", argv, env)
 

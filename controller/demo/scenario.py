@@ -59,6 +59,7 @@ class DemoOptions:
     use_namespaces: bool = True  # False: localhost ports (also the automatic choice when not root)
     prometheus: bool = True  # when installed
     compute_seconds: float = 0.2  # device compute per training step, s
+    parallel: str = "ddp"  # how the job shards its model: "ddp" or "fsdp" (FSDP2)
     startup_timeout_seconds: float = 90.0
     keep_work_dir: bool = False
 
@@ -271,12 +272,17 @@ class DemoRun:
         job_env = dict(self.env)
         probe = probe_bootstrap_env(job_env, self.work_dir)
         self.job = TrainingJob(
-            f"{self.cluster.prefix}-ddp", ranked, self.processes, job_env, self.options.compute_seconds
+            f"{self.cluster.prefix}-ddp",
+            ranked,
+            self.processes,
+            job_env,
+            self.options.compute_seconds,
+            self.options.parallel,
         )
         self.job.start()
         self.timeline.add(
             "job",
-            f"DDP job {self.job.name} started: {self.job.world_size} ranks (torch.distributed, gloo, CPU), rank r on "
+            f"{self.options.parallel.upper()} job {self.job.name} started: {self.job.world_size} ranks (torch.distributed, gloo, CPU), rank r on "
             f"node r, MASTER_ADDR {ranked[0].ip}; probe on (LOCKSTEP_PROBE=1, {probe})",
         )
         if self.options.idle_nodes:

@@ -68,7 +68,8 @@ class DetectionConfig:
     hang_min_seconds: float = 8.0
     """Never call a hang sooner: a garbage-collection pause, a slow data batch or a log flush last seconds."""
     hang_max_seconds: float = 20.0
-    """Always call a hang by this time (plus one cycle), whatever the step period: the target is 30 s."""
+    """Always call a hang by this time (plus one cycle), whatever the step period: the target is 30 s. Counted
+    from the stalled rank's last progress (at least two steps), as its peers may block a step later."""
     hang_busy_write_bytes_per_second: float = 1e6
     """A rank behind its waiting peers whose process writes this fast (its agent's `process_write_bytes_per_second`)
     is busy, not hung: one rank saving a checkpoint while the others wait at the next collective. A stopped or stuck

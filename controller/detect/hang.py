@@ -3,7 +3,10 @@ issue the collectives their peers issued next).
 
 Works on each agent's own clock only (`collected_at - pending_since`, `collected_at - last_progress_at`), so
 clock offsets between nodes and documents of different ages do not matter. Reports after a few step periods
-(clamped between `hang_min_seconds` and `hang_max_seconds`), long before NCCL/PyTorch's 10-minute timeouts.
+(clamped between `hang_min_seconds` and `hang_max_seconds`), long before NCCL/PyTorch's 10-minute timeouts; and
+once a rank behind its waiting peers has made no progress for `hang_max_seconds` (at least two steps): the peers
+block only when they reach the collective, up to a step after that rank stopped, so their wait alone would put a
+long step's hang a step past `hang_max_seconds`.
 Input: a `RankGroup`, the ranks that vanished from nodes that still report; output: findings and whether
 the group is hung.
 """
@@ -70,6 +73,14 @@ def find_hang(
         return HangReport()  # nobody waits in a collective (the usual cycle: no per-rank look)
     vanished = vanished or {}
     threshold = hang_threshold_seconds(step_period, config)
+    # Healthy ranks run ahead until they block, so after a while they all stand at the same frontier (the
+    # highest sequence number issued). A rank behind it that made no progress either is holding them up —
+    # whether it never entered collective N (stopped in compute) or entered it but not the ones its peers
+    # issued next (DDP issues several buckets before waiting for any).
+    front = max(_issued(e) for e in group.entries)
+    stall = max(config.hang_max_seconds, 2 * (step_period or 0.0))
+    if any(_issued(e) < front and e.collected_at - e.rank.last_progress_at >= stall for e in group.entries):
+        threshold = config.hang_min_seconds  # stalled that long: its peers' wait need only pass a pause's
     waiting = [
         e
         for e in group.entries
@@ -82,11 +93,6 @@ def find_hang(
     stuck = min(e.rank.pending_seq for e in waiting if e.rank.pending_seq is not None)
     waited = max(e.collected_at - (e.rank.pending_since or e.collected_at) for e in waiting)
     report = HangReport(hung=True, stuck_seq=stuck, waited_seconds=waited)
-    # Healthy ranks run ahead until they block, so after `threshold` they all stand at the same frontier (the
-    # highest sequence number issued). A rank behind it that made no progress either is holding them up —
-    # whether it never entered collective N (stopped in compute) or entered it but not the ones its peers
-    # issued next (DDP issues several buckets before waiting for any).
-    front = max(_issued(e) for e in group.entries)
     laggards = [
         e
         for e in group.entries

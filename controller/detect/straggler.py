@@ -3,9 +3,13 @@
 Physics of a blocking collective: it completes when the last rank has arrived, so the slow rank (the culprit)
 arrives late and waits only for the transfer, while its peers (the victims) arrive on time and wait for it.
 For every collective seen by all ranks of the group (lined up by sequence number) a rank's lateness is its
-arrival minus the median arrival of the *other* ranks (so a two-rank job still has a reference); a culprit is
-late by a share of the step period, on most collectives, beyond the measured jitter, AND waits less than its
-peers by a good part of that lateness. The wait condition rejects a rank whose clock runs ahead. The
+arrival minus the median arrival of the *other* ranks (so a two-rank job still has a reference). Each collective
+that blocks lines the ranks up again, so a slow rank's lateness shows on the collectives right after its extra
+compute: on every one in a job issuing one a step, on one of several in a step of FSDP's all-gathers and
+reduce-scatters or of DDP's gradients and a logged loss. A culprit is late by a share of the step period, on
+most collectives or (several collectives a step) by the most it is late within each step's run of them
+(`step_lateness`), beyond the measured jitter, AND waits less than its peers by a good part of its lateness on
+the collectives it is late at. The wait condition rejects a rank whose clock runs ahead. The
 clock-free form uses wait times alone (and the compute gap where known): the culprit waits much less than its
 peers. Waits count on the collectives every rank timed (the probe times one in TIMED_EVERY, the same seqs on
 every rank), arrivals on all of them. Input: a `RankGroup` with samples attached; output: findings per culprit node and per-rank figures.
@@ -13,6 +17,7 @@ every rank), arrivals on all of them. Input: a `RankGroup` with samples attached
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +33,10 @@ MAD_TO_SIGMA = 1.4826  # robust standard deviation from the median absolute devi
 MEDIAN_STANDARD_ERROR = 1.2533  # standard error of a median is ~1.25 sigma / sqrt(n)
 LEAVE_ONE_OUT_BELOW_RANKS = 8  # from 8 ranks on, leaving the rank itself out of the median changes ~nothing
 JITTER_RANKS = 16  # ranks sampled per group to estimate its per-collective jitter
+STEPS_PER_WINDOW = 4
+"""A group issuing more collectives a step than half of `samples_per_rank` is compared over this many steps of
+them (as many as its agents sent: 128 by default): the per-step test needs whole steps in each half of the
+window. Not above `scale_ranks` ranks, where the window is held for the cycle's CPU budget."""
 
 
 Median = Callable[..., np.ndarray]  # median_along or nanmedian_along
@@ -114,10 +123,12 @@ def _late_beyond_noise(
     jitter: np.ndarray,
     config: DetectionConfig,
     sampled: bool = False,
+    per_step: np.ndarray | int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (group, row) of a (G, R, C) array: median deviation, whether it exceeds the threshold and the
     median's standard error under the group's jitter, and on what share of the collectives it is over half
-    the threshold. `sampled`: nan marks collectives without a measurement, left out of each statistic."""
+    the threshold. `sampled`: nan marks collectives without a measurement, left out of each statistic.
+    `per_step` (G, 1): collectives a value spans (`step_lateness`): the values of one step are one measurement."""
     over = deviation > threshold[..., None] / 2
     half = over.shape[-1] // 2  # late in both halves of the window: a transient fills one part of it
     if sampled:
@@ -130,7 +141,7 @@ def _late_beyond_noise(
         )
     else:
         median = median_along(deviation, axis=-1)
-        standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(deviation.shape[-1])
+        standard_error = MEDIAN_STANDARD_ERROR * jitter / np.sqrt(deviation.shape[-1] / per_step)
         consistency = np.minimum(over[..., :half].mean(axis=-1), over[..., half:].mean(axis=-1))
     late = (
         (median >= threshold)
@@ -150,7 +161,18 @@ class _Judgement:
     needed: np.ndarray  # (G, R) late collectives that settle the finding beyond the jitter (count)
 
     def strength(self, g: int, i: int) -> float:
-        return float(self.lateness[g, i] if self.method[g, i] == "arrival" else self.deficit[g, i])
+        return float(self.deficit[g, i] if self.method[g, i] == "clock-free" else self.lateness[g, i])
+
+    def either(self, other: _Judgement, groups: np.ndarray) -> _Judgement:
+        """Per (group, row): this judgement where it blames, else `other`'s, which judged `groups` of them."""
+        mine = self.late[groups] | ~other.late
+        columns = []
+        for name in (f.name for f in dataclasses.fields(self)):
+            theirs = getattr(other, name)
+            column = getattr(self, name).astype(np.promote_types(getattr(self, name).dtype, theirs.dtype))
+            column[groups] = np.where(mine, column[groups], theirs)
+            columns.append(column)
+        return _Judgement(*columns)
 
     def detail(self, g: int, i: int) -> dict[str, object]:
         deficit = float(self.deficit[g, i])
@@ -173,34 +195,60 @@ def _judge(
     threshold: np.ndarray,
     jitters: tuple[np.ndarray, np.ndarray],
     config: DetectionConfig,
+    per_step: np.ndarray | None = None,
 ) -> _Judgement:
     """Late by arrival and (where waits are known) waiting less by a good part of it; or clock-free: waiting
-    much less than the peers (and computing longer, where compute gaps are known). `deficit` and
-    `timed_lateness` hold the timed collectives only (see `timed_columns`; nan pads a group with fewer): the wait
-    share is taken of the lateness on the same collectives (lateness differs by gradient bucket, and a sample may
-    hold more of one bucket than the window does). `timed_share` (G, 1): their share of the compared collectives.
-    `jitters`: per-collective noise of lateness and of the wait deficit, per group."""
-    late_median, late, consistency = _late_beyond_noise(lateness, threshold, jitters[0], config)
+    much less than the peers (and computing longer, where compute gaps are known). `lateness`: per collective,
+    or with `per_step` (G, 1) per step (`step_lateness`, each value spanning that many collectives; method
+    "arrival per step", never clock-free: the waits are the same). `deficit` and `timed_lateness` hold the
+    timed collectives only, per collective (see `timed_columns`; nan pads a group with fewer): the wait share is
+    taken of the lateness on the timed collectives the rank is late at (lateness differs by gradient bucket and by
+    position in a step). A rank late on none of its timed collectives cannot be a clock running ahead (that
+    shifts every arrival): its arrivals are judged alone. `timed_share` (G, 1): their share of the compared
+    collectives. `jitters`: per-step noise of lateness and per-collective noise of the wait deficit, per group."""
+    spans = 1 if per_step is None else per_step
+    late_median, late, consistency = _late_beyond_noise(
+        lateness, threshold, jitters[0], config, per_step=spans
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         padded = bool(np.isnan(deficit).any())
         deficit_median, waits_less, _ = _late_beyond_noise(deficit, threshold, jitters[1], config, padded)
         deficit_median = np.where(waits_known, deficit_median, np.nan)
-        timed_late = late_median if timed_lateness is lateness else nanmedian_along(timed_lateness, axis=-1)
-        # (a rank late overall but not on its few timed collectives must still wait less by a share of the threshold)
-        late &= ~waits_known | (
-            deficit_median >= config.straggler_wait_share * np.maximum(timed_late, threshold)
+        late &= ~waits_known | _waits_less_where_late(
+            late, deficit, timed_lateness, threshold, config.straggler_wait_share
         )
-    clock_free = waits_known & waits_less & ~late & gaps_ok
-    method = np.where(late, "arrival", np.where(clock_free, "clock-free", ""))
+    clock_free = waits_known & waits_less & ~late & gaps_ok & (per_step is None)
+    arrival = "arrival" if per_step is None else "arrival per step"
+    method = np.where(late, arrival, np.where(clock_free, "clock-free", ""))
     strength, jitter = np.where(late, late_median, deficit_median), np.where(late, *jitters)
     with np.errstate(divide="ignore", invalid="ignore"):
-        counted_share = np.where(late, 1.0, timed_share)  # clock-free counts timed collectives: scale to all
+        # Arrival counts steps of `per_step` collectives, clock-free counts timed collectives: both scaled to all.
+        counted_share = np.where(late, 1.0 / spans, timed_share)
         needed = np.ceil(
             np.square(config.straggler_persistent_noise_multiple * MEDIAN_STANDARD_ERROR * jitter / strength)
             / counted_share
         )
     needed = np.where(late | clock_free, np.nan_to_num(needed, nan=0.0, posinf=0.0), 0.0)
     return _Judgement(late_median, deficit_median, late | clock_free, method, consistency, needed)
+
+
+def _waits_less_where_late(
+    late: np.ndarray, deficit: np.ndarray, timed_lateness: np.ndarray, threshold: np.ndarray, share: float
+) -> np.ndarray:
+    """Per (group, row): on the timed collectives the rank is late at (by over half the threshold), its median
+    wait deficit is at least `share` of its median lateness there; True where it is late at none of them.
+    Worked out only for the groups with a `late` row (a cycle has few)."""
+    out = np.ones(late.shape, dtype=bool)
+    groups = np.flatnonzero(late.any(axis=1))
+    if not len(groups):
+        return out
+    lateness = timed_lateness[groups]
+    late_at = lateness > threshold[groups][..., None] / 2
+    deficit_there = nanmedian_along(np.where(late_at, deficit[groups], np.nan), axis=-1)
+    lateness_there = nanmedian_along(np.where(late_at, lateness, np.nan), axis=-1)
+    with np.errstate(invalid="ignore"):
+        out[groups] = ~late_at.any(axis=-1) | (deficit_there >= share * lateness_there)
+    return out
 
 
 def find_stragglers(group: RankGroup, step_period: float | None, config: DetectionConfig) -> StragglerReport:
@@ -225,12 +273,20 @@ def find_stragglers_many(
     comparable = [i for i, (group, _) in enumerate(groups) if steps[i] > 0 and len(group.entries) >= 2]
     ranks = sum(len(groups[i][0].entries) for i in comparable)
     window = config.samples_per_rank if ranks <= config.scale_ranks else config.samples_per_rank_at_scale
-    stacks = align(
-        [groups[i][0] for i in comparable], window, config.min_collectives, config.samples_within_seconds
-    )
+    by_window: dict[int, list[int]] = {}
+    for i in comparable:
+        width = _window_for(groups[i][0], steps[i], window) if ranks <= config.scale_ranks else window
+        by_window.setdefault(width, []).append(i)
+    stacks = [
+        (stack, indices)
+        for width, indices in by_window.items()
+        for stack in align(
+            [groups[i][0] for i in indices], width, config.min_collectives, config.samples_within_seconds
+        )
+    ]
     aligned: set[int] = set()
-    for stack in stacks:
-        members = [comparable[g] for g in stack.groups]
+    for stack, indices in stacks:
+        members = [indices[g] for g in stack.groups]
         aligned.update(members)
         _judge_stack(
             stack,
@@ -244,6 +300,16 @@ def find_stragglers_many(
         if i not in aligned:
             reports[i] = _from_summaries(groups[i][0], float(thresholds[i]), config)
     return reports
+
+
+def _window_for(group: RankGroup, step: float, window: int) -> int:
+    """Collectives to compare for `group`: `window`, or `STEPS_PER_WINDOW` steps of them where a step holds more
+    than half of it (the step period over the mean time between its first rank's collectives)."""
+    arrival = group.entries[0].columns.arrival
+    if len(arrival) < 2 or not arrival[-1] > arrival[0]:
+        return window
+    per_step = round(step * (len(arrival) - 1) / float(arrival[-1] - arrival[0]))
+    return window if 2 * per_step <= window else STEPS_PER_WINDOW * per_step
 
 
 def _judge_stack(
@@ -261,6 +327,8 @@ def _judge_stack(
     median_of_waits = nanmedian_along if np.isnan(wait).any() else median_along
     lateness = stack.arrival - peer_median(stack.arrival)
     timed_lateness = timed(lateness)
+    spacing = seconds_per_collective(stack, steps)
+    per_step = collectives_per_step(steps, spacing, lateness.shape[-1])
     deficit = peer_median(wait) - wait  # how much less than its peers each rank waited
     jitters = (jitter_of(lateness), jitter_of(deficit, median_of_waits))
     timed_share = timed_count / stack.arrival.shape[-1]
@@ -272,8 +340,25 @@ def _judge_stack(
     verdict = _judge(
         lateness, deficit, timed_lateness, waits_known, timed_share, gaps_ok, threshold, jitters, config
     )
+    stepwise = step_lateness(lateness, per_step)
+    if stepwise is not lateness:
+        # judged again per step only where a rank is late by its median per step and not blamed already
+        again = np.flatnonzero(((median_along(stepwise, axis=-1) >= threshold) & ~verdict.late).any(axis=1))
+        if len(again):
+            by_step = _judge(
+                stepwise[again],
+                deficit[again],
+                timed_lateness[again],
+                waits_known[again],
+                timed_share[again],
+                gaps_ok[again],
+                threshold[again],
+                (jitter_of(stepwise[again]), jitters[1][again]),
+                config,
+                per_step[again, None],
+            )
+            verdict = verdict.either(by_step, again)
     wait_median = median_of_waits(wait, axis=-1)
-    spacing = seconds_per_collective(stack, steps)
     pooled = _judge_nodes(
         stack, lateness, deficit, timed_lateness, waits_known, timed_share, threshold, jitters, config
     )
@@ -325,6 +410,33 @@ def timed_columns(wait: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray],
         return np.where(filled, np.take_along_axis(values, columns, axis=2), np.nan)
 
     return pick, count
+
+
+def collectives_per_step(steps: np.ndarray, spacing: np.ndarray, compared: int) -> np.ndarray:
+    """Per group: collectives in one training step (the step period over the time per collective), at least 1
+    and at most half the `compared` collectives, so that each half of the window holds a step."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        count = np.rint(steps / spacing)
+    return np.clip(np.nan_to_num(count, nan=1.0, posinf=1.0), 1, max(1, compared // 2)).astype(np.int64)
+
+
+def step_lateness(lateness: np.ndarray, per_step: np.ndarray) -> np.ndarray:
+    """A (G, R, C) lateness array as the most each rank is late within the `per_step` (G,) collectives up to
+    each one (the first ones: within the first step), less its peers' median of that (the most of several
+    values is biased up by their jitter): a rank's lateness per step wherever in the step it shows. Unchanged
+    where a step holds one collective."""
+    if (per_step == 1).all():
+        return lateness
+    out = lateness.copy()
+    for k in np.unique(per_step[per_step > 1]).tolist():
+        members = np.flatnonzero(per_step == k)
+        values = lateness[members]
+        most = values[..., k - 1 :].copy()
+        for shift in range(1, k):
+            np.maximum(most, values[..., k - 1 - shift : values.shape[-1] - shift], out=most)
+        most = np.concatenate([np.repeat(most[..., :1], k - 1, axis=-1), most], axis=-1)
+        out[members] = most - peer_median(most)
+    return out
 
 
 def seconds_per_collective(stack: Stack, steps: np.ndarray) -> np.ndarray:
@@ -455,6 +567,7 @@ def _node_findings(
         rank_ids = sorted({r for c in culprits if c.node == node for r in c.ranks})
         pooled = any(c.detail.get("pooled") for c in culprits if c.node == node)
         strength = max(c.strength_seconds for c in culprits if c.node == node)
+        per_step = all(c.detail.get("method") == "arrival per step" for c in culprits if c.node == node)
         needed = [
             n for c in culprits if c.node == node and isinstance(n := c.detail.get("collectives_needed"), int)
         ]
@@ -473,6 +586,7 @@ def _node_findings(
                 summary=(
                     f"rank {', '.join(map(str, rank_ids))} of job {job} arrives "
                     f"{strength * 1000:.0f} ms late"
+                    + (" once a step" if per_step else "")
                     + (f" ({share:.0%} of a {step_period:.2f} s step)" if share is not None else "")
                     + " and waits less than its peers"
                 ),

@@ -34,13 +34,21 @@ def lockstep_ranks(
     pid_base: int = 100,
     first_seq: int = 0,
     waits_timed_every: int = 1,
+    late_positions: tuple[int, ...] | None = None,
+    per_step: int = PER_STEP,
 ) -> dict[int, list[RankEvidence]]:
     """Ranks of one job in lockstep up to time t: the culprit arrives late, everyone completes together. Waits
-    are known for the collectives whose seq is a multiple of `waits_timed_every` (the probe's sample)."""
+    are known for the collectives whose seq is a multiple of `waits_timed_every` (the probe's sample).
+    `late_positions`: the culprit is late only at these of the PER_STEP collectives of a step (its extra compute
+    lies before them; the others find every rank lined up again), else at all of them. `per_step`: collectives
+    in a step of STEP seconds."""
     rng = np.random.default_rng(seed + int(t))
-    last = first_seq + int(t * PER_STEP / (STEP * world_slowdown)) - 1
+    last = first_seq + int(t * per_step / (STEP * world_slowdown)) - 1
     seqs = np.arange(last - samples + 1, last + 1)
-    base = (seqs - first_seq) * STEP * world_slowdown / PER_STEP
+    base = (seqs - first_seq) * STEP * world_slowdown / per_step
+    delay = late_seconds * (
+        np.isin(seqs % per_step, late_positions) if late_positions is not None else np.ones(samples)
+    )
     world = nodes * ranks_per_node
     out: dict[int, list[RankEvidence]] = {}
     for node in range(nodes):
@@ -48,8 +56,8 @@ def lockstep_ranks(
         for local in range(ranks_per_node):
             rank = node * ranks_per_node + local
             culprit = node == late_node and (late_rank is None or rank == late_rank)
-            arrival = base + (late_seconds if culprit else 0.0) + rng.normal(0, 0.003, samples)
-            completion = base + late_seconds + 0.05 + rng.normal(0, 0.001, samples)
+            arrival = base + (delay if culprit else 0.0) + rng.normal(0, 0.003, samples)
+            completion = base + delay + 0.05 + rng.normal(0, 0.001, samples)
             out.setdefault(node, []).append(
                 RankEvidence(
                     job=job,

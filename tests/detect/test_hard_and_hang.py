@@ -136,3 +136,35 @@ def test_a_stopped_silent_or_unknown_laggard_is_hung_and_so_is_one_busy_past_the
     long_ago = 200.0 - CONFIG.hang_busy_max_seconds
     documents = _laggard_doing("R", 200e6, progress=long_ago)
     assert [f.node for f in find_hang(group_ranks(documents)[("", "j")]["default"], 1.0, CONFIG).findings] == ["c"]
+
+
+def _long_step_job(stopped_idle: float, peers_waiting: float) -> dict[str, Evidence]:
+    """Rank 2 issued collective 41 and made no progress for `stopped_idle` s; ranks 0 and 1 wait in 42."""
+    t = 300.0
+    return {
+        "a": Evidence(
+            node="a", collected_at=t, ranks=[_rank(0, 41, 42, t - peers_waiting, t - peers_waiting)]
+        ),
+        "b": Evidence(
+            node="b", collected_at=t, ranks=[_rank(1, 41, 42, t - peers_waiting, t - peers_waiting)]
+        ),
+        "c": Evidence(node="c", collected_at=t, ranks=[_rank(2, 41, None, None, t - stopped_idle)]),
+    }
+
+
+def test_hang_in_a_long_step_is_called_once_the_stopped_rank_stalled_for_hang_max_seconds() -> None:
+    # an 8 s step: the peers blocked at the collective a step after rank 2 stopped, and waited 13 s so far (a
+    # wait of 5 steps, clamped to 20 s, would call it 7 s later: 28 s after the stop, past the 30 s target with
+    # a cycle's delay)
+    group = group_ranks(_long_step_job(stopped_idle=21.0, peers_waiting=13.0))[("", "j")]["default"]
+    report = find_hang(group, 8.0, CONFIG)
+    assert [(f.reason, f.node) for f in report.findings] == [("Hang", "c")]
+
+
+def test_a_long_step_whose_slow_rank_progressed_within_two_steps_is_no_hang() -> None:
+    # a 30 s step: a rank 12 s slower than its peers is idle for 25 s between collectives, and they wait 10 s
+    group = group_ranks(_long_step_job(stopped_idle=25.0, peers_waiting=10.0))[("", "j")]["default"]
+    assert not find_hang(group, 30.0, CONFIG).hung
+    # ... and a short pause of the stopped rank is none either, whatever the step
+    group = group_ranks(_long_step_job(stopped_idle=15.0, peers_waiting=7.0))[("", "j")]["default"]
+    assert not find_hang(group, 3.0, CONFIG).hung

@@ -176,3 +176,45 @@ def test_a_window_with_too_few_timed_waits_is_judged_by_arrival_alone_as_without
     assert findings[0].evidence["peer_wait_seconds"] is None
     assert all(c["wait_deficit_seconds"] is None for c in findings[0].evidence["culprits"])
     assert all(not r.wait_seconds for r in reports)
+
+
+# A step of several blocking collectives (FSDP's all-gathers and reduce-scatters, DDP's gradients and a logged
+# loss) lines the ranks up at each: a straggler is late only at the collective after its extra compute.
+
+
+def test_straggler_late_at_one_collective_of_each_step_is_blamed_by_its_lateness_per_step() -> None:
+    findings = _findings(4, 1, late_node=3, late_seconds=0.2, late_positions=(2,))
+    assert [f.node for f in findings] == ["n3"]
+    culprit = findings[0].evidence["culprits"][0]
+    assert culprit["method"] == "arrival per step" and culprit["lateness_seconds"] > 0.15
+
+
+def test_straggler_late_at_one_collective_of_each_step_is_blamed_when_none_of_those_is_timed() -> None:
+    # waits timed at position 0 of each step only: its lateness (position 1) shows in no wait, but a rank late
+    # at none of its timed collectives is no clock running ahead
+    findings = _sampled_findings(4, 8, late_node=1, late_seconds=0.2, late_positions=(1,))
+    assert [f.node for f in findings] == ["n1"]
+
+
+def test_straggler_late_at_one_of_forty_collectives_a_step_is_blamed_over_whole_steps() -> None:
+    # more collectives a step than half the usual window (FSDP over many layers): compared over 4 steps of them,
+    # or as many as the agents sent (128)
+    findings = _findings(4, 1, late_node=3, late_seconds=0.2, late_positions=(7,), per_step=40, samples=128)
+    assert [f.node for f in findings] == ["n3"]
+    assert findings[0].evidence["compared_collectives"] > 64
+
+
+def test_clock_ahead_is_not_blamed_per_step_either() -> None:
+    # late by its offset at every collective of every step, but waits like everyone at each
+    for offset in (0.05, 0.2):
+        assert _findings(4, 1, clock_offsets={3: offset}) == []
+        assert _sampled_findings(4, 8, clock_offsets={3: offset}) == []
+
+
+def test_straggler_late_at_one_collective_of_each_step_becomes_faulty_its_victims_stay_healthy() -> None:
+    def build(t: float):  # type: ignore[no-untyped-def]
+        return documents(lockstep_ranks(4, 1, t, late_node=0, late_seconds=0.1, late_positions=(3,)), t, 4)
+
+    final = _run(16, build, 4)[-1].verdicts
+    assert final["n0"].verdict is Verdict.FAULTY and final["n0"].reason == "Straggler"
+    assert all(final[n].verdict is Verdict.HEALTHY for n in ("n1", "n2", "n3"))

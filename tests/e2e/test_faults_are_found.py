@@ -16,8 +16,10 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 RunFault = Callable[..., tuple[Detection, dict[str, tuple[bool, str | None]]]]
 
 
-def assert_only_target_acted_on(run_fault: RunFault, fault: Fault, reason_words: tuple[str, ...]) -> None:
-    detection, api_nodes = run_fault(fault)
+def assert_only_target_acted_on(
+    run_fault: RunFault, fault: Fault, reason_words: tuple[str, ...], **options: object
+) -> None:
+    detection, api_nodes = run_fault(fault, **options)
     assert detection.target is not None
     assert detection.found, (
         f"{fault.name} on {detection.target} not acted on within {fault.budget_seconds:g} s: {detection}"
@@ -44,6 +46,16 @@ def test_hung_rank_is_localised_to_its_node_not_the_peers_waiting_for_it(run_fau
 def test_20_percent_straggler_that_arrives_late_is_blamed_not_its_victims(run_fault: RunFault) -> None:
     # Compute x1.2 on a step of ~0.2 s compute + ~0.01 s all-reduce: the rank's steps take ~20% longer.
     assert_only_target_acted_on(run_fault, Straggler(target_rank=3, factor=1.2), ("straggl", "slow", "late"))
+
+
+def test_20_percent_straggler_in_an_fsdp_job_is_blamed_though_late_at_one_collective_a_step(
+    run_fault: RunFault,
+) -> None:
+    # FSDP2: six all-gathers and reduce-scatters a step, each lining the ranks up again: the slow rank is late
+    # only at the one after its compute.
+    assert_only_target_acted_on(
+        run_fault, Straggler(target_rank=1, factor=1.2), ("straggl", "slow", "late"), parallel="fsdp"
+    )
 
 
 def test_slow_link_is_pinned_on_the_node_whose_link_is_limited(run_fault: RunFault) -> None:

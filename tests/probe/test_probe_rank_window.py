@@ -129,3 +129,16 @@ def test_no_step_period_found_yet_is_looked_for_again_as_soon_as_collectives_arr
             add(window, rec(3 * step + bucket, 1000.0 + step * 0.25 + bucket * 0.01, 0.005, nbytes=size))
     period = window.step_period_seconds(1000.2, 60)  # well within PERIOD_REUSE_SECONDS of the first look
     assert period is not None and abs(period - 0.25) < 1e-6
+
+
+def test_a_job_of_long_steps_sends_its_newest_collectives_from_before_the_window_too() -> None:
+    # one collective every 5 s: a 30 s window holds 6, fewer than the controller needs to line ranks up over
+    # windows; the evidence reaches back for the newest 32 (the window's summaries stay the window's)
+    window = RankWindow("j", 0, "default", max_samples=4096)
+    for seq in range(60):
+        add(window, rec(seq, 1000.0 + 5.0 * seq, 0.01))
+    evidence = window.evidence(now=1297.0, window_seconds=30, max_samples=128, dropped_records=0)
+    assert evidence.collectives_in_window == 6
+    assert [s.seq for s in evidence.samples] == list(range(28, 60))
+    fewer = window.evidence(now=1297.0, window_seconds=30, max_samples=10, dropped_records=0)
+    assert [s.seq for s in fewer.samples] == list(range(50, 60))
