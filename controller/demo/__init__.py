@@ -18,7 +18,7 @@ from controller.demo.faults import FAULTS, Fault, FaultError
 from controller.demo.scenario import DemoOptions, DemoRun, Detection, PrerequisiteError
 from controller.demo.timeline import Timeline
 
-FAULT_CHOICES = ("straggler", "hang", "slow-link", "xid", "none")
+FAULT_CHOICES = ("straggler", "hang", "slow-link", "xid", "none", "rank-checkpoint")
 DEFAULT_WATCH_SECONDS = 30.0  # how long `--fault none` watches for false alarms
 ALERT_WAIT_SECONDS = 20.0  # after the cordon, how long to wait for Prometheus to fire the alert about it
 
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help=f"seconds allowed from the fault to its detection (default: the fault's budget in DESIGN.md: "
-        f"xid 15, hang 30, straggler and slow-link 60); with --fault none, seconds to watch for false alarms (default {DEFAULT_WATCH_SECONDS:g})",
+        f"xid 15, hang 30, straggler and slow-link 60); with --fault none or rank-checkpoint, seconds to watch for false alarms (default {DEFAULT_WATCH_SECONDS:g})",
     )
     parser.add_argument(
         "--straggler-slowdown",
@@ -125,6 +125,7 @@ def build_fault(args: argparse.Namespace, world_size: int) -> Fault:
         "straggler": {"factor": args.straggler_slowdown},
         "xid": {"xid": args.xid},
         "slow-link": {"rate": args.link_rate},
+        "rank-checkpoint": {"rank": target},
     }.get(args.fault, {})
     return fault_class(target_rank=target if fault_class.blames_a_node else None, **parameters)
 

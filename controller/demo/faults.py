@@ -160,7 +160,10 @@ class RankCheckpoint(Fault):
     it stops behind them as a hung rank does, but its process runs and writes."""
 
     name = "rank-checkpoint"
-    help = "negative control: one rank writes a checkpoint while the others wait; nothing may be blamed"
+    help = (
+        "negative control: the --target-rank writes a checkpoint for 25 s (50 MB/s) after a step while the others "
+        "wait in the next all-reduce: it stops behind them as a hung rank would; nothing may be blamed"
+    )
     budget_seconds = 0.0
     blames_a_node = False
     rank: int = 0
