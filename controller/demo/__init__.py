@@ -15,7 +15,7 @@ from types import FrameType
 
 from controller.demo.cluster import ClusterError
 from controller.demo.faults import FAULTS, Fault, FaultError
-from controller.demo.scenario import DemoOptions, DemoRun, Detection, PrerequisiteError
+from controller.demo.scenario import STOP_REQUESTED, DemoOptions, DemoRun, Detection, PrerequisiteError
 from controller.demo.timeline import Timeline
 
 FAULT_CHOICES = ("straggler", "hang", "slow-link", "xid", "none", "rank-checkpoint")
@@ -137,6 +137,7 @@ def _raise_on_signal(signum: int, frame: FrameType | None) -> None:
     """Unwind to the teardown on the first stop signal; ignore further ones so the teardown is not cut short."""
     for other in STOP_SIGNALS:
         signal.signal(other, signal.SIG_IGN)
+    STOP_REQUESTED.set()
     raise KeyboardInterrupt(f"signal {signum}")
 
 

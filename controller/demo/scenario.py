@@ -10,6 +10,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ from controller.demo.timeline import Timeline
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_SECONDS = 0.5
+STOP_REQUESTED = threading.Event()
+"""Set by the demo's stop-signal handler: every wait (`DemoRun.observe`) ends the run at its next poll, even if the
+handler's KeyboardInterrupt was swallowed (a SIGTERM once left the demo training on for a minute in CI)."""
 AGENT_NAMESPACE = "lockstep"  # where the controller looks for agent pods by default (controller.settings)
 AGENT_POD_LABELS = {"app.kubernetes.io/name": "lockstep-agent"}
 
@@ -335,6 +339,8 @@ class DemoRun:
         assert self.observer is not None
         end = time.monotonic() + seconds
         while True:
+            if STOP_REQUESTED.is_set():  # the signal's KeyboardInterrupt was lost inside a library call
+                raise KeyboardInterrupt("stop requested")
             self.observer.poll()
             self._report_exited_ranks()
             if time.monotonic() >= end:
