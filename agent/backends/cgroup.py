@@ -25,13 +25,3 @@ def pod_uid(pid: int, proc_root: str = "/proc") -> str | None:
             return pod_uid_from_cgroup(f.read())
     except OSError:
         return None
-
-
-def alive(pid: int, proc_root: str = "/proc") -> bool:
-    """Whether process `pid` still runs or is stopped (SIGSTOP); False when gone or a zombie."""
-    try:
-        with open(os.path.join(proc_root, str(pid), "stat")) as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")

@@ -1,4 +1,5 @@
-"""How busy a training process is: its state and CPU time (`/proc/<pid>/stat`) and the bytes it wrote (`/proc/<pid>/io`).
+"""How busy a training process is: its state and CPU time (`/proc/<pid>/stat`) and the bytes it wrote (`/proc/<pid>/io`);
+and whether it is alive at all (the collective collector's trust: agent/collectors/trust.py).
 
 The collective collector puts it in a rank's evidence, so that a rank that stops issuing collectives while it writes
 a checkpoint reads as busy, not hung: a stopped (SIGSTOP) or blocked process writes nothing. The pids come from the
@@ -23,13 +24,27 @@ class ProcessActivity:
 def read_activity(pid: int, proc_root: str = "/proc") -> ProcessActivity | None:
     """The process's activity now, or None when it is gone (or its stat cannot be read)."""
     base = os.path.join(proc_root, str(pid))
+    fields = _stat_fields(base)
     try:
-        with open(os.path.join(base, "stat"), "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
         state, cpu_ticks = fields[0].decode(), int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
+    except (IndexError, ValueError):
         return None
     return ProcessActivity(state, cpu_ticks / _TICKS_PER_SECOND, _written_bytes(base))
+
+
+def alive(pid: int, proc_root: str = "/proc") -> bool:
+    """Whether process `pid` still runs or is stopped (SIGSTOP); False when gone or a zombie."""
+    fields = _stat_fields(os.path.join(proc_root, str(pid)))
+    return bool(fields) and fields[0] not in (b"Z", b"X")
+
+
+def _stat_fields(base: str) -> list[bytes]:
+    """The fields of `<base>/stat` after the command name (state first), [] if it cannot be read."""
+    try:
+        with open(os.path.join(base, "stat"), "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return []
 
 
 def _written_bytes(base: str) -> int | None:

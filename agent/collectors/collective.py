@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from prometheus_client.metrics_core import Metric
 
-from agent.backends import cgroup
+from agent.backends import cgroup, process_activity
 from agent.backends.probe_socket import Datagram, ProbeSocket
-from agent.backends.process_activity import read_activity
 from agent.collectors.base import Collector
 from agent.collectors.process_rates import ProcessWatch
 from agent.collectors.rank_window import WAIT_BUCKETS_SECONDS, RankWindow
@@ -108,7 +107,7 @@ class CollectiveState:
     def __init__(self, settings: CollectiveSettings, trust: Trust, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.trust = trust
-        self.processes = ProcessWatch(partial(read_activity, proc_root=settings.proc_root))  # the ranks' processes
+        self.processes = ProcessWatch(partial(process_activity.read_activity, proc_root=settings.proc_root))  # the ranks' processes
         self.clock = clock
         self.lock = threading.Lock()
         self.windows: dict[WindowKey, RankWindow] = {}
@@ -351,7 +350,7 @@ class CollectiveCollector(Collector):
         trust = Trust(
             settings.trust,
             pod_uid=partial(cgroup.pod_uid, proc_root=settings.proc_root),
-            alive=partial(cgroup.alive, proc_root=settings.proc_root),
+            alive=partial(process_activity.alive, proc_root=settings.proc_root),
         )
         self.state = CollectiveState(settings, trust)
         self._socket: ProbeSocket | None = None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends.process_activity import ProcessActivity, read_activity
+from agent.backends.process_activity import ProcessActivity, alive, read_activity
 from agent.collectors.process_rates import ProcessWatch
 
 WRITER = """
@@ -49,13 +49,14 @@ def test_a_writing_process_shows_its_write_rate_and_a_stopped_one_writes_nothing
     time.sleep(1.5)
     stopped = watch.observe([writer.pid], time.monotonic())[writer.pid]
     assert stopped.state == "T"
+    assert alive(writer.pid), "a stopped process is alive: it holds its rank"
     assert stopped.write_bytes_per_second == 0 and stopped.cpu_share == 0
 
 
 def test_a_gone_process_is_forgotten_and_an_unreadable_io_file_leaves_the_rate_unknown(tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
-    assert read_activity(process.pid) is None
+    assert read_activity(process.pid) is None and not alive(process.pid)
     looks = iter([ProcessActivity("S", 1.0, None), ProcessActivity("S", 1.5, None)])
 
     def read(pid: int) -> ProcessActivity | None:  # pid 7 has no readable io file; the others are gone
