@@ -125,9 +125,8 @@ def build_fault(args: argparse.Namespace, world_size: int) -> Fault:
         "straggler": {"factor": args.straggler_slowdown},
         "xid": {"xid": args.xid},
         "slow-link": {"rate": args.link_rate},
-        "rank-checkpoint": {"rank": target},
     }.get(args.fault, {})
-    return fault_class(target_rank=target if fault_class.blames_a_node else None, **parameters)
+    return fault_class(target_rank=target if fault_class.on_one_rank else None, **parameters)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

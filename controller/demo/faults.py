@@ -31,6 +31,7 @@ class Fault:
     help: ClassVar[str]
     budget_seconds: ClassVar[float]  # time to detect allowed by DESIGN.md
     blames_a_node: ClassVar[bool] = True  # False for negative controls: nothing may be blamed
+    on_one_rank: ClassVar[bool] = True  # False for what the whole job does (or nothing): no target rank
 
     target_rank: int | None = None
 
@@ -51,6 +52,7 @@ class NoFault(Fault):
     help = "inject nothing: the healthy control, nothing may be blamed"
     budget_seconds = 0.0
     blames_a_node = False
+    on_one_rank = False
 
     def inject(self, cluster: Cluster, job: TrainingJob) -> str:
         return "no fault (healthy control)"
@@ -132,6 +134,7 @@ class JobSlowdown(Fault):
     help = "negative control: slow every rank at once (a checkpoint); nothing may be blamed"
     budget_seconds = 0.0
     blames_a_node = False
+    on_one_rank = False
     factor: float = 1.6
 
     def inject(self, cluster: Cluster, job: TrainingJob) -> str:
@@ -148,6 +151,7 @@ class JobRestart(Fault):
     help = "negative control: restart the whole job; nothing may be blamed"
     budget_seconds = 0.0
     blames_a_node = False
+    on_one_rank = False
 
     def inject(self, cluster: Cluster, job: TrainingJob) -> str:
         job.restart()
@@ -166,12 +170,12 @@ class RankCheckpoint(Fault):
     )
     budget_seconds = 0.0
     blames_a_node = False
-    rank: int = 0
     seconds: float = 25.0
 
     def inject(self, cluster: Cluster, job: TrainingJob) -> str:
-        job.request_checkpoint(self.rank, self.seconds)
-        return f"rank {self.rank} writes a checkpoint for {self.seconds:g} s while its peers wait"
+        assert self.target_rank is not None
+        job.request_checkpoint(self.target_rank, self.seconds)
+        return f"rank {self.target_rank} writes a checkpoint for {self.seconds:g} s while its peers wait"
 
 
 FAULTS: dict[str, type[Fault]] = {

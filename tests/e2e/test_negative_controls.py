@@ -45,7 +45,7 @@ def test_whole_job_slowing_at_once_like_a_checkpoint_blames_nobody(
 def test_one_rank_writing_a_checkpoint_while_its_peers_wait_blames_nobody(
     shared_demo: DemoRun, measured: list[Detection]
 ) -> None:
-    fault = RankCheckpoint(rank=0, seconds=25.0)  # past the hang threshold (8-20 s): a stopped rank would be hung
+    fault = RankCheckpoint(target_rank=0, seconds=25.0)  # past the hang threshold (8-20 s): a stopped rank would be hung
     shared_demo.observe(HEALTHY_SECONDS)  # a job with a known step, also when this test runs alone
     at = shared_demo.inject(fault)
     watch_quietly(shared_demo, shared_demo.watch_fault(fault, at, WATCH_SECONDS), measured)
