@@ -70,7 +70,6 @@ class Sender:
         self._backlog_records = 0
         self._reported_pending: set[tuple[str, int]] = set()
         self._last_sent = 0.0  # Unix s of the last datagram packed: any datagram tells the agent the process lives
-        self._last_flush = time.monotonic()  # s
         self._flushing = threading.Lock()  # the training thread and this sender's thread both flush
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -91,7 +90,7 @@ class Sender:
         """Flush from now on: on the training thread at its collective launches, on this sender's thread when they
         stop."""
         self.recorder.flusher = self._flush_unless_flushing
-        self.recorder.flush_due = self._last_flush + self.flush_interval_seconds
+        self.recorder.flush_due = time.monotonic() + self.flush_interval_seconds
         self._thread.start()
 
     def stop(self) -> None:
@@ -101,6 +100,11 @@ class Sender:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=1.0)
+
+    @property
+    def _last_flush(self) -> float:
+        """When the last flush began (monotonic s): the recorder's next due time less one interval."""
+        return self.recorder.flush_due - self.flush_interval_seconds
 
     def _run(self) -> None:
         watchdog_seconds = WATCHDOG_INTERVALS * self.flush_interval_seconds
@@ -132,8 +136,7 @@ class Sender:
 
     def flush(self) -> None:
         """Send what the recorder holds now (a heartbeat datagram when it holds nothing and one is due)."""
-        self._last_flush = time.monotonic()
-        self.recorder.flush_due = self._last_flush + self.flush_interval_seconds
+        self.recorder.flush_due = time.monotonic() + self.flush_interval_seconds
         self.recorder.poll()
         now = time.time()
         rows: list[wire.Row] = []
