@@ -8,8 +8,11 @@ agent's own, for an agent started inside another network namespace).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+READ_BYTES = 1 << 16  # more than /proc/<pid>/net/snmp holds (~2 kB)
 
 
 class ProcfsError(Exception):
@@ -33,6 +36,7 @@ class Procfs:
     def __init__(self, root: Path, network_namespace_pid: str = "1") -> None:
         self.root = root
         self._snmp = f"{network_namespace_pid}/net/snmp"
+        self._boot_id: str | None = None  # read once: a reboot restarts the agent
 
     def tcp_segments(self) -> TcpSegments:
         fields = self._snmp_section(self._snmp, "Tcp")
@@ -42,7 +46,9 @@ class Procfs:
             raise ProcfsError(self._snmp, f"no usable Tcp OutSegs/RetransSegs ({error})") from None
 
     def boot_id(self) -> str:
-        return self._read("sys/kernel/random/boot_id").strip()
+        if self._boot_id is None:
+            self._boot_id = self._read("sys/kernel/random/boot_id").strip()
+        return self._boot_id
 
     def _snmp_section(self, source: str, section: str) -> dict[str, str]:
         """The `Name: key key ...` / `Name: value value ...` pair of lines of one section, as a dict."""
@@ -52,7 +58,11 @@ class Procfs:
         return dict(zip(rows[0], rows[1], strict=True))
 
     def _read(self, source: str) -> str:
-        try:
-            return (self.root / source).read_text()
+        try:  # os.open and one read: a scrape's only procfs read, without pathlib and a text file object
+            fd = os.open(os.path.join(self.root, source), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return os.read(fd, READ_BYTES).decode("ascii", errors="replace")
+            finally:
+                os.close(fd)
         except OSError as error:
             raise ProcfsError(source, error.strerror or str(error)) from None

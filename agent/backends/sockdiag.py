@@ -4,14 +4,22 @@ One dump (AF_INET and AF_INET6, `INET_DIAG_INFO`: the kernel's `struct tcp_info`
 network namespace the netlink socket was made in, i.e. the agent's own (the node's with hostNetwork). Pure
 struct parsing of `linux/inet_diag.h` and `linux/tcp.h`; nothing touches the sockets themselves. A dump that
 fails raises SockDiagError.
+
+A dump costs per bucket of the kernel's TCP hash table, not per socket: ~0.5 ms of kernel time per address family
+on a VM with 24 GB (the table grows with RAM), even with no socket in it. `SockDiag` skips the family whose TCP
+sockets in use are 0 (`/proc/self/net/sockstat6`: on most nodes IPv6) and keeps its netlink socket open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
+import os
+import re
 import socket
 import struct
+import threading
 from typing import NamedTuple
 
 NETLINK_SOCK_DIAG = 4
@@ -64,12 +72,81 @@ class TcpFlow(NamedTuple):
 def tcp_flows() -> list[TcpFlow]:
     """All established TCP sockets (IPv4 and IPv6) of the calling thread's network namespace."""
     try:
-        with socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
-        ) as sock:
+        with _netlink() as sock:
             return [flow for family in (socket.AF_INET, socket.AF_INET6) for flow in _dump(sock, family)]
     except OSError as error:
         raise SockDiagError(f"sock_diag dump: {error.strerror or error}") from None
+
+
+# per family: the /proc/self/net file that counts its sockets, and the line of TCP's ("TCP: inuse 3 ...")
+SOCKSTAT = {socket.AF_INET: ("sockstat", re.compile(rb"^TCP: inuse (\d+)", re.M)),
+            socket.AF_INET6: ("sockstat6", re.compile(rb"^TCP6: inuse (\d+)", re.M))}  # fmt: skip
+SOCKSTAT_BYTES = 4096  # more than either file holds
+
+
+class SockDiag:
+    """`tcp_flows` for repeated dumps: one netlink socket kept open (made again after a failed dump, which may
+    have left replies unread), and no dump of a family the kernel counts no TCP socket of (a socket established
+    between the count and the dump is seen at the next dump). `proc_net` is the namespace's /proc/<pid>/net.
+    One dump at a time (a scrape and an evidence pull may ask at once)."""
+
+    def __init__(self, proc_net: str = "/proc/self/net") -> None:
+        self._proc_net = proc_net
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._counts: dict[int, int] = {}  # family -> descriptor of its sockstat file, -1: unreadable
+
+    def flows(self) -> list[TcpFlow]:
+        with self._lock:
+            return self._flows()
+
+    def _flows(self) -> list[TcpFlow]:
+        try:
+            if self._sock is None:
+                self._sock = _netlink()
+            sock = self._sock
+            return [flow for family in SOCKSTAT if self._in_use(family) for flow in _dump(sock, family)]
+        except (OSError, SockDiagError) as error:
+            self._close()
+            if isinstance(error, SockDiagError):
+                raise
+            raise SockDiagError(f"sock_diag dump: {error.strerror or error}") from None
+
+    def _in_use(self, family: int) -> bool:
+        """Whether the kernel counts TCP sockets of `family` in use (True when it cannot be read)."""
+        name, pattern = SOCKSTAT[family]
+        fd = self._counts.get(family)
+        if fd is None:
+            try:
+                fd = os.open(os.path.join(self._proc_net, name), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            self._counts[family] = fd
+        if fd < 0:
+            return True
+        try:
+            found = pattern.search(os.pread(fd, SOCKSTAT_BYTES, 0))
+        except OSError:
+            return True
+        return found is None or int(found.group(1)) > 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for fd in self._counts.values():
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._counts.clear()
+
+
+def _netlink() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
 
 
 def _dump(sock: socket.socket, family: int) -> list[TcpFlow]:

@@ -19,7 +19,7 @@ import numpy as np
 from prometheus_client.metrics_core import Metric
 
 from agent.backends.procfs import Procfs, ProcfsError, TcpSegments
-from agent.backends.sockdiag import SockDiagError, tcp_flows
+from agent.backends.sockdiag import SockDiag, SockDiagError
 from agent.collectors.base import Collector
 from agent.collectors.order_stats import median
 from agent.collectors.read_errors import ReadErrors
@@ -42,10 +42,16 @@ class HostCollector(Collector):
     name = "host"
 
     def __init__(
-        self, procfs: Procfs, *, window_seconds: float = 10.0, send_rtt: SendRtt | None = None
+        self,
+        procfs: Procfs,
+        *,
+        window_seconds: float = 10.0,
+        send_rtt: SendRtt | None = None,
+        sock_diag: SockDiag | None = None,
     ) -> None:
         self.procfs = procfs
         self.send_rtt = send_rtt
+        self.sock_diag = sock_diag  # what send_rtt dumps with, closed with this collector
         self.read_errors = ReadErrors(self.name)
         self._window: RollingWindow[TcpSegments] = RollingWindow(window_seconds)
         self._dumped_at = -math.inf  # monotonic s of the last socket dump
@@ -59,11 +65,17 @@ class HostCollector(Collector):
             log.warning(
                 "TCP send RTT off: the agent is not in the node's network namespace (use hostNetwork)"
             )
+        sock_diag = SockDiag() if section.send_rtt and own else None
         return cls(
             Procfs(section.procfs_root, network_namespace_pid=section.tcp_namespace_pid),
             window_seconds=window,
-            send_rtt=SendRtt(tcp_flows, window_seconds=window) if section.send_rtt and own else None,
+            send_rtt=None if sock_diag is None else SendRtt(sock_diag.flows, window_seconds=window),
+            sock_diag=sock_diag,
         )
+
+    def close(self) -> None:
+        if self.sock_diag is not None:
+            self.sock_diag.close()
 
     def collect(self) -> Iterable[Metric]:
         tcp = self._read_tcp()

@@ -8,7 +8,6 @@ longer than the stagger move on to another worker. Registered on a private Colle
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import importlib
 import logging
@@ -45,20 +44,28 @@ class Outcome:
     error: BaseException | None = None
 
 
-Call = tuple[Callable[[], object], concurrent.futures.Future[Outcome]]
+class _Call:
+    """One collector call: its outcome once `done` is set (by the worker that ran it)."""
+
+    __slots__ = ("fn", "outcome", "done")
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
+        self.outcome: Outcome | None = None
+        self.done = threading.Event()
 
 
 class _Job:
     """Collector calls for one worker to run in order. The runner takes the calls not started yet away (`rest`)
     when the one running takes longer than the stagger, for another worker to run."""
 
-    def __init__(self, calls: list[Call]) -> None:
+    def __init__(self, calls: list[_Call]) -> None:
         self._lock = threading.Lock()
         self._calls = calls
         self._next = 0  # the next call to start
         self.started_at = time.monotonic()  # when the running call started (or the job was made)
 
-    def take(self) -> Call | None:
+    def take(self) -> _Call | None:
         """The next call to run (the worker's side), or None when there is none left."""
         with self._lock:
             if self._next >= len(self._calls):
@@ -67,11 +74,12 @@ class _Job:
             self.started_at = time.monotonic()
             return self._calls[self._next - 1]
 
-    def waiting(self) -> bool:
+    def waiting(self) -> _Call | None:
+        """The job's last call if some calls have not started yet (it is done when the job is), else None."""
         with self._lock:
-            return self._next < len(self._calls)
+            return self._calls[-1] if self._next < len(self._calls) else None
 
-    def rest(self) -> list[Call]:
+    def rest(self) -> list[_Call]:
         """Take away the calls not started yet (the runner's side)."""
         with self._lock:
             rest = self._calls[self._next :]
@@ -122,8 +130,8 @@ class _Workers:
 
 def _run(job: _Job) -> None:
     while (call := job.take()) is not None:
-        fn, future = call
-        future.set_result(_timed(fn))
+        call.outcome = _timed(call.fn)
+        call.done.set()
 
 
 def _timed(fn: Callable[[], object]) -> Outcome:
@@ -160,8 +168,8 @@ class CollectorRunner:
         # per method, the call of each collector last started: a caller joins it while it runs, so at most one call
         # per collector and method is ever in flight, and a hung collector does not pile up threads
         self._in_flight_lock = threading.Lock()
-        self._collect_calls: dict[str, concurrent.futures.Future[Outcome]] = {}
-        self._evidence_calls: dict[str, concurrent.futures.Future[Outcome]] = {}
+        self._collect_calls: dict[str, _Call] = {}
+        self._evidence_calls: dict[str, _Call] = {}
 
     @classmethod
     def from_settings(cls, settings: AgentSettings, table: Iterable[CollectorSpec] = COLLECTORS) -> CollectorRunner:
@@ -249,59 +257,50 @@ class CollectorRunner:
             host=next((p.host for p in parts if p.host is not None), None),
         )
 
-    def _run_all(
-        self, calls: dict[str, concurrent.futures.Future[Outcome]], method: Callable[[Collector], object]
-    ) -> dict[str, Outcome]:
+    def _run_all(self, calls: dict[str, _Call], method: Callable[[Collector], object]) -> dict[str, Outcome]:
         """Run `method` on every collector, one after another (see STAGGER_SECONDS); each gets the same deadline,
         counted from now. A collector whose call from before still runs is not called again: its call is joined."""
         deadline = time.monotonic() + self.timeout_seconds
         stagger = min(STAGGER_SECONDS, self.timeout_seconds / (2 * max(1, len(self.collectors))))
-        futures: dict[str, concurrent.futures.Future[Outcome]] = {}
-        new: list[Call] = []
+        mine: dict[str, _Call] = {}
+        new: list[_Call] = []
         with self._in_flight_lock:
             for name, collector in self.collectors.items():
-                future = calls.get(name)
-                if future is None or future.done():
-                    future = calls[name] = concurrent.futures.Future()
-                    new.append((functools.partial(method, collector), future))
-                futures[name] = future
-        job = _Job(new)
+                call = calls.get(name)
+                if call is None or call.done.is_set():
+                    call = calls[name] = _Call(functools.partial(method, collector))
+                    new.append(call)
+                mine[name] = call
         if new:
+            job = _Job(new)
             self._workers.run(job)
-        self._wait(job, list(futures.values()), deadline, stagger)
+            self._wait_for_job(job, deadline, stagger)
         outcomes: dict[str, Outcome] = {}
-        for name, future in futures.items():
-            if future.done():
-                outcomes[name] = future.result()
-            else:
+        for name, call in mine.items():
+            outcome = call.outcome if call.done.wait(max(0.0, deadline - time.monotonic())) else None
+            if outcome is None:
                 error = TimeoutError(f"did not finish within {self.timeout_seconds:g} s; left out")
-                outcomes[name] = Outcome(succeeded=False, duration_seconds=self.timeout_seconds, error=error)
-            self._log_change(name, outcomes[name])
+                outcome = Outcome(succeeded=False, duration_seconds=self.timeout_seconds, error=error)
+            outcomes[name] = outcome
+            self._log_change(name, outcome)
         # forget finished calls: only one still running is joined next time, and a finished one's result (the last
         # evidence: ~1 MB with 8 ranks) would stay alive until the next call
         with self._in_flight_lock:
-            for name, future in futures.items():
-                if future.done() and calls.get(name) is future:
+            for name, call in mine.items():
+                if call.done.is_set() and calls.get(name) is call:
                     del calls[name]
         return outcomes
 
-    def _wait(
-        self, job: _Job, futures: list[concurrent.futures.Future[Outcome]], deadline: float, stagger: float
-    ) -> None:
-        """Until every call is done or the deadline: when a call of the job has run for the stagger and others
-        wait behind it, they move on to another worker."""
-        while (now := time.monotonic()) < deadline:
-            until = deadline
-            if job.waiting():
-                until = min(deadline, job.started_at + stagger)
-                if now >= until:
-                    job = _Job(job.rest())
-                    self._workers.run(job)
-                    continue
-            _, pending = concurrent.futures.wait(futures, timeout=until - now)
-            if not pending:
-                return
-            futures = list(pending)
+    def _wait_for_job(self, job: _Job, deadline: float, stagger: float) -> None:
+        """Until the job's calls have all started or the deadline: when one has run for the stagger and others wait
+        behind it, they move on to another worker. One wakeup when the job finishes within the stagger."""
+        while (now := time.monotonic()) < deadline and (last := job.waiting()) is not None:
+            until = min(deadline, job.started_at + stagger)
+            if now >= until:
+                job = _Job(job.rest())
+                self._workers.run(job)
+            else:
+                last.done.wait(until - now)
 
     def _log_change(self, name: str, outcome: Outcome) -> None:
         """Log a collector's failure once (with its traceback) and its recovery, not every scrape."""

@@ -6,10 +6,11 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from agent.backends.sockdiag import SockDiagError, TcpFlow, parse_reply, tcp_flows
+from agent.backends.sockdiag import SockDiag, SockDiagError, TcpFlow, parse_reply, tcp_flows
 from agent.collectors.send_rtt import MIN_BYTES, SendRtt
 from agent.evidence import TcpPath
 from tests.agent.conftest import VethPair
@@ -53,6 +54,49 @@ def test_ipv6_sockets_are_dumped_too() -> None:
         with accepted:
             port = client.getsockname()[1]
             assert [f.remote for f in tcp_flows() if f.local_port == port] == ["::1"]
+
+
+def sockstat_dir(tmp_path: Path, tcp: int, tcp6: int) -> str:
+    """A /proc/<pid>/net stand-in with only the socket counts SockDiag reads."""
+    (tmp_path / "sockstat").write_text(f"sockets: used 9\nTCP: inuse {tcp} orphan 0 tw 0 alloc 3 mem 1\nUDP: inuse 0 mem 0\n")
+    (tmp_path / "sockstat6").write_text(f"TCP6: inuse {tcp6}\nUDP6: inuse 0\n")
+    return str(tmp_path)
+
+
+def test_repeated_dumps_skip_a_family_the_kernel_counts_no_tcp_socket_of(tmp_path: Path) -> None:
+    with (
+        socket.create_server(("::1", 0), family=socket.AF_INET6) as server,
+        socket.create_connection(server.getsockname()[:2]) as client,
+    ):
+        accepted, _ = server.accept()
+        with accepted:
+            port = client.getsockname()[1]
+            real = SockDiag()
+            for _ in range(2):  # the netlink socket is kept between dumps
+                assert [f.remote for f in real.flows() if f.local_port == port] == ["::1"]
+            real.close()
+            assert [f.remote for f in real.flows() if f.local_port == port] == ["::1"]  # opened again
+            real.close()
+            told_none = SockDiag(sockstat_dir(tmp_path, tcp=1, tcp6=0))
+            assert [f for f in told_none.flows() if f.local_port == port] == []  # IPv6 not dumped
+            told_some = SockDiag(sockstat_dir(tmp_path, tcp=0, tcp6=2))
+            assert [f.remote for f in told_some.flows() if f.local_port == port] == ["::1"]
+            unreadable = SockDiag(str(tmp_path / "missing"))  # no counts: every family is dumped
+            assert [f.remote for f in unreadable.flows() if f.local_port == port] == ["::1"]
+            for dumper in (told_none, told_some, unreadable):
+                dumper.close()
+
+
+def test_repeated_dumps_skip_ipv4_when_the_kernel_counts_no_ipv4_tcp_socket(
+    tmp_path: Path, connected_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    port = connected_pair[0].getsockname()[1]
+    seen = SockDiag(sockstat_dir(tmp_path, tcp=3, tcp6=0))
+    assert [f.remote for f in seen.flows() if f.local_port == port] == ["127.0.0.1"]
+    skipped = SockDiag(sockstat_dir(tmp_path, tcp=0, tcp6=0))
+    assert skipped.flows() == []
+    seen.close()
+    skipped.close()
 
 
 def test_an_ipv4_peer_of_a_dual_stack_socket_shows_as_ipv4() -> None:
