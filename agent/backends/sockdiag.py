@@ -79,7 +79,7 @@ def tcp_flows() -> list[TcpFlow]:
 
 
 # per family: the /proc/self/net file that counts its sockets, and the line of TCP's ("TCP: inuse 3 ...")
-SOCKSTAT = {socket.AF_INET: ("sockstat", re.compile(rb"^TCP: inuse (\d+)", re.M)),
+SOCKSTAT: dict[int, tuple[str, re.Pattern[bytes]]] = {socket.AF_INET: ("sockstat", re.compile(rb"^TCP: inuse (\d+)", re.M)),
             socket.AF_INET6: ("sockstat6", re.compile(rb"^TCP6: inuse (\d+)", re.M))}  # fmt: skip
 SOCKSTAT_BYTES = 4096  # more than either file holds
 
