@@ -16,7 +16,7 @@ help:
 # Debian packages and the Python package with test extras; re-run when pyproject.toml changes.
 install: $(DEPS_STAMP)
 
-$(DEPS_STAMP): pyproject.toml tools/install-deps.sh
+$(DEPS_STAMP): pyproject.toml setup.py agent/_nicsample.c tools/install-deps.sh
 	PYTHON=$(PYTHON) bash tools/install-deps.sh
 	mkdir -p $(dir $@) && touch $@
 

@@ -2,7 +2,8 @@
 
 Files stay open and are re-read with pread at offset 0, which makes sysfs produce a fresh value (~1 us per read
 instead of ~10 us for open+read+close). The sampler reads the descriptors itself (`ByteCounters.fds`) and parses
-the bytes later (`counts`): its 20 Hz tick stays a few system calls.
+the bytes later (`counts`): its 20 Hz tick stays a few system calls. Where the C sampler was built
+(`agent/_nicsample.c`), `native_sampler` reads them on a thread without Python instead.
 """
 
 from __future__ import annotations
@@ -10,8 +11,14 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+from typing import Protocol
 
 from agent.backends.sysfs import OpenFiles
+
+try:
+    from agent import _nicsample  # type: ignore[attr-defined]  # built by setup.py where a compiler is at hand
+except ImportError:  # pragma: no cover - depends on the build
+    _nicsample = None
 
 
 def interfaces(root: str, include: list[str], exclude: list[str]) -> list[str]:
@@ -85,3 +92,16 @@ def _pair(rx: bytes, tx: bytes) -> float:
         return float(rx) + float(tx)
     except ValueError:
         return math.nan
+
+
+def native_sampler(capacity: int) -> NativeSampler | None:
+    """The C sampler holding up to `capacity` reads (see agent/_nicsample.c), None where it was not built."""
+    return None if _nicsample is None else _nicsample.Sampler(capacity)
+
+
+class NativeSampler(Protocol):
+    def set_fds(self, fds: tuple[int, ...], /) -> None: ...
+    def set_interval(self, seconds: float, /) -> None: ...
+    def start(self) -> None: ...
+    def take(self) -> tuple[bytes, bytes, bytes, int]: ...
+    def stop(self) -> None: ...

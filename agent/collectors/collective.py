@@ -71,10 +71,11 @@ class Sender:
 INGEST_SECONDS = 2.0
 INGEST_BYTES = 1 << 20  # queued datagram bytes that are applied at once, whatever their age
 QUEUED_DATAGRAM_BYTES = 128  # what a queued datagram costs beyond its data: a flood of tiny ones is applied early too
-# The probe socket is drained this often (s), on the agent's shared background thread (agent/collectors/ticker.py)
-# with the NIC sampler's wakeups: 8 ranks flushing twice a second send 16 datagrams a second; a queue full at
-# Linux's default net.unix.max_dgram_qlen (10) costs the probe nothing, its sender keeps the rest for its next flush.
-DRAIN_SECONDS = 0.1
+# The probe socket is drained this often (s), on the agent's shared background thread (agent/collectors/ticker.py;
+# each wakeup costs ~150 us of CPU on a VM): 8 ranks flushing twice a second send 16 datagrams a second, 4 a drain,
+# under Linux's default queue of net.unix.max_dgram_qlen = 10 datagrams even for 16 ranks; a full queue costs the
+# probe nothing, its sender keeps the rest for its next flush (0.5 s later).
+DRAIN_SECONDS = 0.25
 BUSY_DRAIN_DATAGRAMS = 4  # a drain that found this many datagrams runs again at once: the queue is filling fast
 MAX_DATAGRAMS_PER_DRAIN = 1024  # then ingest and expiry get their turn even under a flood
 EXPIRE_SECONDS = 5.0  # how often ranks and jobs that went silent are looked for
@@ -370,7 +371,7 @@ class CollectiveCollector(Collector):
 
     def _drain(self) -> float | None:
         """Take the datagrams queued on the socket, apply them when due, expire the silent; 0 (run again at once)
-        when the queue was busy. It may run up to half its interval early or late, to share the sampler's wakeup."""
+        when the queue was busy. It may run up to half its interval early or late, to share another job's wakeup."""
         assert self._socket is not None
         received = 0
         try:

@@ -1,10 +1,10 @@
-"""One thread for the agent's periodic background jobs: the NIC byte sampler (agent/collectors/periodicity.py) and
-the drain of the probe socket (agent/collectors/collective.py).
+"""One thread for the agent's periodic background jobs: the drain of the probe socket (agent/collectors/collective.py,
+4 Hz) and the periodicity collector's housekeeping (agent/collectors/periodicity.py, every 5 s; its NIC byte sampler
+too, at 10-20 Hz, where the C sampler was not built).
 
 On a VM a thread's wakeup costs more CPU than these jobs' work (~40-90 us of kernel and interpreter time, and the
 code after it runs cold), so the jobs share one thread's wakeups instead of each waking its own: a job with slack
-runs on any wakeup within its slack before or after it is due, and wakes the thread itself only when none came. With
-the sampler at 20 Hz (or 10 Hz) and the drain at 10 Hz that is 20 (10) wakeups a second instead of ~40 (20).
+runs on any wakeup within its slack before or after it is due, and wakes the thread itself only when none came.
 """
 
 from __future__ import annotations
