@@ -153,9 +153,12 @@ def run(settings: AgentSettings) -> None:
 def _freeze_startup_objects() -> None:
     """Leave what startup and the first collection made (modules, settings, caches: ~48,000 objects) out of the
     garbage collector's full collections, which then scan a few thousand objects instead: ~1 ms instead of ~20 ms
-    on whichever thread (often a scrape's) happens to trigger one."""
+    on whichever thread (often a scrape's) happens to trigger one; then give the heap's free pages back to the
+    kernel (malloc_trim: what startup's temporaries left between live objects, ~0.3 MB of RSS)."""
     gc.collect()
     gc.freeze()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
