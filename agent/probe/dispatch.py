@@ -18,6 +18,7 @@ here: CUDA tensors (NCCL: the DDP hook and the Python wrappers cover them) and t
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from agent.probe.patch import nbytes
@@ -77,8 +78,7 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
             raise
         if token is not None:
             try:
-                boxed = result[1]
-                recorder.complete_async(token, lambda: unbox_work(boxed))
+                recorder.complete_async(token, partial(unbox_work, result[1]))
             except Exception:  # no future: the issue time is all we know
                 recorder.complete(token, measured=False)
             recorder.launched()
