@@ -47,15 +47,15 @@ class Recorder:
     group's collectives in the same order (a requirement of collectives), so (group, seq) names the same
     collective on every rank: the key the controller lines ranks up by. `pending` holds the issued collectives
     not completed yet, and the untimed ones until a poll sees them finished (at most `capacity`; the sender
-    reports those pending too long: the hang signal), `polled` how to tell whether each untimed one has
-    finished, `completed` what the sender sends next.
+    reports those pending too long: the hang signal), `polled` how to get the Work of each untimed one (its
+    `is_completed` tells whether it has finished), `completed` what the sender sends next.
     """
 
     def __init__(self, capacity: int = 8192) -> None:
         self.capacity = capacity
         self.completed: deque[Completed] = deque()
         self.pending: dict[tuple[str, int], Token] = {}
-        self.polled: dict[tuple[str, int], Callable[[], bool]] = {}
+        self.polled: dict[tuple[str, int], Callable[[], Any]] = {}
         self.dropped = 0
         self.flusher: Callable[[], object] | None = None  # the sender's flush, run by `launched` when due
         self.flush_due = math.inf  # time.monotonic() s from which `launched` runs `flusher`
@@ -79,11 +79,12 @@ class Recorder:
     def complete_async(self, token: Token, work: Callable[[], Any]) -> None:
         """Complete `token` when its async Work (what `work()` returns) finishes: timed by a callback on its future
         if `is_timed`, else untimed at the sender's first poll that finds it completed (`work()` runs there, so a
-        Work that must be unboxed is unboxed off the training thread). Raises what the Work raises (no future)."""
+        Work that must be unboxed is unboxed in the flush, not on every call). Raises what the Work raises (no
+        future)."""
         if is_timed(token[1]):
             work().get_future().add_done_callback(partial(self._finished, token))
         else:
-            self.complete_when(token, lambda: work().is_completed())
+            self.complete_when(token, work)
 
     def _finished(self, token: Token, _future: object) -> None:
         """A timed collective's future completed (on the backend's thread)."""
@@ -98,21 +99,21 @@ class Recorder:
             if flusher is not None:
                 flusher()  # sets the next flush_due; if the sender's thread flushes right now, the next launch retries
 
-    def complete_when(self, token: Token, finished: Callable[[], bool]) -> None:
-        """Complete `token` untimed (completed_at 0.0) at the first `poll` that finds `finished()` true: its
-        Work's is_completed, called by the sender's flush. Holds the Work (and so its tensors) until then: at most
-        `capacity` of them, for about one flush interval."""
+    def complete_when(self, token: Token, work: Callable[[], Any]) -> None:
+        """Complete `token` untimed (completed_at 0.0) at the first `poll` that finds `work().is_completed()` true
+        (the sender's flush; `work` is a C callable where it can be, e.g. a partial: no Python frame per poll).
+        Holds the Work (and so its tensors) until then: at most `capacity` of them, for about one flush interval."""
         key = (token[0], token[1])
         if key in self.pending:
-            self.polled[key] = finished
+            self.polled[key] = work
         else:  # pending is full: nothing would poll it
             self._done(token, token, 0.0)
 
     def poll(self) -> None:
         """Complete the polled collectives that have finished (the sender's flush, before it drains `completed`)."""
-        for key, finished in self.polled.copy().items():
+        for key, work in self.polled.copy().items():
             try:
-                done = finished()
+                done = work().is_completed()
             except Exception:  # the Work cannot tell (its group was destroyed): over, as its future would be
                 done = True
             if done and self.polled.pop(key, None) is not None:  # popped here: completed once

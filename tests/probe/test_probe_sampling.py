@@ -13,7 +13,7 @@ from .conftest import LinkedSender, receive_all
 
 
 class FakeWork:
-    """A Work whose completion the test decides (what Recorder.complete_when polls: `is_completed`)."""
+    """A Work whose completion the test decides (what Recorder.poll asks: `is_completed`)."""
 
     def __init__(self) -> None:
         self.done = False
@@ -41,8 +41,8 @@ def test_untimed_collectives_are_polled_by_the_sender_and_sent_complete_without_
         if is_timed(token[1]):
             recorder.complete(token)  # what its future's callback does
         else:
-            works[token[1]] = FakeWork()
-            recorder.complete_when(token, works[token[1]].is_completed)
+            work = works[token[1]] = FakeWork()
+            recorder.complete_when(token, lambda work=work: work)
     first_untimed = min(works)
     works[first_untimed].done = True
     sender.flush()
@@ -66,7 +66,7 @@ def test_an_untimed_collective_that_never_finishes_is_reported_pending_like_a_ti
     stuck = recorder.issue("default", wire.Op.all_reduce, 64)  # seq 1: polled, its peer never arrives
     assert is_timed(0) and not is_timed(stuck[1])
     work = FakeWork()
-    recorder.complete_when(stuck, work.is_completed)
+    recorder.complete_when(stuck, lambda: work)
     sender.flush()
     sender.flush()
     hung = receive_all(receiver)
@@ -81,7 +81,7 @@ def test_a_poll_after_a_reset_completes_nothing_of_the_old_process_group() -> No
     recorder = Recorder()
     recorder.complete(recorder.issue("default", wire.Op.all_reduce, 64))
     work = FakeWork()
-    recorder.complete_when(recorder.issue("default", wire.Op.all_reduce, 64), work.is_completed)
+    recorder.complete_when(recorder.issue("default", wire.Op.all_reduce, 64), lambda: work)
     recorder.reset()
     work.done = True
     recorder.poll()
@@ -92,10 +92,11 @@ def test_a_work_that_cannot_tell_is_completed_untimed_rather_than_reported_hung_
     recorder = Recorder()
     recorder.issue("default", wire.Op.all_reduce, 64)
 
-    def broken() -> bool:
-        raise RuntimeError("process group destroyed")
+    class BrokenWork:
+        def is_completed(self) -> bool:
+            raise RuntimeError("process group destroyed")
 
-    recorder.complete_when(recorder.issue("default", wire.Op.all_reduce, 64), broken)
+    recorder.complete_when(recorder.issue("default", wire.Op.all_reduce, 64), BrokenWork)
     recorder.poll()
     assert [(token[1], completed_at) for token, completed_at in recorder.completed] == [(1, 0.0)]
     assert list(recorder.pending) == [("default", 0)]
@@ -106,7 +107,7 @@ def test_a_full_recorder_completes_an_untimed_collective_at_once_instead_of_hold
     for _ in range(2):
         recorder.issue("default", wire.Op.all_reduce, 64)
     beyond = recorder.issue("default", wire.Op.all_reduce, 64)
-    recorder.complete_when(beyond, FakeWork().is_completed)
+    recorder.complete_when(beyond, FakeWork)  # a Work's getter
     assert not recorder.polled and [token[1] for token, _ in recorder.completed] == [beyond[1]]
 
 
@@ -155,7 +156,7 @@ def test_a_forked_child_forgets_the_parents_polled_collectives() -> None:
     probe = Probe("/nonexistent")
     probe.recorder.issue("default", wire.Op.all_reduce, 64)
     work = FakeWork()
-    probe.recorder.complete_when(probe.recorder.issue("default", wire.Op.all_reduce, 64), work.is_completed)
+    probe.recorder.complete_when(probe.recorder.issue("default", wire.Op.all_reduce, 64), lambda: work)
     probe.forget_after_fork()  # a DataLoader worker: the parent's Works are not its own (nor held for it)
     assert not probe.recorder.polled and not probe.recorder.pending
     work.done = True
