@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -179,8 +180,16 @@ def _lean_malloc() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, MALLOC_FIXED_THRESHOLD_BYTES)
 
 
+def _single_threaded_blas() -> None:
+    """numpy's OpenBLAS starts a thread per core but one when it is imported (95 idle threads with their stacks on a
+    96-core GPU node); the agent does no linear algebra. Before the collectors import numpy; an explicit
+    OPENBLAS_NUM_THREADS in the environment wins."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _lean_malloc()
+    _single_threaded_blas()
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)

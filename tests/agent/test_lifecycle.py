@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -47,3 +48,15 @@ def test_the_agent_becomes_ready_and_exits_0_on_sigterm(
             process.wait()
     assert process.returncode == 0
     assert "serving on" in output and "stopping" in output
+
+
+def test_numpy_starts_no_blas_threads_in_the_agent(subprocess_env: dict[str, str], python: str) -> None:
+    count = "import numpy, os; print(len(os.listdir('/proc/self/task')))"
+    env = {k: v for k, v in subprocess_env.items() if k != "OPENBLAS_NUM_THREADS"}
+    plain = subprocess.run([python, "-c", count], env=env, capture_output=True, text=True, check=True)
+    agent = subprocess.run(
+        [python, "-c", f"from agent.__main__ import _single_threaded_blas; _single_threaded_blas(); {count}"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert int(agent.stdout) == 1, "the agent's numpy runs on the thread that calls it"
+    assert int(plain.stdout) > 1 or os.cpu_count() == 1, "a plain numpy starts a BLAS thread per core but one"
