@@ -20,11 +20,13 @@ no such API). Budget: < 1% of a core, < 60 MB RSS, scrape < 10 ms.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import http.client
 import math
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -221,6 +223,15 @@ def print_row(label: str, m: Measurement) -> None:
     )
 
 
+PR_SET_PDEATHSIG = 1  # prctl: the signal a process gets when its parent dies
+
+
+def dies_with_parent() -> None:
+    """preexec_fn of the benchmark's children: SIGTERM when the benchmark dies however it dies (Ctrl-C, a SIGPIPE
+    from `| head`, kill -9), so no agent, exporter or sender is left running to disturb the next measurement."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -285,18 +296,20 @@ def main() -> int:
         agent_args += ["--nvml.library-path", str(FAKE_NVML)] if FAKE_NVML.exists() else ["--no-collector.nvml"]
         agent_args += args.agent_arg
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", *agent_args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "agent", *agent_args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=dies_with_parent,
         )
         exporter = subprocess.Popen(
             [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{exporter_port}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=dies_with_parent,
         )
         senders = [
             subprocess.Popen(
                 [sys.executable, __file__, "--probe-load", str(socket_dir), str(rank), str(args.ranks),
                  "--collectives-per-second", str(args.collectives_per_second)],
-                env=env,
+                env=env, preexec_fn=dies_with_parent,
             )  # fmt: skip
             for rank in range(args.ranks)
         ]
@@ -304,7 +317,7 @@ def main() -> int:
             senders.append(subprocess.Popen(
                 [sys.executable, __file__, "--nic-traffic", str(sysfs), "--nics", str(args.nics),
                  "--step-seconds", str(args.step_seconds)],
-                env=env,
+                env=env, preexec_fn=dies_with_parent,
             ))  # fmt: skip
         try:
             agent_url = f"http://127.0.0.1:{agent_port}/metrics"
