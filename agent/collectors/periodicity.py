@@ -102,7 +102,10 @@ class _Ring:
         )
 
     def with_names(self, names: tuple[str, ...]) -> _Ring:
-        """The same ticks for another set of interfaces: columns of those still there are kept, new ones are NaN."""
+        """The same ticks for another set of interfaces: columns of those still there are kept, new ones are NaN
+        (this ring itself when the interfaces are the same)."""
+        if names == self.names:
+            return self
         ring = _Ring(len(self.times), names)
         ring.times[:], ring.intervals[:] = self.times, self.intervals
         ring.size, ring._next = self.size, self._next
@@ -211,24 +214,24 @@ class PeriodicityCollector(Collector):
     def _take_ticks(self) -> None:
         """Move the ticks read since the last call into the ring (the caller holds the lock)."""
         if self._native is not None:
-            raw_times, raw_intervals, raw_values, overwritten = self._native.take()
-            if overwritten:
-                log.debug("periodicity: %d NIC counter reads overwritten before they were taken", overwritten)
-            if self._ring.names != self._names:
-                self._ring = self._ring.with_names(self._names)
-            times = np.frombuffer(raw_times)
-            if len(times):  # (rx, tx) per interface: their sum, NaN where either read failed
-                values = np.frombuffer(raw_values).reshape(len(times), len(self._names), 2)
-                self._ring.extend(times, np.frombuffer(raw_intervals), values.sum(axis=2))
+            self._take_native(self._native)
         ticks = self._ticks
         while ticks:
             at, interval, names, raw = ticks.popleft()
-            if names != self._ring.names:
-                self._ring = self._ring.with_names(names)
-            self._ring.append(at, interval, counts(raw))
-        names = self._names
-        if names != self._ring.names:  # a rescan since the last tick
             self._ring = self._ring.with_names(names)
+            self._ring.append(at, interval, counts(raw))
+        self._ring = self._ring.with_names(self._names)  # a rescan since the last tick
+
+    def _take_native(self, native: NativeSampler) -> None:
+        """The C sampler's reads, all of the interfaces now in `_names` (rescan takes them before new ones)."""
+        raw_times, raw_intervals, raw_values, overwritten = native.take()
+        if overwritten:
+            log.debug("periodicity: %d NIC counter reads overwritten before they were taken", overwritten)
+        self._ring = self._ring.with_names(self._names)
+        times = np.frombuffer(raw_times)
+        if len(times):  # (rx, tx) per interface: their sum, NaN where either read failed
+            values = np.frombuffer(raw_values).reshape(len(times), len(self._names), 2)
+            self._ring.extend(times, np.frombuffer(raw_intervals), values.sum(axis=2))
 
     def patterns(self) -> dict[str, tuple[TrafficPattern, float]]:
         """Interface -> (pattern, window s) from the rate history of the last `window_seconds` held now, estimated
