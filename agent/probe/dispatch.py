@@ -61,13 +61,7 @@ def install_allreduce_kernel(recorder: Recorder, group_name: Any) -> Any:
         try:
             group = group_name(unbox_group(process_group))
             if group is not None:
-                try:  # Tensor[] by the schema: Tensor.nbytes, ~20 us less than patch.nbytes' checks when cold
-                    size = 0
-                    for tensor in tensors:
-                        size += tensor.nbytes
-                except RuntimeError:  # a sparse COO tensor has no nbytes: its dense size, as the wrappers count it
-                    size = nbytes(tensors)
-                token = recorder.issue(group, Op.all_reduce, size)
+                token = recorder.issue(group, Op.all_reduce, nbytes(tensors))
         except Exception:
             log.debug("lockstep probe: not recording an all-reduce", exc_info=True)
         try:
