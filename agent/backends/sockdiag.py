@@ -70,25 +70,27 @@ class TcpFlow(NamedTuple):
 
 
 def tcp_flows() -> list[TcpFlow]:
-    """All established TCP sockets (IPv4 and IPv6) of the calling thread's network namespace."""
+    """All established TCP sockets (IPv4 and IPv6) of the calling thread's network namespace: one dump."""
+    dumper = SockDiag()
     try:
-        with _netlink() as sock:
-            return [flow for family in (socket.AF_INET, socket.AF_INET6) for flow in _dump(sock, family)]
-    except OSError as error:
-        raise SockDiagError(f"sock_diag dump: {error.strerror or error}") from None
+        return dumper.flows()
+    finally:
+        dumper.close()
 
 
 # per family: the /proc/self/net file that counts its sockets, and the line of TCP's ("TCP: inuse 3 ...")
-SOCKSTAT: dict[int, tuple[str, re.Pattern[bytes]]] = {socket.AF_INET: ("sockstat", re.compile(rb"^TCP: inuse (\d+)", re.M)),
-            socket.AF_INET6: ("sockstat6", re.compile(rb"^TCP6: inuse (\d+)", re.M))}  # fmt: skip
+SOCKSTAT: dict[int, tuple[str, re.Pattern[bytes]]] = {
+    socket.AF_INET: ("sockstat", re.compile(rb"^TCP: inuse (\d+)", re.M)),
+    socket.AF_INET6: ("sockstat6", re.compile(rb"^TCP6: inuse (\d+)", re.M)),
+}
 SOCKSTAT_BYTES = 4096  # more than either file holds
 
 
 class SockDiag:
-    """`tcp_flows` for repeated dumps: one netlink socket kept open (made again after a failed dump, which may
-    have left replies unread), and no dump of a family the kernel counts no TCP socket of (a socket established
-    between the count and the dump is seen at the next dump). `proc_net` is the namespace's /proc/<pid>/net.
-    One dump at a time (a scrape and an evidence pull may ask at once)."""
+    """Repeated dumps: one netlink socket kept open (made again after a failed dump, which may have left replies
+    unread), and no dump of a family the kernel counts no TCP socket of (a socket established between the count and
+    the dump is seen at the next dump). `proc_net` is the namespace's /proc/<pid>/net. One dump at a time (a scrape
+    and an evidence pull may ask at once)."""
 
     def __init__(self, proc_net: str = "/proc/self/net") -> None:
         self._proc_net = proc_net
@@ -98,19 +100,19 @@ class SockDiag:
 
     def flows(self) -> list[TcpFlow]:
         with self._lock:
-            return self._flows()
-
-    def _flows(self) -> list[TcpFlow]:
-        try:
             if self._sock is None:
-                self._sock = _netlink()
-            sock = self._sock
-            return [flow for family in SOCKSTAT if self._in_use(family) for flow in _dump(sock, family)]
-        except (OSError, SockDiagError) as error:
-            self._close()
-            if isinstance(error, SockDiagError):
+                try:
+                    self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+                except OSError as error:
+                    raise SockDiagError(f"sock_diag dump: {error.strerror or error}") from None
+            try:
+                return [flow for family in SOCKSTAT if self._in_use(family) for flow in _dump(self._sock, family)]
+            except SockDiagError:
+                self._close_socket()
                 raise
-            raise SockDiagError(f"sock_diag dump: {error.strerror or error}") from None
+            except OSError as error:
+                self._close_socket()
+                raise SockDiagError(f"sock_diag dump: {error.strerror or error}") from None
 
     def _in_use(self, family: int) -> bool:
         """Whether the kernel counts TCP sockets of `family` in use (True when it cannot be read)."""
@@ -132,21 +134,17 @@ class SockDiag:
 
     def close(self) -> None:
         with self._lock:
-            self._close()
+            self._close_socket()
+            for fd in self._counts.values():
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._counts.clear()
 
-    def _close(self) -> None:
+    def _close_socket(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        for fd in self._counts.values():
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._counts.clear()
-
-
-def _netlink() -> socket.socket:
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
 
 
 def _dump(sock: socket.socket, family: int) -> list[TcpFlow]:

@@ -45,15 +45,20 @@ def test_a_dump_shows_an_established_socket_with_its_rtt_and_acknowledged_bytes(
     assert back.bytes_acked < PAYLOAD  # the receiving end sent next to nothing
 
 
-def test_ipv6_sockets_are_dumped_too() -> None:
+@pytest.fixture
+def ipv6_client_port() -> Iterator[int]:
+    """The local port of an established IPv6 loopback connection."""
     with (
         socket.create_server(("::1", 0), family=socket.AF_INET6) as server,
         socket.create_connection(server.getsockname()[:2]) as client,
     ):
         accepted, _ = server.accept()
         with accepted:
-            port = client.getsockname()[1]
-            assert [f.remote for f in tcp_flows() if f.local_port == port] == ["::1"]
+            yield client.getsockname()[1]
+
+
+def test_ipv6_sockets_are_dumped_too(ipv6_client_port: int) -> None:
+    assert [f.remote for f in tcp_flows() if f.local_port == ipv6_client_port] == ["::1"]
 
 
 def sockstat_dir(tmp_path: Path, tcp: int, tcp6: int) -> str:
@@ -63,28 +68,22 @@ def sockstat_dir(tmp_path: Path, tcp: int, tcp6: int) -> str:
     return str(tmp_path)
 
 
-def test_repeated_dumps_skip_a_family_the_kernel_counts_no_tcp_socket_of(tmp_path: Path) -> None:
-    with (
-        socket.create_server(("::1", 0), family=socket.AF_INET6) as server,
-        socket.create_connection(server.getsockname()[:2]) as client,
-    ):
-        accepted, _ = server.accept()
-        with accepted:
-            port = client.getsockname()[1]
-            real = SockDiag()
-            for _ in range(2):  # the netlink socket is kept between dumps
-                assert [f.remote for f in real.flows() if f.local_port == port] == ["::1"]
-            real.close()
-            assert [f.remote for f in real.flows() if f.local_port == port] == ["::1"]  # opened again
-            real.close()
-            told_none = SockDiag(sockstat_dir(tmp_path, tcp=1, tcp6=0))
-            assert [f for f in told_none.flows() if f.local_port == port] == []  # IPv6 not dumped
-            told_some = SockDiag(sockstat_dir(tmp_path, tcp=0, tcp6=2))
-            assert [f.remote for f in told_some.flows() if f.local_port == port] == ["::1"]
-            unreadable = SockDiag(str(tmp_path / "missing"))  # no counts: every family is dumped
-            assert [f.remote for f in unreadable.flows() if f.local_port == port] == ["::1"]
-            for dumper in (told_none, told_some, unreadable):
-                dumper.close()
+def test_repeated_dumps_skip_a_family_the_kernel_counts_no_tcp_socket_of(tmp_path: Path, ipv6_client_port: int) -> None:
+    port = ipv6_client_port
+    real = SockDiag()
+    for _ in range(2):  # the netlink socket is kept between dumps
+        assert [f.remote for f in real.flows() if f.local_port == port] == ["::1"]
+    real.close()
+    assert [f.remote for f in real.flows() if f.local_port == port] == ["::1"]  # opened again
+    real.close()
+    told_none = SockDiag(sockstat_dir(tmp_path, tcp=1, tcp6=0))
+    assert [f for f in told_none.flows() if f.local_port == port] == []  # IPv6 not dumped
+    told_some = SockDiag(sockstat_dir(tmp_path, tcp=0, tcp6=2))
+    assert [f.remote for f in told_some.flows() if f.local_port == port] == ["::1"]
+    unreadable = SockDiag(str(tmp_path / "missing"))  # no counts: every family is dumped
+    assert [f.remote for f in unreadable.flows() if f.local_port == port] == ["::1"]
+    for dumper in (told_none, told_some, unreadable):
+        dumper.close()
 
 
 def test_repeated_dumps_skip_ipv4_when_the_kernel_counts_no_ipv4_tcp_socket(
