@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.platform_collector import PlatformCollector
 
 from agent.collectors.runner import CollectorRunner
+from agent.collectors.ticker import TICKER
 from agent.exposition import negotiate
 from agent.process_metrics import ProcessMetrics
 
@@ -66,9 +67,11 @@ class AgentApp:
     def respond(self, path: str, accept: str) -> Response:
         if path == "/metrics":
             encoder, content_type = negotiate(accept)
-            return Response(200, content_type, encoder(self.registry))
+            with TICKER.serving():  # background jobs wait: they would add to the scrape's latency
+                return Response(200, content_type, encoder(self.registry))
         if path == "/api/v1/evidence":
-            return Response(200, "application/json", self.runner.evidence().model_dump_json().encode())
+            with TICKER.serving():
+                return Response(200, "application/json", self.runner.evidence().model_dump_json().encode())
         if path == "/healthz":
             return Response(200, "text/plain; charset=utf-8", b"ok\n")
         if path == "/readyz":

@@ -24,7 +24,7 @@ from agent.backends import cgroup, process_activity
 from agent.backends.probe_socket import Datagram, ProbeSocket
 from agent.collectors.base import Collector
 from agent.collectors.process_rates import ProcessWatch
-from agent.collectors.rank_window import WAIT_BUCKETS_SECONDS, RankWindow
+from agent.collectors.rank_window import PERIOD_REUSE_SECONDS, WAIT_BUCKETS_SECONDS, RankWindow
 from agent.collectors.ticker import TICKER
 from agent.collectors.trust import Trust
 from agent.evidence import EvidencePart
@@ -79,6 +79,10 @@ DRAIN_SECONDS = 0.25
 BUSY_DRAIN_DATAGRAMS = 4  # a drain that found this many datagrams runs again at once: the queue is filling fast
 MAX_DATAGRAMS_PER_DRAIN = 1024  # then ingest and expiry get their turn even under a flood
 EXPIRE_SECONDS = 5.0  # how often ranks and jobs that went silent are looked for
+# how often the background job estimates the ranks' step periods again (those older than this): within the time a
+# scrape or evidence pull reuses one (PERIOD_REUSE_SECONDS), so they find it ready instead of estimating it (~0.2 ms
+# per rank)
+PERIOD_REFRESH_SECONDS = PERIOD_REUSE_SECONDS / 2
 WAIT_BUCKET_LABELS = (*(repr(bound) for bound in WAIT_BUCKETS_SECONDS), "+Inf")  # `le` of the wait histogram
 
 
@@ -242,6 +246,13 @@ class CollectiveState:
         for key in [key for key in self.windows if key[:2] == rank_key]:
             del self.windows[key]
 
+    def refresh_step_periods(self) -> None:
+        """Estimate again the step periods older than PERIOD_REFRESH_SECONDS (the background job)."""
+        with self.lock:
+            now = self.clock()
+            for window in self.windows.values():
+                window.step_period_seconds(now, self.settings.window_seconds, reuse_seconds=PERIOD_REFRESH_SECONDS)
+
     def expire(self) -> None:
         """Forget ranks silent for expire_seconds (their job ended) and release their claims."""
         with self.lock:
@@ -356,6 +367,7 @@ class CollectiveCollector(Collector):
         self.state = CollectiveState(settings, trust)
         self._socket: ProbeSocket | None = None
         self._next_expiry = 0.0  # monotonic s
+        self._next_period_refresh = 0.0  # monotonic s
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> CollectiveCollector:
@@ -370,8 +382,8 @@ class CollectiveCollector(Collector):
         log.info("collective collector listening on %s (trust %s)", self._socket.path, self.settings.trust)
 
     def _drain(self) -> float | None:
-        """Take the datagrams queued on the socket, apply them when due, expire the silent; 0 (run again at once)
-        when the queue was busy. It may run up to half its interval early or late, to share another job's wakeup."""
+        """Take the datagrams queued on the socket, apply them when due, expire the silent, estimate step periods
+        ahead of the scrapes; 0 (run again at once) when the queue was busy. It may run up to half its interval early or late, to share another job's wakeup."""
         assert self._socket is not None
         received = 0
         try:
@@ -383,6 +395,9 @@ class CollectiveCollector(Collector):
             if time.monotonic() >= self._next_expiry:
                 self._next_expiry = time.monotonic() + EXPIRE_SECONDS
                 self.state.expire()
+            if time.monotonic() >= self._next_period_refresh:
+                self._next_period_refresh = time.monotonic() + PERIOD_REFRESH_SECONDS
+                self.state.refresh_step_periods()
         except Exception:  # one bad datagram or a transient socket error must not end the receiving
             log.exception("collective collector: receive failed")
         return 0.0 if received >= BUSY_DRAIN_DATAGRAMS else None

@@ -2,7 +2,9 @@
 
 TCP retransmits (from `/proc/<pid>/net/snmp` through `agent.backends.procfs`) show a slow or lossy path even where
 NIC counters stay clean (a shaped or congested link); the boot id tells the controller a node rebooted. The RTT of the node's bulk TCP sends per remote
-address (`agent.collectors.send_rtt`, from sock_diag) shows a slow egress that queues instead of dropping.
+address (`agent.collectors.send_rtt`, from sock_diag) shows a slow egress that queues instead of dropping. The
+sockets are dumped by a background job (agent/collectors/ticker.py) every SOCKET_DUMP_INTERVAL_SECONDS: a dump
+costs ~1 ms of CPU, which scrapes and evidence pulls would otherwise wait for.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from agent.collectors.base import Collector
 from agent.collectors.order_stats import median
 from agent.collectors.read_errors import ReadErrors
 from agent.collectors.send_rtt import SendRtt
+from agent.collectors.ticker import TICKER
 from agent.collectors.window import RollingWindow
 from agent.evidence import EvidencePart, HostEvidence, TcpPath
 from agent.families import CounterFamily, GaugeFamily
@@ -33,8 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_PATHS = 64  # evidence size bound: a node talks to far fewer peers in bulk at once
-# A scrape or evidence pull sooner than this after the last socket dump reuses it: a dump costs ~1 ms of CPU even
-# without sockets, and Prometheus at 1 s would double the dumps without adding to a 10 s window that has 5 already.
+# How often the sockets are dumped (5 dumps in the 10 s window). A scrape or evidence pull dumps them itself only
+# when the background has not for twice as long (not started, or behind).
 SOCKET_DUMP_INTERVAL_SECONDS = 2.0
 
 
@@ -73,7 +76,12 @@ class HostCollector(Collector):
             sock_diag=sock_diag,
         )
 
+    def start(self) -> None:
+        if self.send_rtt is not None:  # slack: shares the wakeups of the other background jobs
+            TICKER.add(self, self._dump_sockets, SOCKET_DUMP_INTERVAL_SECONDS, SOCKET_DUMP_INTERVAL_SECONDS / 4)
+
     def close(self) -> None:
+        TICKER.remove(self)
         if self.sock_diag is not None:
             self.sock_diag.close()
 
@@ -122,17 +130,23 @@ class HostCollector(Collector):
         )
 
     def _paths(self) -> list[TcpPath]:
-        """Sample the sockets once more (at most every SOCKET_DUMP_INTERVAL_SECONDS) and return the bulk send paths
-        of the window (none if not measured)."""
+        """The bulk send paths of the window (none if not measured); the sockets are dumped here only when the
+        background job has not for 2 * SOCKET_DUMP_INTERVAL_SECONDS."""
         if self.send_rtt is None:
             return []
-        if time.monotonic() - self._dumped_at >= SOCKET_DUMP_INTERVAL_SECONDS:
-            self._dumped_at = time.monotonic()
-            try:
-                self.send_rtt.sample()
-            except SockDiagError as error:
-                self.read_errors.note("sock_diag", str(error))
+        if time.monotonic() - self._dumped_at >= 2 * SOCKET_DUMP_INTERVAL_SECONDS:
+            self._dump_sockets()
         return self.send_rtt.paths()
+
+    def _dump_sockets(self) -> None:
+        """One sample of the sockets' send RTT (the background job, every SOCKET_DUMP_INTERVAL_SECONDS)."""
+        if self.send_rtt is None:
+            return
+        self._dumped_at = time.monotonic()
+        try:
+            self.send_rtt.sample()
+        except SockDiagError as error:
+            self.read_errors.note("sock_diag", str(error))
 
     def _send_rtt_families(self) -> list[Metric]:
         paths = self._paths()

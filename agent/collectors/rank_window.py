@@ -291,21 +291,23 @@ class RankWindow:
         slots = slots[np.argsort(self._ring["seq"][slots], kind="stable")]
         return slots if newest is None else slots[-newest:]
 
-    def step_period_seconds(self, now: float, window_seconds: float) -> float | None:
+    def step_period_seconds(
+        self, now: float, window_seconds: float, reuse_seconds: float = PERIOD_REUSE_SECONDS
+    ) -> float | None:
         """The rank's step period (s) over the last `window_seconds`; see _period_of."""
-        if self._period_reusable(now):
+        if self._period_reusable(now, reuse_seconds):
             return self._period_cache[2]
-        return self._period_of(now, self._window_slots(now, window_seconds, newest=PERIOD_SAMPLES))
+        return self._period_of(now, self._window_slots(now, window_seconds, newest=PERIOD_SAMPLES), reuse_seconds)
 
-    def _period_reusable(self, now: float) -> bool:
+    def _period_reusable(self, now: float, reuse_seconds: float) -> bool:
         _, found_at, period = self._period_cache
-        return period is not None and 0.0 <= now - found_at < PERIOD_REUSE_SECONDS
+        return period is not None and 0.0 <= now - found_at < reuse_seconds
 
-    def _period_of(self, now: float, slots: np.ndarray) -> float | None:
+    def _period_of(self, now: float, slots: np.ndarray, reuse_seconds: float = PERIOD_REUSE_SECONDS) -> float | None:
         """Step period (s) of the samples at `slots` (sequence order): the (op, bytes) pattern's repeat, refined by
         the gaps between collectives (see step_period.py). Read straight from the ring; a period found is reused for
-        PERIOD_REUSE_SECONDS (Unix s `now`), and none found is looked for again once new collectives arrived."""
-        if self._period_reusable(now):
+        `reuse_seconds` (Unix s `now`), and none found is looked for again once new collectives arrived."""
+        if self._period_reusable(now, reuse_seconds):
             return self._period_cache[2]
         samples = self._ring[slots[-PERIOD_SAMPLES:]]
         seqs = samples["seq"]

@@ -1,23 +1,29 @@
 """One thread for the agent's periodic background jobs: the drain of the probe socket (agent/collectors/collective.py,
 4 Hz) and the periodicity collector's housekeeping (agent/collectors/periodicity.py, every 5 s; its NIC byte sampler
-too, at 10-20 Hz, where the C sampler was not built).
+too, at 10-20 Hz, where the C sampler was not built), and what those collectors compute ahead of the scrapes: the
+socket dumps of the host collector, the step periods of the ranks.
 
 On a VM a thread's wakeup costs more CPU than these jobs' work (~40-90 us of kernel and interpreter time, and the
 code after it runs cold), so the jobs share one thread's wakeups instead of each waking its own: a job with slack
 runs on any wakeup within its slack before or after it is due, and wakes the thread itself only when none came.
+
+While the agent answers a scrape or an evidence pull (`serving`), due jobs wait for it to finish (at most
+MAX_DEFER_SECONDS): the same work, but not competing with the answer for the GIL and adding to its latency.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 IDLE_SLEEP_SECONDS = 0.5  # the longest sleep: how soon a job added to a running ticker starts at worst
+MAX_DEFER_SECONDS = 0.25  # due jobs wait at most this long for answers in progress (a scraper that never stops)
 
 # A job's run returns None to keep its interval, or the seconds until it wants to run again (a busy socket: 0).
 Job = Callable[[], "float | None"]
@@ -41,6 +47,26 @@ class Ticker:
         self._lock = threading.Lock()  # the job table; held while a job runs: `remove` waits for the run to end
         self._jobs: dict[object, _Scheduled] = {}
         self._thread: threading.Thread | None = None
+        self._answering = 0  # answers in progress (`serving`)
+        self._answered = threading.Condition()
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Around answering a request: jobs that fall due meanwhile run once it is answered."""
+        with self._answered:
+            self._answering += 1
+        try:
+            yield
+        finally:
+            with self._answered:
+                self._answering -= 1
+                if not self._answering:
+                    self._answered.notify_all()
+
+    def _wait_for_answers(self) -> None:
+        with self._answered:
+            if self._answering:
+                self._answered.wait_for(lambda: not self._answering, timeout=MAX_DEFER_SECONDS)
 
     def add(self, key: object, run: Job, interval_seconds: float, slack_seconds: float = 0.0) -> None:
         """Run `run` every `interval_seconds` from now on (replacing any job under `key`)."""
@@ -57,6 +83,7 @@ class Ticker:
 
     def _loop(self) -> None:
         while True:
+            self._wait_for_answers()
             with self._lock:
                 if not self._jobs:
                     self._thread = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -100,3 +101,29 @@ def test_scrapes_and_pulls_in_quick_succession_share_one_socket_dump(monkeypatch
     monkeypatch.setattr(host, "SOCKET_DUMP_INTERVAL_SECONDS", 0.0)
     list(collector.collect())
     assert len(dumps) == 2  # once the interval passed, the next read dumps again
+
+
+def test_once_started_the_sockets_are_dumped_in_the_background_not_by_scrapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.backends.sockdiag import TcpFlow
+    from agent.collectors import host
+    from agent.collectors.send_rtt import SendRtt
+
+    monkeypatch.setattr(host, "SOCKET_DUMP_INTERVAL_SECONDS", 0.2)
+    dumps: list[str] = []
+
+    def dump() -> list[TcpFlow]:
+        dumps.append(threading.current_thread().name)
+        return []
+
+    collector = HostCollector(Procfs(PROCFS_GPU_NODE), send_rtt=SendRtt(dump, window_seconds=10.0))
+    collector.start()
+    time.sleep(0.1)  # the job's first run, at once
+    try:
+        for _ in range(10):  # scrapes and pulls for 1 s: 5 intervals
+            list(collector.collect())
+            collector.evidence()
+            time.sleep(0.1)
+    finally:
+        collector.close()
+    assert 5 <= len(dumps) <= 8
+    assert set(dumps) == {"background-jobs"}, "the scrapes and pulls only read the window"

@@ -178,3 +178,36 @@ def test_the_collector_finds_the_period_of_real_reads_with_either_sampler(
         stop.set()
         sender.join()
     assert collector._native is None
+
+
+def test_scrapes_read_the_estimate_of_the_background_job_without_estimating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(periodicity, "RESCAN_SECONDS", 0.5)
+    monkeypatch.setattr(periodicity, "ESTIMATE_SECONDS", 0.5)
+    stop = threading.Event()
+    sender = sending_interface(tmp_path, stop)
+    collector = PeriodicityCollector(
+        PeriodicitySettings(sysfs_net=str(tmp_path), sample_hz=20, window_seconds=4, exclude=[])
+    )
+    estimated_by: list[str] = []
+    estimate = collector._estimate
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - passes through
+        estimated_by.append(threading.current_thread().name)
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(collector, "_estimate", counted)
+    try:
+        collector.start()
+        wait_for(lambda: bool(estimated_by), 10, "the background job's first estimate")
+        for _ in range(20):  # scrapes and pulls at 10/s for 2 s: 4 housekeeping runs
+            {family.name for family in collector.collect()}
+            collector.evidence()
+            time.sleep(0.1)
+    finally:
+        collector.close()
+        stop.set()
+        sender.join()
+    assert set(estimated_by) == {"background-jobs"}
+    assert 3 <= len(estimated_by) <= 7, "each housekeeping run estimates anew"

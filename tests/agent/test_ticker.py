@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.collectors.ticker import Ticker
+from agent.collectors.ticker import MAX_DEFER_SECONDS, Ticker
 
 
 def _thread_named(name: str) -> threading.Thread | None:
@@ -101,3 +101,32 @@ def test_a_job_asking_to_run_again_at_once_is_not_held_to_its_interval() -> None
         time.sleep(0.01)
     ticker.remove("busy")
     assert len(runs) == 5 and runs[4] - runs[0] < 0.5  # five runs well inside one interval of 1 s
+
+
+def test_jobs_that_fall_due_while_a_request_is_answered_run_once_it_is_answered() -> None:
+    ticker = Ticker("test-ticker-serving")
+    runs: list[float] = []
+    ticker.add("job", lambda: runs.append(time.monotonic()), 0.02)
+    time.sleep(0.1)
+    with ticker.serving():
+        answering_from = time.monotonic()
+        held = len(runs)
+        time.sleep(0.15)  # a long scrape: the job falls due several times meanwhile
+        assert len(runs) == held, "no job runs while a request is answered"
+        answered_at = time.monotonic()
+    time.sleep(0.1)
+    ticker.remove("job")
+    assert not [t for t in runs if answering_from < t < answered_at]
+    after = [t for t in runs if t >= answered_at]
+    assert after and after[0] - answered_at < 0.02, "the due job runs as soon as the answer is out"
+
+
+def test_a_request_that_never_ends_defers_the_jobs_only_so_long() -> None:
+    ticker = Ticker("test-ticker-defer")
+    runs: list[float] = []
+    ticker.add("job", lambda: runs.append(time.monotonic()), 0.02)
+    with ticker.serving(), ticker.serving():  # two scrapers at once, one stuck
+        time.sleep(1.0)
+        during = len(runs)
+    ticker.remove("job")
+    assert 2 <= during <= 1.0 / MAX_DEFER_SECONDS + 2  # every MAX_DEFER_SECONDS, not every 0.02 s

@@ -121,6 +121,18 @@ def test_a_step_period_found_is_reused_for_a_few_seconds_then_estimated_again() 
     assert later is not None and abs(later - 0.5) < 1e-6
 
 
+def test_the_background_estimates_a_period_again_sooner_than_reads_would() -> None:
+    window = ddp_like_window(steps=20, period=0.25)  # steps at 1000.0 .. 1004.75
+    first = window.step_period_seconds(1005.0, 60)
+    for step in range(20, 60):  # the job slows to 0.5 s steps, issued at 1005.0 .. 1024.5
+        for bucket, size in enumerate((100, 200, 300)):
+            add(window, rec(3 * step + bucket, 1005.0 + (step - 20) * 0.5 + bucket * 0.01, 0.005, nbytes=size))
+    assert window.step_period_seconds(1009.9, 4) == first  # a scrape within PERIOD_REUSE_SECONDS reuses it
+    refreshed = window.step_period_seconds(1009.9, 4, reuse_seconds=PERIOD_REUSE_SECONDS / 2)  # the background
+    assert refreshed is not None and abs(refreshed - 0.5) < 1e-6
+    assert window.step_period_seconds(1012.0, 4) == refreshed  # what the next scrapes read
+
+
 def test_no_step_period_found_yet_is_looked_for_again_as_soon_as_collectives_arrive() -> None:
     window = ddp_like_window(steps=1, period=0.25)  # one step: no repeat yet
     assert window.step_period_seconds(1000.1, 60) is None
