@@ -21,8 +21,14 @@ import os
 import re
 import threading
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:  # reads a group of counter files in one call; built by setup.py where a compiler is at hand
+    from agent import _nicsample  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the build
+    _nicsample = None
 
 # The /sys/class/net/<if>/statistics files the agent reads (all counters since the device appeared).
 NET_STATISTICS = (
@@ -235,7 +241,10 @@ class _Reader:
 
     def counters(self, files: list[tuple[str, str]]) -> dict[str, int]:
         """The decimal counters of (name, path) `files`, by name; unreadable ones left out (and noted)."""
-        names, contents, failure = self._files.read_group(files)
+        names, read = self._files.read_counts(files)
+        if read is not None and None not in read:
+            return dict(zip(names, read, strict=True))  # type: ignore[arg-type]  # no None in it
+        names, contents, failure = self._files.read_group(files)  # say what is wrong
         try:
             counts = dict(zip(names, map(int, contents), strict=False))  # contents stop at a failed read
         except ValueError:  # a file that is not a number: find which
@@ -300,7 +309,7 @@ class OpenFiles:
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
         # per list of (name, path) read together: the list, its names and the descriptors of its paths
-        self._groups: dict[int, tuple[list[tuple[str, str]], tuple[str, ...], list[int]]] = {}
+        self._groups: dict[int, tuple[list[tuple[str, str]], tuple[str, ...], array[int]]] = {}
 
     def descriptor(self, path: str) -> int:
         """The open descriptor of `path` (opened now if it is not), for a caller that preads it itself."""
@@ -326,14 +335,9 @@ class OpenFiles:
         its error returned after the contents read before it. No contents and no error: a file could not be opened
         (read them one by one). Pass the same list object each time (`_DeviceFiles.listing` and `paths` return
         one) for its descriptors to be reused."""
-        group = self._groups.get(id(files))
-        if group is None or group[0] is not files:
-            names = tuple(name for name, _ in files)
-            try:
-                descriptors = [self.descriptor(path) for _, path in files]
-            except OSError:
-                return names, [], None
-            group = self._groups[id(files)] = (files, names, descriptors)
+        group = self._group(files)
+        if group is None:
+            return tuple(name for name, _ in files), [], None
         contents: list[bytes] = []
         append, pread = contents.append, os.pread
         try:
@@ -343,6 +347,28 @@ class OpenFiles:
             self._close(files[len(contents)][1])
             return group[1], contents, error
         return group[1], contents, None
+
+    def read_counts(self, files: list[tuple[str, str]]) -> tuple[tuple[str, ...], list[int | None] | None]:
+        """The names of (name, path) `files` and their decimal counts, read in one call of the C reader (None for a
+        file whose read failed or that holds no plain count); no counts where the C reader is not built or a file
+        could not be opened (read_group then reads them one by one and says why)."""
+        group = self._group(files) if _nicsample is not None else None
+        if group is None:
+            return (), None
+        return group[1], _nicsample.read_counters(group[2])
+
+    def _group(
+        self, files: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], tuple[str, ...], array[int]] | None:
+        """The group of `files` (opened now if need be); None if a file could not be opened."""
+        group = self._groups.get(id(files))
+        if group is None or group[0] is not files:
+            try:
+                descriptors = array("i", [self.descriptor(path) for _, path in files])
+            except OSError:
+                return None
+            group = self._groups[id(files)] = (files, tuple(name for name, _ in files), descriptors)
+        return group
 
     def _close(self, path: str) -> None:
         self._groups.clear()  # they may hold its descriptor, whose number the next open can reuse

@@ -79,10 +79,9 @@ DRAIN_SECONDS = 0.25
 BUSY_DRAIN_DATAGRAMS = 4  # a drain that found this many datagrams runs again at once: the queue is filling fast
 MAX_DATAGRAMS_PER_DRAIN = 1024  # then ingest and expiry get their turn even under a flood
 EXPIRE_SECONDS = 5.0  # how often ranks and jobs that went silent are looked for
-# how often the background job estimates the ranks' step periods again (those older than this): within the time a
-# scrape or evidence pull reuses one (PERIOD_REUSE_SECONDS), so they find it ready instead of estimating it (~0.2 ms
-# per rank)
-PERIOD_REFRESH_SECONDS = PERIOD_REUSE_SECONDS / 2
+# how often the background job estimates the ranks' step periods anew: sooner than scrapes and evidence pulls stop
+# reusing one (PERIOD_REUSE_SECONDS), with room for the drain's slack, so they find it ready (~0.2 ms per rank)
+PERIOD_REFRESH_SECONDS = PERIOD_REUSE_SECONDS - 4 * DRAIN_SECONDS
 WAIT_BUCKET_LABELS = (*(repr(bound) for bound in WAIT_BUCKETS_SECONDS), "+Inf")  # `le` of the wait histogram
 
 
@@ -247,11 +246,11 @@ class CollectiveState:
             del self.windows[key]
 
     def refresh_step_periods(self) -> None:
-        """Estimate again the step periods older than PERIOD_REFRESH_SECONDS (the background job)."""
+        """Estimate every rank's step period anew (the background job, every PERIOD_REFRESH_SECONDS)."""
         with self.lock:
             now = self.clock()
             for window in self.windows.values():
-                window.step_period_seconds(now, self.settings.window_seconds, reuse_seconds=PERIOD_REFRESH_SECONDS)
+                window.step_period_seconds(now, self.settings.window_seconds, reuse_seconds=0.0)
 
     def expire(self) -> None:
         """Forget ranks silent for expire_seconds (their job ended) and release their claims."""

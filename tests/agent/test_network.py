@@ -6,11 +6,14 @@ import errno
 import os
 import shutil
 import time
+from array import array
 from pathlib import Path
 
 import pytest
 from prometheus_client.metrics_core import Metric
 
+from agent import _nicsample  # type: ignore[attr-defined]
+from agent.backends import sysfs
 from agent.backends.sysfs import SysfsNet
 from agent.collectors.network import NetworkCollector
 from agent.evidence import NicEvidence
@@ -146,8 +149,22 @@ def test_counter_files_held_open_follow_a_device_recreated_under_the_same_name(s
     assert not [name for name, _ in v if "read_errors" in name]
 
 
+class _FailingCReader:
+    """The C reader (agent._nicsample.read_counters) seeing the failures of the files in `failing`, as it sees a
+    failed pread: None for the file; the Python reads that follow say why."""
+
+    def __init__(self, failing: set[str]) -> None:
+        self.failing = failing
+
+    def read_counters(self, fds: array[int]) -> list[int | None]:
+        counts = _nicsample.read_counters(fds)
+        failed = [os.readlink(f"/proc/self/fd/{fd}") in self.failing for fd in fds]
+        return [None if fail else count for fail, count in zip(failed, counts, strict=True)]
+
+
+@pytest.mark.parametrize("reader", ["c", "python"])
 def test_a_counter_that_fails_to_read_is_counted_and_opened_again_next_scrape(
-    sysfs_copy: Path, monkeypatch: pytest.MonkeyPatch
+    sysfs_copy: Path, monkeypatch: pytest.MonkeyPatch, reader: str
 ) -> None:
     collector = NetworkCollector(SysfsNet(sysfs_copy))
     counter = sysfs_copy / "class/net/eno1/statistics/rx_bytes"  # the first of the interface's statistics
@@ -161,6 +178,7 @@ def test_a_counter_that_fails_to_read_is_counted_and_opened_again_next_scrape(
         return real_pread(fd, size, offset)
 
     monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(sysfs, "_nicsample", _FailingCReader(failing) if reader == "c" else None)
     v = values(collector)
     assert ("lockstep_net_receive_bytes_total", interface("eno1")) not in v
     errors = [dict(labels) for (name, labels), _ in v.items() if name == "lockstep_collector_read_errors_total"]

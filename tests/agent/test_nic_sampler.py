@@ -211,3 +211,28 @@ def test_scrapes_read_the_estimate_of_the_background_job_without_estimating(
         sender.join()
     assert set(estimated_by) == {"background-jobs"}
     assert 3 <= len(estimated_by) <= 7, "each housekeeping run estimates anew"
+
+
+def test_read_counters_reads_a_group_of_counter_files_in_one_call(tmp_path: Path) -> None:
+    from array import array
+
+    from agent import _nicsample  # type: ignore[attr-defined]
+
+    texts = ["0\n", "18446744073709551\n", "42", "N/A\n", " 7\n", "18446744073709551615\n", ""]
+    fds = array("i", [counter_file(tmp_path / f"c{i}", "") for i in range(len(texts))])
+    for i, text in enumerate(texts):
+        (tmp_path / f"c{i}").write_text(text)
+    closed = os.open(tmp_path / "c0", os.O_RDONLY)
+    os.close(closed)
+    try:
+        counts = _nicsample.read_counters(array("i", [*fds, closed]))
+        # a count is a count; anything else is None, for the caller to read again and say why (a 20-digit count
+        # too: Python's int reads it)
+        assert counts == [0, 18446744073709551, 42, None, None, None, None, None]
+        (tmp_path / "c0").write_text("5\n")  # read now, not when the descriptor was opened
+        assert _nicsample.read_counters(fds)[0] == 5
+        with pytest.raises(TypeError, match="array\\('i'\\)"):
+            _nicsample.read_counters(array("d", [1.0]))
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -128,7 +128,7 @@ def test_the_background_estimates_a_period_again_sooner_than_reads_would() -> No
         for bucket, size in enumerate((100, 200, 300)):
             add(window, rec(3 * step + bucket, 1005.0 + (step - 20) * 0.5 + bucket * 0.01, 0.005, nbytes=size))
     assert window.step_period_seconds(1009.9, 4) == first  # a scrape within PERIOD_REUSE_SECONDS reuses it
-    refreshed = window.step_period_seconds(1009.9, 4, reuse_seconds=PERIOD_REUSE_SECONDS / 2)  # the background
+    refreshed = window.step_period_seconds(1009.9, 4, reuse_seconds=0.0)  # the background, ahead of the scrapes
     assert refreshed is not None and abs(refreshed - 0.5) < 1e-6
     assert window.step_period_seconds(1012.0, 4) == refreshed  # what the next scrapes read
 
