@@ -22,6 +22,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -46,13 +47,16 @@ typedef struct {
     unsigned long long overwritten;
 } Sampler;
 
-/* A decimal count and an optional newline, as sysfs writes counters; 0 for anything else (19 digits at most: no
- * overflow). */
+/* A decimal count and an optional newline, as sysfs writes counters; 0 for anything else, or a count past 2^64 - 1. */
 static int parse_count(const char *text, ssize_t size, unsigned long long *value) {
     if (size <= 0) return 0;
     unsigned long long count = 0;
     ssize_t i = 0;
-    for (; i < size && i < 19 && text[i] >= '0' && text[i] <= '9'; i++) count = count * 10 + (unsigned long long)(text[i] - '0');
+    for (; i < size && text[i] >= '0' && text[i] <= '9'; i++) {
+        unsigned long long digit = (unsigned long long)(text[i] - '0');
+        if (count > (ULLONG_MAX - digit) / 10) return 0;
+        count = count * 10 + digit;
+    }
     if (i == 0 || (i < size && text[i] != '\n')) return 0;
     *value = count;
     return 1;

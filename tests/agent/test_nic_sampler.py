@@ -218,7 +218,7 @@ def test_read_counters_reads_a_group_of_counter_files_in_one_call(tmp_path: Path
 
     from agent import _nicsample  # type: ignore[attr-defined]
 
-    texts = ["0\n", "18446744073709551\n", "42", "N/A\n", " 7\n", "18446744073709551615\n", ""]
+    texts = ["0\n", "18446744073709551615\n", "42", "N/A\n", " 7\n", "18446744073709551616\n", "", "007\n"]
     fds = array("i", [counter_file(tmp_path / f"c{i}", "") for i in range(len(texts))])
     for i, text in enumerate(texts):
         (tmp_path / f"c{i}").write_text(text)
@@ -226,9 +226,8 @@ def test_read_counters_reads_a_group_of_counter_files_in_one_call(tmp_path: Path
     os.close(closed)
     try:
         counts = _nicsample.read_counters(array("i", [*fds, closed]))
-        # a count is a count; anything else is None, for the caller to read again and say why (a 20-digit count
-        # too: Python's int reads it)
-        assert counts == [0, 18446744073709551, 42, None, None, None, None, None]
+        # a count is a count, up to 2^64 - 1; anything else is None, for the caller to read again and say why
+        assert counts == [0, 2**64 - 1, 42, None, None, None, None, 7, None]
         (tmp_path / "c0").write_text("5\n")  # read now, not when the descriptor was opened
         assert _nicsample.read_counters(fds)[0] == 5
         with pytest.raises(TypeError, match="array\\('i'\\)"):
