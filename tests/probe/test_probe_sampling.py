@@ -233,3 +233,14 @@ def test_a_sampled_launch_whose_work_has_no_future_completes_untimed_at_once() -
 
     recorder.launch("default", wire.Op.all_reduce, 1000.0, None, lambda handle: NoFuture(), None)
     assert is_timed(0) and [(token[1], at) for token, at in recorder.completed] == [(0, 0.0)] and not recorder.pending
+
+
+def test_a_forked_child_forgets_the_parents_launches() -> None:
+    from agent.probe import Probe
+
+    probe, works = Probe("/nonexistent"), {}
+    while not probe.recorder.launches:
+        launch(probe.recorder, works)
+    probe.forget_after_fork()
+    probe.recorder.poll()
+    assert not probe.recorder.launches and not probe.recorder.polled and not probe.recorder.pending
