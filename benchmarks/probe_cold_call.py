@@ -3,7 +3,8 @@
 A hot loop (probe_overhead.py measurement 3) keeps the probe's code and data in the caches; inside a step the
 all-reduce comes after the model's compute and the same code costs several times more (README, Benchmarks). Here
 each all-reduce of a one-rank gloo group follows a --sleep-ms pause, and the dispatcher kernel (with the probe
-installed: recorder, sender, flushes) is registered for every other all-reduce only, so each subprocess measures
+installed: recorder, sender, flushes; one kernel, with what it keeps between calls, as in a job) is registered for
+every other all-reduce only, so each subprocess measures
 its peer, the same all-reduce without the kernel, in the same run. Prints per subprocess the median
 training-thread CPU (time.thread_time) per all-reduce with and without the kernel and the difference, then the
 median over subprocesses. Wall-clock noise from other load does not count, but its cache pollution does: repeat.
@@ -33,7 +34,7 @@ from agent.settings import CollectiveSettings  # noqa: E402
 def one_process(calls: int, sleep_seconds: float, nbytes: int, socket_dir: str) -> dict[str, float]:
     """Median training-thread CPU us per all-reduce with the kernel registered and without it, alternating."""
     import agent.probe
-    from agent.probe.dispatch import install_allreduce_kernel
+    from agent.probe.dispatch import allreduce_kernel, register
     from benchmarks.probe_overhead import free_port
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1")
@@ -48,10 +49,11 @@ def one_process(calls: int, sleep_seconds: float, nbytes: int, socket_dir: str) 
         group.allreduce([tensor]).wait()
     us: dict[bool, list[float]] = {True: [], False: []}
     issued = probe.recorder.issued()
+    kernel = allreduce_kernel(probe.recorder, probe.groups.name)  # one kernel, as in a job: registered, unregistered
     for call in range(2 * calls):
         with_kernel = call % 2 == 0
         if with_kernel and probe.kernel is None:
-            probe.kernel = install_allreduce_kernel(probe.recorder, probe.groups.name)
+            probe.kernel = register(kernel)
         elif not with_kernel and probe.kernel is not None:
             probe.kernel._destroy()  # type: ignore[attr-defined]  # torch.library.Library: the registration goes
             probe.kernel = None

@@ -128,6 +128,7 @@ class Probe:
         self._lock = threading.Lock()
         self.recorder.flusher = None
         self.recorder.completed.clear()
+        self.recorder.launches.clear()
         self.recorder.pending.clear()
         self.recorder.polled.clear()
         if self.nccl_timing is not None:

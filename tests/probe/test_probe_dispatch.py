@@ -90,3 +90,44 @@ def test_kernel_records_a_sparse_all_reduce_by_its_dense_bytes_as_the_wrappers_d
     dist.group.WORLD.allreduce([sparse]).wait()
     dist.group.WORLD.allreduce([dense, dense]).wait()
     assert sorted((token[1], token[3]) for token in completed(recorder, 2)) == [(0, 32), (1, 64)]
+
+
+def test_an_all_reduce_that_raises_takes_its_number_so_the_ranks_numbers_stay_aligned(
+    one_rank_kernel: tuple[Recorder, GroupNames],
+) -> None:
+    import torch
+    import torch.distributed as dist
+
+    recorder, _ = one_rank_kernel
+    with pytest.raises(RuntimeError):
+        dist.group.WORLD.allreduce([torch.ones(2), torch.ones(3)])  # gloo refuses tensors of different sizes
+    dist.group.WORLD.allreduce([torch.ones(4)]).wait()
+    assert [(token[1], token[3]) for token in completed(recorder, 1)] == [(1, 16)]
+    assert recorder.issued() == 2 and not recorder.pending
+
+
+def test_kernel_leaves_an_untimed_all_reduce_to_the_poll_and_holds_no_group(
+    one_rank_kernel: tuple[Recorder, GroupNames],
+) -> None:
+    import weakref
+
+    import torch
+    import torch.distributed as dist
+
+    from agent.probe.recorder import is_timed
+
+    recorder, _ = one_rank_kernel
+    tensor = torch.ones(4)
+    dist.group.WORLD.allreduce([tensor]).wait()  # seq 0: timed
+    group = dist.new_group([0])
+    group.allreduce([tensor]).wait()
+    group.allreduce([tensor]).wait()
+    assert is_timed(0) and not is_timed(1)
+    assert [(g, seq) for g, seq, *_ in recorder.launches] == [(group.group_name, 1)]
+    done = {(token[0], token[1]) for token in completed(recorder, 3)}
+    assert done == {("default", 0), (group.group_name, 0), (group.group_name, 1)} and not recorder.launches
+    alive = weakref.ref(group)
+    dist.destroy_process_group(group)
+    del group
+    gc.collect()
+    assert alive() is None  # the kernel's names of groups do not keep a destroyed group alive

@@ -162,3 +162,85 @@ def test_a_forked_child_forgets_the_parents_polled_collectives() -> None:
     work.done = True
     probe.recorder.poll()
     assert not probe.recorder.completed
+
+
+def launch(recorder: Recorder, works: dict[int, FakeAsyncWork], data: object = None) -> None:
+    """What the dispatcher kernel does after launching an all-reduce of `data` (here, its Work is `works[seq]`)."""
+    seq = recorder.issued()
+    works[seq] = FakeAsyncWork()
+    recorder.launch("default", wire.Op.all_reduce, 1000.0 + seq, data, works.__getitem__, seq)
+
+
+def test_a_launched_collective_gets_its_number_and_if_sampled_its_callback_at_once_the_rest_at_the_next_poll() -> None:
+    import torch
+
+    recorder, works = Recorder(), {}
+    for _ in range(3 * TIMED_EVERY):
+        launch(recorder, works, [torch.ones(4), torch.ones(2, dtype=torch.float64)])
+    timed = [seq for seq in works if is_timed(seq)]
+    assert [seq for seq, work in works.items() if work.future.callbacks] == timed
+    assert sorted(seq for _, seq in recorder.pending) == timed  # the others wait, bytes not counted yet
+    assert len(recorder.launches) == len(works) - len(timed) and not recorder.polled
+    recorder.poll()
+    assert not recorder.launches and sorted(seq for _, seq in recorder.polled) == [s for s in works if s not in timed]
+    assert {token[3] for token in recorder.pending.values()} == {32} and not recorder.completed
+    for work in works.values():
+        work.done = True
+        for callback in work.future.callbacks:
+            callback(work.future)
+    recorder.poll()
+    done = {token[1]: (token[4], completed_at) for token, completed_at in recorder.completed}
+    assert sorted(done) == sorted(works) and not recorder.pending and not recorder.polled
+    assert all(done[seq][0] == 1000.0 + seq for seq in works)  # the issue time the kernel read
+    assert all((done[seq][1] > 0.0) == (seq in timed) for seq in works)
+
+
+def test_a_launched_collective_that_never_finishes_is_reported_pending(linked_sender: LinkedSender) -> None:
+    receiver, recorder, sender = linked_sender(pending_report_seconds=0.0)
+    works: dict[int, FakeAsyncWork] = {}
+    while len(works) < 2 or is_timed(len(works) - 1):
+        launch(recorder, works)
+    stuck = len(works) - 1  # untimed: it waits for the flush's poll
+    for seq, work in works.items():
+        if seq != stuck:
+            work.done = True
+            for callback in work.future.callbacks:
+                callback(work.future)
+    sender.flush()
+    records = receive_all(receiver)
+    assert (wire.Kind.ISSUE, stuck) in [(r.kind, r.seq) for r in records]
+    assert sorted(r.seq for r in records if r.kind == wire.Kind.COMPLETE) == [s for s in works if s != stuck]
+
+
+def test_launches_beyond_capacity_complete_at_once_untimed_and_a_reset_forgets_the_waiting_ones() -> None:
+    recorder, works = Recorder(capacity=2), {}
+    untimed = [seq for seq in range(20) if not is_timed(seq)]
+    while recorder.issued() <= untimed[2]:
+        launch(recorder, works)
+    assert len(recorder.launches) == 2
+    assert [(token[1], completed_at) for token, completed_at in recorder.completed] == [(untimed[2], 0.0)]
+    recorder.reset()
+    recorder.poll()
+    assert not recorder.launches and not recorder.pending and not recorder.polled
+
+
+def test_a_sampled_launch_whose_work_has_no_future_completes_untimed_at_once() -> None:
+    recorder = Recorder()
+
+    class NoFuture:
+        def get_future(self) -> None:
+            raise RuntimeError("no future for this backend")
+
+    recorder.launch("default", wire.Op.all_reduce, 1000.0, None, lambda handle: NoFuture(), None)
+    assert is_timed(0) and [(token[1], at) for token, at in recorder.completed] == [(0, 0.0)] and not recorder.pending
+
+
+def test_a_forked_child_forgets_the_parents_launches() -> None:
+    from agent.probe import Probe
+
+    probe, works = Probe("/nonexistent"), {}
+    while not probe.recorder.launches:
+        launch(probe.recorder, works)
+    probe.forget_after_fork()
+    probe.recorder.poll()
+    assert not probe.recorder.launches and not probe.recorder.polled and not probe.recorder.pending
