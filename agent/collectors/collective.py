@@ -79,8 +79,9 @@ DRAIN_SECONDS = 0.25
 BUSY_DRAIN_DATAGRAMS = 4  # a drain that found this many datagrams runs again at once: the queue is filling fast
 MAX_DATAGRAMS_PER_DRAIN = 1024  # then ingest and expiry get their turn even under a flood
 EXPIRE_SECONDS = 5.0  # how often ranks and jobs that went silent are looked for
-# how often the background job estimates the ranks' step periods anew: sooner than scrapes and evidence pulls stop
-# reusing one (PERIOD_REUSE_SECONDS), with room for the drain's slack, so they find it ready (~0.2 ms per rank)
+# how often a background job estimates the ranks' step periods anew: sooner than scrapes and evidence pulls stop
+# reusing one (PERIOD_REUSE_SECONDS), with room for its slack (it rides the drain's wakeups), so they find it ready
+# (~0.2 ms per rank)
 PERIOD_REFRESH_SECONDS = PERIOD_REUSE_SECONDS - 4 * DRAIN_SECONDS
 WAIT_BUCKET_LABELS = (*(repr(bound) for bound in WAIT_BUCKETS_SECONDS), "+Inf")  # `le` of the wait histogram
 
@@ -246,7 +247,7 @@ class CollectiveState:
             del self.windows[key]
 
     def refresh_step_periods(self) -> None:
-        """Estimate every rank's step period anew (the background job, every PERIOD_REFRESH_SECONDS)."""
+        """Estimate every rank's step period anew (a background job, every PERIOD_REFRESH_SECONDS)."""
         with self.lock:
             now = self.clock()
             for window in self.windows.values():
@@ -366,7 +367,6 @@ class CollectiveCollector(Collector):
         self.state = CollectiveState(settings, trust)
         self._socket: ProbeSocket | None = None
         self._next_expiry = 0.0  # monotonic s
-        self._next_period_refresh = 0.0  # monotonic s
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> CollectiveCollector:
@@ -378,11 +378,12 @@ class CollectiveCollector(Collector):
         )
         self._next_expiry = time.monotonic()
         TICKER.add(self, self._drain, DRAIN_SECONDS, slack_seconds=DRAIN_SECONDS / 2)
+        TICKER.add(self.state, self.state.refresh_step_periods, PERIOD_REFRESH_SECONDS, slack_seconds=DRAIN_SECONDS / 2)
         log.info("collective collector listening on %s (trust %s)", self._socket.path, self.settings.trust)
 
     def _drain(self) -> float | None:
-        """Take the datagrams queued on the socket, apply them when due, expire the silent, estimate step periods
-        ahead of the scrapes; 0 (run again at once) when the queue was busy. It may run up to half its interval early or late, to share another job's wakeup."""
+        """Take the datagrams queued on the socket, apply them when due, expire the silent; 0 (run again at once)
+        when the queue was busy. It may run up to half its interval early or late, to share another job's wakeup."""
         assert self._socket is not None
         received = 0
         try:
@@ -394,15 +395,13 @@ class CollectiveCollector(Collector):
             if time.monotonic() >= self._next_expiry:
                 self._next_expiry = time.monotonic() + EXPIRE_SECONDS
                 self.state.expire()
-            if time.monotonic() >= self._next_period_refresh:
-                self._next_period_refresh = time.monotonic() + PERIOD_REFRESH_SECONDS
-                self.state.refresh_step_periods()
         except Exception:  # one bad datagram or a transient socket error must not end the receiving
             log.exception("collective collector: receive failed")
         return 0.0 if received >= BUSY_DRAIN_DATAGRAMS else None
 
     def close(self) -> None:
         TICKER.remove(self)
+        TICKER.remove(self.state)
         if self._socket is not None:
             self._socket.close()
             self._socket = None
