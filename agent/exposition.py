@@ -58,7 +58,10 @@ def encode_text(source: MetricSource) -> bytes:
         if lines is None:
             output.append(exposition.generate_latest(_One(metric)).decode())
             continue
-        output.append(_text_header(metric.name, metric.documentation, metric.type))
+        exposed = metric.name + "_total" if metric.type == "counter" else metric.name
+        kind = "untyped" if metric.type == "unknown" else metric.type
+        help_text = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        output.append(f"# HELP {exposed} {help_text}\n# TYPE {exposed} {kind}\n")
         output.extend(lines)
     return "".join(output).encode()
 
@@ -71,23 +74,14 @@ def encode_openmetrics(source: MetricSource) -> bytes:
         if lines is None:
             output.append(openmetrics.generate_latest(_One(metric)).decode().removesuffix("# EOF\n"))
             continue
-        output.append(_openmetrics_header(metric.name, metric.documentation, metric.type, metric.unit))
+        output.append(
+            f"# HELP {metric.name} {_escape(metric.documentation)}\n# TYPE {metric.name} {metric.type}\n"
+        )
+        if metric.unit:
+            output.append(f"# UNIT {metric.name} {metric.unit}\n")
         output.extend(lines)
     output.append("# EOF\n")
     return "".join(output).encode()
-
-
-@functools.lru_cache(maxsize=4096)  # a family's header is the same every scrape: escaped once
-def _text_header(name: str, documentation: str, kind: str) -> str:
-    exposed = name + "_total" if kind == "counter" else name
-    help_text = documentation.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {exposed} {help_text}\n# TYPE {exposed} {'untyped' if kind == 'unknown' else kind}\n"
-
-
-@functools.lru_cache(maxsize=4096)
-def _openmetrics_header(name: str, documentation: str, kind: str, unit: str) -> str:
-    header = f"# HELP {name} {_escape(documentation)}\n# TYPE {name} {kind}\n"
-    return header + f"# UNIT {name} {unit}\n" if unit else header
 
 
 def _plain_lines(metric: Metric) -> list[str] | None:
