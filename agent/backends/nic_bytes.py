@@ -13,12 +13,7 @@ import math
 import os
 from typing import Protocol
 
-from agent.backends.sysfs import OpenFiles
-
-try:
-    from agent import _nicsample  # type: ignore[attr-defined]  # built by setup.py where a compiler is at hand
-except ImportError:  # pragma: no cover - depends on the build
-    _nicsample = None
+from agent.backends.sysfs import OpenFiles, _nicsample  # the optional C module, imported (or None) there
 
 
 def interfaces(root: str, include: list[str], exclude: list[str]) -> list[str]:

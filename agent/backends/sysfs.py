@@ -25,7 +25,8 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:  # reads a group of counter files in one call; built by setup.py where a compiler is at hand
+try:  # agent/_nicsample.c: reads a group of counter files in one call here, NIC byte counters on its own thread for
+    # agent.backends.nic_bytes; built by setup.py where a compiler is at hand
     from agent import _nicsample  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - depends on the build
     _nicsample = None
