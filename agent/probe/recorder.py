@@ -169,14 +169,12 @@ class Recorder:
         """Take in the kernel's `launches`, then complete the polled collectives that have finished (the sender's
         flush, before it drains `completed`)."""
         launches = self.launches
-        while launches:
+        while launches:  # issued as `issue` does, at the kernel's time; polled as `complete_when` does
             group, seq, op, issued_at, data, work_of, handle = launches.popleft()
-            admitted = (group, seq, op, nbytes(data), issued_at)
+            token = (group, seq, op, nbytes(data), issued_at)
             if len(self.pending) < self.capacity:
-                self.pending[(group, seq)] = admitted
-                self.polled[(group, seq)] = partial(work_of, handle)
-            else:  # pending is full: nothing would poll it
-                self._done(admitted, admitted, 0.0)
+                self.pending[(group, seq)] = token
+            self.complete_when(token, partial(work_of, handle))
         for key, work in self.polled.copy().items():
             try:
                 done = work().is_completed()
