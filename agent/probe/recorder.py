@@ -171,10 +171,10 @@ class Recorder:
         launches = self.launches
         while launches:  # issued as `issue` does, at the kernel's time; polled as `complete_when` does
             group, seq, op, issued_at, data, work_of, handle = launches.popleft()
-            token = (group, seq, op, nbytes(data), issued_at)
+            admitted = (group, seq, op, nbytes(data), issued_at)
             if len(self.pending) < self.capacity:
-                self.pending[(group, seq)] = token
-            self.complete_when(token, partial(work_of, handle))
+                self.pending[(group, seq)] = admitted
+            self.complete_when(admitted, partial(work_of, handle))
         for key, work in self.polled.copy().items():
             try:
                 done = work().is_completed()
