@@ -53,8 +53,11 @@ def _busy(entry: RankEntry, config: DetectionConfig) -> bool:
 
 
 def hang_threshold_seconds(step_period: float | None, config: DetectionConfig) -> float:
-    """How long peers must wait in one collective before progress counts as stopped (s)."""
-    by_step = config.hang_step_multiple * step_period if step_period else config.hang_min_seconds
+    """How long peers must wait in one collective before progress counts as stopped (s). With the step period not
+    known yet (a job's first few collectives), the longest, `hang_max_seconds`: the first steps are the most
+    uneven (one rank compiling, autotuning or loading data holds the others for many seconds), and a long-step
+    job is still in them after a minute."""
+    by_step = config.hang_step_multiple * step_period if step_period else config.hang_max_seconds
     return min(config.hang_max_seconds, max(config.hang_min_seconds, by_step))
 
 

@@ -168,3 +168,14 @@ def test_a_long_step_whose_slow_rank_progressed_within_two_steps_is_no_hang() ->
     # ... and a short pause of the stopped rank is none either, whatever the step
     group = group_ranks(_long_step_job(stopped_idle=15.0, peers_waiting=7.0))[("", "j")]["default"]
     assert not find_hang(group, 3.0, CONFIG).hung
+
+
+def test_with_the_step_period_unknown_peers_must_wait_hang_max_seconds() -> None:
+    # a job's first collectives (no step period yet): rank 2 is 12 s late to collective 42 (compiling, warming
+    # up its data loader) and idle for 12 s; its peers waiting 12 s is an uneven start, not a hang
+    group = group_ranks(_long_step_job(stopped_idle=12.0, peers_waiting=12.0))[("", "j")]["default"]
+    assert not find_hang(group, None, CONFIG).hung
+    # ... which it is once they waited hang_max_seconds
+    group = group_ranks(_long_step_job(stopped_idle=CONFIG.hang_max_seconds + 1, peers_waiting=CONFIG.hang_max_seconds + 1))
+    report = find_hang(group[("", "j")]["default"], None, CONFIG)
+    assert [(f.reason, f.node) for f in report.findings] == [("Hang", "c")]
