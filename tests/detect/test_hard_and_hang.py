@@ -176,6 +176,7 @@ def test_with_the_step_period_unknown_peers_must_wait_hang_max_seconds() -> None
     group = group_ranks(_long_step_job(stopped_idle=12.0, peers_waiting=12.0))[("", "j")]["default"]
     assert not find_hang(group, None, CONFIG).hung
     # ... which it is once they waited hang_max_seconds
-    group = group_ranks(_long_step_job(stopped_idle=CONFIG.hang_max_seconds + 1, peers_waiting=CONFIG.hang_max_seconds + 1))
-    report = find_hang(group[("", "j")]["default"], None, CONFIG)
+    stalled = CONFIG.hang_max_seconds + 1
+    group = group_ranks(_long_step_job(stopped_idle=stalled, peers_waiting=stalled))[("", "j")]["default"]
+    report = find_hang(group, None, CONFIG)
     assert [(f.reason, f.node) for f in report.findings] == [("Hang", "c")]
