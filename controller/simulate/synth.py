@@ -21,7 +21,10 @@ from agent.evidence import (
 from controller.simulate.physics import Incarnation, RankTrack
 from controller.simulate.scenario import FaultSpec, Scenario
 
-SAMPLES_PER_RANK = 32  # what an agent keeps per rank in its evidence document
+# Samples per rank in each simulated evidence document: as many as the controller lines up by default
+# (DetectionConfig.samples_per_rank); the agent sends 128 (`evidence_samples`), four times the replay's cost for the
+# same verdicts unless samples_per_rank is raised.
+SAMPLES_PER_RANK = 32
 WINDOW_SECONDS = 10.0
 LINK_BITS_PER_SECOND = 100e9
 TEARDOWN_SECONDS = 20.0  # how long XID 43/45 keep coming while a killed job's processes die
