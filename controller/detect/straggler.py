@@ -32,6 +32,7 @@ DETECTOR = "straggler"
 MAD_TO_SIGMA = 1.4826  # robust standard deviation from the median absolute deviation (normal data)
 MEDIAN_STANDARD_ERROR = 1.2533  # standard error of a median is ~1.25 sigma / sqrt(n)
 LEAVE_ONE_OUT_BELOW_RANKS = 8  # from 8 ranks on, leaving the rank itself out of the median changes ~nothing
+LEAVE_ONE_NODE_OUT_BELOW_NODES = 8  # ... and from 8 nodes on, leaving a node's ranks out of it (see _judge_nodes)
 JITTER_RANKS = 16  # ranks sampled per group to estimate its per-collective jitter
 STEPS_PER_WINDOW = 4
 """A group issuing more collectives a step than half of `samples_per_rank` is compared over this many steps of
@@ -360,7 +361,7 @@ def _judge_stack(
             verdict = verdict.either(by_step, again)
     wait_median = median_of_waits(wait, axis=-1)
     pooled = _judge_nodes(
-        stack, lateness, deficit, timed_lateness, waits_known, timed_share, threshold, jitters, config
+        stack, (lateness, deficit, timed_lateness), wait, timed, waits_known, timed_share, threshold, jitters, config
     )
     rank_lists = stack.ranks.tolist()
     for g, (group, report, rank_ids) in enumerate(zip(groups, reports, rank_lists, strict=True)):
@@ -447,11 +448,25 @@ def seconds_per_collective(stack: Stack, steps: np.ndarray) -> np.ndarray:
     return np.maximum(gaps, 0.0).sum(axis=1) / np.maximum(stack.seq[:, -1] - stack.seq[:, 0], 1)
 
 
+def other_nodes_median(values: np.ndarray, per_node: int) -> np.ndarray:
+    """For a (G, R, C) array whose ranks sit `per_node` to a node, consecutively: each element's median over the
+    ranks of the other nodes (same collective; nans left out)."""
+    groups, ranks, width = values.shape
+    nodes = ranks // per_node
+    blocks = values.reshape(groups, nodes, per_node, width)
+    median = nanmedian_along if np.isnan(values).any() else median_along
+    out = np.empty_like(blocks)
+    for node in range(nodes):
+        others = np.delete(blocks, node, axis=1).reshape(groups, (nodes - 1) * per_node, width)
+        out[:, node] = median(others, axis=1, keepdims=True)
+    return out.reshape(values.shape)
+
+
 def _judge_nodes(
     stack: Stack,
-    lateness: np.ndarray,
-    deficit: np.ndarray,
-    timed_lateness: np.ndarray,
+    by_rank: tuple[np.ndarray, np.ndarray, np.ndarray],
+    wait: np.ndarray,
+    timed: Callable[[np.ndarray], np.ndarray],
     waits_known: np.ndarray,
     timed_share: np.ndarray,
     threshold: np.ndarray,
@@ -459,7 +474,12 @@ def _judge_nodes(
     config: DetectionConfig,
 ) -> dict[int, list[_Culprit]]:
     """Pool each node's ranks into one row, for groups whose nodes each hold the same number (>1) of
-    consecutive ranks (the usual layout); returns culprit nodes per group index."""
+    consecutive ranks (the usual layout); returns culprit nodes per group index. `by_rank`: lateness, wait deficit
+    and timed lateness against the median of all ranks. Where the nodes are fewer than
+    `LEAVE_ONE_NODE_OUT_BELOW_NODES`, a node is measured against the other nodes' ranks instead: the median of all
+    would hold the node's own late ranks (half of them with two nodes: a node-wide straggler would look half as
+    late, and its peers half as early)."""
+    lateness, deficit, timed_lateness = by_rank
     groups, ranks, width = lateness.shape
     codes = stack.node_codes
     differs = codes != codes[:, :1]
@@ -474,13 +494,20 @@ def _judge_nodes(
         if not len(members):
             continue
         shape = (len(members), ranks // k, k * width)
-        pooled_lateness = lateness[members].reshape(shape)
+        node_lateness, node_deficit, node_timed_lateness = lateness, deficit, timed_lateness
+        if ranks // k < LEAVE_ONE_NODE_OUT_BELOW_NODES:
+            node_lateness = lateness.copy()
+            node_lateness[members] = stack.arrival[members] - other_nodes_median(stack.arrival[members], k)
+            node_deficit = deficit.copy()
+            node_deficit[members] = other_nodes_median(wait[members], k) - wait[members]
+            node_timed_lateness = timed(node_lateness)
+        pooled_lateness = node_lateness[members].reshape(shape)
         pooled = _judge(
             pooled_lateness,
-            deficit[members].reshape(len(members), ranks // k, -1),
+            node_deficit[members].reshape(len(members), ranks // k, -1),
             pooled_lateness
-            if timed_lateness is lateness
-            else timed_lateness[members].reshape(len(members), ranks // k, -1),
+            if node_timed_lateness is node_lateness
+            else node_timed_lateness[members].reshape(len(members), ranks // k, -1),
             waits_known[members],
             timed_share[members],
             np.ones(shape[:2], dtype=bool),

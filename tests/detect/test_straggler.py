@@ -51,6 +51,17 @@ def test_two_rank_job_blames_the_late_rank() -> None:
     assert [f.node for f in findings] == ["n0"]
 
 
+def test_node_wide_straggler_in_a_two_node_job_is_measured_against_the_other_node() -> None:
+    # 60 ms late on a 1 s step (threshold 4%: 40 ms): against the median of all 16 ranks, half of them its own,
+    # the node would look 30 ms late and its peers 30 ms early
+    findings = _findings(2, 8, late_node=1, late_seconds=0.06)
+    assert [f.node for f in findings] == ["n1"]
+    assert findings[0].evidence["subject"] == "node"
+    # ... and a node whose clock is ahead by as much still waits like its peers: not blamed
+    assert _findings(2, 8, clock_offsets={1: 0.06}) == []
+    assert _findings(3, 4, clock_offsets={2: 0.06}) == []
+
+
 def test_clock_ahead_looks_late_but_waits_like_everyone_and_is_not_blamed() -> None:
     assert _findings(4, 8, clock_offsets={3: 0.08}) == []
 
