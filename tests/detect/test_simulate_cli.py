@@ -47,3 +47,20 @@ def test_malformed_scenario_is_a_clear_error(
     done = _simulate(python, subprocess_env, str(scenario))
     assert done.returncode == 2
     assert "kind must be one of" in done.stdout
+
+
+def test_scenario_sweep_of_a_two_node_job_finds_every_fault_and_blames_nobody_for_a_job_slowdown(
+    python: str, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    # tools/scenario_sweep.py writes one scenario per fault kind; a node-wide 30% straggler in a job of two
+    # 8-rank nodes was missed while a node was measured against a median holding half its own ranks
+    written = subprocess.run(
+        [python, "tools/scenario_sweep.py", "--out", str(tmp_path), "--steps", "0.5", "--collectives", "4",
+         "--nodes", "2", "--ranks-per-node", "8", "--slowdowns", "0.3"],
+        cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    assert len(list(tmp_path.glob("*.yaml"))) == 4
+    done = _simulate(python, subprocess_env, str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "faulty as Straggler" in done.stdout and "4/4 scenarios passed" in done.stdout
