@@ -18,13 +18,12 @@ from agent.evidence import (
     RankEvidence,
     TrafficPeriodicity,
 )
+from controller.detect.config import DetectionConfig
+from controller.detect.straggler import STEPS_PER_WINDOW
 from controller.simulate.physics import Incarnation, RankTrack
 from controller.simulate.scenario import FaultSpec, Scenario
 
-# Samples per rank in each simulated evidence document: as many as the controller lines up by default
-# (DetectionConfig.samples_per_rank); the agent sends 128 (`evidence_samples`), four times the replay's cost for the
-# same verdicts unless samples_per_rank is raised.
-SAMPLES_PER_RANK = 32
+AGENT_SAMPLES_PER_RANK = 128  # what an agent sends per rank by default (its `collective.evidence_samples`)
 WINDOW_SECONDS = 10.0
 LINK_BITS_PER_SECOND = 100e9
 TEARDOWN_SECONDS = 20.0  # how long XID 43/45 keep coming while a killed job's processes die
@@ -176,11 +175,20 @@ class Agents:
         return signals
 
 
+def samples_per_rank(collectives_per_step: int) -> int:
+    """Samples per rank in a simulated evidence document: as many as the controller compares with its default
+    thresholds (`samples_per_rank`, or STEPS_PER_WINDOW steps of a job issuing more than half of that a step), at
+    most what an agent sends. An agent's 128 for every job would cost the replay up to 4x for the same verdicts;
+    fewer than the controller compares would starve the jobs of many collectives a step."""
+    compared = max(DetectionConfig.samples_per_rank, STEPS_PER_WINDOW * collectives_per_step)
+    return min(AGENT_SAMPLES_PER_RANK, compared)
+
+
 def _rank_evidence(track: RankTrack, run: Incarnation, t: float, offset: float) -> RankEvidence:
     """What the agent reports for one rank at time t: completed collectives, the pending one, a summary."""
     done = int(np.searchsorted(track.completion, t, side="right"))
     issued = int(np.searchsorted(track.arrival, t, side="right"))
-    first = max(0, done - SAMPLES_PER_RANK)
+    first = max(0, done - samples_per_rank(run.job.collectives_per_step))
     arrival = track.arrival[first:done]
     wait = track.completion[first:done] - arrival
     samples = [
