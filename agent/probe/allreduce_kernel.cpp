@@ -65,15 +65,41 @@ struct Queue {
 
 std::atomic<Queue*> g_queue{nullptr};  // the registered kernel's queue (one per process)
 
-void append(Queue& queue, const c10::intrusive_ptr<c10d::ProcessGroup>& group,
-            const std::shared_ptr<Entry>& entry) {
+void append(Queue& queue, const std::shared_ptr<Entry>& entry) {
   std::lock_guard<std::mutex> lock(queue.mutex);
   if (!queue.overflow.empty() || queue.entries.size() >= queue.capacity) {
-    ++queue.overflow[group->getGroupName()];  // once over, all go there until numbered: the order stays
+    ++queue.overflow[entry->group];  // once over, all go there until numbered: the order stays
     return;
   }
   queue.entries.push_back(entry);
   ++queue.unnumbered;
+}
+
+// Queue the all-reduce and put the completion callback on its Work's future; never raises (the training goes on
+// unrecorded). Bytes as the Python kernel counts them: a sparse tensor by its dense size.
+void record(Queue& queue, const c10::intrusive_ptr<c10d::ProcessGroup>& group, double issued_at,
+            at::TensorList tensors, bool failed, c10d::Work* work) noexcept {
+  try {
+    auto entry = std::make_shared<Entry>();
+    entry->group = group->getGroupName();
+    entry->issued_at = issued_at;
+    entry->failed = failed;
+    uint64_t bytes = 0;
+    for (const auto& tensor : tensors) {
+      bytes += static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
+    }
+    entry->bytes = failed ? 0 : bytes;
+    if (work != nullptr) {
+      try {
+        work->getFuture()->addCallback(
+            [entry](c10::ivalue::Future&) { entry->completed_at.store(unix_seconds(), std::memory_order_release); });
+      } catch (...) {  // a Work without a future: the issue time is all we know
+        entry->completed_at.store(0.0, std::memory_order_release);
+      }
+    }
+    append(queue, entry);
+  } catch (...) {
+  }
 }
 
 Result allreduce_(c10::DispatchKeySet keys, at::TensorList tensors,
@@ -90,34 +116,13 @@ Result allreduce_(c10::DispatchKeySet keys, at::TensorList tensors,
                            async_op, timeout);
   } catch (...) {
     if (queue != nullptr) {  // it takes its number all the same: the ranks' numbers stay aligned
-      auto entry = std::make_shared<Entry>();
-      entry->group = process_group->getGroupName();
-      entry->issued_at = issued_at;
-      entry->bytes = 0;
-      entry->failed = true;
-      append(*queue, process_group, entry);
+      record(*queue, process_group, issued_at, tensors, /*failed=*/true, nullptr);
     }
     throw;
   }
-  if (queue == nullptr) {
-    return result;
+  if (queue != nullptr) {
+    record(*queue, process_group, issued_at, tensors, /*failed=*/false, std::get<1>(result).get());
   }
-  auto entry = std::make_shared<Entry>();
-  entry->group = process_group->getGroupName();
-  entry->issued_at = issued_at;
-  uint64_t bytes = 0;
-  for (const auto& tensor : tensors) {
-    bytes += tensor.nbytes();
-  }
-  entry->bytes = bytes;
-  entry->failed = false;
-  try {
-    std::get<1>(result)->getFuture()->addCallback(
-        [entry](c10::ivalue::Future&) { entry->completed_at.store(unix_seconds(), std::memory_order_release); });
-  } catch (...) {  // a Work without a future: the issue time is all we know
-    entry->completed_at.store(0.0, std::memory_order_release);
-  }
-  append(*queue, process_group, entry);
   return result;
 }
 
