@@ -34,6 +34,11 @@ using Signature = Result(at::TensorList, const c10::intrusive_ptr<c10d::ProcessG
                          const c10::intrusive_ptr<c10d::ReduceOp>&, const std::optional<at::Tensor>&, bool, int64_t);
 
 constexpr double kRunning = -1.0;  // completed_at of an all-reduce still running; 0.0: over, time unknown
+// A running all-reduce younger than this (s) waits for the next `collect`, and so do all after it: a synchronous one
+// has returned before gloo's thread ran its future's callback, and reported running now, completed a flush later, it
+// would reach the agent after thousands of later ones in a flood (refused there as older than the rank's window).
+// Well under the sender's pending_report_seconds (0.2), so a hang is reported as soon as before.
+constexpr double kYoungSeconds = 0.05;
 
 double unix_seconds() {
   timespec now{};
@@ -201,16 +206,19 @@ class Kernel {
   }
 
   // The numbered all-reduces Python has not seen running yet (tokens: group, seq, op, bytes, issued_at) and those
-  // completed since the last call ((token, completed_at): 0.0 when the time is unknown). Completed ones leave the
-  // queue; failed ones and those of groups this rank is not a member of leave it unreported.
+  // completed since the last call ((token, completed_at): 0.0 when the time is unknown), in issue order up to the
+  // first one running for less than kYoungSeconds. Completed ones leave the queue; failed ones and those of groups
+  // this rank is not a member of leave it unreported.
   py::tuple collect() {
     std::vector<std::pair<std::shared_ptr<Entry>, double>> report;  // completed_at, kRunning for running ones
     {
       std::lock_guard<std::mutex> lock(queue_->mutex);
       auto& entries = queue_->entries;
       const size_t numbered = entries.size() - queue_->unnumbered;
+      const double now = unix_seconds();
       std::deque<std::shared_ptr<Entry>> kept;
-      for (size_t index = 0; index < numbered; ++index) {
+      size_t index = 0;
+      for (; index < numbered; ++index) {
         auto& entry = entries[index];
         if (entry->failed || entry->name == nullptr) {
           continue;
@@ -220,13 +228,16 @@ class Kernel {
           report.emplace_back(std::move(entry), completed_at);
           continue;
         }
+        if (now - entry->issued_at < kYoungSeconds) {
+          break;  // it and all after it wait for the next call
+        }
         if (!entry->handed) {
           entry->handed = true;
           report.emplace_back(entry, kRunning);
         }
         kept.push_back(std::move(entry));
       }
-      for (size_t index = numbered; index < entries.size(); ++index) {
+      for (; index < entries.size(); ++index) {
         kept.push_back(std::move(entries[index]));
       }
       entries.swap(kept);
