@@ -155,8 +155,7 @@ class Probe:
         self.recorder.launches.clear()
         self.recorder.pending.clear()
         self.recorder.polled.clear()
-        if self.recorder.compiled is not None:
-            self.recorder.compiled.after_fork()
+        self.recorder.after_fork()
         if self.nccl_timing is not None:
             self.nccl_timing.reset(None)
 

@@ -11,6 +11,7 @@ completed by whoever pops it), no I/O, never raises, bounded memory (drops and c
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -109,11 +110,12 @@ class Recorder:
         self.flusher: Callable[[], object] | None = None  # the sender's flush, run by `launched` when due
         self.flush_due = math.inf  # time.monotonic() s from which `launched` runs `flusher`
         self.compiled: CompiledQueue | None = None
+        self._taking = threading.Lock()  # `_take_compiled` runs on the training and the sender's threads
         self._next_seq: dict[str, int] = {}
 
     def issue(self, group: str, op: Op, nbytes: int) -> Token:
         if self.compiled is not None:  # the all-reduces the compiled kernel issued before this come first
-            self.dropped += self.compiled.number(self._next_seq)
+            self._take_compiled(self.compiled)
         seq = self._next_seq.get(group, 0)
         self._next_seq[group] = seq + 1
         token = (group, seq, op, nbytes, time.time())
@@ -213,14 +215,18 @@ class Recorder:
 
     def _take_compiled(self, compiled: CompiledQueue) -> None:
         """Number the compiled kernel's queued all-reduces, hold the running ones pending (the hang signal) and
-        complete the completed ones, with the times taken on the backend's thread."""
-        self.dropped += compiled.number(self._next_seq)
-        running, completed = compiled.collect()
-        for launched in running:
-            if len(self.pending) < self.capacity:
-                self.pending[(launched[0], launched[1])] = launched
-        for finished, completed_at in completed:
-            self._done(finished, finished, completed_at)
+        complete the completed ones, with the times taken on the backend's thread. Also before a wrapper numbers its
+        collective (`issue`): completed first, the all-reduces before it are sent before it, in seq order (the agent
+        refuses a completion that arrives after more than a window's worth of later ones). Under a lock: the sender's
+        thread and the training thread both take, and a token held pending must not complete in between."""
+        with self._taking:
+            self.dropped += compiled.number(self._next_seq)
+            running, completed = compiled.collect()
+            for launched in running:
+                if len(self.pending) < self.capacity:
+                    self.pending[(launched[0], launched[1])] = launched
+            for finished, completed_at in completed:
+                self._done(finished, finished, completed_at)
 
     def complete_at(self, token: Token, started_at: float, completed_at: float) -> None:
         """Complete `token` with the backend's times (Unix s; agent/probe/nccl_timing.py): the kernel's start
@@ -237,6 +243,12 @@ class Recorder:
     def abandon(self, token: Token) -> None:
         """The collective raised: forget it (the exception goes to the caller unchanged)."""
         self.pending.pop((token[0], token[1]), None)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread that held the lock is gone, its queued all-reduces are not ours."""
+        self._taking = threading.Lock()
+        if self.compiled is not None:
+            self.compiled.after_fork()
 
     def reset(self) -> None:
         """A new default process group: sequence numbers start again on every rank."""
