@@ -176,8 +176,8 @@ def install(socket_dir: str | None = None, ddp_hook: bool | None = None, nccl_ti
     per gradient bucket. `nccl_timing` (default: `nccl_timing_wanted`) times NCCL collectives by
     ProcessGroupNCCL's on-completion hook (agent/probe/nccl_timing.py). `compiled_kernel` (default: on unless
     LOCKSTEP_PROBE_COMPILED=0) records CPU all-reduces with the compiled kernel where one is built for this torch
-    under $LOCKSTEP_PROBE_KERNEL_DIR (agent/probe/compiled.py), else with the Python kernel. Never raises for a missing agent: records
-    are dropped and counted until it appears."""
+    under $LOCKSTEP_PROBE_KERNEL_DIR (agent/probe/compiled.py), else with the Python kernel. Never raises for a
+    missing agent: records are dropped and counted until it appears."""
     global _probe
     if _probe is None:
         if ddp_hook is None:

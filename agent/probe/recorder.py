@@ -5,7 +5,8 @@ Called from the wrapped torch.distributed functions, the dispatcher kernel and t
 completes (its future, or ProcessGroupNCCL's on-completion hook: agent/probe/nccl_timing.py), and from the sender's
 flush (agent/probe/transport.py), which polls the untimed ones. Per call it does a clock read, a dict update and a
 deque append: no locks (each step is one atomic dict or deque operation under the GIL; a polled collective is
-completed by whoever pops it), no I/O, never raises, bounded memory (drops and counts when full).
+completed by whoever pops it; only taking the compiled kernel's queue, at a flush or a wrapper's issue, is locked),
+no I/O, never raises, bounded memory (drops and counts when full).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ Completed = tuple[Token, float]  # token, completed_at (Unix s; 0.0 = completion
 # An untimed collective the dispatcher kernel launched, as the call left it (Recorder.launch): group, seq, op,
 # issued_at (Unix s), its data (bytes counted at the next poll), and `work_of(handle)`, its Work.
 Launch = tuple[str, int, Op, float, Any, Callable[[Any], Any], Any]
-
 
 
 class CompiledQueue(Protocol):
