@@ -9,14 +9,14 @@ DEPS_STAMP := build/.deps-installed
 help:
 	@echo "make demo        local cluster, real training job, injected fault, detected and acted on"
 	@echo "make test        lint, type check and the whole test suite (what CI runs)"
-	@echo "make install     install Lockstep with its test dependencies (pip)"
+	@echo "make install     install Lockstep with its test dependencies (pip) and build the probe's kernel"
 	@echo "make fake-nvml   build the fake libnvidia-ml.so.1 used by tests and the demo"
 	@echo "make bench       run the benchmarks in benchmarks/"
 
-# Debian packages and the Python package with test extras; re-run when pyproject.toml changes.
+# Debian packages, the Python package with test extras and the probe's compiled kernel; re-run when they change.
 install: $(DEPS_STAMP)
 
-$(DEPS_STAMP): pyproject.toml setup.py agent/_nicsample.c tools/install-deps.sh
+$(DEPS_STAMP): pyproject.toml setup.py agent/_nicsample.c agent/probe/allreduce_kernel.cpp tools/install-deps.sh
 	PYTHON=$(PYTHON) bash tools/install-deps.sh
 	mkdir -p $(dir $@) && touch $@
 

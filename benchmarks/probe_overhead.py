@@ -17,6 +17,9 @@ Three measurements, all against a live collective collector in this process:
    noise floor shows in an A/A run (`--control`: neither job of measurement 1 is probed, its ratio should be 1), and
    a bias of the two process pairs flips sign with `--probed-job 1`.
 
+The probe uses the compiled all-reduce kernel where one is built (`python -m agent.probe.compiled --build`), else the
+Python one; LOCKSTEP_PROBE_COMPILED=0 in the environment measures the Python one. `kernel` in the output says which.
+
 Also prints the Recorder's hot-path cost per collective. Target (DESIGN.md): step time within 1%.
 Output: progress lines, then one JSON summary (keys: interleaved_turns, per_collective, expected_step_overhead,
 ratio_of_medians/ratio_of_mins when --pairs > 0, records_received, hot_path_us_per_collective).
@@ -132,7 +135,8 @@ def _interleaved_rank(index: int, ports: list[int], socket_dir: str, steps: int,
     if probe is not None:  # what the probe saw: all-reduces per step, gradient bytes per all-reduce
         per_step = (probe.recorder.issued() - issued_before) / (steps - WARM_STEPS)
         gradient_bytes = sum(p.numel() * p.element_size() for p in ddp.parameters())
-        times.update(all_reduces_per_step=per_step, bytes_per_all_reduce=int(gradient_bytes / max(per_step, 1.0)))
+        times.update(all_reduces_per_step=per_step, bytes_per_all_reduce=int(gradient_bytes / max(per_step, 1.0)),
+                     kernel="compiled" if probe.recorder.compiled is not None else "python")
     if rank == 0:
         Path(f"{out}.{name}").write_text(json.dumps(times))
     dist.destroy_process_group()
@@ -183,6 +187,7 @@ def interleaved(args: argparse.Namespace, socket_dir: str, tmp: str, probed_job:
             for side in ("with", "without")},
         "main_cpu_ratio": statistics.median(times["main_cpu_with"][warm:]) / statistics.median(times["main_cpu_without"][warm:]),
         "main_cpu_ratio_ci95": ratio_ci95(times["main_cpu_with"][warm:], times["main_cpu_without"][warm:]),
+        "kernel": times.get("kernel"),  # the probe's all-reduce kernel (agent/probe/compiled.py; None: --control)
         "all_reduces_per_step": times.get("all_reduces_per_step"),  # as the probe recorded them (None: --control)
         "bytes_per_all_reduce": times.get("bytes_per_all_reduce"),
     }  # fmt: skip

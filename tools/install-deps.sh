@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-apt_packages=(prometheus prometheus-alertmanager prometheus-node-exporter iproute2 iptables gcc make)
+apt_packages=(prometheus prometheus-alertmanager prometheus-node-exporter iproute2 iptables gcc g++ ninja-build make)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -28,3 +28,6 @@ fi
 
 echo "installing lockstep with its test extras (pip; torch 2.13.0 CPU build)"
 "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
+# The probe's compiled all-reduce kernel, against the torch just installed (agent/probe/compiled.py; into
+# $LOCKSTEP_PROBE_KERNEL_DIR, default ~/.cache/lockstep/probe-kernel): the tests and benchmarks use it.
+"$PYTHON" -m agent.probe.compiled --build

@@ -14,6 +14,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from agent.probe.bootstrap import OFF, ON
 from agent.probe.dispatch import install_allreduce_kernel
@@ -56,14 +57,16 @@ def nccl_timing_wanted(environ: Mapping[str, str]) -> bool:
 class Probe:
     """One per process: the recorder the wrappers feed and the sender that starts with the process group."""
 
-    def __init__(self, socket_dir: str, ddp_hook: bool = True, nccl_timing: bool = False) -> None:
+    def __init__(self, socket_dir: str, ddp_hook: bool = True, nccl_timing: bool = False,
+                 compiled_kernel_dir: Path | None = None) -> None:  # fmt: skip
         self.socket_dir = socket_dir
+        self.compiled_kernel_dir = compiled_kernel_dir  # builds of the compiled kernel; None: the Python kernel only
         self.ddp_hook = ddp_hook
         self.recorder = Recorder()
         self.nccl_timing = NcclTiming(self.recorder) if nccl_timing else None
         self.groups = GroupNames()
         self.sender: Sender | None = None
-        self.kernel: object | None = None  # holds the dispatcher registration (agent/probe/dispatch.py)
+        self.kernel: object | None = None  # holds the dispatcher registration (agent/probe/compiled.py or dispatch.py)
         self._lock = threading.Lock()
 
     def patch(self) -> None:
@@ -101,12 +104,11 @@ class Probe:
         identity = identify(os.environ, dist.get_rank(), dist.get_world_size(), init_method)
         with self._lock:
             if self.kernel is None:  # here, not when c10d loads: that can be in the middle of `import torch`
-                try:
-                    self.kernel = install_allreduce_kernel(self.recorder, self.groups.name)
-                except Exception:  # a torch without the op: the DDP hook and the wrappers see CPU all-reduces
-                    log.debug("lockstep probe: no dispatcher kernel for all-reduce", exc_info=True)
+                self.kernel = self._install_kernel()
             self.groups.default_name = str(getattr(dist.group.WORLD, "group_name", "0"))
             self.recorder.reset()
+            if self.recorder.compiled is not None:
+                self.recorder.compiled.reset(self.groups.default_name)
             if self.nccl_timing is not None:
                 self.nccl_timing.reset(dist.group.WORLD)
             if self.sender is not None:
@@ -114,6 +116,28 @@ class Probe:
             self.sender = Sender(self.recorder, identity, self.socket_dir)
             self.sender.start()
         log.debug("lockstep probe active: job %s rank %d/%d", identity.job, identity.rank, identity.world_size)
+
+    def _install_kernel(self) -> object | None:
+        """The compiled all-reduce kernel if one is built for this torch, else the Python one, else None (a torch
+        without the op: the DDP hook and the wrappers see CPU all-reduces)."""
+        if self.compiled_kernel_dir is not None:
+            try:
+                from agent.probe.compiled import install_compiled_kernel  # here: `python -m` runs that module
+
+                kernel = install_compiled_kernel(self.compiled_kernel_dir)
+            except Exception:
+                log.debug("lockstep probe: no compiled all-reduce kernel", exc_info=True)
+            else:
+                self.recorder.compiled = kernel
+                log.debug("lockstep probe: the compiled all-reduce kernel records (%s)", self.compiled_kernel_dir)
+                return kernel
+        try:
+            library = install_allreduce_kernel(self.recorder, self.groups.name)
+        except Exception:
+            log.debug("lockstep probe: no dispatcher kernel for all-reduce", exc_info=True)
+            return None
+        log.debug("lockstep probe: the Python all-reduce kernel records")
+        return library
 
     def stop(self) -> None:
         if self.nccl_timing is not None:
@@ -131,6 +155,7 @@ class Probe:
         self.recorder.launches.clear()
         self.recorder.pending.clear()
         self.recorder.polled.clear()
+        self.recorder.after_fork()
         if self.nccl_timing is not None:
             self.nccl_timing.reset(None)
 
@@ -143,21 +168,27 @@ def installed() -> Probe | None:
     return _probe
 
 
-def install(socket_dir: str | None = None, ddp_hook: bool | None = None, nccl_timing: bool | None = None) -> Probe:
+def install(socket_dir: str | None = None, ddp_hook: bool | None = None, nccl_timing: bool | None = None,
+            compiled_kernel: bool | None = None) -> Probe:  # fmt: skip
     """Install the probe in this process (idempotent). `socket_dir` defaults to $LOCKSTEP_SOCKET_DIR, then
     /run/lockstep. `ddp_hook` (default: on unless LOCKSTEP_PROBE_DDP=0) registers the timing communication hook
     on DDP models whose user registered none: it makes DDP's all-reduces visible at the cost of a Python call
     per gradient bucket. `nccl_timing` (default: `nccl_timing_wanted`) times NCCL collectives by
-    ProcessGroupNCCL's on-completion hook (agent/probe/nccl_timing.py). Never raises for a missing agent: records
-    are dropped and counted until it appears."""
+    ProcessGroupNCCL's on-completion hook (agent/probe/nccl_timing.py). `compiled_kernel` (default: on unless
+    LOCKSTEP_PROBE_COMPILED=0) records CPU all-reduces with the compiled kernel where one is built for this torch
+    under $LOCKSTEP_PROBE_KERNEL_DIR (agent/probe/compiled.py), else with the Python kernel. Never raises for a
+    missing agent: records are dropped and counted until it appears."""
     global _probe
     if _probe is None:
         if ddp_hook is None:
             ddp_hook = switch(os.environ, "LOCKSTEP_PROBE_DDP", True)
         if nccl_timing is None:
             nccl_timing = nccl_timing_wanted(os.environ)
+        if compiled_kernel is None:
+            compiled_kernel = switch(os.environ, "LOCKSTEP_PROBE_COMPILED", True)
+        from agent.probe.compiled import kernel_dir
         socket_dir = socket_dir or os.environ.get("LOCKSTEP_SOCKET_DIR") or DEFAULT_SOCKET_DIR
-        _probe = Probe(socket_dir, ddp_hook, nccl_timing)
+        _probe = Probe(socket_dir, ddp_hook, nccl_timing, kernel_dir(os.environ) if compiled_kernel else None)
         _probe.patch()
         atexit.register(_probe.stop)
         os.register_at_fork(after_in_child=_probe.forget_after_fork)

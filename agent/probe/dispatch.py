@@ -13,7 +13,8 @@ calling the op again from Python (`op(...)` under `_AutoDispatchBelowAutograd`) 
 schema, ~40 us more per all-reduce. Unlike a DDP communication hook this adds no pass over the gradients (with a
 hook, DDP copies them into the bucket without scaling, and the hook must scale them in a separate pass). Not seen
 here: CUDA tensors (NCCL: the DDP hook and the Python wrappers cover them) and tensors made under
-`torch.inference_mode()` (they skip autograd dispatch).
+`torch.inference_mode()` (they skip autograd dispatch). Where a build exists, the compiled kernel
+(agent/probe/compiled.py) records instead, in C++ without the GIL; this one is the fallback.
 """
 
 from __future__ import annotations

@@ -102,17 +102,23 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         token = key = None
+        below = False  # the dispatcher kernel records this call
         try:
             process_group = _arg(args, kwargs, group_index, "group", None)
             group = groups.name(process_group)
             data = _arg(args, kwargs, data_index, data_param or "", None)
-            if group is not None and not (getattr(data, "is_cpu", False) and cpu_seen_below()):
+            below = getattr(data, "is_cpu", False) and cpu_seen_below()
+            if group is not None and not below:
                 is_async = bool(_arg(args, kwargs, async_index, "async_op", False))
                 token = recorder.issue(group, op, nbytes(data) if data is not None else 0)
                 if timing is not None:
                     key = timing.expect(group, process_group, token)
         except Exception:
             log.debug("lockstep probe: not recording %s", fn.__name__, exc_info=True)
+        if token is None and below:  # recorded below; the compiled kernel runs no Python: flush here when due
+            result = fn(*args, **kwargs)
+            recorder.launched()
+            return result
         if token is None:  # not a member of the group, or the arguments puzzled us: just the call
             return fn(*args, **kwargs)
         try:

@@ -5,17 +5,19 @@ Called from the wrapped torch.distributed functions, the dispatcher kernel and t
 completes (its future, or ProcessGroupNCCL's on-completion hook: agent/probe/nccl_timing.py), and from the sender's
 flush (agent/probe/transport.py), which polls the untimed ones. Per call it does a clock read, a dict update and a
 deque append: no locks (each step is one atomic dict or deque operation under the GIL; a polled collective is
-completed by whoever pops it), no I/O, never raises, bounded memory (drops and counts when full).
+completed by whoever pops it; only taking the compiled kernel's queue, at a flush or a wrapper's issue, is locked),
+no I/O, never raises, bounded memory (drops and counts when full).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from agent.probe.wire import Op
 
@@ -24,6 +26,24 @@ Completed = tuple[Token, float]  # token, completed_at (Unix s; 0.0 = completion
 # An untimed collective the dispatcher kernel launched, as the call left it (Recorder.launch): group, seq, op,
 # issued_at (Unix s), its data (bytes counted at the next poll), and `work_of(handle)`, its Work.
 Launch = tuple[str, int, Op, float, Any, Callable[[Any], Any], Any]
+
+
+class CompiledQueue(Protocol):
+    """The compiled kernel's queue of all-reduces (agent/probe/allreduce_kernel.cpp `Kernel`), taken by the recorder."""
+
+    def number(self, next_seq: dict[str, int]) -> int:
+        """Number the queued all-reduces in issue order from `next_seq` ({group: next seq}, updated); returns how
+        many were numbered past the queue's capacity (never recorded)."""
+
+    def collect(self) -> tuple[list[Token], list[Completed]]:
+        """The numbered all-reduces not reported running yet, and those completed since the last call."""
+
+    def reset(self, default_name: str) -> None:
+        """Forget every queued all-reduce: a new default group, whose c10d name is `default_name`."""
+
+    def after_fork(self) -> None:
+        """Forget every queued all-reduce in a forked child."""
+
 
 # An async collective's completion is timed by a callback on its future for one in TIMED_EVERY collectives of each
 # group (`is_timed`: by seq, so the same collectives on every rank and the controller lines their waits up). The
@@ -89,9 +109,13 @@ class Recorder:
         self.dropped = 0
         self.flusher: Callable[[], object] | None = None  # the sender's flush, run by `launched` when due
         self.flush_due = math.inf  # time.monotonic() s from which `launched` runs `flusher`
+        self.compiled: CompiledQueue | None = None
+        self._taking = threading.Lock()  # `_take_compiled` runs on the training and the sender's threads
         self._next_seq: dict[str, int] = {}
 
     def issue(self, group: str, op: Op, nbytes: int) -> Token:
+        if self.compiled is not None:  # the all-reduces the compiled kernel issued before this come first
+            self._take_compiled(self.compiled)
         seq = self._next_seq.get(group, 0)
         self._next_seq[group] = seq + 1
         token = (group, seq, op, nbytes, time.time())
@@ -101,6 +125,8 @@ class Recorder:
 
     def issued(self) -> int:
         """Collectives numbered since the last reset, all groups together."""
+        if self.compiled is not None:
+            self.dropped += self.compiled.number(self._next_seq)
         return sum(self._next_seq.values())
 
     def complete(self, token: Token, measured: bool = True) -> None:
@@ -166,8 +192,10 @@ class Recorder:
             self._done(token, token, 0.0)
 
     def poll(self) -> None:
-        """Take in the kernel's `launches`, then complete the polled collectives that have finished (the sender's
-        flush, before it drains `completed`)."""
+        """Take in the kernel's `launches` and the compiled kernel's queue, then complete the polled collectives that
+        have finished (the sender's flush, before it drains `completed`)."""
+        if self.compiled is not None:
+            self._take_compiled(self.compiled)
         launches = self.launches
         while launches:  # issued as `issue` does, at the kernel's time; polled as `complete_when` does
             group, seq, op, issued_at, data, work_of, handle = launches.popleft()
@@ -185,6 +213,21 @@ class Recorder:
                 if token is not None:
                     self._done(token, token, 0.0)
 
+    def _take_compiled(self, compiled: CompiledQueue) -> None:
+        """Number the compiled kernel's queued all-reduces, hold the running ones pending (the hang signal) and
+        complete the completed ones, with the times taken on the backend's thread. Also before a wrapper numbers its
+        collective (`issue`): completed first, the all-reduces before it are sent before it, in seq order (the agent
+        refuses a completion that arrives after more than a window's worth of later ones). Under a lock: the sender's
+        thread and the training thread both take, and a token held pending must not complete in between."""
+        with self._taking:
+            self.dropped += compiled.number(self._next_seq)
+            running, completed = compiled.collect()
+            for launched in running:
+                if len(self.pending) < self.capacity:
+                    self.pending[(launched[0], launched[1])] = launched
+            for finished, completed_at in completed:
+                self._done(finished, finished, completed_at)
+
     def complete_at(self, token: Token, started_at: float, completed_at: float) -> None:
         """Complete `token` with the backend's times (Unix s; agent/probe/nccl_timing.py): the kernel's start
         replaces the CPU issue time, so the record's wait is how long the collective ran."""
@@ -200,6 +243,12 @@ class Recorder:
     def abandon(self, token: Token) -> None:
         """The collective raised: forget it (the exception goes to the caller unchanged)."""
         self.pending.pop((token[0], token[1]), None)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread that held the lock is gone, its queued all-reduces are not ours."""
+        self._taking = threading.Lock()
+        if self.compiled is not None:
+            self.compiled.after_fork()
 
     def reset(self) -> None:
         """A new default process group: sequence numbers start again on every rank."""

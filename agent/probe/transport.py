@@ -45,7 +45,8 @@ class Sender:
     collective's transfer. A wake-up of a thread of its own costs 60-120 us of CPU on the 2-core development VM and
     takes the GIL from a computing training thread, so the sender's thread flushes only when nothing flushed for
     WATCHDOG_INTERVALS flush intervals: a hung training thread (whose hang must be reported), an idle one
-    (heartbeats), one whose collectives the probe does not see; it sleeps until then."""
+    (heartbeats), one whose collectives the probe does not see or sees only in the compiled all-reduce kernel (which
+    runs no Python: agent/probe/compiled.py); it sleeps until then."""
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ import pytest
 
 from agent.collectors.collective import CollectiveCollector
 from agent.probe import wire
+from agent.probe.compiled import kernel_dir, load_built
 from agent.probe.identity import Identity
 from agent.probe.recorder import Recorder
 from agent.probe.transport import Sender
@@ -67,6 +68,15 @@ def probe_env(subprocess_env: dict[str, str], probe_site: Path, socket_dir: Path
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCKSTEP_JOB"):
         env.pop(name, None)
     return env
+
+
+@pytest.fixture(params=["compiled", "python"])
+def probe_kernel(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment that chooses the probe's all-reduce kernel: the compiled one (built by `make install`: a missing
+    build fails the test) or the Python one."""
+    if request.param == "compiled" and load_built(kernel_dir(os.environ)) is None:
+        pytest.fail("no compiled kernel for this torch: run `python -m agent.probe.compiled --build` (make install does)")
+    return {"LOCKSTEP_PROBE_COMPILED": "1" if request.param == "compiled" else "0"}
 
 
 @pytest.fixture

@@ -25,12 +25,14 @@ def mlp_parameter_bytes(hidden: int, layers: int) -> int:
     return 4 * params
 
 
-def test_agent_sees_every_ddp_all_reduce_with_consecutive_seqs_and_true_bytes(ddp_job, socket_dir: Path) -> None:
+def test_agent_sees_every_ddp_all_reduce_with_consecutive_seqs_and_true_bytes(
+    ddp_job, probe_env: dict[str, str], probe_kernel: dict[str, str], socket_dir: Path
+) -> None:
     collector = start_collector(socket_dir, evidence_samples=4096, window_seconds=600)
     try:
         steps, hidden, layers = 30, 64, 2
         job = ddp_job("--nproc", "3", "--steps", str(steps), "--hidden", str(hidden), "--layers", str(layers),
-                      "--bucket-mb", "0.02", "--extra-allreduces", "1")  # fmt: skip
+                      "--bucket-mb", "0.02", "--extra-allreduces", "1", env={**probe_env, **probe_kernel})  # fmt: skip
         job.finish()
         # the final barrier is the last collective of every rank
         wait_for(lambda: all(r.samples and r.samples[-1].op == "barrier" for r in ranks_by_number(collector).values())
@@ -58,9 +60,9 @@ def test_agent_sees_every_ddp_all_reduce_with_consecutive_seqs_and_true_bytes(dd
 
 
 def test_stopped_rank_shows_as_stalled_while_its_peers_wait_in_a_pending_collective(
-    ddp_job, collector, socket_dir: Path
+    ddp_job, probe_env: dict[str, str], probe_kernel: dict[str, str], collector, socket_dir: Path
 ) -> None:
-    job: Job = ddp_job("--nproc", "3", "--steps", "0", "--step-seconds", "0.3")
+    job: Job = ddp_job("--nproc", "3", "--steps", "0", "--step-seconds", "0.3", env={**probe_env, **probe_kernel})
     wait_for(lambda: len(ranks_by_number(collector)) == 3 and all(r.last_seq > 10 for r in ranks_by_number(collector).values()),
              120, "three ranks making progress")  # fmt: skip
     period = statistics.median(r.step_period_seconds or 0.3 for r in ranks_by_number(collector).values())
@@ -92,11 +94,12 @@ def test_stopped_rank_shows_as_stalled_while_its_peers_wait_in_a_pending_collect
 
 
 def test_straggler_arrives_late_and_waits_little_while_its_peers_wait_long(
-    ddp_job, collector, tmp_path: Path
+    ddp_job, probe_env: dict[str, str], probe_kernel: dict[str, str], collector, tmp_path: Path
 ) -> None:
     slowdown = tmp_path / "slowdown"
     slowdown.write_text("1 6\n")  # rank 1 computes 6x slower than its peers
-    ddp_job("--nproc", "3", "--steps", "60", "--hidden", "256", "--slowdown-file", str(slowdown)).finish()
+    ddp_job("--nproc", "3", "--steps", "60", "--hidden", "256", "--slowdown-file", str(slowdown),
+            env={**probe_env, **probe_kernel}).finish()  # fmt: skip
     wait_for(lambda: len(ranks_by_number(collector)) == 3 and all(r.last_seq >= 60 for r in ranks_by_number(collector).values()),
              30, "all records")  # fmt: skip
     ranks = ranks_by_number(collector)
@@ -205,8 +208,8 @@ def rank_main(rank, world, port, out):
         torch.manual_seed(0)
         layers = nn.Sequential(nn.Linear(16, 300), nn.ReLU(), nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 4))
         return DistributedDataParallel(layers, bucket_cap_mb=0.2)
-    def issued():
-        return probe.recorder._next_seq.get("default", 0)
+    def issued():  # one process group here
+        return probe.recorder.issued()
     default_path, builtin_hook = model(), model()
     builtin_hook._register_builtin_comm_hook(dist.BuiltinCommHookType.ALLREDUCE)
     counts = {}
@@ -222,6 +225,7 @@ def rank_main(rank, world, port, out):
     counts["all_reduce"] = issued() - before
     counts["all_reduce_sum"] = summed.item()
     counts["comm_hook"] = default_path._get_ddp_logging_data().get("comm_hook", "")
+    counts["kernel"] = "compiled" if probe.recorder.compiled is not None else "python"
     probe.recorder.poll()  # what the sender does before each flush: completes the untimed all-reduces
     counts["pending"] = len(probe.recorder.pending)
     with open(f"{out}.{rank}", "w") as f:
@@ -234,10 +238,12 @@ if __name__ == "__main__":
 
 
 def test_probe_records_cpu_ddp_on_its_default_path_builtin_hooks_and_each_all_reduce_once(
-    subprocess_env: dict[str, str], tmp_path: Path
+    subprocess_env: dict[str, str], probe_kernel: dict[str, str], tmp_path: Path
 ) -> None:
-    results = run_ranks(PROBED_CPU_DDP, 2, subprocess_env, tmp_path)
+    results = run_ranks(PROBED_CPU_DDP, 2, {**subprocess_env, **probe_kernel}, tmp_path)
+    compiled = probe_kernel["LOCKSTEP_PROBE_COMPILED"] == "1"
     for counts in results:
+        assert counts["kernel"] == ("compiled" if compiled else "python")
         assert counts["comm_hook"] == ""  # DDP keeps its C++ default path: the probe registered no hook
         assert counts["default_path"] > 3  # every bucket of 3 steps, several per step once DDP rebuilt its buckets
         assert counts["builtin_hook"] == counts["default_path"]  # a builtin C++ hook's all-reduces too

@@ -375,7 +375,8 @@ def rank_main(rank, world, port, out):
     with open(f"{out}.{rank}", "w") as f:
         json.dump({"timing_on": timing is not None, "unavailable": timing.unavailable,
                    "awaiting": len(timing.awaiting), "hooks": dist.group.WORLD._has_hooks() or sub._has_hooks(),
-                   "completed": completed, "pending": len(probe.recorder.pending)}, f)
+                   "completed": completed, "pending": len(probe.recorder.pending),
+                   "compiled_kernel": probe.recorder.compiled is not None}, f)
     dist.destroy_process_group()
 
 if __name__ == "__main__":
@@ -385,16 +386,19 @@ if __name__ == "__main__":
 
 @pytest.mark.slow
 def test_gloo_job_with_nccl_timing_on_keeps_cpu_side_completion_of_every_collective(
-    subprocess_env: dict[str, str], tmp_path: Path
+    subprocess_env: dict[str, str], probe_kernel: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**subprocess_env, "TORCH_NCCL_ENABLE_TIMING": "1"}
+    env = {**subprocess_env, **probe_kernel, "TORCH_NCCL_ENABLE_TIMING": "1"}
+    compiled = probe_kernel["LOCKSTEP_PROBE_COMPILED"] == "1"
     for result in run_ranks(PROBED_GLOO_WITH_NCCL_TIMING, 2, env, tmp_path):
+        assert result["compiled_kernel"] is compiled
         assert result["timing_on"] and not result["hooks"]  # gloo: no hook registered, nothing counted as missing
         assert result["unavailable"] == 0 and result["awaiting"] == 0 and result["pending"] == 0
         by_group: dict[str, list[int]] = {}
         for group, seq, issued, done in result["completed"]:
             by_group.setdefault(group, []).append(seq)
-            untimed = group != "default" and not is_timed(seq)  # an async all-reduce outside the timed sample
+            # an async all-reduce outside the timed sample (the compiled kernel times every one)
+            untimed = group != "default" and not is_timed(seq) and not compiled
             assert issued > 0 and (done == 0.0 if untimed else done >= issued)
         assert sorted(by_group.pop("default")) == list(range(6))  # broadcasts and barriers
         assert [sorted(seqs) for seqs in by_group.values()] == [[0, 1, 2]]  # the subgroup's all-reduces
