@@ -150,11 +150,6 @@ class Probe:
         """A forked child (a DataLoader worker) is not the rank: it sends nothing unless it inits a group."""
         self.sender = None
         self._lock = threading.Lock()
-        self.recorder.flusher = None
-        self.recorder.completed.clear()
-        self.recorder.launches.clear()
-        self.recorder.pending.clear()
-        self.recorder.polled.clear()
         self.recorder.after_fork()
         if self.nccl_timing is not None:
             self.nccl_timing.reset(None)

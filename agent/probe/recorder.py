@@ -245,7 +245,13 @@ class Recorder:
         self.pending.pop((token[0], token[1]), None)
 
     def after_fork(self) -> None:
-        """In a forked child: the parent's thread that held the lock is gone, its queued all-reduces are not ours."""
+        """In a forked child (not the rank): nothing of the parent's is ours to send, poll or flush, and the parent's
+        thread that held the lock is gone."""
+        self.flusher = None
+        self.completed.clear()
+        self.launches.clear()
+        self.pending.clear()
+        self.polled.clear()
         self._taking = threading.Lock()
         if self.compiled is not None:
             self.compiled.after_fork()
