@@ -115,12 +115,11 @@ def wrap_collective(fn: Callable[..., Any], op: Op, data_param: str | None, reco
                     key = timing.expect(group, process_group, token)
         except Exception:
             log.debug("lockstep probe: not recording %s", fn.__name__, exc_info=True)
-        if token is None and below:  # recorded below; the compiled kernel runs no Python: flush here when due
+        if token is None:  # recorded below, not a member of the group, or the arguments puzzled us: just the call
             result = fn(*args, **kwargs)
-            recorder.launched()
+            if below:  # the compiled kernel runs no Python: the flush, when due, runs here
+                recorder.launched()
             return result
-        if token is None:  # not a member of the group, or the arguments puzzled us: just the call
-            return fn(*args, **kwargs)
         try:
             result = fn(*args, **kwargs)
         except BaseException:
