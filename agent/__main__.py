@@ -137,7 +137,7 @@ def run(settings: AgentSettings) -> None:
     """Serve until SIGTERM or SIGINT."""
     runner = CollectorRunner.from_settings(settings)
     host, port = settings.listen_address
-    app = build_app(runner)
+    app = build_app(runner, settings.scrape_ahead_seconds)
     server = serve(app, host, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

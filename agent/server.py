@@ -24,6 +24,7 @@ from agent.collectors.runner import CollectorRunner
 from agent.collectors.ticker import TICKER
 from agent.exposition import negotiate
 from agent.process_metrics import ProcessMetrics
+from agent.scrape_ahead import ConnectionScrapes, Preparer, ScrapeStats
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,17 @@ class Response:
 
 class AgentApp:
     """What the server answers, by path. Ready (`/readyz` 200) once the collectors are started and the first
-    collection ran; `start` and `close` run and stop the collectors."""
+    collection ran; `start` and `close` run and stop the collectors. A connection's `/metrics` answers are made
+    `scrape_ahead_seconds` before its scrapes once they are steady (agent/scrape_ahead.py; 0 = at the scrape)."""
 
-    def __init__(self, runner: CollectorRunner) -> None:
+    def __init__(self, runner: CollectorRunner, scrape_ahead_seconds: float = 0.0) -> None:
         self.runner = runner
+        self.scrape_ahead_seconds = scrape_ahead_seconds
+        self.scrape_stats = ScrapeStats()
+        self._preparer = Preparer()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(runner)
+        self.registry.register(self.scrape_stats)
         try:
             self.registry.register(ProcessMetrics())
         except OSError as error:  # no /proc (or not readable): the agent's own process_* metrics are left out
@@ -62,13 +68,26 @@ class AgentApp:
         log.info("ready: collectors %s", ", ".join(sorted(self.runner.collectors)) or "(none)")
 
     def close(self) -> None:
+        self._preparer.close()
         self.runner.close()
 
-    def respond(self, path: str, accept: str) -> Response:
+    def connection_scrapes(self) -> ConnectionScrapes[Response]:
+        """The `/metrics` answers of a new connection."""
+        return ConnectionScrapes(self.metrics, self._preparer, self.scrape_ahead_seconds, self.scrape_stats)
+
+    def metrics(self, accept: str) -> Response:
+        """`/metrics` collected now, in the format `accept` asks for."""
+        encoder, content_type = negotiate(accept)
+        with TICKER.serving():  # background jobs wait: they would add to the scrape's latency
+            return Response(200, content_type, encoder(self.registry))
+
+    def respond(self, path: str, accept: str, scrapes: ConnectionScrapes[Response] | None = None) -> Response:
+        """The answer to a GET of `path`; `/metrics` through the connection's `scrapes` if given."""
         if path == "/metrics":
-            encoder, content_type = negotiate(accept)
-            with TICKER.serving():  # background jobs wait: they would add to the scrape's latency
-                return Response(200, content_type, encoder(self.registry))
+            if scrapes is None:
+                self.scrape_stats.count("collected")
+                return self.metrics(accept)
+            return scrapes.answer(accept)
         if path == "/api/v1/evidence":
             with TICKER.serving():
                 return Response(200, "application/json", self.runner.evidence().model_dump_json().encode())
@@ -81,15 +100,24 @@ class AgentApp:
         return Response(404, "text/plain; charset=utf-8", b"404: Not Found\n")
 
 
-def build_app(runner: CollectorRunner) -> AgentApp:
+def build_app(runner: CollectorRunner, scrape_ahead_seconds: float = 0.0) -> AgentApp:
     """The application serving `runner`; the server starts its collectors and closes them when it stops."""
-    return AgentApp(runner)
+    return AgentApp(runner, scrape_ahead_seconds)
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a Prometheus connection is one thread for all its scrapes
     timeout = IDLE_CONNECTION_SECONDS
     server: _Server
+    scrapes: ConnectionScrapes[Response]
+
+    def setup(self) -> None:
+        super().setup()
+        self.scrapes = self.server.app.connection_scrapes()
+
+    def finish(self) -> None:
+        self.scrapes.close()
+        super().finish()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._answer(with_body=True)
@@ -99,7 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, with_body: bool) -> None:
         try:
-            response = self.server.app.respond(self.path.partition("?")[0], self.headers.get("Accept", ""))
+            path, accept = self.path.partition("?")[0], self.headers.get("Accept", "")
+            response = self.server.app.respond(path, accept, self.scrapes)
         except Exception:
             log.exception("%s failed", self.path)
             response = Response(500, "text/plain; charset=utf-8", b"500: Internal Server Error\n")

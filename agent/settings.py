@@ -223,6 +223,14 @@ class AgentSettings(BaseModel):
         gt=0,
         description="A collector that takes longer is left out of that scrape (success 0), so none stalls a scrape.",
     )
+    scrape_ahead_seconds: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.25,
+        description="Once a scraper's scrapes are steady (Prometheus), make its next /metrics answer this long before "
+        "the scrape is due, so the scrape does not wait for the collectors; the values are then up to this + 0.05 s "
+        "older. 0 = collect at every scrape.",
+    )
     nvml: NvmlSettings = Field(default_factory=NvmlSettings)
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     host: HostSettings = Field(default_factory=HostSettings)
