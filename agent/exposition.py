@@ -4,9 +4,10 @@ prometheus_client escapes every metric and label name character by character on 
 than reading all the sysfs files of a scrape. Here a name is checked once (cached) and then written as is; only
 label values and HELP texts are escaped; the agent's own families (`agent.families`) are written from their rows,
 and a series whose values did not change since the last scrape is written with the lines it had then (most of a
-node's ~1,400 series: limits, states, error counters at zero). Anything unusual (library histograms, timestamps,
-exemplars, a name that needs escaping, a non-default escaping scheme) goes through prometheus_client itself.
-Tests compare both outputs.
+node's ~1,400 series: limits, states, error counters at zero). Anything unusual (a library histogram, timestamps,
+exemplars, a name that needs escaping, an escaping scheme or format version other than the usual) is left to
+prometheus_client, imported only then: the agent's own families never need it, and the agent process does not load
+the library (agent/families.py). Tests compare both outputs.
 """
 
 from __future__ import annotations
@@ -14,40 +15,61 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
 
-from prometheus_client import exposition
-from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics import exposition as openmetrics
-
-from agent.families import Layout, Row, RowFamily
+from agent.families import Layout, MetricFamily, MetricSource, Row, RowFamily
 
 _LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_PLAIN_ESCAPINGS = (openmetrics.UNDERSCORES, openmetrics.ALLOWUTF8)  # identical output for legacy names
+_ESCAPINGS = frozenset({"allow-utf-8", "underscores", "dots", "values"})  # any other is taken as underscores
+_PLAIN_ESCAPINGS = ("underscores", "allow-utf-8")  # identical output for legacy names
 _FAST_TYPES = frozenset({"counter", "gauge", "unknown"})
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
+TEXT_1 = "text/plain; version=1.0.0; charset=utf-8"
 
-Encoder = Callable[["MetricSource"], bytes]
-
-
-class MetricSource(Protocol):
-    def collect(self) -> Iterable[Metric]: ...
+Encoder = Callable[[MetricSource], bytes]
 
 
 def negotiate(accept: str) -> tuple[Encoder, str]:
-    """The encoder and content type for an Accept header (prometheus_client's negotiation)."""
-    encoder, content_type = exposition.choose_encoder(accept)
-    func = getattr(encoder, "func", encoder)
-    keywords = getattr(encoder, "keywords", {})
-    if (
-        keywords.get("escaping", openmetrics.UNDERSCORES) in _PLAIN_ESCAPINGS
-        and keywords.get("version", "1.0.0") == "1.0.0"
-    ):
-        if func is exposition.generate_latest:
-            return encode_text, content_type
-        if func is openmetrics.generate_latest:
-            return encode_openmetrics, content_type
-    return encoder, content_type
+    """The encoder and content type for an Accept header: prometheus_client's choice (the first OpenMetrics or
+    text/plain of version >= 1.0.0 listed, else text 0.0.4), with the same content types."""
+    for accepted in accept.split(","):
+        media, *parameters = (token.strip() for token in accepted.split(";"))
+        if media not in ("application/openmetrics-text", "text/plain"):
+            continue
+        options: dict[str, str] = {}
+        for key, _, value in (parameter.partition("=") for parameter in parameters if "=" in parameter):
+            options.setdefault(key, value)
+        version, escaping = options.get("version", ""), options.get("escaping", "underscores")
+        escaping = escaping if escaping in _ESCAPINGS else "underscores"
+        if media == "application/openmetrics-text" and not version:
+            return encode_openmetrics, OPENMETRICS
+        if not version or _version(version) < (1, 0, 0):
+            continue
+        if escaping not in _PLAIN_ESCAPINGS or (media == "application/openmetrics-text" and version != "1.0.0"):
+            return _library_encoder(media, version, escaping)
+        if media == "application/openmetrics-text":
+            return encode_openmetrics, f"{OPENMETRICS}; escaping={escaping}"
+        return encode_text, f"{TEXT_1}; escaping={escaping}"
+    return encode_text, TEXT
+
+
+def _version(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return (0,)
+
+
+def _library_encoder(media: str, version: str, escaping: str) -> tuple[Encoder, str]:
+    """prometheus_client's encoder for an escaping or version the fast encoders do not write; where the library is
+    left out (the agent process), the format the fast encoders write instead: a server answers what it has."""
+    try:
+        from prometheus_client import exposition  # noqa: PLC0415 - see the module docstring
+    except ImportError:
+        return (encode_openmetrics, OPENMETRICS) if media == "application/openmetrics-text" else (encode_text, TEXT)
+    encoder, content_type = exposition.choose_encoder(f"{media};version={version};escaping={escaping}")
+    return encoder, content_type  # type: ignore[return-value]  # takes any collect()-able source
 
 
 def encode_text(source: MetricSource) -> bytes:
@@ -56,7 +78,7 @@ def encode_text(source: MetricSource) -> bytes:
     for metric in source.collect():
         lines = _plain_lines(metric)
         if lines is None:
-            output.append(exposition.generate_latest(_One(metric)).decode())
+            output.append(_library_text(metric))
             continue
         exposed = metric.name + "_total" if metric.type == "counter" else metric.name
         kind = "untyped" if metric.type == "unknown" else metric.type
@@ -72,7 +94,7 @@ def encode_openmetrics(source: MetricSource) -> bytes:
     for metric in source.collect():
         lines = _plain_lines(metric)
         if lines is None:
-            output.append(openmetrics.generate_latest(_One(metric)).decode().removesuffix("# EOF\n"))
+            output.append(_library_openmetrics(metric))
             continue
         output.append(
             f"# HELP {metric.name} {_escape(metric.documentation)}\n# TYPE {metric.name} {metric.type}\n"
@@ -84,7 +106,19 @@ def encode_openmetrics(source: MetricSource) -> bytes:
     return "".join(output).encode()
 
 
-def _plain_lines(metric: Metric) -> list[str] | None:
+def _library_text(metric: MetricFamily) -> str:
+    from prometheus_client import exposition  # noqa: PLC0415 - see the module docstring
+
+    return exposition.generate_latest(_One(metric)).decode()  # type: ignore[arg-type]
+
+
+def _library_openmetrics(metric: MetricFamily) -> str:
+    from prometheus_client.openmetrics import exposition  # noqa: PLC0415 - see the module docstring
+
+    return exposition.generate_latest(_One(metric)).decode().removesuffix("# EOF\n")
+
+
+def _plain_lines(metric: MetricFamily) -> list[str] | None:
     """The family's sample lines written directly, or None where that would not be exactly prometheus_client's
     output (leave it to the library)."""
     if not _legacy_name(metric.name):
@@ -211,8 +245,8 @@ def _escape(value: str) -> str:
 class _One:
     """One family as a registry, for prometheus_client's encoders."""
 
-    def __init__(self, metric: Metric) -> None:
+    def __init__(self, metric: MetricFamily) -> None:
         self._metric = metric
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[MetricFamily]:
         return [self._metric]

@@ -1,11 +1,13 @@
 """Gauge, counter and histogram families for the collectors, kept as rows until they are written.
 
-They are prometheus_client `Metric`s (same names, types, help, samples; `add_metric` as in GaugeMetricFamily,
-CounterMetricFamily and HistogramMetricFamily), so the library and the tests read them as usual. What they save
-is the per-sample work a scrape of ~1,400 series repeats every second: prometheus_client builds a `Sample` with a
-label dict for every sample, and the encoder takes it apart again. Here `add_metric` appends one row (label values,
-and the values of the series' samples in the order of `layout`), and `agent.exposition` writes the rows directly,
-with each series' `name{labels} ` prefixes cached across scrapes. `samples` is built on demand for everyone else.
+They look like prometheus_client's `Metric` (name, documentation, type, unit, samples; `add_metric` as in
+GaugeMetricFamily, CounterMetricFamily and HistogramMetricFamily), so tests read them as usual, but the agent does
+not import prometheus_client at all: the library's package loads its push-gateway and TLS-server modules, and with
+them OpenSSL (~4.8 MB of the agent's RSS; see agent/__main__.py). What they save is the per-sample work a scrape of
+~1,400 series repeats every second: prometheus_client builds a `Sample` with a label dict for every sample, and the
+encoder takes it apart again. Here `add_metric` appends one row (label values, and the values of the series' samples
+in the order of `layout`), and `agent.exposition` writes the rows directly, with each series' `name{labels} `
+prefixes cached across scrapes. `samples` is built on demand for everyone else.
 
 Values are kept as floats, a zero always as 0.0 (`value + 0.0` turns -0.0 into 0.0; Prometheus reads both as the
 same zero): equal rows then always have the same text, so the encoder can reuse a family's lines.
@@ -13,25 +15,86 @@ same zero): equal rows then always have the same text, so the encoder can reuse 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from prometheus_client.metrics_core import Metric
-from prometheus_client.samples import Sample
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 Layout = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # per sample of a series: its name, its extra labels
 Row = tuple[tuple[str, ...], Sequence[float]]  # label values, the values of the series' samples
 
+METRIC_TYPES = frozenset({"counter", "gauge", "summary", "histogram", "gaugehistogram", "unknown", "info", "stateset"})
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
-class RowFamily(Metric):
+
+class Sample(NamedTuple):
+    """One sample, as prometheus_client's `Sample` (equal to it field for field)."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+    timestamp: Any = None
+    exemplar: Any = None
+    native_histogram: Any = None
+
+
+class MetricFamily(Protocol):
+    """What the agent's collectors return and its encoder writes: a family of samples (prometheus_client's
+    `Metric` has this shape too, so tests may hand in the library's families)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def documentation(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def unit(self) -> str: ...
+    @property
+    def samples(self) -> Sequence[Any]: ...
+
+
+class MetricSource(Protocol):
+    """A collector, or a registry of them."""
+
+    def collect(self) -> Iterable[MetricFamily]: ...
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_name(name: str, kind: str, unit: str) -> tuple[str, str]:
+    """The family's name (with its unit appended, as prometheus_client does) and type, checked once per family."""
+    if unit and not name.endswith("_" + unit):
+        name += "_" + unit
+    if not _METRIC_NAME.match(name):
+        raise ValueError(f"invalid metric name {name!r}")
+    kind = "unknown" if kind == "untyped" else kind
+    if kind not in METRIC_TYPES:
+        raise ValueError(f"invalid metric type {kind!r}")
+    return name, kind
+
+
+class SampleFamily:
+    """A family that holds its samples as a list (e.g. two collectors' families of one name, merged)."""
+
+    def __init__(self, name: str, documentation: str, kind: str, unit: str = "") -> None:
+        self.name, self.type = _checked_name(name, kind, unit)
+        self.documentation = documentation
+        self.unit = unit
+        self.samples: list[Any] = []
+
+
+class RowFamily:
     """A family whose series all have the samples of `layout`; `rows` holds one row per series."""
 
     def __init__(self, name: str, documentation: str, kind: str, labels: Sequence[str], unit: str = "") -> None:
-        super().__init__(name, documentation, kind, unit)
+        self.name, self.type = _checked_name(name, kind, unit)
+        self.documentation = documentation
+        self.unit = unit
         self.label_names = tuple(labels)
         self.layout: Layout = ()
         self.rows: list[Row] = []
 
-    @property  # a view of `rows` where Metric has a plain list
+    @property  # a view of `rows` where prometheus_client's Metric has a plain list
     def samples(self) -> list[Sample]:
         samples: list[Sample] = []
         for labels, values in self.rows:
@@ -44,8 +107,7 @@ class RowFamily(Metric):
 
     @samples.setter
     def samples(self, samples: list[Sample]) -> None:
-        if samples:  # Metric.__init__ assigns [] once; anything else would be lost silently
-            raise TypeError(f"{type(self).__name__} keeps rows: add samples with add_metric")
+        raise TypeError(f"{type(self).__name__} keeps rows: add samples with add_metric")
 
 
 class Family(RowFamily):

@@ -11,18 +11,17 @@ texts and values as prometheus_client's collector (tests compare them).
 from __future__ import annotations
 
 import os
+import platform
 import resource
 from collections.abc import Iterable
 
-from prometheus_client.metrics_core import Metric
-
-from agent.families import CounterFamily, GaugeFamily
+from agent.families import CounterFamily, GaugeFamily, MetricFamily
 
 _PAGE_BYTES = resource.getpagesize()
 
 
 class ProcessMetrics:
-    """prometheus_client Collector of this process's CPU time, memory, start time and file descriptors."""
+    """Collector of this process's CPU time, memory, start time and file descriptors."""
 
     def __init__(self, proc: str = "/proc") -> None:
         self._proc_self = f"{proc}/self"
@@ -43,7 +42,7 @@ class ProcessMetrics:
         counted = os.stat(f"{self._proc_self}/fd").st_size  # the number of open fds since Linux 6.2, else 0
         return counted if counted > 0 else len(os.listdir(f"{self._proc_self}/fd"))
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[MetricFamily]:
         fields = self._fields()
         virtual = GaugeFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.")
         virtual.add_metric([], float(fields[20]))
@@ -61,6 +60,16 @@ class ProcessMetrics:
         max_fds = GaugeFamily("process_max_fds", "Maximum number of open file descriptors.")
         max_fds.add_metric([], float(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
         return [virtual, resident, start, cpu, open_fds, max_fds]
+
+
+def python_info() -> GaugeFamily:
+    """`python_info`, as prometheus_client's PlatformCollector exports it."""
+    major, minor, patchlevel = platform.python_version_tuple()
+    info = GaugeFamily(
+        "python_info", "Python platform information", ["version", "implementation", "major", "minor", "patchlevel"]
+    )
+    info.add_metric([platform.python_version(), platform.python_implementation(), major, minor, patchlevel], 1.0)
+    return info
 
 
 def _boot_time_seconds(proc: str) -> float:

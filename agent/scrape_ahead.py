@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Generic, Protocol, TypeVar
 
-from prometheus_client.metrics_core import Metric
-
-from agent.families import CounterFamily
+from agent.families import CounterFamily, MetricFamily
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +94,7 @@ class ScrapeStats:
         with self._lock:
             setattr(self, field, getattr(self, field) + 1)
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[MetricFamily]:
         scrapes = CounterFamily(
             "lockstep_agent_scrapes_total",
             "/metrics answers by how they were made: 'prepared' ahead of a steady scraper's scrape, or 'collected' "

@@ -14,16 +14,15 @@ import os
 import selectors
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-from prometheus_client import CollectorRegistry
-from prometheus_client.platform_collector import PlatformCollector
 
 from agent.collectors.runner import CollectorRunner
 from agent.collectors.ticker import TICKER
 from agent.exposition import negotiate
-from agent.process_metrics import ProcessMetrics
+from agent.families import MetricFamily, MetricSource
+from agent.process_metrics import ProcessMetrics, python_info
 from agent.scrape_ahead import ConnectionScrapes, Preparer, ScrapeStats
 
 log = logging.getLogger(__name__)
@@ -48,14 +47,12 @@ class AgentApp:
         self.scrape_ahead_seconds = scrape_ahead_seconds
         self.scrape_stats = ScrapeStats()
         self._preparer = Preparer()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(runner)
-        self.registry.register(self.scrape_stats)
+        self.registry = Registry([runner, self.scrape_stats])
         try:
-            self.registry.register(ProcessMetrics())
+            self.registry.sources.append(ProcessMetrics())
         except OSError as error:  # no /proc (or not readable): the agent's own process_* metrics are left out
             log.warning("process_* metrics left out: %s", error)
-        PlatformCollector(registry=self.registry)
+        self.registry.sources.append(_Static([python_info()]))
         self.ready = threading.Event()
 
     def start(self) -> None:
@@ -98,6 +95,25 @@ class AgentApp:
                 return Response(200, "text/plain; charset=utf-8", b"ready\n")
             return Response(503, "text/plain; charset=utf-8", b"starting: first collection not done\n")
         return Response(404, "text/plain; charset=utf-8", b"404: Not Found\n")
+
+
+class Registry:
+    """The families of every source, in order: what `/metrics` serves."""
+
+    def __init__(self, sources: list[MetricSource]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[MetricFamily]:
+        for source in self.sources:
+            yield from source.collect()
+
+
+@dataclass(frozen=True)
+class _Static:
+    families: list[MetricFamily]
+
+    def collect(self) -> list[MetricFamily]:
+        return self.families
 
 
 def build_app(runner: CollectorRunner, scrape_ahead_seconds: float = 0.0) -> AgentApp:

@@ -6,9 +6,8 @@ import abc
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
-from prometheus_client.metrics_core import Metric
-
 from agent.evidence import EvidencePart
+from agent.families import MetricFamily
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings
@@ -38,7 +37,7 @@ class Collector(abc.ABC):
         """Build the collector from the agent's settings (its own section is `settings.<name>`)."""
 
     @abc.abstractmethod
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[MetricFamily]:
         """Return this collector's metric families, built now."""
 
     def evidence(self) -> EvidencePart | None:

@@ -18,7 +18,6 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client.metrics_core import Metric
 
 from agent.backends import cgroup, process_activity
 from agent.backends.probe_socket import Datagram, ProbeSocket
@@ -28,7 +27,7 @@ from agent.collectors.rank_window import PERIOD_REUSE_SECONDS, WAIT_BUCKETS_SECO
 from agent.collectors.ticker import TICKER
 from agent.collectors.trust import Trust
 from agent.evidence import EvidencePart
-from agent.families import CounterFamily, GaugeFamily, HistogramFamily
+from agent.families import CounterFamily, GaugeFamily, HistogramFamily, MetricFamily
 from agent.probe import wire
 from agent.probe.identity import Identity
 from agent.settings import CollectiveSettings
@@ -283,7 +282,7 @@ class CollectiveState:
         sender = self.senders.get(key[:2])
         return sender.dropped_total if sender else 0
 
-    def metrics(self) -> list[Metric]:
+    def metrics(self) -> list[MetricFamily]:
         labels = ["job", "rank", "process_group"]
         op_labels = [*labels, "op"]
         collectives = CounterFamily(
@@ -406,7 +405,7 @@ class CollectiveCollector(Collector):
             self._socket.close()
             self._socket = None
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[MetricFamily]:
         return self.state.metrics()
 
     def evidence(self) -> EvidencePart:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client.metrics_core import Metric
 
 from agent.backends.procfs import Procfs, ProcfsError, TcpSegments
 from agent.backends.sockdiag import SockDiag, SockDiagError
@@ -29,7 +28,7 @@ from agent.collectors.send_rtt import SendRtt
 from agent.collectors.ticker import TICKER
 from agent.collectors.window import RollingWindow
 from agent.evidence import EvidencePart, HostEvidence, TcpPath
-from agent.families import CounterFamily, GaugeFamily
+from agent.families import CounterFamily, GaugeFamily, MetricFamily
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings
@@ -85,7 +84,7 @@ class HostCollector(Collector):
         if self.sock_diag is not None:
             self.sock_diag.close()
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[MetricFamily]:
         tcp = self._read_tcp()
         out = CounterFamily(
             "lockstep_host_tcp_out_segments",
@@ -97,7 +96,7 @@ class HostCollector(Collector):
         )
         out.add_metric([], float(tcp.out_segments))
         retransmitted.add_metric([], float(tcp.retransmitted_segments))
-        families: list[Metric] = [out, retransmitted, *self._send_rtt_families()]
+        families: list[MetricFamily] = [out, retransmitted, *self._send_rtt_families()]
         try:
             boot_id = self.procfs.boot_id()
         except ProcfsError as error:
@@ -148,7 +147,7 @@ class HostCollector(Collector):
         except SockDiagError as error:
             self.read_errors.note("sock_diag", str(error))
 
-    def _send_rtt_families(self) -> list[Metric]:
+    def _send_rtt_families(self) -> list[MetricFamily]:
         paths = self._paths()
         if not paths:
             return []

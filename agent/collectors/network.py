@@ -13,14 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from prometheus_client.metrics_core import Metric
-
 from agent.backends.sysfs import InterfaceReading, RdmaPortReading, ReadProblem, SysfsNet
 from agent.collectors.base import Collector
 from agent.collectors.read_errors import ReadErrors
 from agent.collectors.window import Reading, RollingWindow
 from agent.evidence import EvidencePart, HardSignal, HardSignalKind, NicEvidence
-from agent.families import CounterFamily, GaugeFamily
+from agent.families import CounterFamily, GaugeFamily, MetricFamily
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings
@@ -174,7 +172,7 @@ class NetworkCollector(Collector):
     def close(self) -> None:
         self.sysfs.close()
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[MetricFamily]:
         interfaces, ports = self._read()
         yield from _interface_families(interfaces)
         yield from _rdma_families(ports)
@@ -344,7 +342,7 @@ def _port_kind(reading: RdmaPortReading) -> NicKind:
     return "roce" if reading.link_layer == "Ethernet" else "infiniband"
 
 
-def _interface_families(interfaces: list[InterfaceReading]) -> Iterable[Metric]:
+def _interface_families(interfaces: list[InterfaceReading]) -> Iterable[MetricFamily]:
     labels = ["interface"]
     counters = {stat: CounterFamily(name, help_, labels=labels) for stat, (name, help_) in NET_COUNTERS.items()}
     carrier_changes = CounterFamily(
@@ -378,7 +376,7 @@ def _interface_families(interfaces: list[InterfaceReading]) -> Iterable[Metric]:
     return [*counters.values(), carrier_changes, speed, mtu, up, info]
 
 
-def _rdma_families(ports: list[RdmaPortReading]) -> Iterable[Metric]:
+def _rdma_families(ports: list[RdmaPortReading]) -> Iterable[MetricFamily]:
     labels = ["device", "port"]
     named = {
         file: (CounterFamily(name, help_, labels=labels), factor)

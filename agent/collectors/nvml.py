@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client.metrics_core import Metric
-
 from agent.backends.nvml import (
     CLOCK_EVENT_REASONS,
     GpuBackend,
@@ -32,7 +30,7 @@ from agent.backends.nvml import (
 )
 from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import EvidencePart, GpuEvidence, HardSignal, HardSignalKind
-from agent.families import CounterFamily, Family, GaugeFamily, Row
+from agent.families import CounterFamily, Family, GaugeFamily, MetricFamily, Row
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings, NvmlSettings
@@ -502,7 +500,7 @@ class NvmlCollector(Collector):
         ]
         return EvidencePart(gpus=gpus, hard_signals=reading.signals)
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[MetricFamily]:
         reading = self._refresh()
         count = GaugeFamily(
             "lockstep_gpus",
@@ -567,7 +565,7 @@ class NvmlCollector(Collector):
                 _add(rx, labels, sample.rx_bytes_per_second)
         return [tx, rx]
 
-    def _xid_families(self) -> list[Metric]:
+    def _xid_families(self) -> list[MetricFamily]:
         xids = CounterFamily(
             "lockstep_gpu_xid_errors",
             "XID events by code since the agent started (nvmlEventSetWait, nvmlEventTypeXidCriticalError).",
@@ -577,7 +575,7 @@ class NvmlCollector(Collector):
             xids.add_metric([str(index), uuid, str(code)], total)
         return [xids]
 
-    def _error_family(self) -> Metric:
+    def _error_family(self) -> MetricFamily:
         errors = CounterFamily(
             "lockstep_nvml_call_errors",
             "NVML calls that failed with an unexpected error; the field was left out (pynvml NVMLError).",

@@ -30,7 +30,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client.metrics_core import Metric
 
 from agent.backends.nic_bytes import ByteCounters, NativeSampler, counts, interfaces, native_sampler, read_all
 from agent.collectors.base import Collector
@@ -38,7 +37,7 @@ from agent.collectors.order_stats import median
 from agent.collectors.period_estimate import TrafficPattern, estimate
 from agent.collectors.ticker import TICKER
 from agent.evidence import EvidencePart, TrafficPeriodicity
-from agent.families import GaugeFamily
+from agent.families import GaugeFamily, MetricFamily
 from agent.settings import PeriodicitySettings
 
 if TYPE_CHECKING:
@@ -321,7 +320,7 @@ class PeriodicityCollector(Collector):
             ]
         )
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[MetricFamily]:
         source = "from rx_bytes+tx_bytes in /sys/class/net/<interface>/statistics sampled at >= 10 Hz"
         period = GaugeFamily(
             "lockstep_traffic_period_seconds", f"Dominant period of the traffic bursts, s, {source}; absent when aperiodic.",

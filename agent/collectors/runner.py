@@ -17,13 +17,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client.metrics_core import Metric
-
 from agent import __version__
 from agent.collectors import COLLECTORS, CollectorSpec
 from agent.collectors.base import Collector, SourceUnavailable
 from agent.evidence import Evidence, EvidencePart
-from agent.families import GaugeFamily
+from agent.families import GaugeFamily, MetricFamily, SampleFamily
 from agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -210,7 +208,7 @@ class CollectorRunner:
             except Exception:
                 log.exception("collector %s failed to close", name)
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[MetricFamily]:
         """prometheus_client Collector interface: every collector's families plus success and duration."""
         outcomes = self._run_all(self._collect_calls, lambda c: list(c.collect()))
         success = GaugeFamily(
@@ -223,7 +221,7 @@ class CollectorRunner:
             "How long the collector's run took (the timeout if it did not finish), s.",
             labels=["collector"],
         )
-        families: dict[str, Metric] = {}
+        families: dict[str, MetricFamily] = {}
         for name, outcome in outcomes.items():
             success.add_metric([name], 1.0 if outcome.succeeded else 0.0)
             duration.add_metric([name], outcome.duration_seconds)
@@ -324,7 +322,7 @@ class CollectorRunner:
         self.broken = sorted({*self.broken, name})
 
 
-def _merge_into(families: dict[str, Metric], family: Metric) -> None:
+def _merge_into(families: dict[str, MetricFamily], family: MetricFamily) -> None:
     """Add `family` to `families`; one of the same name (e.g. read errors of two collectors) gets its samples.
 
     The merged family is a copy: a collector's result may be shared by two concurrent scrapes.
@@ -333,7 +331,7 @@ def _merge_into(families: dict[str, Metric], family: Metric) -> None:
     if existing is None:
         families[family.name] = family
         return
-    merged = Metric(existing.name, existing.documentation, existing.type, existing.unit)
+    merged = SampleFamily(existing.name, existing.documentation, existing.type, existing.unit)
     merged.samples = [*existing.samples, *family.samples]
     families[family.name] = merged
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+import sys
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, exposition
@@ -21,7 +22,7 @@ from agent.backends.procfs import Procfs
 from agent.backends.sysfs import SysfsNet
 from agent.collectors.host import HostCollector
 from agent.collectors.network import NetworkCollector
-from agent.exposition import encode_openmetrics, encode_text, go_float, negotiate
+from agent.exposition import OPENMETRICS, TEXT, encode_openmetrics, encode_text, go_float, negotiate
 from agent.families import CounterFamily, GaugeFamily, HistogramFamily
 from tests.agent.conftest import PROCFS_GPU_NODE, SYSFS_GPU_NODE
 
@@ -163,3 +164,30 @@ def test_prometheus_servers_accept_header_gets_the_fast_openmetrics_encoder() ->
     assert negotiate("")[0] is encode_text
     dots, _ = negotiate("application/openmetrics-text;version=1.0.0;escaping=dots")
     assert dots not in (encode_text, encode_openmetrics), "other escapings go through prometheus_client"
+
+
+ACCEPT_HEADERS = [
+    "", "*/*", "text/plain", "text/plain;version=0.0.4", "text/plain;version=1.0.0",
+    "text/plain; version=1.0.0; escaping=allow-utf-8", "text/plain;version=1.0.0;escaping=values",
+    "application/openmetrics-text", "application/openmetrics-text;version=1.0.0",
+    "application/openmetrics-text;version=0.0.1,text/plain;version=0.0.4",
+    "application/openmetrics-text;version=1.0.0;escaping=dots", "application/openmetrics-text;version=2.0.0",
+    "application/openmetrics-text;version=1.0.0;escaping=bogus", "application/openmetrics-text; version=1.1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("accept", ACCEPT_HEADERS)
+def test_negotiation_picks_what_prometheus_client_picks(accept: str) -> None:
+    encoder, content_type = negotiate(accept)
+    library_encoder, library_content_type = exposition.choose_encoder(accept)
+    assert content_type == library_content_type
+    source = Frozen(awkward_families())
+    assert encoder(source) == library_encoder(source)  # type: ignore[arg-type]
+
+
+def test_without_prometheus_client_an_unusual_accept_gets_the_format_the_agent_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as in the agent process (agent/__main__.py)
+    assert negotiate("application/openmetrics-text;version=2.0.0") == (encode_openmetrics, OPENMETRICS)
+    assert negotiate("text/plain;version=1.0.0;escaping=dots") == (encode_text, TEXT)

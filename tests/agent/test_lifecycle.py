@@ -1,4 +1,5 @@
-"""The agent process: starts, becomes ready, serves evidence, stops cleanly on SIGTERM (how Kubernetes stops a pod)."""
+"""The agent process: starts, becomes ready, serves evidence and metrics without loading OpenSSL, stops cleanly on
+SIGTERM (how Kubernetes stops a pod)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import subprocess
 from pathlib import Path
 
 from agent.evidence import Evidence
+from agent.exposition import OPENMETRICS
 from tests.agent.conftest import PROCFS_GPU_NODE, SYSFS_GPU_NODE, free_port, http_get, wait_until
+
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 
 def test_the_agent_becomes_ready_and_exits_0_on_sigterm(
@@ -40,6 +47,13 @@ def test_the_agent_becomes_ready_and_exits_0_on_sigterm(
         assert {nic.name for nic in evidence.nics} >= {"mlx5_0/1", "mlx5_1/1", "ens1f0np0"}
         assert evidence.host is not None and evidence.host.window_seconds > 0, "rates since the first collection"
         assert evidence.collectors["network"] and evidence.collectors["host"]
+        status, content_type, metrics = http_get(f"http://127.0.0.1:{port}/metrics", accept=PROMETHEUS_ACCEPT)
+        assert status == 200 and content_type.startswith("application/openmetrics-text") and metrics.endswith("# EOF\n")
+        dots = "application/openmetrics-text;version=1.0.0;escaping=dots"  # prometheus_client's encoder elsewhere
+        status, content_type, _ = http_get(f"http://127.0.0.1:{port}/metrics", accept=dots)
+        assert (status, content_type) == (200, OPENMETRICS), "without the library: the format the agent writes"
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libssl" not in maps and "libcrypto" not in maps, "the agent process leaves OpenSSL out"
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     finally:
@@ -55,7 +69,7 @@ def test_numpy_starts_no_blas_threads_in_the_agent(subprocess_env: dict[str, str
     env = {k: v for k, v in subprocess_env.items() if k != "OPENBLAS_NUM_THREADS"}
     plain = subprocess.run([python, "-c", count], env=env, capture_output=True, text=True, check=True)
     agent = subprocess.run(
-        [python, "-c", f"from agent.__main__ import _single_threaded_blas; _single_threaded_blas(); {count}"],
+        [python, "-c", f"from agent.cli import _single_threaded_blas; _single_threaded_blas(); {count}"],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert int(agent.stdout) == 1, "the agent's numpy runs on the thread that calls it"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
+from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from agent.process_metrics import ProcessMetrics
+from agent.process_metrics import ProcessMetrics, python_info
 
 
 def values(collector: object) -> dict[str, tuple[str, float]]:
@@ -47,3 +48,9 @@ def test_open_fds_are_counted_as_they_change() -> None:
         assert values(ours)["process_open_fds"][1] == before
     finally:
         ours.close()
+
+
+def test_python_info_says_what_prometheus_clients_platform_collector_says() -> None:
+    theirs = {(s.name, tuple(sorted(s.labels.items())), s.value) for m in PlatformCollector(registry=None).collect() for s in m.samples}
+    mine = {(s.name, tuple(sorted(s.labels.items())), s.value) for s in python_info().samples}
+    assert mine == theirs

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from agent.__main__ import SettingsError, build_parser, settings_from_args
+from agent.cli import SettingsError, build_parser, settings_from_args
 from agent.settings import AgentSettings
 
 
