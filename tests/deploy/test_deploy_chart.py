@@ -24,7 +24,7 @@ from deploy_support import (
     render,
 )
 
-from agent import __main__ as agent_main
+from agent import cli as agent_cli
 from agent.settings import load_settings
 from controller import __main__ as controller_main
 from controller import settings as controller_settings
@@ -415,7 +415,7 @@ def test_the_daemons_accept_the_flags_the_chart_passes() -> None:
         a.replace("$(NODE_NAME)", "gpu-1")
         for a in daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
     ]
-    parsed = agent_main.build_parser().parse_args(agent_args)
+    parsed = agent_cli.build_parser().parse_args(agent_args)
     assert (
         parsed.config == Path("/etc/lockstep/agent.yaml") or str(parsed.config) == "/etc/lockstep/agent.yaml"
     )
