@@ -183,10 +183,11 @@ class ConnectionScrapes(Generic[A]):
                 prepared = _Prepared(started, accept, answer)
         except Exception:  # the scrape then collects and answers (or reports) it itself
             log.exception("preparing the answer to the next scrape failed; the scrape collects instead")
-        with self._lock:
-            self._prepared = prepared
-            self._preparing = None
-        preparing.set()
+        finally:  # a scrape waiting for this preparation is let go whatever happened
+            with self._lock:
+                self._prepared = prepared
+                self._preparing = None
+            preparing.set()
 
     def close(self) -> None:
         """The connection closed: nothing more is prepared for it."""
@@ -229,7 +230,10 @@ class Preparer:
 
     def _loop(self) -> None:
         while (scrapes := self._next()) is not None:
-            scrapes.prepare()
+            try:
+                scrapes.prepare()
+            except Exception:  # one connection's failure must not end the others' preparations
+                log.exception("scrape-ahead: preparing an answer failed")
 
     def _next(self) -> ConnectionScrapes[Any] | None:
         """Wait for the next preparation due; None once closed."""
