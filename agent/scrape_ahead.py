@@ -82,7 +82,7 @@ class _Prepared(Generic[A]):
 
 
 class ScrapeStats:
-    """How scrapes were answered, for `/metrics` itself (a prometheus_client collector)."""
+    """How scrapes were answered, for `/metrics` itself (a metric source of the server's registry)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -2,9 +2,11 @@
 
 `build_app` takes a CollectorRunner, so tests can serve any collectors in-process; `serve` binds it and returns
 the bound port (port 0 picks a free one). The standard library's threading HTTP server, not aiohttp: the agent
-answers a scrape and an evidence pull every few seconds, and aiohttp with asyncio cost ~10 MB of its RSS budget
-(prometheus_client loads http.server anyway). Each connection has its own thread, so collector work never
-blocks another request.
+answers a scrape and an evidence pull every few seconds, and aiohttp with asyncio cost ~10 MB of its RSS budget.
+Each connection has its own thread, so collector work never blocks another request, and its own `/metrics`
+answers, made ahead of its scrapes once they are steady (agent/scrape_ahead.py). `/metrics` serves the `Registry`:
+the runner's families, how scrapes were answered, `process_*` and `python_info`, without prometheus_client (whose
+package loads OpenSSL; see agent/__main__.py).
 """
 
 from __future__ import annotations

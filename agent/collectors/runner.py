@@ -3,7 +3,7 @@
 Built from the collector table (`agent.collectors.COLLECTORS`) or from collector instances (tests). The
 collectors run one after another in a worker thread, each with the same deadline, so one that raises or hangs costs
 only its own samples and sets `lockstep_collector_success{collector}` to 0: the ones after a collector that runs
-longer than the stagger move on to another worker. Registered on a private CollectorRegistry by the server.
+longer than the stagger move on to another worker. One of the sources of the server's registry (agent/server.py).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def _timed(fn: Callable[[], object]) -> Outcome:
 
 
 class CollectorRunner:
-    """All collectors of one agent, behind prometheus_client's `Collector.collect()` and an `evidence()` call.
+    """All collectors of one agent, behind a `collect()` of metric families and an `evidence()` call.
 
     `broken` names collectors that are switched on but could not be built (missing module, failing
     constructor): they are reported with success 0 and never run.
@@ -209,7 +209,7 @@ class CollectorRunner:
                 log.exception("collector %s failed to close", name)
 
     def collect(self) -> Iterator[MetricFamily]:
-        """prometheus_client Collector interface: every collector's families plus success and duration."""
+        """Every collector's families plus success and duration (a metric source of the server's registry)."""
         outcomes = self._run_all(self._collect_calls, lambda c: list(c.collect()))
         success = GaugeFamily(
             "lockstep_collector_success",
