@@ -16,9 +16,8 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 
-from agent.families import Layout, MetricFamily, MetricSource, Row, RowFamily
+from agent.families import Layout, MetricFamily, MetricSource, Row, RowFamily, legacy_name
 
-_LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _ESCAPINGS = frozenset({"allow-utf-8", "underscores", "dots", "values"})  # any other is taken as underscores
 _PLAIN_ESCAPINGS = ("underscores", "allow-utf-8")  # identical output for legacy names
@@ -121,7 +120,7 @@ def _library_openmetrics(metric: MetricFamily) -> str:
 def _plain_lines(metric: MetricFamily) -> list[str] | None:
     """The family's sample lines written directly, or None where that would not be exactly prometheus_client's
     output (leave it to the library)."""
-    if not _legacy_name(metric.name):
+    if not legacy_name(metric.name):
         return None
     if isinstance(metric, RowFamily):
         return _row_lines(metric)
@@ -226,11 +225,6 @@ def _prefix(name: str, labels: tuple[tuple[str, str], ...]) -> str:
     if labels:
         return name + "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels)) + "} "
     return name + " "
-
-
-@functools.lru_cache(maxsize=4096)
-def _legacy_name(name: str) -> bool:
-    return _LEGACY_NAME.match(name) is not None
 
 
 @functools.lru_cache(maxsize=1024)

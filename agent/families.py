@@ -24,7 +24,7 @@ Layout = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # per sample of a 
 Row = tuple[tuple[str, ...], Sequence[float]]  # label values, the values of the series' samples
 
 METRIC_TYPES = frozenset({"counter", "gauge", "summary", "histogram", "gaugehistogram", "unknown", "info", "stateset"})
-_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")  # a name written as is, in every format and escaping
 
 
 class Sample(NamedTuple):
@@ -61,11 +61,17 @@ class MetricSource(Protocol):
 
 
 @functools.lru_cache(maxsize=4096)
+def legacy_name(name: str) -> bool:
+    """True if `name` is a metric name of the classic character set (no escaping needed anywhere)."""
+    return _LEGACY_NAME.match(name) is not None
+
+
+@functools.lru_cache(maxsize=4096)
 def _checked_name(name: str, kind: str, unit: str) -> tuple[str, str]:
     """The family's name (with its unit appended, as prometheus_client does) and type, checked once per family."""
     if unit and not name.endswith("_" + unit):
         name += "_" + unit
-    if not _METRIC_NAME.match(name):
+    if not legacy_name(name):
         raise ValueError(f"invalid metric name {name!r}")
     kind = "unknown" if kind == "untyped" else kind
     if kind not in METRIC_TYPES:

@@ -49,12 +49,13 @@ class AgentApp:
         self.scrape_ahead_seconds = scrape_ahead_seconds
         self.scrape_stats = ScrapeStats()
         self._preparer = Preparer()
-        self.registry = Registry([runner, self.scrape_stats])
+        sources: list[MetricSource] = [runner, self.scrape_stats]
         try:
-            self.registry.sources.append(ProcessMetrics())
+            sources.append(ProcessMetrics())
         except OSError as error:  # no /proc (or not readable): the agent's own process_* metrics are left out
             log.warning("process_* metrics left out: %s", error)
-        self.registry.sources.append(_Static([python_info()]))
+        sources.append(_Static([python_info()]))
+        self.registry = Registry(sources)
         self.ready = threading.Event()
 
     def start(self) -> None:
